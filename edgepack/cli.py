@@ -1,0 +1,189 @@
+"""`edgepack` command line: a thin layer over edgepack.pipeline.build.
+
+Exit codes: 0 every artifact passed, 1 a check failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import find_config
+from .errors import EdgepackError, UsageError
+from .formats import known_options
+from .inputs import SPEC_SYNTAX, parse_input_spec
+from .pipeline import BuildRequest, build
+from .report import BuildReport
+from .targets import builtin_target_names, load_target
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.")
+err_console = Console(stderr=True)
+
+
+class RichObserver:
+    """Progress for people, on stderr: a spinner while a stage runs, one line when it ends."""
+
+    _MARKS = {"done": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status = console.status("")
+
+    def event(self, stage: str, status: str, detail: str) -> None:
+        if status == "start":
+            self.status.update(f"{stage}: {detail}")
+            self.status.start()
+            return
+        self.status.stop()
+        self.console.print(f"{self._MARKS.get(status, ' ')} [bold]{stage:<22}[/] {detail}", highlight=False)
+
+
+class QuietObserver:
+    def event(self, stage: str, status: str, detail: str) -> None:
+        pass
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgepack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = None,
+) -> None:
+    """edgepack: trace, convert, smoke-test and benchmark a PyTorch model for ios, android and iot targets."""
+
+
+@app.command("build")
+def build_command(
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Target name (ios, android, iot, all) or a .toml path; repeatable.")] = [],
+    model: Annotated[Optional[str], typer.Option(help="pkg.module:attr or path/file.py:attr (an nn.Module, class or factory). Default: the built-in demo model.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="State dict to load (read with weights_only=True).")] = None,
+    input: Annotated[list[str], typer.Option("--input", "-i", help=f"Model input, repeatable: {SPEC_SYNTAX}.")] = [],
+    name: Annotated[Optional[str], typer.Option(help="Bundle name (default: from the model's class).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where bundles go (default: dist/).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack] in ./pyproject.toml).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only one JSON document on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    strict: Annotated[bool, typer.Option(help="Count artifacts whose numerics could not be verified on this OS as failures.")] = False,
+    no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
+    trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+) -> None:
+    """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
+    observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
+    try:
+        request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
+        reports = build(request, observer)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    except Exception as exc:  # an edgepack bug: say so, with the traceback
+        traceback.print_exc()
+        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."), json_output)
+    if json_output:
+        document = reports[0].to_json() if len(reports) == 1 else {
+            "ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
+        print(json.dumps(document, indent=2))
+    elif not quiet:
+        _print_summary(reports)
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights) -> BuildRequest:
+    project = find_config(config, Path.cwd())
+    targets = list(target) or project.targets
+    if not targets:
+        raise UsageError("No target given.", f"Add --target with one of: {', '.join(builtin_target_names())}, all.")
+    if "all" in targets:
+        targets = builtin_target_names()
+    from_cli = model is not None
+    return BuildRequest(
+        targets=targets,
+        model=model if from_cli else project.model,
+        weights=weights if from_cli else (weights or project.weights),
+        inputs=[parse_input_spec(text) for text in (inputs or ([] if from_cli else project.inputs))],
+        name=name or project.name,
+        out_dir=out or project.out or Path("dist"),
+        trust_weights=trust_weights,
+        strict=strict,
+        check_budgets=not no_budgets,
+        search_dir=project.root,
+    )
+
+
+def _fail(exc: EdgepackError, json_output: bool) -> None:
+    err_console.print(f"[red]error:[/] {exc.message}", highlight=False)
+    if exc.hint:
+        err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+    if json_output:
+        print(json.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
+    raise typer.Exit(exc.exit_code)
+
+
+def _print_summary(reports: list[BuildReport]) -> None:
+    console = Console()
+    for report in reports:
+        table = Table(title=f"{report.model} → {report.target}", title_justify="left")
+        for column in ("format", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
+            table.add_column(column, justify="left" if column in ("format", "smoke") else "right")
+        eager = report.eager_latency
+        if eager:
+            table.add_row("eager PyTorch", "", "", "", f"{eager.p50:.3f}", f"{eager.p99:.3f}", "1.00x")
+        for a in report.artifacts:
+            colour = {"passed": "green", "skipped": "yellow"}.get(a.smoke.status, "red")
+            table.add_row(
+                a.format,
+                f"{a.size_bytes / 1024:.1f} KiB" if a.size_bytes is not None else "-",
+                f"[{colour}]{a.smoke.status}[/]",
+                f"{a.smoke.max_abs_err:.2e}" if a.smoke.max_abs_err is not None else "-",
+                f"{a.latency.p50:.3f}" if a.latency else "-",
+                f"{a.latency.p99:.3f}" if a.latency else "-",
+                f"{a.latency.p50 / eager.p50:.2f}x" if a.latency and eager else "-",
+            )
+        console.print(table)
+        for a in report.artifacts:
+            if a.smoke.status != "passed":
+                console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+        for problem in report.problems:
+            console.print(f"  [red]problem:[/] {problem}", highlight=False)
+        console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
+
+
+@app.command("targets")
+def targets_command(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the built-in targets and what each emits."""
+    try:
+        targets = [load_target(name, known_options()) for name in builtin_target_names()]
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps([t.summary() for t in targets], indent=2))
+        return
+    table = Table(title="edgepack targets", title_justify="left")
+    for column in ("target", "formats", "description"):
+        table.add_column(column)
+    for t in targets:
+        formats = ", ".join(f"{f.name} ({f.precision}{_option_text(f.options)})" for f in t.formats)
+        table.add_row(t.name, formats, t.description)
+    Console().print(table)
+
+
+def _option_text(options: dict) -> str:
+    return "".join(f", {k}={v}" for k, v in options.items())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,11 @@
+"""Deployment formats. Adding one means adding a module here and naming it in a target file."""
+
+from .base import FORMATS, Emitted, Format, Runner, RuntimeUnavailable, get_format, register_format
+from . import coreml, onnx, torchscript_lite  # noqa: F401  (registers the formats)
+
+__all__ = ["FORMATS", "Emitted", "Format", "Runner", "RuntimeUnavailable", "get_format", "register_format", "known_options"]
+
+
+def known_options() -> dict[str, set[str]]:
+    """Format name -> option keys a target may set, for validating target files."""
+    return {name: set(fmt.option_defaults) for name, fmt in FORMATS.items()}

@@ -1,0 +1,85 @@
+"""What every deployment format provides: emit an artifact, describe what runs it, and open it to run."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..capture import CapturedModel
+from ..errors import UsageError, did_you_mean
+from ..targets import FormatSettings
+
+# Runs one sample: input arrays in the model's input order -> output arrays in its output order.
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+class RuntimeUnavailable(Exception):
+    """The artifact's runtime cannot run on this machine (Core ML prediction off macOS)."""
+
+
+@dataclass
+class Emitted:
+    """An artifact written into the bundle, with what a device needs to run it."""
+
+    path: Path
+    requirements: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+class Format(ABC):
+    """One deployment format. Subclasses register themselves with @register_format."""
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    # Option keys a target may set in [formats.<name>], with their defaults.
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def validate(self, settings: FormatSettings) -> None:
+        """Reject settings this format cannot honour, before any work starts."""
+        if settings.precision not in self.precisions:
+            raise UsageError(
+                f"Format '{self.name}' has no precision '{settings.precision}'.{did_you_mean(settings.precision, list(self.precisions))}",
+                f"This version supports: {', '.join(self.precisions)}.",
+            )
+
+    def option(self, settings: FormatSettings, key: str) -> Any:
+        return settings.options.get(key, self.option_defaults[key])
+
+    def artifact_path(self, bundle_dir: Path, model_name: str) -> Path:
+        return bundle_dir / f"{model_name}{self.suffix}"
+
+    @abstractmethod
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
+        """Write the artifact at `path`; raise BuildError with the converter's reason on failure."""
+
+    def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        """Problems found by reading the saved artifact back without running it."""
+        return []
+
+    @abstractmethod
+    def open(self, path: Path, threads: int) -> Runner:
+        """Load the saved artifact in its real runtime; RuntimeUnavailable when it cannot run here."""
+
+    @abstractmethod
+    def converter_versions(self) -> dict[str, str]:
+        """Versions of the libraries that wrote and run this format, for the manifest."""
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(cls: type[Format]) -> type[Format]:
+    FORMATS[cls.name] = cls()
+    return cls
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise UsageError(f"Unknown format '{name}'.{did_you_mean(name, list(FORMATS))}", f"Known formats: {', '.join(FORMATS)}.")
+    return FORMATS[name]

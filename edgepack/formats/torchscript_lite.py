@@ -1,0 +1,110 @@
+"""TorchScript Lite (.ptl): the PyTorch lite interpreter's format, loaded by pytorch_android_lite and LibTorch-Lite.
+
+optimize_for_mobile needs an XNNPACK-enabled build that the stock wheels lack, so the mobile
+passes that matter run here directly, and the report says which ones changed the graph.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.jit.mobile as mobile
+
+from ..capture import CapturedModel
+from ..errors import BuildError, UsageError
+from ..noise import quiet_converter, tail
+from ..targets import FormatSettings
+from .base import Emitted, Format, Runner, register_format
+
+# Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
+NEWEST_BYTECODE = 8
+OLDEST_BYTECODE = 4
+
+
+@register_format
+class TorchScriptLite(Format):
+    name = "torchscript_lite"
+    suffix = ".ptl"
+    precisions = ("fp32",)
+    option_defaults = {"bytecode_version": NEWEST_BYTECODE}
+
+    def validate(self, settings: FormatSettings) -> None:
+        super().validate(settings)
+        version = self.option(settings, "bytecode_version")
+        if not isinstance(version, int) or not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
+            raise UsageError(
+                f"bytecode_version {version!r} cannot be written by torch {torch.__version__}.",
+                f"Choose a version from {OLDEST_BYTECODE} to {NEWEST_BYTECODE} (the one your app's lite runtime reads).",
+            )
+
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
+        version = self.option(settings, "bytecode_version")
+        with quiet_converter() as log:
+            try:
+                module, notes = _mobile_passes(captured.scripted)
+                _save(module, path, version)
+            except Exception as exc:
+                raise BuildError(f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
+            operators = sorted(mobile._export_operator_list(mobile._load_for_lite_interpreter(str(path))))
+            written = mobile._get_model_bytecode_version(str(path))
+        requirements = {
+            "runtime": "PyTorch lite interpreter (pytorch_android_lite / LibTorch-Lite)",
+            "bytecode_version": written,
+            "operators": operators,
+        }
+        return Emitted(path, requirements, notes)
+
+    def open(self, path: Path, threads: int) -> Runner:
+        with quiet_converter():
+            module = mobile._load_for_lite_interpreter(str(path))
+
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            with torch.inference_mode():
+                result = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
+            outputs = result if isinstance(result, (tuple, list)) else (result,)
+            return [t.numpy() for t in outputs]
+
+        return run
+
+    def converter_versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+
+def _mobile_passes(scripted: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptModule, list[str]]:
+    """Freeze (constant folding, conv-bn folding) and remove dropout; note what each pass changed."""
+    before = _op_counts(scripted.inlined_graph)
+    frozen = torch.jit.freeze(scripted.eval())
+    torch._C._jit_pass_remove_dropout(frozen._c)
+    after = _op_counts(frozen.graph)
+    notes = [f"freeze: {before.total()} -> {after.total()} graph nodes, parameters folded into constants"]
+    for op in ("aten::batch_norm", "aten::dropout", "aten::feature_dropout"):
+        if before[op] != after[op]:
+            notes.append(f"{op}: {before[op]} -> {after[op]}")
+    return frozen, notes
+
+
+def _op_counts(graph: torch.Graph) -> Counter:
+    counts: Counter = Counter()
+    stack = list(graph.nodes())
+    while stack:
+        node = stack.pop()
+        counts[node.kind()] += 1
+        for block in node.blocks():
+            stack.extend(block.nodes())
+    return counts
+
+
+def _save(module: torch.jit.ScriptModule, path: Path, version: int) -> None:
+    if version == NEWEST_BYTECODE:
+        module._save_for_lite_interpreter(str(path))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        newest = Path(tmp) / "newest.ptl"
+        module._save_for_lite_interpreter(str(newest))
+        if not mobile._backport_for_mobile(str(newest), str(path), version):
+            raise BuildError(f"Backporting the lite model to bytecode version {version} failed.",
+                             "Choose a newer bytecode_version in the target, if the app's runtime allows it.")

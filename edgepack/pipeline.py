@@ -1,0 +1,214 @@
+"""The build: load -> capture -> (per target) emit -> verify -> bench -> bundle.
+
+This is the Python API behind `edgepack build`; the CLI only parses arguments and shows progress.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from . import __version__
+from .bench import Latency, time_calls, time_loaded, torch_threads
+from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden, write_json
+from .capture import CapturedModel, capture
+from .errors import EdgepackError, UsageError
+from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
+from .inputs import InputSpec, sample_inputs
+from .load import LoadedModel, load_model
+from .report import ArtifactReport, BudgetCheck, BuildReport
+from .targets import Target, load_target
+from .verify import PASSED, SKIPPED, SmokeResult, smoke_test
+
+GOLDEN_SAMPLES = 4
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class BuildRequest:
+    """Everything `edgepack build` needs. `model=None` packages the built-in demo model."""
+
+    targets: list[str]
+    model: str | None = None
+    weights: Path | None = None
+    inputs: list[InputSpec] = field(default_factory=list)
+    name: str | None = None
+    out_dir: Path = Path("dist")
+    trust_weights: bool = False
+    strict: bool = False
+    check_budgets: bool = True
+    search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
+
+
+class Observer(Protocol):
+    """Progress callbacks: status is 'start', 'done', 'warn' or 'fail'."""
+
+    def event(self, stage: str, status: str, detail: str) -> None: ...
+
+
+class SilentObserver:
+    def event(self, stage: str, status: str, detail: str) -> None:
+        pass
+
+
+def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
+    """Build every requested target from one load and one capture of the model."""
+    if request.name is not None and not _NAME_RE.match(request.name):
+        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    targets = [load_target(t, known_options()) for t in request.targets]
+    for target in targets:
+        for settings in target.formats:
+            FORMATS[settings.name].validate(settings)
+
+    observer.event("load", "start", request.model or "built-in demo model")
+    loaded = load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
+                        request.search_dir)
+    observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
+                                   f"{', '.join(str(s) for s in loaded.inputs)})")
+
+    observer.event("capture", "start", "torch.jit.trace, checked on held-out samples")
+    captured = capture(loaded, golden_samples(loaded))
+    for hazard in captured.hazards:
+        observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+    observer.event("capture", "done", f"{captured.strategy}; outputs: {', '.join(captured.output_names)}")
+    return [build_target(captured, target, request, observer) for target in targets]
+
+
+def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
+    """Real held-out samples when the model ships them, else seeded random ones (one seed per sample)."""
+    if loaded.sample_inputs:
+        return loaded.sample_inputs[:GOLDEN_SAMPLES]
+    return [sample_inputs(loaded.inputs, loaded.module, seed) for seed in range(GOLDEN_SAMPLES)]
+
+
+def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer) -> BuildReport:
+    started = time.perf_counter()
+    staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
+    try:
+        artifacts, emitted = _emit_all(captured, target, staged.dir, observer)
+        eager = _bench_all(captured, target, artifacts, emitted, observer)
+        if request.check_budgets:
+            _check_budgets(target, artifacts)
+        report = BuildReport(target.name, captured.loaded.name, "", artifacts, _capture_json(captured), eager,
+                             target.bench.threads, request.strict)
+        report.bundle_dir = str(staged.destination(report.ok).resolve())
+        golden = write_golden(staged.dir, captured)
+        write_json(staged.dir / "manifest.json", manifest(captured, target, artifacts, golden))
+        report.duration_s = time.perf_counter() - started
+        write_json(staged.dir / "report.json", report.to_json())
+        (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+        staged.commit(report.ok)
+    except BaseException:
+        staged.discard()
+        raise
+    observer.event("bundle", "done" if report.ok else "fail", report.bundle_dir)
+    return report
+
+
+def _emit_all(
+    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer
+) -> tuple[list[ArtifactReport], dict[str, Emitted]]:
+    """Emit and smoke-test each format; one format's failure does not stop the others."""
+    reports, emitted = [], {}
+    for settings in target.formats:
+        fmt = FORMATS[settings.name]
+        report = ArtifactReport(settings.name, settings.precision)
+        reports.append(report)
+        path = fmt.artifact_path(bundle_dir, captured.loaded.name)
+        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name}")
+        try:
+            result = fmt.emit(captured, settings, path)
+        except Exception as exc:  # a converter can fail in any way; the other formats still build
+            remove_path(path)
+            report.smoke = SmokeResult("failed", f"emitting failed: {exc}")
+            observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
+            continue
+        report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
+        report.requirements, report.notes = result.requirements, result.notes
+        emitted[settings.name] = result
+        report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
+        status = {"passed": "done", "skipped": "warn"}.get(report.smoke.status, "fail")
+        observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
+    return reports, emitted
+
+
+def _bench_all(
+    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer
+) -> Latency:
+    settings = target.bench
+    sample = captured.samples[0]
+    args = tuple(sample[name] for name in captured.input_names)
+    arrays = [t.numpy() for t in args]
+    observer.event("bench", "start", f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
+    with torch_threads(settings.threads), torch.inference_mode():
+        eager = time_calls(lambda: captured.eager(*args), settings)
+        for report in artifacts:
+            if report.format not in emitted or report.smoke.status not in (PASSED, SKIPPED):
+                report.latency_reason = "not measured: the artifact did not pass its smoke test"
+                continue
+            fmt, path = FORMATS[report.format], emitted[report.format].path
+            try:
+                report.latency = time_loaded(lambda: _bound(fmt.open(path, settings.threads), arrays), settings)
+            except RuntimeUnavailable as exc:
+                report.latency_reason = f"not measured: {exc}"
+    observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
+    return eager
+
+
+def _bound(run, arrays):
+    return lambda: run(arrays)
+
+
+def _check_budgets(target: Target, artifacts: list[ArtifactReport]) -> None:
+    settings = {f.name: f for f in target.formats}
+    for report in artifacts:
+        budgets = settings[report.format].budgets
+        if budgets.max_size_mb is not None and report.size_bytes is not None:
+            report.budgets.append(BudgetCheck("size_mb", budgets.max_size_mb, report.size_bytes / 1e6))
+        if budgets.max_p50_ms is not None and report.latency is not None:
+            report.budgets.append(BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50))
+
+
+def _capture_json(captured: CapturedModel) -> dict:
+    return {
+        "strategy": captured.strategy,
+        "attempts": [a.to_json() for a in captured.attempts],
+        "hazards": [h.to_json() for h in captured.hazards],
+    }
+
+
+def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict) -> dict:
+    """What an app or firmware needs to load and feed the artifacts; see the README's bundle section."""
+    loaded = captured.loaded
+    settings = {f.name: f for f in target.formats}
+    versions: dict[str, str] = {}
+    for report in artifacts:
+        versions.update(FORMATS[report.format].converter_versions())
+    return {
+        "schema_version": 1,
+        "edgepack_version": __version__,
+        "model": {"name": loaded.name, "source": loaded.source},
+        "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
+        "inputs": [spec.to_json() for spec in loaded.inputs],
+        "outputs": [{"name": n, "shape": list(out.shape), "dtype": str(out.dtype)}
+                    for n, out in zip(captured.output_names, captured.expected[0])],
+        "labels": loaded.labels,
+        "preprocessing": loaded.preprocessing,
+        "capture": _capture_json(captured),
+        "artifacts": [
+            {"format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
+             "requirements": a.requirements, "smoke": a.smoke.status,
+             "tolerance": vars(settings[a.format].tolerance)}
+            for a in artifacts if a.path is not None
+        ],
+        "golden": golden,
+        "converters": dict(sorted(versions.items())),
+    }
+
+
+__all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "EdgepackError"]

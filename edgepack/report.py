@@ -1,0 +1,141 @@
+"""Reports: report.json (a contract firmware scripts read: keep its keys stable) and report.md for people."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .bench import Latency
+from .verify import FAILED, PASSED, SKIPPED, SmokeResult
+
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class BudgetCheck:
+    metric: str
+    limit: float
+    value: float
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "limit": self.limit, "value": self.value, "ok": self.ok}
+
+
+@dataclass
+class ArtifactReport:
+    format: str
+    precision: str
+    path: str | None = None  # relative to the bundle folder
+    size_bytes: int | None = None
+    sha256: str | None = None
+    smoke: SmokeResult = field(default_factory=lambda: SmokeResult(FAILED, "not built"))
+    latency: Latency | None = None
+    latency_reason: str = ""
+    requirements: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    budgets: list[BudgetCheck] = field(default_factory=list)
+
+    def problems(self, strict: bool) -> list[str]:
+        found = []
+        if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
+            found.append(f"{self.format}: smoke test {self.smoke.status}: {self.smoke.reason}")
+        found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
+        return found
+
+    def to_json(self) -> dict:
+        return {
+            "format": self.format,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "precision": self.precision,
+            "smoke": self.smoke.to_json(),
+            "latency_ms": self.latency.to_json() if self.latency else None,
+            "latency_reason": self.latency_reason,
+            "latency_details": self.latency.details() if self.latency else None,
+            "budgets": [b.to_json() for b in self.budgets],
+            "requirements": self.requirements,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class BuildReport:
+    target: str
+    model: str
+    bundle_dir: str
+    artifacts: list[ArtifactReport]
+    capture: dict[str, Any]
+    eager_latency: Latency | None
+    threads: int
+    strict: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for a in self.artifacts for p in a.problems(self.strict)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "target": self.target,
+            "model": self.model,
+            "bundle_dir": self.bundle_dir,
+            "ok": self.ok,
+            "problems": self.problems,
+            "artifacts": [a.to_json() for a in self.artifacts],
+            "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
+            "threads": self.threads,
+            "capture": self.capture,
+            "edgepack_version": __version__,
+            "duration_s": round(self.duration_s, 2),
+        }
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.model} for {self.target}", "",
+                 f"Result: **{'OK' if self.ok else 'NOT OK'}** · edgepack {__version__} · {self.threads} threads", ""]
+        eager = self.eager_latency
+        lines += ["| format | precision | size | smoke | max abs err | cosine | p50 ms | p90 ms | p99 ms | p50 vs eager |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        if eager:
+            lines.append(f"| eager PyTorch | fp32 | | | | | {eager.p50:.3f} | {eager.p90:.3f} | {eager.p99:.3f} | 1.00x |")
+        for a in self.artifacts:
+            lines.append(_markdown_row(a, eager))
+        lines += ["", "## Smoke tests", ""] + [f"- **{a.format}** {a.smoke.status}: {a.smoke.reason}" for a in self.artifacts]
+        skipped_latency = [a for a in self.artifacts if a.latency is None and a.latency_reason]
+        if skipped_latency:
+            lines += ["", "## Latency not measured", ""] + [f"- **{a.format}**: {a.latency_reason}" for a in skipped_latency]
+        hazards = self.capture.get("hazards", [])
+        lines += ["", "## Capture", "", f"Strategy: {self.capture.get('strategy')}."]
+        lines += [f"- {h['file']}:{h['line']}: {h['kind']}: {h['message']}" for h in hazards]
+        notes = [(a.format, n) for a in self.artifacts for n in a.notes]
+        if notes:
+            lines += ["", "## Notes", ""] + [f"- {fmt}: {note}" for fmt, note in notes]
+        if self.problems:
+            lines += ["", "## Problems", ""] + [f"- {p}" for p in self.problems]
+        return "\n".join(lines) + "\n"
+
+
+def _markdown_row(a: ArtifactReport, eager: Latency | None) -> str:
+    size = f"{a.size_bytes / 1024:.1f} KiB" if a.size_bytes is not None else "-"
+    err = f"{a.smoke.max_abs_err:.2e}" if a.smoke.max_abs_err is not None else "-"
+    cos = f"{a.smoke.cosine:.6f}" if a.smoke.cosine is not None else "-"
+    if a.latency:
+        lat = a.latency
+        ratio = f"{lat.p50 / eager.p50:.2f}x" if eager and eager.p50 > 0 else "-"
+        timing = f"{lat.p50:.3f} | {lat.p90:.3f} | {lat.p99:.3f} | {ratio}"
+    else:
+        timing = "- | - | - | -"
+    return f"| {a.format} | {a.precision} | {size} | {a.smoke.status} | {err} | {cos} | {timing} |"
+
+
+__all__ = ["ArtifactReport", "BudgetCheck", "BuildReport", "PASSED", "FAILED", "SKIPPED", "REPORT_SCHEMA_VERSION"]

@@ -1,0 +1,59 @@
+"""Verify stage: load each artifact in its real runtime and compare it with eager PyTorch on the golden samples."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .capture import CapturedModel
+from .compare import Comparison, compare_outputs, merge
+from .formats import Emitted, Format, RuntimeUnavailable
+from .targets import FormatSettings
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclass
+class SmokeResult:
+    status: str
+    reason: str
+    max_abs_err: float | None = None
+    cosine: float | None = None
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "reason": self.reason, "max_abs_err": self.max_abs_err, "cosine": self.cosine}
+
+
+def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings: FormatSettings, threads: int) -> SmokeResult:
+    """Structure first (reading the saved file back), then numerics in the format's runtime."""
+    problems = fmt.check_structure(emitted, captured, settings)
+    if problems:
+        return SmokeResult(FAILED, "structural check failed: " + "; ".join(problems))
+    try:
+        run = fmt.open(emitted.path, threads)
+    except RuntimeUnavailable as exc:
+        checked = "structure checked (spec version, inputs, outputs, weights); " if _has_structure_check(fmt) else ""
+        return SmokeResult(SKIPPED, f"{checked}numerics not verified on this OS: {exc}")
+    except Exception as exc:
+        return SmokeResult(FAILED, f"the runtime could not load the artifact: {type(exc).__name__}: {exc}")
+    comparisons = []
+    tol = settings.tolerance
+    for index, (sample, expected) in enumerate(zip(captured.samples, captured.expected)):
+        label = f"golden sample {index}"
+        try:
+            got = run([sample[name].numpy() for name in captured.input_names])
+        except Exception as exc:
+            comparisons.append(Comparison.error(label, f"running failed: {type(exc).__name__}: {str(exc)[:300]}"))
+            continue
+        comparisons.append(compare_outputs(got, expected, tol.atol, tol.rtol, tol.min_cosine, label, captured.output_names))
+    verdict = merge(comparisons)
+    return SmokeResult(
+        PASSED if verdict.ok else FAILED,
+        verdict.reason,
+        None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
+        None if math.isnan(verdict.cosine) else verdict.cosine,
+    )
+
+
+def _has_structure_check(fmt: Format) -> bool:
+    return type(fmt).check_structure is not Format.check_structure
