@@ -113,7 +113,7 @@ def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tupl
 def capture(loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], tolerance_atol: float = 1e-5) -> CapturedModel:
     """Trace with the first sample and check the trace against eager on all the others."""
     eager, output_names = flatten_model(loaded, samples[0])
-    traced, hazards, attempt = _trace(eager, loaded, samples, tolerance_atol)
+    traced, hazards, attempt = _trace(eager, loaded, samples, tolerance_atol, output_names)
     if not attempt.ok:
         raise BuildError(_divergence_message(attempt, hazards), _divergence_hint(hazards))
     expected = [run_eager(eager, sample, loaded) for sample in samples]
@@ -126,7 +126,7 @@ def run_eager(eager: FlatModel, sample: dict[str, torch.Tensor], loaded: LoadedM
 
 
 def _trace(
-    eager: FlatModel, loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], atol: float
+    eager: FlatModel, loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], atol: float, output_names: list[str]
 ) -> tuple[torch.jit.ScriptModule | None, list[Hazard], CaptureAttempt]:
     names = [spec.name for spec in loaded.inputs]
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
@@ -137,27 +137,42 @@ def _trace(
         except Exception as exc:  # tracing failures come in many exception types
             return None, [], CaptureAttempt("trace", False, error=f"{type(exc).__name__}: {exc}")
     hazards = _hazards_from(caught)
-    divergence = [c.to_json() for c in _check_against_eager(traced, eager, samples[1:], names, atol) if not c.ok]
+    checks = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0] + _branch_variants(samples[0])
+    divergence = [c.to_json() for c in _check_against_eager(traced, eager, checks, names, output_names, atol) if not c.ok]
     attempt = CaptureAttempt("trace", not divergence, divergence=divergence)
     if divergence:
         attempt.error = "the trace's outputs differ from eager PyTorch on inputs it was not traced with"
     return traced, hazards, attempt
 
 
+def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """The traced sample negated, scaled up and zeroed: values that take other data-dependent branches."""
+    def vary(transform):
+        return {name: transform(t) if t.is_floating_point() else t for name, t in sample.items()}
+
+    return [("the traced sample negated", vary(torch.neg)), ("the traced sample times 4", vary(lambda t: t * 4)),
+            ("all-zero floats", vary(torch.zeros_like))]
+
+
 def _check_against_eager(
-    traced: torch.jit.ScriptModule, eager: FlatModel, samples: list[dict[str, torch.Tensor]], names: list[str], atol: float
+    traced: torch.jit.ScriptModule, eager: FlatModel, checks: list[tuple[str, dict[str, torch.Tensor]]], names: list[str],
+    output_names: list[str], atol: float,
 ) -> list[Comparison]:
     results = []
     with torch.no_grad():
-        for index, sample in enumerate(samples, start=1):
+        for label, sample in checks:
             args = tuple(sample[n] for n in names)
-            expected = [t.numpy() for t in eager(*args)]
+            try:
+                expected = [t.numpy() for t in eager(*args)]
+            except Exception:  # eager itself rejects this input (e.g. all zeros): nothing to compare
+                continue
             try:
                 got = [t.numpy() for t in traced(*args)]
             except Exception as exc:
-                results.append(Comparison.error(f"sample {index}", f"{type(exc).__name__}: {exc}"))
+                results.append(Comparison.error(label, f"{type(exc).__name__}: {exc}"))
                 continue
-            results.append(compare_outputs(got, expected, atol=atol, rtol=1e-4, min_cosine=0.9999, label=f"sample {index}"))
+            results.append(compare_outputs(got, expected, atol=atol, rtol=1e-4, min_cosine=0.9999, label=label,
+                                           names=output_names))
     return results
 
 

@@ -26,7 +26,7 @@ from .targets import builtin_target_names, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.")
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable: no hard wraps
 
 
 class RichObserver:

@@ -15,6 +15,9 @@ KNOWN_WARNINGS = (
     r".*has not been tested with coremltools.*",
     r".*Tuple detected at graph output.*",
     r".*Converting a tensor with requires_grad=True to a scalar.*",
+    r".*legacy TorchScript-based ONNX export.*",
+    r".*The feature will be removed.*",
+    r".*no signature found for <torch.ScriptMethod.*",
 )
 _NOISY_LOGGERS = ("coremltools", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "torch.fx")
 

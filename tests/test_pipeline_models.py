@@ -1,0 +1,81 @@
+"""End to end on user-shaped models: dict, tuple and dataclass outputs, keyword-only and integer inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgepack.errors import BuildError
+from edgepack.inputs import parse_input_spec
+from edgepack.pipeline import BuildRequest, build
+
+MODELS = Path(__file__).parent / "models.py"
+
+
+def _build(fast_target: Path, out: Path, model: str, *inputs: str):
+    request = BuildRequest(targets=[str(fast_target)], model=f"{MODELS}:{model}",
+                           inputs=[parse_input_spec(i) for i in inputs], out_dir=out)
+    return build(request)[0]
+
+
+@pytest.fixture(scope="module")
+def encoder_report(fast_target, tmp_path_factory):
+    return _build(fast_target, tmp_path_factory.mktemp("enc"), "make_encoder", "ids=1x16:int64")
+
+
+@pytest.fixture(scope="module")
+def two_input_report(fast_target, tmp_path_factory):
+    return _build(fast_target, tmp_path_factory.mktemp("two"), "make_two_input", "image=1x3x16x16", "meta=1x4")
+
+
+def test_attention_encoder_with_dict_outputs_builds_every_format(encoder_report):
+    assert encoder_report.ok, encoder_report.problems
+    statuses = {a.format: a.smoke.status for a in encoder_report.artifacts}
+    assert statuses["torchscript_lite"] == "passed" and statuses["onnx"] == "passed"
+    assert statuses["coreml"] in ("passed", "skipped")
+    manifest = json.loads((Path(encoder_report.bundle_dir) / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["logits", "pooled"]
+    assert manifest["outputs"][1]["shape"] == [1, 32]
+
+
+def test_integer_inputs_stay_inside_the_embedding_table(encoder_report):
+    golden = np.load(Path(encoder_report.bundle_dir) / "golden/inputs.npz")
+    ids = golden["ids"]
+    assert ids.dtype == np.int64 and ids.shape == (4, 1, 16)
+    assert ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 10
+
+
+def test_onnx_artifact_keeps_the_output_names(encoder_report):
+    onnx_path = Path(encoder_report.bundle_dir) / next(a.path for a in encoder_report.artifacts if a.format == "onnx")
+    session = ort.InferenceSession(str(onnx_path))
+    assert [o.name for o in session.get_outputs()] == ["logits", "pooled"]
+    assert session.get_inputs()[0].type == "tensor(int64)"
+
+
+def test_two_inputs_with_a_keyword_only_one(two_input_report):
+    assert two_input_report.ok, two_input_report.problems
+    manifest = json.loads((Path(two_input_report.bundle_dir) / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["inputs"]] == ["image", "meta"]
+    assert [o["name"] for o in manifest["outputs"]] == ["output_0", "output_1"]
+    lite = next(a for a in two_input_report.artifacts if a.format == "torchscript_lite")
+    assert any("aten::batch_norm: 1 -> 0" in note for note in lite.notes), lite.notes
+
+
+def test_dataclass_outputs_are_named_by_field(fast_target, tmp_path):
+    report = _build(fast_target, tmp_path, "DataclassOutputNet", "x=1x1x8x8")
+    assert report.ok, report.problems
+    manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["mask", "score"]  # aux=None is skipped
+
+
+def test_control_flow_that_tracing_gets_wrong_fails_naming_the_line(fast_target, tmp_path):
+    with pytest.raises(BuildError) as failure:
+        _build(fast_target, tmp_path, "ControlFlowModel", "x=1x10")
+    line = next(i for i, text in enumerate(MODELS.read_text().splitlines(), 1) if "if x.mean() > 0.1" in text)
+    assert f"models.py:{line}" in failure.value.message
+    assert "Python boolean" in failure.value.message
+    assert not (tmp_path / "control-flow-model").exists() or not any((tmp_path / "control-flow-model").iterdir())
