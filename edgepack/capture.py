@@ -1,47 +1,56 @@
-"""Capture stage: wrap the model so inputs and outputs are flat and named, trace it, and check the trace.
+"""Capture stage: turn the flattened model into TorchScript that computes what eager PyTorch does.
 
-Models as users have them return tuples, dicts or Hugging Face ModelOutputs and take keyword
-arguments; converters want positional tensors in and a tuple of tensors out. `FlatModel` bridges
-the two, and `capture` records every tracer warning and checks the trace against eager PyTorch on
-inputs it was not traced with.
+A ladder of strategies, each a small class; every attempt is recorded with what went wrong:
+  trace   torch.jit.trace; kept when it has no hazards and matches eager on every check input
+  script  torch.jit.script of the whole model (keeps data-dependent control flow)
+  hybrid  script only the submodules where the hazards are, trace the rest
+If none is clean, a trace that matches eager everywhere is kept with its hazards reported;
+otherwise the build fails naming the hazards and their lines. Check inputs are the golden
+samples, the traced sample negated, scaled and zeroed (other branches), other sizes for every
+dynamic dimension, and the user's own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import re
+import copy
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import hazards as hz
 from .compare import Comparison, compare_outputs
 from .errors import BuildError, UsageError
+from .flatten import FlatModel, flatten_model
+from .hazards import Hazard
+from .inputs import dynamic_symbols, resized, sample_inputs
 from .load import LoadedModel
 from .noise import filter_known_warnings
 
-PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
+MODES = ("auto", "trace", "script")
+_CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE = 1e-5, 1e-4, 0.9999
 
 
-@dataclass(frozen=True)
-class Hazard:
-    """Something in the model that tracing may have recorded wrongly, with the user's source line."""
+class CaptureError(BuildError):
+    """No capture can be trusted; carries what was found, for reports and `edgepack doctor`."""
 
-    kind: str
-    message: str
-    file: str
-    line: int
+    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"]) -> None:
+        super().__init__(message, hint)
+        self.hazards = hazards
+        self.attempts = attempts
 
-    def location(self) -> str:
-        return f"{self.file}:{self.line}"
 
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "file": self.file, "line": self.line}
+@dataclass
+class Check:
+    """An input the capture must handle like eager PyTorch, with eager's outputs for it."""
+
+    label: str
+    sample: dict[str, torch.Tensor]
+    expected: list[np.ndarray]
 
 
 @dataclass
@@ -50,18 +59,20 @@ class CaptureAttempt:
     ok: bool
     error: str = ""
     divergence: list[dict] = field(default_factory=list)
+    scripted_submodules: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"strategy": self.strategy, "ok": self.ok, "error": self.error, "divergence": self.divergence,
+                "scripted_submodules": self.scripted_submodules}
 
 
 @dataclass
 class CapturedModel:
-    """The flat eager model, its TorchScript capture, how it was obtained, and the golden samples:
-    `samples[i]` are input tensors by name and `expected[i]` eager PyTorch's outputs for them."""
+    """The flat eager model, its TorchScript capture, how it was obtained, and what it was checked on:
+    `samples[i]` are golden input tensors by name, `expected[i]` eager's outputs for them."""
 
     loaded: LoadedModel
-    eager: "FlatModel"
+    eager: FlatModel
     scripted: torch.jit.ScriptModule
     output_names: list[str]
     strategy: str
@@ -69,84 +80,171 @@ class CapturedModel:
     hazards: list[Hazard]
     samples: list[dict[str, torch.Tensor]] = field(repr=False, default_factory=list)
     expected: list[list[np.ndarray]] = field(repr=False, default_factory=list)
+    checks: list[Check] = field(repr=False, default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.loaded.inputs]
 
-
-class FlatModel(nn.Module):
-    """Positional tensors in, a tuple of tensors out, whatever the wrapped model's signature and output type."""
-
-    def __init__(self, model: nn.Module, input_names: list[str], by_keyword: bool, output_paths: list[list[PathStep]]):
-        super().__init__()
-        self.model = model
-        self.input_names = input_names
-        self.by_keyword = by_keyword
-        self.output_paths = output_paths
-
-    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.by_keyword:
-            result = self.model(**dict(zip(self.input_names, tensors)))
-        else:
-            result = self.model(*tensors)
-        return tuple(_follow(result, path) for path in self.output_paths)
+    def to_json(self) -> dict:
+        return {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
+                "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks)}
 
 
-def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tuple[FlatModel, list[str]]:
-    """Wrap the loaded model; run it once on `example` to learn its output structure and names."""
+# Strategies ---------------------------------------------------------------------------------------
+
+class Strategy(ABC):
+    name: str
+
+    @abstractmethod
+    def build(self, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard]) -> tuple[torch.jit.ScriptModule, list[str]]:
+        """Return the capture and the submodules it scripted; raise when the strategy does not apply."""
+
+
+class Trace(Strategy):
+    name = "trace"
+
+    def build(self, flat, example, found):
+        return _trace(flat, example), []
+
+
+class Script(Strategy):
+    name = "script"
+
+    def build(self, flat, example, found):
+        scripted = torch.jit.script(copy.deepcopy(flat.model))
+        return _trace(flat.around(scripted), example), ["(whole model)"]
+
+
+class Hybrid(Strategy):
+    name = "hybrid"
+
+    def build(self, flat, example, found):
+        model = copy.deepcopy(flat.model)
+        targets = _submodules_holding(model, found)
+        if not targets:
+            raise BuildError("no hazard lies inside a submodule: nothing smaller than the whole model to script")
+        for name in targets:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, torch.jit.script(model.get_submodule(name)))
+        return _trace(flat.around(model), example), targets
+
+
+LADDER: tuple[Strategy, ...] = (Trace(), Script(), Hybrid())
+
+
+# The ladder ---------------------------------------------------------------------------------------
+
+def capture(
+    loaded: LoadedModel,
+    samples: list[dict[str, torch.Tensor]],
+    mode: str = "auto",
+    user_checks: list[dict[str, torch.Tensor]] | None = None,
+) -> CapturedModel:
+    """Capture the model with the first strategy that holds on every check input (see the module doc)."""
+    if mode not in MODES:
+        raise UsageError(f"Unknown capture mode '{mode}'.", f"Use one of: {', '.join(MODES)}.")
+    flat, output_names = flatten_model(loaded, samples[0])
     names = [spec.name for spec in loaded.inputs]
-    by_keyword = _call_by_keyword(loaded.module, names)
-    args = [example[n] for n in names]
-    with torch.no_grad():
-        result = loaded.module(**example) if by_keyword else loaded.module(*args)
-    leaves = list(_leaves(result, []))
-    if not leaves:
-        raise UsageError("The model's forward returned no tensors.", "Return the output tensor(s) from forward.")
-    raw_names = [_name_of(path) for path, _ in leaves]
-    if loaded.output_names and len(loaded.output_names) == len(leaves):
-        raw_names = loaded.output_names
-    output_names = _unique_names(raw_names, set(names))
-    return FlatModel(loaded.module, names, by_keyword, [path for path, _ in leaves]).eval(), output_names
+    example = tuple(samples[0][n] for n in names)
+    state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
+    checks = _checks(loaded, flat, samples, user_checks or [])
+    found = state + _trace_hazards(flat, loaded, example)
+    fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
+    if fatal:
+        raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
+
+    attempts: list[CaptureAttempt] = []
+    accepted: tuple[str, torch.jit.ScriptModule] | None = None
+    fallback = None
+    for strategy in _strategies_for(mode):
+        module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names)
+        attempts.append(attempt)
+        clean = attempt.ok and (strategy.name != "trace" or not found or mode == "trace")
+        if clean:
+            accepted = (strategy.name, module)
+            break
+        if strategy.name == "trace" and attempt.ok:
+            fallback = module  # matches eager everywhere we looked: kept if nothing cleaner works
+    else:
+        if mode == "auto" and attempts[0].ok:
+            accepted = ("trace", fallback)
+    if accepted is None:
+        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
+    expected = [_eager(flat, sample, names) for sample in samples]
+    return CapturedModel(loaded, flat, accepted[1], output_names, accepted[0], attempts, found, samples, expected,
+                         [c for c in checks if not c.label.startswith("golden sample")])
 
 
-def capture(loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], tolerance_atol: float = 1e-5) -> CapturedModel:
-    """Trace with the first sample and check the trace against eager on all the others."""
-    eager, output_names = flatten_model(loaded, samples[0])
-    traced, hazards, attempt = _trace(eager, loaded, samples, tolerance_atol, output_names)
-    if not attempt.ok:
-        raise BuildError(_divergence_message(attempt, hazards), _divergence_hint(hazards))
-    expected = [run_eager(eager, sample, loaded) for sample in samples]
-    return CapturedModel(loaded, eager, traced, output_names, "trace", [attempt], hazards, samples, expected)
+def _strategies_for(mode: str) -> tuple[Strategy, ...]:
+    return {"auto": LADDER, "trace": LADDER[:1], "script": LADDER[1:2]}[mode]
 
 
-def run_eager(eager: FlatModel, sample: dict[str, torch.Tensor], loaded: LoadedModel) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [t.detach().numpy() for t in eager(*(sample[spec.name] for spec in loaded.inputs))]
+def _attempt(strategy, flat, example, found, checks, output_names, names) -> tuple[Any, CaptureAttempt]:
+    try:
+        with torch.no_grad():
+            module, scripted = strategy.build(flat, example, found)
+    except Exception as exc:  # scripting fails in many exception types; the message is the diagnosis
+        return None, CaptureAttempt(strategy.name, False, error=_first_lines(exc))
+    divergence = [c.to_json() for c in _compare(module, checks, names, output_names) if not c.ok]
+    error = "outputs differ from eager PyTorch on inputs it was not traced with" if divergence else ""
+    return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted)
 
 
-def _trace(
-    eager: FlatModel, loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], atol: float, output_names: list[str]
-) -> tuple[torch.jit.ScriptModule | None, list[Hazard], CaptureAttempt]:
-    names = [spec.name for spec in loaded.inputs]
+def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings(), torch.no_grad():
+        filter_known_warnings()
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the hazard pass records these
+        return torch.jit.trace(flat, example, check_trace=False)
+
+
+def _trace_hazards(flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Tensor, ...]) -> list[Hazard]:
+    """Trace once with warnings recorded; also look for random ops and loops unrolled over dynamic sizes."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         filter_known_warnings()
         try:
-            traced = torch.jit.trace(eager, tuple(samples[0][n] for n in names), check_trace=False)
-        except Exception as exc:  # tracing failures come in many exception types
-            return None, [], CaptureAttempt("trace", False, error=f"{type(exc).__name__}: {exc}")
-    hazards = _hazards_from(caught)
-    checks = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0] + _branch_variants(samples[0])
-    divergence = [c.to_json() for c in _check_against_eager(traced, eager, checks, names, output_names, atol) if not c.ok]
-    attempt = CaptureAttempt("trace", not divergence, divergence=divergence)
-    if divergence:
-        attempt.error = "the trace's outputs differ from eager PyTorch on inputs it was not traced with"
-    return traced, hazards, attempt
+            traced = torch.jit.trace(flat, example, check_trace=False)
+        except Exception:
+            return hz.from_tracer_warnings(caught)  # the trace attempt reports the failure itself
+    found = hz.from_tracer_warnings(caught) + hz.random_ops(traced.inlined_graph)
+    for symbol, size in dynamic_symbols(loaded.inputs).items():
+        other = sample_inputs(resized(loaded.inputs, {symbol: size * 2}), loaded.module, seed=7)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                retraced = torch.jit.trace(flat, tuple(other[s.name] for s in loaded.inputs), check_trace=False)
+        except Exception:
+            continue  # the other size fails in eager too; the checks will say so
+        found += hz.unrolled_loops(traced.inlined_graph, retraced.inlined_graph, symbol)
+    return hz.dedupe(found)
+
+
+def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> list[Check]:
+    names = [spec.name for spec in loaded.inputs]
+    candidates = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0]
+    candidates += _branch_variants(samples[0])
+    for symbol, size in dynamic_symbols(loaded.inputs).items():
+        for other in sorted({max(1, size // 2), size * 2} - {size}):
+            specs = resized(loaded.inputs, {symbol: other})
+            candidates.append((f"{symbol}={other}", sample_inputs(specs, loaded.module, seed=100 + other)))
+    candidates += [(f"user check input {i}", s) for i, s in enumerate(user_checks)]
+    checks = []
+    for label, sample in candidates:
+        try:
+            checks.append(Check(label, sample, _eager(flat, sample, names)))
+        except Exception as exc:
+            if label.startswith("user"):
+                raise UsageError(f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input.") from exc
+            # eager itself rejects this generated input (e.g. all zeros): nothing to compare against
+    return checks
 
 
 def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """The traced sample negated, scaled up and zeroed: values that take other data-dependent branches."""
+    if not any(t.is_floating_point() for t in sample.values()):
+        return []
+
     def vary(transform):
         return {name: transform(t) if t.is_floating_point() else t for name, t in sample.items()}
 
@@ -154,125 +252,63 @@ def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[st
             ("all-zero floats", vary(torch.zeros_like))]
 
 
-def _check_against_eager(
-    traced: torch.jit.ScriptModule, eager: FlatModel, checks: list[tuple[str, dict[str, torch.Tensor]]], names: list[str],
-    output_names: list[str], atol: float,
-) -> list[Comparison]:
+def _compare(module: torch.jit.ScriptModule, checks: list[Check], names, output_names) -> list[Comparison]:
     results = []
     with torch.no_grad():
-        for label, sample in checks:
-            args = tuple(sample[n] for n in names)
+        for check in checks:
             try:
-                expected = [t.numpy() for t in eager(*args)]
-            except Exception:  # eager itself rejects this input (e.g. all zeros): nothing to compare
-                continue
-            try:
-                got = [t.numpy() for t in traced(*args)]
+                got = [t.numpy() for t in module(*(check.sample[n] for n in names))]
             except Exception as exc:
-                results.append(Comparison.error(label, f"{type(exc).__name__}: {exc}"))
+                results.append(Comparison.error(check.label, _first_lines(exc)))
                 continue
-            results.append(compare_outputs(got, expected, atol=atol, rtol=1e-4, min_cosine=0.9999, label=label,
-                                           names=output_names))
+            results.append(compare_outputs(got, check.expected, _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE,
+                                           check.label, output_names))
     return results
 
 
-_HAZARD_KINDS = (
-    ("python_bool", re.compile(r"Python boolean")),
-    ("python_index", re.compile(r"Python index")),
-    ("python_number", re.compile(r"Python (number|float|integer)")),
-    ("python_list", re.compile(r"Python list")),
-    ("tensor_iteration", re.compile(r"Iterating over a tensor")),
-    ("tensor_constant", re.compile(r"torch\.tensor results are registered as constants")),
-)
+def _eager(flat: FlatModel, sample: dict[str, torch.Tensor], names: list[str]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.detach().numpy() for t in flat(*(sample[n] for n in names))]
 
 
-def _hazards_from(caught: list[warnings.WarningMessage]) -> list[Hazard]:
-    hazards: dict[tuple, Hazard] = {}
-    for warning in caught:
-        if not issubclass(warning.category, torch.jit.TracerWarning):
+def _submodules_holding(model: nn.Module, found: list[Hazard]) -> list[str]:
+    """The outermost non-root submodules whose forward source contains a hazard's line."""
+    import inspect
+
+    holders = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(h + ".") for h in holders):
             continue
-        text = str(warning.message).split("\n")[0]
-        kind = next((k for k, pattern in _HAZARD_KINDS if pattern.search(text)), "tracer_warning")
-        hazard = Hazard(kind, text, str(Path(warning.filename)), warning.lineno)
-        hazards.setdefault((hazard.kind, hazard.file, hazard.line), hazard)
-    return list(hazards.values())
+        try:
+            lines, start = inspect.getsourcelines(type(module).forward)
+            file = inspect.getsourcefile(type(module).forward)
+        except (OSError, TypeError):
+            continue
+        if any(h.file == file and start <= h.line < start + len(lines) for h in found):
+            holders.append(name)
+    return holders
 
 
-def _divergence_message(attempt: CaptureAttempt, hazards: list[Hazard]) -> str:
-    if not attempt.divergence:
-        return f"Tracing the model failed: {attempt.error}"
-    first = attempt.divergence[0]
-    lines = [f"The traced model computes something different from eager PyTorch on an input it was not traced with "
-             f"({first['label']}: {first['reason']})."]
-    lines += [f"  {h.location()}: {h.message}" for h in hazards]
+def diagnosis(headline: str, found: list[Hazard], attempts: list[CaptureAttempt]) -> str:
+    lines = [f"{headline}."]
+    lines += [f"  {h.location()}: {h.kind}: {h.message}" for h in found]
+    for attempt in attempts:
+        detail = attempt.error
+        if attempt.divergence:
+            first = attempt.divergence[0]
+            detail = f"diverges on {first['label']}: {first['reason']}"
+        lines.append(f"  {attempt.strategy}: {'ok' if attempt.ok else 'failed'}{': ' + detail if detail else ''}")
     return "\n".join(lines)
 
 
-def _divergence_hint(hazards: list[Hazard]) -> str:
-    if hazards:
-        return "The lines above make the trace depend on the example input's values; replace data-dependent Python " \
-               "control flow with tensor ops (torch.where, masking), or move it into a @torch.jit.script function."
-    return "Look for Python-side state or values computed from tensors in forward; the trace baked them in."
+def _hint(found: list[Hazard], mode: str) -> str:
+    if found:
+        return found[0].fix + " (`edgepack doctor` explains every hazard.)"
+    if mode != "auto":
+        return "Try --capture auto, which falls back to scripting."
+    return "Look for Python-side values computed from tensors in forward; the trace baked them in."
 
 
-def _call_by_keyword(module: nn.Module, names: list[str]) -> bool:
-    """Keyword calls reach keyword-only parameters; positional calls suit models whose names differ from ours."""
-    params = inspect.signature(module.forward).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()) or all(n in params for n in names):
-        return True
-    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind is p.VAR_POSITIONAL for p in params.values()) or len(names) <= len(positional):
-        return False
-    raise UsageError(
-        f"{type(module).__name__}.forward takes {len(positional)} positional input(s) but {len(names)} were declared.",
-        f"Name the inputs after forward's parameters ({', '.join(params)}) or declare fewer --input.",
-    )
-
-
-def _leaves(value: Any, path: list[PathStep]):
-    """Yield (path, tensor) for every tensor in a nested output; None entries are skipped (ModelOutput does too)."""
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif value is None:
-        return
-    elif isinstance(value, dict):  # includes Hugging Face ModelOutput, an OrderedDict
-        for key, item in value.items():
-            yield from _leaves(item, path + [("key", key)])
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            yield from _leaves(getattr(value, f.name), path + [("attr", f.name)])
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            yield from _leaves(item, path + [("index", index)])
-    else:
-        raise UsageError(
-            f"The model's output contains a {type(value).__name__}, which no deployment format can carry.",
-            "Return tensors (alone, or in a tuple, dict or dataclass) from forward.",
-        )
-
-
-def _follow(value: Any, path: list[PathStep]) -> torch.Tensor:
-    for kind, step in path:
-        value = getattr(value, step) if kind == "attr" else value[step]
-    return value
-
-
-def _name_of(path: list[PathStep]) -> str:
-    if not path:
-        return "output"
-    if all(kind == "index" for kind, _ in path):
-        return "output_" + "_".join(str(step) for _, step in path)
-    return "_".join(str(step) for _, step in path)
-
-
-def _unique_names(raw: list[str], taken: set[str]) -> list[str]:
-    """Identifier-safe output names that clash neither with each other nor with input names (Core ML needs both)."""
-    names: list[str] = []
-    for name in raw:
-        clean = re.sub(r"\W", "_", name)
-        clean = clean if re.match(r"[A-Za-z_]", clean) else f"output_{clean}"
-        candidate, n = clean, 1
-        while candidate in taken or candidate in names:
-            candidate, n = f"{clean}_{n}", n + 1
-        names.append(candidate)
-    return names
+def _first_lines(exc: BaseException, limit: int = 6) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return "\n".join(text.splitlines()[:limit])

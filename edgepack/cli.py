@@ -6,6 +6,7 @@ Exit codes: 0 every artifact passed, 1 a check failed, 2 bad usage or input.
 from __future__ import annotations
 
 import json
+import linecache
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
 from .inputs import SPEC_SYNTAX, parse_input_spec
-from .pipeline import BuildRequest, build
+from .pipeline import BuildRequest, build, diagnose
 from .report import BuildReport
 from .targets import builtin_target_names, load_target
 
@@ -77,6 +78,9 @@ def build_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print only one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     strict: Annotated[bool, typer.Option(help="Count artifacts whose numerics could not be verified on this OS as failures.")] = False,
+    allow_partial: Annotated[bool, typer.Option(help="Ship the formats that passed; leave out (and report) those that could not be built or failed their smoke test.")] = False,
+    capture: Annotated[str, typer.Option(help="Capture strategy: auto (trace, falling back to script, then hybrid), trace or script.")] = "auto",
+    check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
     no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
 ) -> None:
@@ -84,6 +88,7 @@ def build_command(
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
     try:
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
+        request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -99,10 +104,11 @@ def build_command(
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
-def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights) -> BuildRequest:
+def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
+             need_target: bool = True) -> BuildRequest:
     project = find_config(config, Path.cwd())
     targets = list(target) or project.targets
-    if not targets:
+    if not targets and need_target:
         raise UsageError("No target given.", f"Add --target with one of: {', '.join(builtin_target_names())}, all.")
     if "all" in targets:
         targets = builtin_target_names()
@@ -157,6 +163,54 @@ def _print_summary(reports: list[BuildReport]) -> None:
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
+
+
+@app.command("doctor")
+def doctor_command(
+    model: Annotated[Optional[str], typer.Option(help="pkg.module:attr or path/file.py:attr. Default: the built-in demo model.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="State dict to load (read with weights_only=True).")] = None,
+    input: Annotated[list[str], typer.Option("--input", "-i", help=f"Model input, repeatable: {SPEC_SYNTAX}.")] = [],
+    config: Annotated[Optional[Path], typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack]).")] = None,
+    capture: Annotated[str, typer.Option(help="auto, trace or script.")] = "auto",
+    check_inputs: Annotated[Optional[str], typer.Option(help="Extra check inputs: a .npz or a module:attr callable.")] = None,
+    trust_weights: Annotated[bool, typer.Option(help="Allow weights files that need full unpickling.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Find where tracing the model goes wrong, without building: each hazard with its line, why it matters and the fix."""
+    try:
+        request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
+        request.capture_mode, request.check_inputs = capture, check_inputs
+        result = diagnose(request)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_diagnosis(result)
+    raise typer.Exit(0 if result["ok"] else 1)
+
+
+def _print_diagnosis(result: dict) -> None:
+    console = Console(soft_wrap=True)
+    hazards = result["hazards"]
+    console.print(f"[bold]{result['model']}[/]: {len(hazards)} hazard(s)", highlight=False)
+    for h in hazards:
+        where = f"{h['file']}:{h['line']}" if h["file"] else "(unknown location)"
+        console.print(f"\n[yellow]{h['kind']}[/] at {where}", highlight=False)
+        code = linecache.getline(h["file"], h["line"]).strip() if h["file"] else ""
+        if code:
+            console.print(f"    {code}", highlight=False)
+        console.print(f"  what: {h['message']}\n  why:  {h['why']}\n  fix:  {h['fix']}", highlight=False)
+    console.print("\n[bold]capture attempts[/]", highlight=False)
+    for a in result["attempts"]:
+        detail = a["error"] or ""
+        if a["divergence"]:
+            detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
+        console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
+    if result["ok"]:
+        console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
+    else:
+        console.print(f"\n[red]result:[/] no trustworthy capture. {result['hint']}", highlight=False)
 
 
 @app.command("targets")

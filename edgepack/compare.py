@@ -85,7 +85,7 @@ def merge(comparisons: list[Comparison], label: str = "") -> Comparison:
         if len(failed) > 1:
             reason += f" (and {len(failed) - 1} more of {len(comparisons)} samples)"
         return Comparison(False, reason, worst_err, worst_cos, label)
-    return Comparison(True, f"{len(comparisons)} golden samples within tolerance "
+    return Comparison(True, f"{len(comparisons)} inputs within tolerance "
                             f"(max abs error {worst_err:.3g}, cosine {worst_cos:.6f})", worst_err, worst_cos, label)
 
 

@@ -22,7 +22,9 @@ _SPEC_RE = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<dims>[^:]+)"
     r"(?::(?P<dtype>[a-z0-9]+))?(?::(?P<low>-?\d+)\.\.(?P<high>-?\d+))?$"
 )
-SPEC_SYNTAX = "NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224 or ids=1x128:int64:0..30522"
+SPEC_SYNTAX = ("NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224, ids=1x128:int64:0..30522, "
+               "or with dynamic dimensions x=1x3xH=224xW=224")
+_DYNAMIC_DIM_RE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?:=(?P<size>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,13 @@ class InputSpec:
     """One named model input. `value_range` is [low, high) for integer inputs (token ids, indices)."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the example size of every dimension
     dtype: str = "float32"
     value_range: tuple[int, int] | None = None
+    dynamic: tuple[str | None, ...] = ()  # per dimension: a symbol (H, SEQ) when it may vary, else None
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {axis: symbol for axis, symbol in enumerate(self.dynamic) if symbol}
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -46,10 +52,13 @@ class InputSpec:
         out: dict = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
         if self.value_range is not None:
             out["value_range"] = list(self.value_range)
+        if self.dynamic_axes():
+            out["dynamic_axes"] = {str(axis): symbol for axis, symbol in self.dynamic_axes().items()}
         return out
 
     def __str__(self) -> str:
-        return f"{self.name}={'x'.join(map(str, self.shape))}:{self.dtype}"
+        dims = [f"{d}={size}" if d else str(size) for d, size in zip(self.dynamic or [None] * len(self.shape), self.shape)]
+        return f"{self.name}={'x'.join(dims)}:{self.dtype}"
 
 
 def parse_input_spec(text: str) -> InputSpec:
@@ -57,12 +66,7 @@ def parse_input_spec(text: str) -> InputSpec:
     match = _SPEC_RE.match(text.strip())
     if not match:
         raise UsageError(f"Cannot read input '{text}'.", f"Write it as {SPEC_SYNTAX}.")
-    dims = match["dims"].lower().split("x")
-    if not all(d.isdigit() and int(d) > 0 for d in dims):
-        raise UsageError(
-            f"Input '{text}' has a dimension that is not a positive integer: {match['dims']}.",
-            "Give every dimension as a number, e.g. 1x3x224x224 (dynamic dimensions are not supported yet).",
-        )
+    shape, dynamic = _parse_dims(text, match["dims"])
     dtype = match["dtype"] or "float32"
     if dtype not in DTYPES:
         raise UsageError(f"Input '{text}' has unknown dtype '{dtype}'.", f"Use one of: {', '.join(DTYPES)}.")
@@ -73,7 +77,50 @@ def parse_input_spec(text: str) -> InputSpec:
             raise UsageError(f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded).")
         if dtype not in ("int64", "int32"):
             raise UsageError(f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only.")
-    return InputSpec(match["name"], tuple(int(d) for d in dims), dtype, value_range)
+    return InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
+
+
+def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
+    """`1x3xH=224xW=224` -> ((1, 3, 224, 224), (None, None, "H", "W"))."""
+    shape, dynamic = [], []
+    for token in dims_text.split("x"):
+        if token.isdigit() and int(token) > 0:
+            shape.append(int(token))
+            dynamic.append(None)
+            continue
+        symbol = _DYNAMIC_DIM_RE.match(token)
+        if symbol and symbol["size"] is None:
+            raise UsageError(f"Dynamic dimension '{token}' in input '{text}' has no example size.",
+                             f"Write {token}=SIZE, e.g. {token}=224: edgepack traces with that size and checks others.")
+        if not symbol or int(symbol["size"]) < 1:
+            raise UsageError(
+                f"Input '{text}' has a dimension that is neither a positive integer nor SYMBOL=SIZE: '{token}'.",
+                "Give every dimension as a number (224) or, when it may vary, as an upper-case symbol with "
+                "its example size (H=224).",
+            )
+        shape.append(int(symbol["size"]))
+        dynamic.append(symbol["name"])
+    return tuple(shape), tuple(dynamic)
+
+
+def resized(specs: list[InputSpec], sizes: dict[str, int]) -> list[InputSpec]:
+    """The specs with their dynamic dimensions set to `sizes` (symbol -> size)."""
+    out = []
+    for spec in specs:
+        shape = tuple(sizes.get(symbol, size) if symbol else size
+                      for symbol, size in zip(spec.dynamic or [None] * len(spec.shape), spec.shape))
+        out.append(InputSpec(spec.name, shape, spec.dtype, spec.value_range, spec.dynamic))
+    return out
+
+
+def dynamic_symbols(specs: list[InputSpec]) -> dict[str, int]:
+    """Every dynamic symbol with its example size (the first input that names it decides)."""
+    symbols: dict[str, int] = {}
+    for spec in specs:
+        for symbol, size in zip(spec.dynamic, spec.shape):
+            if symbol:
+                symbols.setdefault(symbol, size)
+    return symbols
 
 
 def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:

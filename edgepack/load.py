@@ -57,7 +57,7 @@ def load_model(
             "Add --input NAME=DIMS, e.g. --input x=1x3x224x224 (repeat it for several inputs).",
         )
     _check_unique_names(inputs)
-    module = _instantiate(_resolve_reference(reference, search_dir or Path.cwd()), reference)
+    module = _instantiate(resolve_reference(reference, search_dir or Path.cwd()), reference)
     source: dict[str, Any] = {"kind": "python", "reference": reference, "weights": None, "weights_sha256": None}
     if weights is not None:
         _load_weights(module, weights, trust_weights)
@@ -91,7 +91,7 @@ def _check_unique_names(inputs: list[InputSpec]) -> None:
         raise UsageError(f"Input name(s) given twice: {', '.join(duplicates)}.", "Give each --input a distinct name.")
 
 
-def _resolve_reference(reference: str, search_dir: Path) -> Any:
+def resolve_reference(reference: str, search_dir: Path) -> Any:
     """`pkg.module:attr` imports a module; `path/to/file.py:attr` loads a file. attr may be dotted."""
     target, sep, attr = reference.rpartition(":")
     if not sep or not target or not attr:

@@ -16,7 +16,8 @@ import torch
 from . import __version__
 from .bench import Latency, time_calls, time_loaded, torch_threads
 from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden, write_json
-from .capture import CapturedModel, capture
+from .capture import CaptureError, CapturedModel, capture
+from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
@@ -41,6 +42,9 @@ class BuildRequest:
     out_dir: Path = Path("dist")
     trust_weights: bool = False
     strict: bool = False
+    allow_partial: bool = False  # failed formats are left out of the bundle instead of failing the build
+    capture_mode: str = "auto"
+    check_inputs: str | None = None  # a .npz file or a `module:attr` callable yielding input dicts
     check_budgets: bool = True
     search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
 
@@ -71,12 +75,27 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
 
-    observer.event("capture", "start", "torch.jit.trace, checked on held-out samples")
-    captured = capture(loaded, golden_samples(loaded))
+    observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
+    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
+    captured = capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
     for hazard in captured.hazards:
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
-    observer.event("capture", "done", f"{captured.strategy}; outputs: {', '.join(captured.output_names)}")
+    observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
+                                      f"outputs: {', '.join(captured.output_names)}")
     return [build_target(captured, target, request, observer) for target in targets]
+
+
+def diagnose(request: BuildRequest) -> dict:
+    """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    loaded = load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
+                        request.search_dir)
+    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
+    try:
+        captured = capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
+    except CaptureError as exc:
+        return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
+                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
+    return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
 
 
 def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
@@ -91,11 +110,13 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         artifacts, emitted = _emit_all(captured, target, staged.dir, observer)
+        if request.allow_partial:
+            _exclude_failed(artifacts, emitted, staged.dir)
         eager = _bench_all(captured, target, artifacts, emitted, observer)
         if request.check_budgets:
             _check_budgets(target, artifacts)
-        report = BuildReport(target.name, captured.loaded.name, "", artifacts, _capture_json(captured), eager,
-                             target.bench.threads, request.strict)
+        report = BuildReport(target.name, captured.loaded.name, "", artifacts, captured.to_json(), eager,
+                             target.bench.threads, request.strict, request.allow_partial)
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
         write_json(staged.dir / "manifest.json", manifest(captured, target, artifacts, golden))
@@ -137,6 +158,16 @@ def _emit_all(
     return reports, emitted
 
 
+def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
+    """--allow-partial: a format that failed leaves the bundle; the report keeps why."""
+    for report in artifacts:
+        if report.smoke.status == "failed" and report.path is not None:
+            remove_path(bundle_dir / report.path)
+            emitted.pop(report.format, None)
+            report.notes.append(f"excluded from the bundle (--allow-partial): {report.smoke.reason}")
+            report.path = report.sha256 = report.size_bytes = None
+
+
 def _bench_all(
     captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer
 ) -> Latency:
@@ -174,12 +205,8 @@ def _check_budgets(target: Target, artifacts: list[ArtifactReport]) -> None:
             report.budgets.append(BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50))
 
 
-def _capture_json(captured: CapturedModel) -> dict:
-    return {
-        "strategy": captured.strategy,
-        "attempts": [a.to_json() for a in captured.attempts],
-        "hazards": [h.to_json() for h in captured.hazards],
-    }
+def _attempts_text(captured: CapturedModel) -> str:
+    return ", ".join(f"{a.strategy} {'ok' if a.ok else 'failed'}" for a in captured.attempts)
 
 
 def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict) -> dict:
@@ -199,7 +226,7 @@ def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactRe
                     for n, out in zip(captured.output_names, captured.expected[0])],
         "labels": loaded.labels,
         "preprocessing": loaded.preprocessing,
-        "capture": _capture_json(captured),
+        "capture": captured.to_json(),
         "artifacts": [
             {"format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
              "requirements": a.requirements, "smoke": a.smoke.status,

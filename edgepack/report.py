@@ -40,8 +40,10 @@ class ArtifactReport:
     notes: list[str] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
 
-    def problems(self, strict: bool) -> list[str]:
+    def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
         found = []
+        if self.path is None and allow_partial:
+            return found  # not emitted, and the user accepts a partial bundle
         if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
             found.append(f"{self.format}: smoke test {self.smoke.status}: {self.smoke.reason}")
         found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
@@ -74,11 +76,19 @@ class BuildReport:
     eager_latency: Latency | None
     threads: int
     strict: bool = False
+    allow_partial: bool = False
     duration_s: float = 0.0
 
     @property
     def problems(self) -> list[str]:
-        return [p for a in self.artifacts for p in a.problems(self.strict)]
+        found = [p for a in self.artifacts for p in a.problems(self.strict, self.allow_partial)]
+        if self.complete or any(a.path is not None for a in self.artifacts):
+            return found
+        return found + ["no artifact could be built"]
+
+    @property
+    def complete(self) -> bool:
+        return all(a.path is not None for a in self.artifacts)
 
     @property
     def ok(self) -> bool:
@@ -91,6 +101,7 @@ class BuildReport:
             "model": self.model,
             "bundle_dir": self.bundle_dir,
             "ok": self.ok,
+            "complete": self.complete,
             "problems": self.problems,
             "artifacts": [a.to_json() for a in self.artifacts],
             "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
@@ -116,7 +127,9 @@ class BuildReport:
             lines += ["", "## Latency not measured", ""] + [f"- **{a.format}**: {a.latency_reason}" for a in skipped_latency]
         hazards = self.capture.get("hazards", [])
         lines += ["", "## Capture", "", f"Strategy: {self.capture.get('strategy')}."]
-        lines += [f"- {h['file']}:{h['line']}: {h['kind']}: {h['message']}" for h in hazards]
+        lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
+                  for a in self.capture.get("attempts", [])]
+        lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
         notes = [(a.format, n) for a in self.artifacts for n in a.notes]
         if notes:
             lines += ["", "## Notes", ""] + [f"- {fmt}: {note}" for fmt, note in notes]

@@ -25,7 +25,8 @@ class SmokeResult:
 
 
 def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings: FormatSettings, threads: int) -> SmokeResult:
-    """Structure first (reading the saved file back), then numerics in the format's runtime."""
+    """Structure first (reading the saved file back), then numerics in the format's runtime on the golden
+    samples and on every input the capture was checked with (other branches, other sizes)."""
     problems = fmt.check_structure(emitted, captured, settings)
     if problems:
         return SmokeResult(FAILED, "structural check failed: " + "; ".join(problems))
@@ -38,8 +39,9 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
         return SmokeResult(FAILED, f"the runtime could not load the artifact: {type(exc).__name__}: {exc}")
     comparisons = []
     tol = settings.tolerance
-    for index, (sample, expected) in enumerate(zip(captured.samples, captured.expected)):
-        label = f"golden sample {index}"
+    golden = [(f"golden sample {i}", s, e) for i, (s, e) in enumerate(zip(captured.samples, captured.expected))]
+    checks = [(c.label, c.sample, c.expected) for c in captured.checks]
+    for label, sample, expected in golden + checks:
         try:
             got = run([sample[name].numpy() for name in captured.input_names])
         except Exception as exc:

@@ -77,22 +77,6 @@ class DataclassOutputNet(nn.Module):
         return SegmenterOutput(mask=mask, score=mask.mean(dim=(1, 2, 3)))
 
 
-class ControlFlowModel(nn.Module):
-    """The seed article's model: the branch depends on the data, so a trace records one path only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(2)
-        self.linear1 = nn.Linear(10, 5)
-        self.linear2 = nn.Linear(5, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.linear1(x))
-        if x.mean() > 0.1:
-            return self.linear2(x)
-        return torch.zeros_like(self.linear2(x))
-
-
 class NeedsArguments(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()

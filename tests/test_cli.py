@@ -52,7 +52,8 @@ def test_unknown_target_suggests_the_closest(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--input", "x=1xHx3"], "not a positive integer"),
+    (["--input", "x=1x-3x3"], "neither a positive integer nor SYMBOL=SIZE"),
+    (["--input", "x=1xHx3"], "has no example size"),
     (["--input", "x=1x3:float64"], "unknown dtype"),
     (["--input", "x"], "Cannot read input"),
 ])

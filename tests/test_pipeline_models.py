@@ -10,7 +10,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgepack.errors import BuildError
 from edgepack.inputs import parse_input_spec
 from edgepack.pipeline import BuildRequest, build
 
@@ -94,12 +93,3 @@ def test_dataclass_outputs_are_named_by_field(fast_target, tmp_path):
     assert report.ok, report.problems
     manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["mask", "score"]  # aux=None is skipped
-
-
-def test_control_flow_that_tracing_gets_wrong_fails_naming_the_line(fast_target, tmp_path):
-    with pytest.raises(BuildError) as failure:
-        _build(fast_target, tmp_path, "ControlFlowModel", "x=1x10")
-    line = next(i for i, text in enumerate(MODELS.read_text().splitlines(), 1) if "if x.mean() > 0.1" in text)
-    assert f"models.py:{line}" in failure.value.message
-    assert "Python boolean" in failure.value.message
-    assert not (tmp_path / "control-flow-model").exists() or not any((tmp_path / "control-flow-model").iterdir())

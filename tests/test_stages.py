@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgepack.bundle import StagedBundle, sha256_of
-from edgepack.capture import flatten_model
+from edgepack.flatten import flatten_model
 from edgepack.compare import compare_outputs, merge
 from edgepack.errors import UsageError
 from edgepack.formats import known_options

@@ -119,7 +119,11 @@ class CoreML(Format):
 def _input_type(ct: Any, spec: Any) -> Any:
     if spec.dtype not in _INPUT_DTYPES:
         raise BuildError(f"Core ML models cannot take {spec.dtype} input '{spec.name}'.", "Pass it as float32 or int32.")
-    return ct.TensorType(name=spec.name, shape=spec.shape, dtype=_INPUT_DTYPES[spec.dtype])
+    shape = spec.shape
+    if spec.dynamic_axes():  # ML programs need a bounded range: 1 .. 8x the example size (at least 2048)
+        shape = ct.Shape([ct.RangeDim(lower_bound=1, upper_bound=max(8 * size, 2048), default=size) if symbol else size
+                          for symbol, size in zip(spec.dynamic, spec.shape)])
+    return ct.TensorType(name=spec.name, shape=shape, dtype=_INPUT_DTYPES[spec.dtype])
 
 
 def _output_type(ct: Any, name: str, example: np.ndarray) -> Any:
@@ -165,7 +169,7 @@ def _io_problems(spec: Any, captured: CapturedModel) -> list[str]:
         found = inputs.get(declared.name)
         if found is None:
             problems.append(f"input '{declared.name}' is missing (package has {sorted(inputs)})")
-        elif tuple(found.type.multiArrayType.shape) != declared.shape:
+        elif not declared.dynamic_axes() and tuple(found.type.multiArrayType.shape) != declared.shape:
             problems.append(f"input '{declared.name}' has shape {list(found.type.multiArrayType.shape)}, expected {list(declared.shape)}")
     outputs = [o.name for o in spec.description.output]
     if outputs != captured.output_names:

@@ -1,0 +1,120 @@
+"""Flattening: models as users have them return tuples, dicts, Hugging Face ModelOutputs or
+dataclasses and may take keyword-only arguments; converters want positional tensors in and a
+tuple of tensors out. `FlatModel` bridges the two, for eager, scripted and hybrid models alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .load import LoadedModel
+
+PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
+
+
+class FlatModel(nn.Module):
+    """Positional tensors in, a tuple of tensors out, whatever the wrapped model's signature and output type."""
+
+    def __init__(self, model: nn.Module, input_names: list[str], by_keyword: bool, output_paths: list[list[PathStep]]):
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.by_keyword = by_keyword
+        self.output_paths = output_paths
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.by_keyword:
+            result = self.model(**dict(zip(self.input_names, tensors)))
+        else:
+            result = self.model(*tensors)
+        return tuple(_follow(result, path) for path in self.output_paths)
+
+    def around(self, model: nn.Module) -> "FlatModel":
+        """The same flattening around another version of the model (scripted, hybrid)."""
+        return FlatModel(model, self.input_names, self.by_keyword, self.output_paths).eval()
+
+
+def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tuple[FlatModel, list[str]]:
+    """Wrap the loaded model; run it once on `example` to learn its output structure and names."""
+    names = [spec.name for spec in loaded.inputs]
+    by_keyword = _call_by_keyword(loaded.module, names)
+    args = [example[n] for n in names]
+    with torch.no_grad():
+        result = loaded.module(**example) if by_keyword else loaded.module(*args)
+    leaves = list(_leaves(result, []))
+    if not leaves:
+        raise UsageError("The model's forward returned no tensors.", "Return the output tensor(s) from forward.")
+    raw_names = [_name_of(path) for path, _ in leaves]
+    if loaded.output_names and len(loaded.output_names) == len(leaves):
+        raw_names = loaded.output_names
+    output_names = _unique_names(raw_names, set(names))
+    return FlatModel(loaded.module, names, by_keyword, [path for path, _ in leaves]).eval(), output_names
+
+
+def _call_by_keyword(module: nn.Module, names: list[str]) -> bool:
+    """Keyword calls reach keyword-only parameters; positional calls suit models whose names differ from ours."""
+    params = inspect.signature(module.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()) or all(n in params for n in names):
+        return True
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params.values()) or len(names) <= len(positional):
+        return False
+    raise UsageError(
+        f"{type(module).__name__}.forward takes {len(positional)} positional input(s) but {len(names)} were declared.",
+        f"Name the inputs after forward's parameters ({', '.join(params)}) or declare fewer --input.",
+    )
+
+
+def _leaves(value: Any, path: list[PathStep]):
+    """Yield (path, tensor) for every tensor in a nested output; None entries are skipped (ModelOutput does too)."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif value is None:
+        return
+    elif isinstance(value, dict):  # includes Hugging Face ModelOutput, an OrderedDict
+        for key, item in value.items():
+            yield from _leaves(item, path + [("key", key)])
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _leaves(getattr(value, f.name), path + [("attr", f.name)])
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from _leaves(item, path + [("index", index)])
+    else:
+        raise UsageError(
+            f"The model's output contains a {type(value).__name__}, which no deployment format can carry.",
+            "Return tensors (alone, or in a tuple, dict or dataclass) from forward.",
+        )
+
+
+def _follow(value: Any, path: list[PathStep]) -> torch.Tensor:
+    for kind, step in path:
+        value = getattr(value, step) if kind == "attr" else value[step]
+    return value
+
+
+def _name_of(path: list[PathStep]) -> str:
+    if not path:
+        return "output"
+    if all(kind == "index" for kind, _ in path):
+        return "output_" + "_".join(str(step) for _, step in path)
+    return "_".join(str(step) for _, step in path)
+
+
+def _unique_names(raw: list[str], taken: set[str]) -> list[str]:
+    """Identifier-safe output names that clash neither with each other nor with input names (Core ML needs both)."""
+    names: list[str] = []
+    for name in raw:
+        clean = re.sub(r"\W", "_", name)
+        clean = clean if re.match(r"[A-Za-z_]", clean) else f"output_{clean}"
+        candidate, n = clean, 1
+        while candidate in taken or candidate in names:
+            candidate, n = f"{clean}_{n}", n + 1
+        names.append(candidate)
+    return names
