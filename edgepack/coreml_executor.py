@@ -19,6 +19,7 @@ hardware (approximately). It is a reference, not a bit-exact model of any one co
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -91,6 +92,7 @@ def _quiet() -> Iterator[None]:
         logging.getLogger("coremltools").setLevel(saved)
 
 
+@functools.cache
 def _ct() -> Any:
     with _quiet():
         import coremltools
@@ -98,6 +100,7 @@ def _ct() -> Any:
     return coremltools
 
 
+@functools.cache
 def _types() -> Any:
     with _quiet():
         from coremltools.converters.mil.mil import types
@@ -170,7 +173,10 @@ def _bind(var: Any, value: Any) -> None:
     numbers, so every op computes in fp32 from exactly rounded fp16 inputs.
     """
     holder = var.sym_type()
-    holder._val = value
+    if isinstance(getattr(type(holder), "val", None), property):
+        holder._val = value
+    else:  # types.bool keeps a plain attribute
+        holder.val = value
     var._sym_val = holder
 
 
@@ -182,24 +188,25 @@ def _store(var: Any, value: Any) -> None:
         array = array.astype(np.float16).astype(np.float32)
     elif array.dtype != dtype:
         array = array.astype(dtype)
-    types = _types()
-    if types.is_tensor(var.sym_type):
-        _check_shape(var, array)
+    array.setflags(write=False)  # a value_inference that writes into its input fails loudly
+    if _types().is_tensor(var.sym_type):
+        if not _shape_matches(var.shape, array.shape):
+            op = var.op.op_type if var.op is not None else "block input"
+            raise RuntimeError(f"'{var.name}' ({op}) evaluated to shape {array.shape}, the program declares {tuple(var.shape)}")
         _bind(var, array)
     else:
         if array.size != 1:
             raise RuntimeError(f"'{var.name}' is a scalar in the program but evaluated to shape {array.shape}")
-        _bind(var, array.reshape(())[()])
+        scalar = array.reshape(())[()]
+        # numpy 2 bools are not indices: value_inference code passes them as keepdims= etc.
+        _bind(var, bool(scalar) if array.dtype == np.bool_ else scalar)
 
 
-def _check_shape(var: Any, array: np.ndarray) -> None:
-    declared = var.shape
-    same = len(declared) == array.ndim and all(
-        not isinstance(d, (int, np.integer)) or d == n for d, n in zip(declared, array.shape)
+def _shape_matches(declared: tuple, actual: tuple) -> bool:
+    """Symbolic (flexible) dimensions match any size."""
+    return len(declared) == len(actual) and all(
+        not isinstance(d, (int, np.integer)) or d == n for d, n in zip(declared, actual)
     )
-    if not same:
-        op = var.op.op_type if var.op is not None else "input"
-        raise RuntimeError(f"'{var.name}' ({op}) evaluated to shape {array.shape}, the program declares {tuple(declared)}")
 
 
 def _bind_constants(function: Any) -> None:
@@ -207,8 +214,9 @@ def _bind_constants(function: Any) -> None:
 
     def walk(block: Any) -> None:
         for op in block.operations:
-            if op.op_type == "const" and _types().is_float(op.outputs[0].dtype):
-                _store(op.outputs[0], op.outputs[0].val)
+            out = op.outputs[0] if op.op_type == "const" else None
+            if out is not None and (_types().is_float(out.dtype) or out.dtype == _types().bool):
+                _store(out, out.val)
             for inner in op.blocks:
                 walk(inner)
 
@@ -225,9 +233,8 @@ def _prepare_inputs(function: Any, inputs: dict[str, np.ndarray]) -> dict[str, n
 
 
 def _cast_input(name: str, var: Any, array: np.ndarray) -> np.ndarray:
-    shape = tuple(var.shape)
-    if len(shape) != array.ndim or any(isinstance(d, int) and d != n for d, n in zip(shape, array.shape)):
-        raise ValueError(f"input '{name}' has shape {array.shape}, the program expects {shape}")
+    if not _shape_matches(var.shape, array.shape):
+        raise ValueError(f"input '{name}' has shape {array.shape}, the program expects {tuple(var.shape)}")
     target = _np_dtype(var)
     if target.kind in "iu":
         if array.dtype.kind not in "iub":
@@ -298,13 +305,9 @@ def _reference_ops() -> set[str]:
     return found - _NOT_REFERENCE
 
 
-_SUPPORTED: set[str] = set()
-
-
-def _supported() -> set[str]:
-    if not _SUPPORTED:
-        _SUPPORTED.update(_reference_ops() | set(_IMPLS) | {"const"})
-    return _SUPPORTED
+@functools.cache
+def _supported() -> frozenset[str]:
+    return frozenset(_reference_ops() | set(_IMPLS) | {"const"})
 
 
 def _run_block(block: Any) -> list[Any]:
@@ -316,16 +319,17 @@ def _run_block(block: Any) -> list[Any]:
 
 def _evaluate(op: Any) -> None:
     impl = _IMPLS.get(op.op_type)
-    if impl is not None:
-        result = impl(op)
+    try:
+        result = impl(op) if impl is not None else op.value_inference()
+    except NotImplementedError as exc:
+        # Known op, unsupported variant (e.g. an undocumented mode): still "not verified".
+        raise UnsupportedOp([op.op_type], f"'{op.name}': {exc}") from exc
+    if result is None:
+        raise UnsupportedOp([op.op_type], f"coremltools cannot evaluate '{op.name}' with these inputs")
+    if len(op.outputs) == 1:
+        results = (result[0] if isinstance(result, tuple) and len(result) == 1 else result,)
     else:
-        try:
-            result = op.value_inference()
-        except NotImplementedError:
-            result = None
-        if result is None:
-            raise UnsupportedOp([op.op_type], f"coremltools cannot evaluate '{op.name}' with these inputs")
-    results = result if isinstance(result, (tuple, list)) else (result,)
+        results = tuple(result)
     if len(results) != len(op.outputs):
         raise RuntimeError(f"'{op.name}' ({op.op_type}) gave {len(results)} values for {len(op.outputs)} outputs")
     for var, value in zip(op.outputs, results):
@@ -473,7 +477,7 @@ def _crop_transposed(full: np.ndarray, op: Any, full_sizes: list, out_sizes: tup
     if pad_type == "custom":
         starts = [int(p) for p in np.asarray(_val(op, "pad")).ravel()[0::2]]
     elif pad_type in ("same", "same_lower"):
-        starts = [_same_pads(f - i * s, pad_type == "same_lower")[0] for f, i, s in zip(full_sizes, in_sizes, strides)]
+        starts = [_same_pads(max(0, f - i * s), pad_type == "same_lower")[0] for f, i, s in zip(full_sizes, in_sizes, strides)]
     else:
         starts = [0] * nd
     # output_shape (when given) can ask for more than the taps reach: the remainder stays zero.
@@ -532,3 +536,366 @@ def _l2_pool(op: Any) -> np.ndarray:
     win, _, _ = _pool_windows(op, 0.0)
     nd = win.ndim - len(op.outputs[0].shape)
     return np.sqrt(np.square(win).sum(axis=tuple(range(-nd, 0))))
+
+
+# --- normalization and activations -----------------------------------------------------------
+
+
+def _per_channel(value: Any, ndim: int) -> np.ndarray:
+    """A (C,) parameter shaped to broadcast over (N, C, *spatial)."""
+    return np.asarray(value, np.float32).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@_register("batch_norm")
+def _batch_norm(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    scale = 1.0 / np.sqrt(_per_channel(_val(op, "variance"), x.ndim) + np.float32(_val(op, "epsilon", 1e-5)))
+    y = (x - _per_channel(_val(op, "mean"), x.ndim)) * scale
+    return y * _per_channel(_val(op, "gamma", 1.0), x.ndim) + _per_channel(_val(op, "beta", 0.0), x.ndim)
+
+
+@_register("instance_norm")
+def _instance_norm(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = np.square(x - mean).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.float32(_val(op, "epsilon", 1e-5)))
+    return y * _per_channel(_val(op, "gamma", 1.0), x.ndim) + _per_channel(_val(op, "beta", 0.0), x.ndim)
+
+
+@_register("local_response_norm")
+def _local_response_norm(op: Any) -> np.ndarray:
+    x, size = _f32(op, "x"), int(_val(op, "size"))
+    if size % 2 == 0:
+        raise NotImplementedError("local_response_norm with an even window: where the window sits is undocumented")
+    squares = np.pad(np.square(x), [(0, 0), (size // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
+    window_sum = sliding_window_view(squares, size, axis=1).sum(axis=-1)
+    alpha, beta, k = (float(_val(op, n, d)) for n, d in (("alpha", 1e-4), ("beta", 0.75), ("k", 1.0)))
+    return x / np.power(k + alpha / size * window_sum, beta)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+@_register("silu")
+def _silu(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    return x * _sigmoid(x)
+
+
+@_register("thresholded_relu")
+def _thresholded_relu(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    return np.where(x >= np.float32(_val(op, "alpha", 1.0)), x, np.float32(0))
+
+
+# --- resizing --------------------------------------------------------------------------------
+
+
+def _grid(in_size: int, out_size: int, mode: str) -> np.ndarray:
+    """Source coordinates of each output sample (the sampling modes of iOS15 resize_bilinear)."""
+    i = np.arange(out_size, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if out_size == 1:
+            grid = np.array([(in_size - 1) / 2 if mode == "ALIGN_CORNERS" else 0.0])
+        else:
+            grid = i * (in_size - 1) / (out_size - 1)
+    elif mode == "DEFAULT":
+        grid = i * ((in_size - in_size / out_size) / (out_size - 1)) if out_size > 1 else np.zeros(1)
+    elif mode == "OFFSET_CORNERS":
+        delta = max(1, in_size - 1) / out_size
+        grid = 0.5 * delta + i * delta
+    elif mode == "UNALIGN_CORNERS":
+        spacing = in_size / out_size
+        grid = i * spacing + 0.5 * spacing - 0.5
+    elif mode == "ASYMMETRIC":  # upsample_bilinear with align_corners=False, half_pixel_centers=False
+        grid = i * in_size / out_size
+    else:
+        raise NotImplementedError(f"sampling mode '{mode}'")
+    return np.clip(grid, 0, in_size - 1)
+
+
+def _linear_along(x: np.ndarray, axis: int, grid: np.ndarray) -> np.ndarray:
+    lo = np.floor(grid).astype(np.int64)
+    hi = np.minimum(lo + 1, x.shape[axis] - 1)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = (grid - lo).astype(np.float32).reshape(shape)
+    below, above = np.take(x, lo, axis=axis), np.take(x, hi, axis=axis)
+    return below * (1 - frac) + above * frac
+
+
+def _bilinear(x: np.ndarray, out_hw: tuple, mode: str) -> np.ndarray:
+    y = _linear_along(x, x.ndim - 2, _grid(x.shape[-2], out_hw[0], mode))
+    return _linear_along(y, x.ndim - 1, _grid(x.shape[-1], out_hw[1], mode))
+
+
+def _nearest_index(in_size: int, out_size: int, scale: float | None = None) -> np.ndarray:
+    step = 1.0 / scale if scale else in_size / out_size
+    return np.minimum(np.floor(np.arange(out_size) * step).astype(np.int64), in_size - 1)
+
+
+@_register("upsample_nearest_neighbor")
+def _upsample_nearest(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    out_h, out_w = op.outputs[0].shape[-2:]
+    rows = _nearest_index(x.shape[-2], out_h, float(_val(op, "scale_factor_height", 1)))
+    cols = _nearest_index(x.shape[-1], out_w, float(_val(op, "scale_factor_width", 1)))
+    return np.take(np.take(x, rows, axis=-2), cols, axis=-1)
+
+
+@_register("resize_nearest_neighbor")
+def _resize_nearest(op: Any) -> np.ndarray:
+    x = _f32(op, "x")
+    out_h, out_w = op.outputs[0].shape[-2:]
+    rows, cols = _nearest_index(x.shape[-2], out_h), _nearest_index(x.shape[-1], out_w)
+    return np.take(np.take(x, rows, axis=-2), cols, axis=-1)
+
+
+@_register("upsample_bilinear")
+def _upsample_bilinear(op: Any) -> np.ndarray:
+    align = bool(_val(op, "align_corners", True))
+    half_pixel = bool(_val(op, "half_pixel_centers", not align))
+    mode = "STRICT_ALIGN_CORNERS" if align else ("UNALIGN_CORNERS" if half_pixel else "ASYMMETRIC")
+    return _bilinear(_f32(op, "x"), tuple(op.outputs[0].shape[-2:]), mode)
+
+
+@_register("resize_bilinear")
+def _resize_bilinear(op: Any) -> np.ndarray:
+    return _bilinear(_f32(op, "x"), tuple(op.outputs[0].shape[-2:]), str(_val(op, "sampling_mode", "DEFAULT")))
+
+
+@_register("resize")
+def _resize(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    out_shape, dims = op.outputs[0].shape, int(_val(op, "resized_dims"))
+    mode = str(_val(op, "sampling_mode", "DEFAULT"))
+    nearest = str(_val(op, "interpolation_mode", "LINEAR")) == "NEAREST_NEIGHBOR"
+    if nearest and mode != "DEFAULT":
+        raise NotImplementedError(f"nearest-neighbour resize with sampling mode '{mode}'")
+    y = x if nearest else x.astype(np.float32)
+    for axis in range(x.ndim - dims, x.ndim):
+        if nearest:
+            y = np.take(y, _nearest_index(x.shape[axis], out_shape[axis]), axis=axis)
+        else:
+            y = _linear_along(y, axis, _grid(x.shape[axis], out_shape[axis], mode))
+    return y
+
+
+# --- recurrent -------------------------------------------------------------------------------
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": _sigmoid, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0), "linear": lambda v: v,
+}
+
+
+def _activation(name: Any) -> Callable[[np.ndarray], np.ndarray]:
+    # hard_sigmoid/scaled_tanh take alpha/beta the op cannot pass: their constants are undocumented.
+    fn = _ACTIVATIONS.get(str(name).lower())
+    if fn is None:
+        raise NotImplementedError(f"recurrent activation '{name}'")
+    return fn
+
+
+def _lstm_direction(x: np.ndarray, h: np.ndarray, c: np.ndarray, params: dict, acts: list, reverse: bool) -> tuple:
+    gate_act, cell_act, out_act = acts
+    w_ih, w_hh, bias, peephole = params["w_ih"], params["w_hh"], params["bias"], params["peephole"]
+    p_i, p_f, p_o = np.split(peephole, 3)
+    projected = x @ w_ih.T + bias  # input projection of every step at once: (s, b, 4H)
+    outputs = np.zeros(x.shape[:2] + (w_hh.shape[1],), np.float32)
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        i, f, o, z = np.split(projected[t] + h @ w_hh.T, 4, axis=-1)  # ifoz gate order
+        i, f = gate_act(i + p_i * c), gate_act(f + p_f * c)
+        c = f * c + i * cell_act(z)
+        h = gate_act(o + p_o * c) * out_act(c)
+        outputs[t] = h
+    return outputs, h, c
+
+
+def _lstm_params(op: Any, suffix: str, hidden: int) -> dict:
+    bias, peephole = _val(op, "bias" + suffix), _val(op, "peephole" + suffix)
+    return {
+        "w_ih": _f32(op, "weight_ih" + suffix), "w_hh": _f32(op, "weight_hh" + suffix),
+        "bias": np.zeros(4 * hidden, np.float32) if bias is None else np.asarray(bias, np.float32),
+        "peephole": np.zeros(3 * hidden, np.float32) if peephole is None else np.asarray(peephole, np.float32),
+    }
+
+
+@_register("lstm")
+def _lstm(op: Any) -> tuple:
+    if _val(op, "clip") is not None:
+        raise NotImplementedError("lstm clip: whether the cell state or the cell gate is clipped is ambiguous")
+    x, h0, c0 = _f32(op, "x"), _f32(op, "initial_h"), _f32(op, "initial_c")
+    hidden, direction = op.weight_hh.shape[1], str(_val(op, "direction", "forward"))
+    acts = [_activation(_val(op, name, default)) for name, default in
+            (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh"))]
+    runs = [("", False), ("_back", True)] if direction == "bidirectional" else [("", direction == "reverse")]
+    results = []
+    for k, (suffix, reverse) in enumerate(runs):
+        part = slice(k * hidden, (k + 1) * hidden)
+        results.append(_lstm_direction(x, h0[:, part], c0[:, part], _lstm_params(op, suffix, hidden), acts, reverse))
+    sequence, h, c = (np.concatenate(parts, axis=-1) for parts in zip(*results))
+    return (sequence if bool(_val(op, "output_sequence", False)) else h[None]), h, c
+
+
+@_register("rnn")
+def _rnn(op: Any) -> tuple:
+    x, h = _f32(op, "x"), _f32(op, "initial_h")
+    w_ih, w_hh = _f32(op, "weight_ih"), _f32(op, "weight_hh")
+    bias = np.asarray(_val(op, "bias", 0.0), np.float32)
+    act = _activation(_val(op, "activation", "tanh"))
+    reverse = str(_val(op, "direction", "forward")) == "reverse"
+    projected = x @ w_ih.T + bias
+    outputs = np.zeros(x.shape[:2] + (w_hh.shape[0],), np.float32)
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        h = act(projected[t] + h @ w_hh.T)
+        outputs[t] = h
+    return (outputs if bool(_val(op, "output_sequence", False)) else h[None]), h
+
+
+# --- tensor manipulation ---------------------------------------------------------------------
+
+
+@_register("slice_by_index")
+def _slice_by_index(op: Any) -> np.ndarray:
+    from coremltools.converters.mil.mil.ops.defs._utils import get_squeeze_axes, solve_slice_by_index_slice
+
+    x = np.asarray(op.x.val)
+    params = [_val(op, name) for name in ("stride", "begin_mask", "end_mask", "squeeze_mask")]
+    slices = solve_slice_by_index_slice(x.shape, op.begin.val, op.end.val, *params)
+    squeeze = get_squeeze_axes(params[3], x.ndim)
+    result = x[slices]
+    return np.squeeze(result, axis=tuple(squeeze)) if squeeze else result
+
+
+@_register("crop")
+def _crop(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    (top, bottom), (left, right) = (_ints(_val(op, n), 2, 0) for n in ("crop_height", "crop_width"))
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+
+
+@_register("pixel_shuffle")
+def _pixel_shuffle(op: Any) -> np.ndarray:
+    x, r = np.asarray(op.x.val), int(_val(op, "upscale_factor"))
+    n, c, h, w = x.shape
+    return x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+@_register("pixel_unshuffle")
+def _pixel_unshuffle(op: Any) -> np.ndarray:
+    x, r = np.asarray(op.x.val), int(_val(op, "downscale_factor"))
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // r, r, w // r, r).transpose(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+@_register("cumsum")
+def _cumsum(op: Any) -> np.ndarray:
+    x, axis = np.asarray(op.x.val), int(_val(op, "axis", 0))
+    reverse, exclusive = bool(_val(op, "reverse", False)), bool(_val(op, "exclusive", False))
+    data = np.flip(x, axis) if reverse else x
+    total = np.cumsum(data, axis=axis)
+    if exclusive:
+        total = total - data
+    return np.flip(total, axis) if reverse else total
+
+
+@_register("reverse_sequence")
+def _reverse_sequence(op: Any) -> np.ndarray:
+    x, lengths = np.asarray(op.x.val), np.asarray(op.lengths.val).ravel()
+    seq_axis, batch_axis = int(_val(op, "seq_axis", 0)), int(_val(op, "batch_axis", 0))
+    out = np.moveaxis(x.copy(), (batch_axis, seq_axis), (0, 1))
+    for b, length in enumerate(lengths):
+        out[b, :length] = out[b, :length][::-1].copy()
+    return np.moveaxis(out, (0, 1), (batch_axis, seq_axis))
+
+
+@_register("one_hot")
+def _one_hot(op: Any) -> np.ndarray:
+    indices, size = np.asarray(op.indices.val), int(_val(op, "one_hot_vector_size"))
+    axis = int(_val(op, "axis", -1))
+    axis = axis + indices.ndim + 1 if axis < 0 else axis
+    hot = np.expand_dims(indices, axis) == np.arange(size).reshape([-1 if a == axis else 1 for a in range(indices.ndim + 1)])
+    return np.where(hot, _val(op, "on_value", 1), _val(op, "off_value", 0))
+
+
+@_register("gather_nd")
+def _gather_nd(op: Any) -> np.ndarray:
+    x, indices, batch = np.asarray(op.x.val), np.asarray(op.indices.val), int(_val(op, "batch_dims", 0))
+    if batch == 0:
+        return x[tuple(np.moveaxis(indices, -1, 0))]
+    flat_x = x.reshape((-1,) + x.shape[batch:])
+    flat_i = indices.reshape((-1,) + indices.shape[batch:])
+    gathered = np.stack([xb[tuple(np.moveaxis(ib, -1, 0))] for xb, ib in zip(flat_x, flat_i)])
+    return gathered.reshape(x.shape[:batch] + gathered.shape[1:])
+
+
+_SCATTER_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                   "max": np.maximum, "min": np.minimum}
+
+
+def _scatter_into(out: np.ndarray, where: tuple | np.ndarray, updates: np.ndarray, mode: str) -> np.ndarray:
+    # ufunc.at accumulates repeated indices, which plain fancy-index assignment would not.
+    if mode == "update":
+        out[where] = updates
+    elif mode in _SCATTER_UFUNCS:
+        _SCATTER_UFUNCS[mode].at(out, where, updates)
+    else:
+        raise NotImplementedError(f"scatter mode '{mode}'")
+    return out
+
+
+def _scatter_copy(op: Any) -> np.ndarray:
+    data = np.array(op.data.val, copy=True)
+    return data.astype(np.float32) if data.dtype == np.float16 else data
+
+
+@_register("scatter")
+def _scatter(op: Any) -> np.ndarray:
+    out, indices = _scatter_copy(op), np.asarray(op.indices.val)
+    axis = int(_val(op, "axis", 0)) % out.ndim
+    updates = np.moveaxis(np.asarray(op.updates.val), list(range(axis, axis + indices.ndim)), list(range(indices.ndim)))
+    _scatter_into(np.moveaxis(out, axis, 0), indices, updates, str(_val(op, "mode", "add")))
+    return out
+
+
+@_register("scatter_nd")
+def _scatter_nd(op: Any) -> np.ndarray:
+    out, indices = _scatter_copy(op), np.asarray(op.indices.val)
+    return _scatter_into(out, tuple(np.moveaxis(indices, -1, 0)), np.asarray(op.updates.val), str(_val(op, "mode", "add")))
+
+
+@_register("scatter_along_axis")
+def _scatter_along_axis(op: Any) -> np.ndarray:
+    out, indices = _scatter_copy(op), np.asarray(op.indices.val)
+    axis = int(_val(op, "axis", 0)) % out.ndim
+    grid = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = indices
+    return _scatter_into(out, tuple(grid), np.asarray(op.updates.val), str(_val(op, "mode", "add")))
+
+
+# --- quantization and compressed weights -----------------------------------------------------
+
+
+@_register("dequantize")
+def _dequantize(op: Any) -> np.ndarray:
+    data = np.asarray(op.input.val, np.float32)
+    scale, zero = np.asarray(op.scale.val, np.float32), np.asarray(_val(op, "zero_point", 0), np.float32)
+    axis = _val(op, "axis")
+    if axis is not None and scale.ndim == 1:
+        shape = [1] * data.ndim
+        shape[int(axis)] = -1
+        scale = scale.reshape(shape)
+        zero = zero.reshape(shape) if zero.ndim == 1 else zero
+    return (data - zero) * scale
+
+
+@_register("constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
+           "constexpr_blockwise_shift_scale", "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale",
+           "constexpr_cast")
+def _constexpr(op: Any) -> Any:
+    # coremltools' own decompression of the blobs read from the package is the reference here:
+    # the ops' data (indices, LUTs, masks, scales) all come from the shipped weight file.
+    return op.materialized_val_inference()

@@ -184,7 +184,7 @@ def _bench_all(
                 continue
             fmt, path = FORMATS[report.format], emitted[report.format].path
             try:
-                report.latency = time_loaded(lambda: _bound(fmt.open(path, settings.threads), arrays), settings)
+                report.latency = time_loaded(lambda: _bound(fmt.open_for_timing(path, settings.threads), arrays), settings)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")

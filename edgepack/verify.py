@@ -33,8 +33,7 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
     try:
         run = fmt.open(emitted.path, threads)
     except RuntimeUnavailable as exc:
-        checked = "structure checked (spec version, inputs, outputs, weights); " if _has_structure_check(fmt) else ""
-        return SmokeResult(SKIPPED, f"{checked}numerics not verified on this OS: {exc}")
+        return _not_verified(fmt, exc)
     except Exception as exc:
         return SmokeResult(FAILED, f"the runtime could not load the artifact: {type(exc).__name__}: {exc}")
     comparisons = []
@@ -44,17 +43,25 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
     for label, sample, expected in golden + checks:
         try:
             got = run([sample[name].numpy() for name in captured.input_names])
+        except RuntimeUnavailable as exc:
+            return _not_verified(fmt, exc)
         except Exception as exc:
             comparisons.append(Comparison.error(label, f"running failed: {type(exc).__name__}: {str(exc)[:300]}"))
             continue
         comparisons.append(compare_outputs(got, expected, tol.atol, tol.rtol, tol.min_cosine, label, captured.output_names))
     verdict = merge(comparisons)
+    note = fmt.verification_note()
     return SmokeResult(
         PASSED if verdict.ok else FAILED,
-        verdict.reason,
+        f"{verdict.reason}; {note}" if note else verdict.reason,
         None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
         None if math.isnan(verdict.cosine) else verdict.cosine,
     )
+
+
+def _not_verified(fmt: Format, exc: RuntimeUnavailable) -> SmokeResult:
+    checked = "structure checked (spec version, inputs, outputs, weights); " if _has_structure_check(fmt) else ""
+    return SmokeResult(SKIPPED, f"{checked}numerics not verified on this OS: {exc}")
 
 
 def _has_structure_check(fmt: Format) -> bool:

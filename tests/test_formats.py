@@ -95,6 +95,21 @@ def test_coreml_structure_check_catches_a_damaged_package(emitted, captured, tmp
     assert result.status == "failed"
 
 
+def test_coreml_package_with_altered_weights_fails_its_smoke_test(emitted, captured, tmp_path):
+    fmt, good = FORMATS["coreml"], emitted["coreml"]
+    assert smoke_test(fmt, good, captured, settings("coreml"), threads=1).status == "passed"
+    damaged = tmp_path / "negated.mlpackage"
+    shutil.copytree(good.path, damaged)
+    weights = damaged / "Data/com.apple.CoreML/weights/weight.bin"
+    raw = np.frombuffer(weights.read_bytes(), dtype=np.uint8).copy()
+    sign_bytes = np.arange(raw.size) % 4 == 3
+    sign_bytes[:128] = False  # keep the blob headers; flip the sign of every float32 after them
+    raw[sign_bytes] ^= 0x80
+    weights.write_bytes(raw.tobytes())
+    result = smoke_test(fmt, type(good)(damaged, {}), captured, settings("coreml"), threads=1)
+    assert result.status == "failed", result.reason
+
+
 def test_coreml_structure_check_catches_a_wrong_deployment_target(emitted, captured):
     problems = FORMATS["coreml"].check_structure(emitted["coreml"], captured,
                                                  settings("coreml", minimum_deployment_target="iOS17"))

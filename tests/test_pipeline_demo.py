@@ -55,7 +55,7 @@ def test_runnable_artifacts_pass_their_smoke_test_with_measured_error(demo_repor
     for report in demo_reports.values():
         for artifact in report.artifacts:
             if artifact.format == "coreml":
-                continue
+                continue  # fp16 compute: its own tolerance, checked above
             assert artifact.smoke.status == "passed", artifact.smoke.reason
             assert artifact.smoke.max_abs_err < 1e-4
             assert artifact.smoke.cosine > 0.9999
@@ -63,12 +63,13 @@ def test_runnable_artifacts_pass_their_smoke_test_with_measured_error(demo_repor
 
 
 @pytest.mark.skipif(platform.system() == "Darwin", reason="on macOS Core ML predictions run for real")
-def test_coreml_is_structurally_checked_and_says_numerics_are_not_verified(demo_reports):
+def test_coreml_numerics_are_checked_by_the_reference_executor_off_macos(demo_reports):
     coreml = demo_reports["ios"].artifacts[0]
     assert coreml.format == "coreml"
-    assert coreml.smoke.status == "skipped"
-    assert "structure checked" in coreml.smoke.reason and "numerics not verified on this OS" in coreml.smoke.reason
-    assert coreml.latency is None and "macOS" in coreml.latency_reason
+    assert coreml.smoke.status == "passed", coreml.smoke.reason
+    assert "reference executor" in coreml.smoke.reason and "not Core ML itself" in coreml.smoke.reason
+    assert 0 < coreml.smoke.max_abs_err < 0.05  # fp16 compute: close, never bit-exact
+    assert coreml.latency is None and "macOS" in coreml.latency_reason  # the executor is never timed
     assert coreml.requirements["minimum_deployment_target"] == "iOS16"
     assert coreml.requirements["specification_version"] == 7
     assert "conv" in coreml.requirements["operators"]

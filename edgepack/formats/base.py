@@ -66,6 +66,14 @@ class Format(ABC):
     def open(self, path: Path, threads: int) -> Runner:
         """Load the saved artifact in its real runtime; RuntimeUnavailable when it cannot run here."""
 
+    def open_for_timing(self, path: Path, threads: int) -> Runner:
+        """The runner to time: the real runtime only, never a stand-in used for checking numerics."""
+        return self.open(path, threads)
+
+    def verification_note(self) -> str:
+        """How the numerics were checked, when not in the format's own runtime."""
+        return ""
+
     @abstractmethod
     def converter_versions(self) -> dict[str, str]:
         """Versions of the libraries that wrote and run this format, for the manifest."""

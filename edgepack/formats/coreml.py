@@ -1,7 +1,9 @@
 """Core ML (.mlpackage, ML program) for iOS and macOS apps.
 
-Core ML prediction only runs on macOS. Elsewhere the saved package is read back and checked for
-structure (spec version, inputs, outputs, weights); its numerics are reported as not verified.
+Core ML prediction only runs on macOS. Elsewhere the saved package is read back, checked for
+structure (spec version, inputs, outputs, weights), and its ML program is evaluated by edgepack's
+NumPy reference executor (edgepack.coreml_executor); a program with an op the executor lacks is
+reported as not verified, never as passed. Latency is only measured on macOS.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..capture import CapturedModel
+from ..coreml_executor import UnsupportedOp, run_package, unsupported_ops
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
@@ -98,6 +101,11 @@ class CoreML(Format):
 
     def open(self, path: Path, threads: int) -> Runner:
         if platform.system() != "Darwin":
+            return _reference_runner(path)
+        return self.open_for_timing(path, threads)
+
+    def open_for_timing(self, path: Path, threads: int) -> Runner:
+        if platform.system() != "Darwin":
             raise RuntimeUnavailable(f"Core ML prediction needs macOS (this is {platform.system()})")
         ct = _ct()
         model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
@@ -112,8 +120,33 @@ class CoreML(Format):
 
         return run
 
+    def verification_note(self) -> str:
+        if platform.system() == "Darwin":
+            return ""
+        return ("numerics checked with edgepack's NumPy reference executor for ML programs, "
+                "not Core ML itself (Core ML prediction needs macOS)")
+
     def converter_versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "coremltools": _ct().__version__}
+
+
+def _reference_runner(path: Path) -> Runner:
+    missing = unsupported_ops(path)
+    if missing:
+        raise RuntimeUnavailable("Core ML prediction needs macOS, and edgepack's reference executor "
+                                 f"cannot evaluate op(s) {', '.join(missing)}")
+    spec = _ct().utils.load_spec(str(path))
+    in_names = [i.name for i in spec.description.input]
+    out_names = [o.name for o in spec.description.output]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            result = run_package(path, dict(zip(in_names, inputs)))
+        except UnsupportedOp as exc:
+            raise RuntimeUnavailable(f"Core ML prediction needs macOS, and the reference executor cannot run: {exc}") from exc
+        return [result[n] for n in out_names]
+
+    return run
 
 
 def _input_type(ct: Any, spec: Any) -> Any:
