@@ -104,8 +104,11 @@ class Strategy(ABC):
 class Trace(Strategy):
     name = "trace"
 
+    def __init__(self, prior: torch.jit.ScriptModule | None = None) -> None:
+        self.prior = prior  # the trace the hazard pass already made: tracing twice costs time on big models
+
     def build(self, flat, example, found):
-        return _trace(flat, example), []
+        return (self.prior if self.prior is not None else _trace(flat, example)), []
 
 
 class Script(Strategy):
@@ -130,9 +133,6 @@ class Hybrid(Strategy):
         return _trace(flat.around(model), example), targets
 
 
-LADDER: tuple[Strategy, ...] = (Trace(), Script(), Hybrid())
-
-
 # The ladder ---------------------------------------------------------------------------------------
 
 def capture(
@@ -149,7 +149,8 @@ def capture(
     example = tuple(samples[0][n] for n in names)
     state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
     checks = _checks(loaded, flat, samples, user_checks or [])
-    found = state + _trace_hazards(flat, loaded, example)
+    first_trace, trace_hazards = _trace_hazards(flat, loaded, example)
+    found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
     if fatal:
         raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
@@ -157,7 +158,7 @@ def capture(
     attempts: list[CaptureAttempt] = []
     accepted: tuple[str, torch.jit.ScriptModule] | None = None
     fallback = None
-    for strategy in _strategies_for(mode):
+    for strategy in _strategies_for(mode, first_trace):
         module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names)
         attempts.append(attempt)
         clean = attempt.ok and (strategy.name != "trace" or not found or mode == "trace")
@@ -176,8 +177,9 @@ def capture(
                          [c for c in checks if not c.label.startswith("golden sample")])
 
 
-def _strategies_for(mode: str) -> tuple[Strategy, ...]:
-    return {"auto": LADDER, "trace": LADDER[:1], "script": LADDER[1:2]}[mode]
+def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None) -> tuple[Strategy, ...]:
+    ladder = (Trace(first_trace), Script(), Hybrid())
+    return {"auto": ladder, "trace": ladder[:1], "script": ladder[1:2]}[mode]
 
 
 def _attempt(strategy, flat, example, found, checks, output_names, names) -> tuple[Any, CaptureAttempt]:
@@ -198,7 +200,9 @@ def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...]) -> torch.jit.Scri
         return torch.jit.trace(flat, example, check_trace=False)
 
 
-def _trace_hazards(flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Tensor, ...]) -> list[Hazard]:
+def _trace_hazards(
+    flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Tensor, ...]
+) -> tuple[torch.jit.ScriptModule | None, list[Hazard]]:
     """Trace once with warnings recorded; also look for random ops and loops unrolled over dynamic sizes."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
@@ -206,7 +210,7 @@ def _trace_hazards(flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Te
         try:
             traced = torch.jit.trace(flat, example, check_trace=False)
         except Exception:
-            return hz.from_tracer_warnings(caught)  # the trace attempt reports the failure itself
+            return None, hz.from_tracer_warnings(caught)  # the trace attempt reports the failure itself
     found = hz.from_tracer_warnings(caught) + hz.random_ops(traced.inlined_graph)
     for symbol, size in dynamic_symbols(loaded.inputs).items():
         other = sample_inputs(resized(loaded.inputs, {symbol: size * 2}), loaded.module, seed=7)
@@ -217,7 +221,7 @@ def _trace_hazards(flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Te
         except Exception:
             continue  # the other size fails in eager too; the checks will say so
         found += hz.unrolled_loops(traced.inlined_graph, retraced.inlined_graph, symbol)
-    return hz.dedupe(found)
+    return traced, hz.dedupe(found)
 
 
 def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> list[Check]:
