@@ -141,7 +141,7 @@ def _load_main_function(spec: Any, package: Path) -> Any:
     return program.functions[_main_name(spec)]
 
 
-def _spec_op_types(spec: Any) -> set[str]:
+def program_op_types(spec: Any) -> set[str]:
     function = spec.mlProgram.functions[_main_name(spec)]
     found: set[str] = set()
 
@@ -156,7 +156,7 @@ def _spec_op_types(spec: Any) -> set[str]:
 
 
 def _unsupported(spec: Any) -> list[str]:
-    return sorted(_spec_op_types(spec) - _supported())
+    return sorted(program_op_types(spec) - _supported())
 
 
 # --- values ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgepack import coreml_executor
-from edgepack.coreml_executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops
+from edgepack.coreml_executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops, program_op_types
 from edgepack.noise import quiet_converter
 
 with quiet_converter():
@@ -331,18 +331,7 @@ def _convert(model: nn.Module, examples: dict[str, torch.Tensor], path: Path, pr
 
 
 def _program_ops(package: Path) -> set[str]:
-    spec = ct.utils.load_spec(str(package))
-    function = spec.mlProgram.functions["main"]
-    found: set[str] = set()
-
-    def walk(block) -> None:
-        for op in block.operations:
-            found.add(op.type)
-            for inner in op.blocks:
-                walk(inner)
-
-    walk(function.block_specializations[function.opset])
-    return found
+    return program_op_types(ct.utils.load_spec(str(package)))
 
 
 def _eager(model: nn.Module, examples: dict[str, torch.Tensor]) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..capture import CapturedModel
-from ..coreml_executor import UnsupportedOp, run_package, unsupported_ops
+from ..coreml_executor import UnsupportedOp, program_op_types, run_package, unsupported_ops
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
@@ -76,7 +76,7 @@ class CoreML(Format):
             "minimum_deployment_target": deployment.name,
             "specification_version": spec.specificationVersion,
             "compute_precision": settings.precision,
-            "operators": sorted(set(_program_ops(spec))),
+            "operators": sorted(program_op_types(spec)),
         }
         return Emitted(path, requirements, [f"ML program, compute precision {settings.precision}"])
 
@@ -176,23 +176,6 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel) -> None:
     meta["edgepack.capture"] = captured.strategy
     if loaded.labels:
         meta["edgepack.labels"] = json.dumps(loaded.labels)
-
-
-def _program_ops(spec: Any) -> list[str]:
-    ops = []
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            ops += _block_ops(block)
-    return ops
-
-
-def _block_ops(block: Any) -> list[str]:
-    ops = []
-    for op in block.operations:
-        ops.append(op.type)
-        for inner in op.blocks:
-            ops += _block_ops(inner)
-    return ops
 
 
 def _io_problems(spec: Any, captured: CapturedModel) -> list[str]:
