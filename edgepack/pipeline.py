@@ -24,7 +24,7 @@ from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .report import ArtifactReport, BudgetCheck, BuildReport
 from .targets import Target, load_target
-from .verify import PASSED, SKIPPED, SmokeResult, smoke_test
+from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -70,14 +70,12 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
             FORMATS[settings.name].validate(settings)
 
     observer.event("load", "start", request.model or "built-in demo model")
-    loaded = load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
-                        request.search_dir)
+    loaded = _load(request)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
-    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
-    captured = capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
+    captured = _capture(request, loaded)
     for hazard in captured.hazards:
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
@@ -87,15 +85,24 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
 
 def diagnose(request: BuildRequest) -> dict:
     """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
-    loaded = load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
-                        request.search_dir)
-    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
+    loaded = _load(request)
     try:
-        captured = capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
+        captured = _capture(request, loaded)
     except CaptureError as exc:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
                 "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
+
+
+def _load(request: BuildRequest) -> LoadedModel:
+    return load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
+                      request.search_dir)
+
+
+def _capture(request: BuildRequest, loaded: LoadedModel) -> CapturedModel:
+    """The capture `build` and `diagnose` share: golden samples, the user's check inputs, the chosen mode."""
+    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
+    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
 
 
 def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
@@ -146,14 +153,14 @@ def _emit_all(
             result = fmt.emit(captured, settings, path)
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
-            report.smoke = SmokeResult("failed", f"emitting failed: {exc}")
+            report.smoke = SmokeResult(FAILED, f"emitting failed: {exc}")
             observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.requirements, report.notes = result.requirements, result.notes
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
-        status = {"passed": "done", "skipped": "warn"}.get(report.smoke.status, "fail")
+        status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted
 
@@ -161,7 +168,7 @@ def _emit_all(
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
     """--allow-partial: a format that failed leaves the bundle; the report keeps why."""
     for report in artifacts:
-        if report.smoke.status == "failed" and report.path is not None:
+        if report.smoke.status == FAILED and report.path is not None:
             remove_path(bundle_dir / report.path)
             emitted.pop(report.format, None)
             report.notes.append(f"excluded from the bundle (--allow-partial): {report.smoke.reason}")
