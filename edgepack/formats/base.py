@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from ..capture import CapturedModel
 from ..errors import UsageError, did_you_mean
@@ -16,6 +17,14 @@ from ..targets import FormatSettings
 
 # Runs one sample: input arrays in the model's input order -> output arrays in its output order.
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+# Every precision name a target file or `--precision` may ask for. A format implements some of
+# them (`Format.precisions`) and maps the rest to its nearest scheme (`Format.nearest_precision`).
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
+# Calibration data for static schemes: samples shaped like CapturedModel.samples (input name -> tensor).
+Calibration = list[dict[str, torch.Tensor]]
+# FormatSettings.options key: layer names (from `quantizable_layers`) that a quantized emit keeps in float.
+FLOAT_LAYERS = "float_layers"
 
 
 class RuntimeUnavailable(Exception):
@@ -55,8 +64,21 @@ class Format(ABC):
         return bundle_dir / f"{model_name}{self.suffix}"
 
     @abstractmethod
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
-        """Write the artifact at `path`; raise BuildError with the converter's reason on failure."""
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
+             calibration: Calibration | None = None) -> Emitted:
+        """Write the artifact at `path` in `settings.precision`, keeping `settings.options[FLOAT_LAYERS]`
+        in float; raise BuildError with the converter's reason on failure. Static schemes need
+        `calibration` (UsageError when it is missing)."""
+
+    def nearest_precision(self, requested: str) -> tuple[str, str]:
+        """The scheme this format uses for a requested precision, and a note when it differs."""
+        if requested in self.precisions:
+            return requested, ""
+        return "fp32", f"{self.name} has no {requested} scheme; built in fp32"
+
+    def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        """Layer names a quantized emit can keep in float (what the sensitivity pass chooses from)."""
+        return []
 
     def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Problems found by reading the saved artifact back without running it."""

@@ -22,7 +22,7 @@ from ..coreml_executor import UnsupportedOp, program_op_types, run_package, unsu
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
-from .base import Emitted, Format, Runner, RuntimeUnavailable, register_format
+from .base import Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
 _PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
 # Core ML model inputs are fp16/fp32/fp64/int32 multi-arrays: int64 token ids travel as int32.
@@ -52,7 +52,8 @@ class CoreML(Format):
             raise UsageError(f"Core ML minimum_deployment_target '{target}' is not supported.",
                              f"Choose one of {', '.join(known)} (ML programs with fp16 I/O need iOS16 or newer).")
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
+             calibration: Calibration | None = None) -> Emitted:
         ct = _ct()
         deployment = getattr(ct.target, self.option(settings, "minimum_deployment_target"))
         with quiet_converter() as log:

@@ -19,7 +19,7 @@ from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
-from .base import Emitted, Format, Runner, register_format
+from .base import Calibration, Emitted, Format, Runner, register_format
 
 _MIN_OPSET, _MAX_OPSET = 13, 21
 # The torch.export-based exporter writes opset 18 or newer (it ignores lower requests), and onnx's
@@ -41,7 +41,8 @@ class Onnx(Format):
         if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
+             calibration: Calibration | None = None) -> Emitted:
         opset = self.option(settings, "opset")
         args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
         notes = _export(captured, args, path, opset)

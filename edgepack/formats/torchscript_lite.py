@@ -18,7 +18,7 @@ from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
-from .base import Emitted, Format, Runner, register_format
+from .base import Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
 NEWEST_BYTECODE = 8
@@ -41,7 +41,8 @@ class TorchScriptLite(Format):
                 f"Choose a version from {OLDEST_BYTECODE} to {NEWEST_BYTECODE} (the one your app's lite runtime reads).",
             )
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path) -> Emitted:
+    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
+             calibration: Calibration | None = None) -> Emitted:
         version = self.option(settings, "bytecode_version")
         with quiet_converter() as log:
             try:
