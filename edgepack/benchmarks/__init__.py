@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures measured in one run (never timed unit tests)."""
