@@ -83,12 +83,15 @@ def build_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
     no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+    device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
+    trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
     try:
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
+        request.device_policy, request.trace_device = device_policy, trace_device
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -102,6 +105,11 @@ def build_command(
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+DEVICE_POLICY_HELP = ("agnostic: every placement the trace recorded follows the input's device; target: pin "
+                      "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way.")
+TRACE_DEVICE_HELP = "Device to trace on (cpu, cuda, cuda:N); the bundle is made device-agnostic and checked on the CPU."
 
 
 def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
@@ -160,9 +168,19 @@ def _print_summary(reports: list[BuildReport]) -> None:
         for a in report.artifacts:
             if a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+        console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
+
+
+def _devices_text(capture: dict) -> str:
+    rewrites = capture.get("rewrites", [])
+    changed = [r for r in rewrites if r["kind"] not in ("kept_cpu", "unresolved")]
+    kept = [r for r in rewrites if r["kind"] == "kept_cpu"]
+    verdict = "device-agnostic" if capture.get("device_agnostic") else "[red]NOT device-agnostic[/]"
+    text = f"{verdict} (policy {capture.get('device_policy')}, {len(changed)} rewrite(s)"
+    return text + (f", {len(kept)} deliberate CPU placement(s) kept)" if kept else ")")
 
 
 @app.command("doctor")
@@ -175,11 +193,14 @@ def doctor_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra check inputs: a .npz or a module:attr callable.")] = None,
     trust_weights: Annotated[bool, typer.Option(help="Allow weights files that need full unpickling.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
+    trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
 ) -> None:
     """Find where tracing the model goes wrong, without building: each hazard with its line, why it matters and the fix."""
     try:
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
+        request.device_policy, request.trace_device = device_policy, trace_device
         result = diagnose(request)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -207,7 +228,12 @@ def _print_diagnosis(result: dict) -> None:
         if a["divergence"]:
             detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
         console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
+    if result.get("rewrites"):
+        console.print("\n[bold]device pass[/]", highlight=False)
+        for r in result["rewrites"]:
+            console.print(f"  {r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}", highlight=False)
     if result["ok"]:
+        console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
     else:
         console.print(f"\n[red]result:[/] no trustworthy capture. {result['hint']}", highlight=False)

@@ -19,7 +19,7 @@ from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden,
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
-from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
+from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .report import ArtifactReport, BudgetCheck, BuildReport
@@ -46,6 +46,8 @@ class BuildRequest:
     capture_mode: str = "auto"
     check_inputs: str | None = None  # a .npz file or a `module:attr` callable yielding input dicts
     check_budgets: bool = True
+    device_policy: str = "agnostic"  # "agnostic": placements follow the input's device; "target": the phone's CPU
+    trace_device: str = "cpu"  # where the trace is recorded (cuda on a workstation); bundles always run on CPU
     search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
 
 
@@ -102,7 +104,8 @@ def _load(request: BuildRequest) -> LoadedModel:
 def _capture(request: BuildRequest, loaded: LoadedModel) -> CapturedModel:
     """The capture `build` and `diagnose` share: golden samples, the user's check inputs, the chosen mode."""
     user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
-    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
+    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks, request.device_policy,
+                   request.trace_device)
 
 
 def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
@@ -158,11 +161,25 @@ def _emit_all(
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.requirements, report.notes = result.requirements, result.notes
+        report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
         status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted
+
+
+def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dict:
+    """The proof on what ships: device literals read back from the saved artifact's own code."""
+    devices = captured.devices
+    keep = devices.keep if devices else set()
+    findings = fmt.saved_devices(emitted.path, keep)
+    if findings is None:
+        return {"checked": False, "device_agnostic": devices is None or devices.policy == "agnostic", "pinned": [], "kept": [],
+                "note": f"{fmt.name} records no device placement: its runtime places every tensor"}
+    agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
+    return {"checked": True, "device_agnostic": agnostic, "pinned": findings.pinned, "kept": findings.kept,
+            "note": "device literals read back from the saved code"}
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
@@ -236,7 +253,7 @@ def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactRe
         "capture": captured.to_json(),
         "artifacts": [
             {"format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
-             "requirements": a.requirements, "smoke": a.smoke.status,
+             "requirements": a.requirements, "smoke": a.smoke.status, "devices": a.devices,
              "tolerance": vars(settings[a.format].tolerance)}
             for a in artifacts if a.path is not None
         ],
