@@ -12,11 +12,13 @@ dynamic dimension, and the user's own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -205,6 +207,7 @@ def capture(
     if fatal:
         raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
 
+    yours = [h for h in found if not h.in_library]  # hazards in torch's own code do not rule out the trace
     attempts: list[CaptureAttempt] = []
     accepted: tuple[str, torch.jit.ScriptModule] | None = None
     fallback = None
@@ -212,7 +215,7 @@ def capture(
     for strategy in _strategies_for(mode, first_trace, trace_device):
         module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names, device_policy, moved)
         attempts.append(attempt)
-        clean = attempt.ok and (strategy.name != "trace" or not found or mode == "trace")
+        clean = attempt.ok and (strategy.name != "trace" or not yours or mode == "trace")
         if clean:
             accepted = (strategy.name, module)
             break
@@ -284,7 +287,21 @@ def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: st
     if torch.device(device).type != "cpu":
         model = copy.deepcopy(model).to(device)
         example = tuple(t.to(device) for t in example)
-    return torch.jit.trace(model, example, check_trace=False)
+    with _without_fused_attention():
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+@contextlib.contextmanager
+def _without_fused_attention() -> Iterator[None]:
+    """nn.MultiheadAttention / TransformerEncoderLayer take a fused "fast path" at inference without
+    grad; traced, it becomes one fused op (`_transformer_encoder_layer_fwd`) that Core ML, the
+    quantizers and older lite runtimes do not know. Trace the plain ops instead."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:

@@ -78,8 +78,12 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
-    for hazard in captured.hazards:
+    for hazard in [h for h in captured.hazards if not h.in_library]:
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+    inside_torch = [h for h in captured.hazards if h.in_library]
+    if inside_torch:
+        observer.event("capture", "warn", f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
+                                          "(shape checks, usually); the trace was checked against eager regardless")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
     return [build_target(captured, target, request, observer) for target in targets]

@@ -141,3 +141,19 @@ class DevicePatterns(nn.Module):
 def make_device_patterns() -> DevicePatterns:
     torch.manual_seed(0)
     return DevicePatterns().eval()
+
+
+class TorchEncoderLayer(nn.Module):
+    """nn.TransformerEncoderLayer: at inference without grad it takes a fused fast path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def make_torch_encoder_layer() -> TorchEncoderLayer:
+    torch.manual_seed(0)
+    return TorchEncoderLayer().eval()
