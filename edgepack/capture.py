@@ -194,7 +194,7 @@ def capture(
     a capture recorded on `trace_device` must compute the same on the device that runs the bundle."""
     if mode not in MODES:
         raise UsageError(f"Unknown capture mode '{mode}'.", f"Use one of: {', '.join(MODES)}.")
-    _check_device_options(device_policy, trace_device)
+    trace_device = _resolve_trace_device(device_policy, trace_device)
     prepass = rewrite.eager_prepass(loaded.module)  # before anything traces it: tensor attributes become buffers
     flat, output_names = flatten_model(loaded, samples[0])
     names = [spec.name for spec in loaded.inputs]
@@ -245,6 +245,14 @@ def _allowed_devices(rewrites: list[rewrite.Rewrite], policy: str) -> set[str]:
     return rewrite.kept_devices(rewrites) | ({rewrite.TARGET_DEVICE} if policy == "target" else set())
 
 
+def _resolve_trace_device(policy: str, trace_device: str) -> str:
+    """Validate the options; "auto" is the workstation's GPU when there is one, else the CPU."""
+    if trace_device == "auto":
+        trace_device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_device_options(policy, trace_device)
+    return trace_device
+
+
 def _check_device_options(policy: str, trace_device: str) -> None:
     if policy not in rewrite.POLICIES:
         raise UsageError(f"Unknown device policy '{policy}'.",
@@ -252,13 +260,13 @@ def _check_device_options(policy: str, trace_device: str) -> None:
     try:
         device = torch.device(trace_device)
     except RuntimeError as exc:
-        raise UsageError(f"'{trace_device}' is not a device name.", "Use cpu, cuda or cuda:N.") from exc
+        raise UsageError(f"'{trace_device}' is not a device name.", "Use cpu, cuda, cuda:N or auto.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--trace-device {trace_device}: this machine has no usable CUDA device "
                          f"(torch {torch.__version__}, torch.cuda.is_available() is False).",
                          "Trace on the CPU (the default): the bundle is the same, the device pass makes it device-agnostic.")
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--trace-device {trace_device}: only cpu and cuda are supported.", "Use cpu or cuda.")
+        raise UsageError(f"--trace-device {trace_device}: only cpu and cuda are supported.", "Use cpu, cuda, cuda:N or auto.")
 
 
 def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None, trace_device: str) -> tuple[Strategy, ...]:

@@ -109,7 +109,8 @@ def build_command(
 
 DEVICE_POLICY_HELP = ("agnostic: every placement the trace recorded follows the input's device; target: pin "
                       "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way.")
-TRACE_DEVICE_HELP = "Device to trace on (cpu, cuda, cuda:N); the bundle is made device-agnostic and checked on the CPU."
+TRACE_DEVICE_HELP = ("Device to trace on: cpu, cuda, cuda:N, or auto (cuda when available). The bundle is made "
+                     "device-agnostic and checked on the CPU either way.")
 
 
 def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,

@@ -148,3 +148,17 @@ def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
     assert not lite.devices["device_agnostic"] and not lite.devices["pinned"]  # pinned to the CPU on purpose
     assert not report.device_agnostic and capture["meta_check"].startswith("not run")
     assert any('torch.device("cpu")' in kept for kept in lite.devices["kept"]), lite.devices
+
+
+def test_trace_device_options_are_checked_before_any_work(tmp_path):
+    from edgepack.errors import UsageError
+
+    for device, message in (("cuda", "no usable CUDA device"), ("npu", "not a device name"), ("mps", "only cpu and cuda")):
+        request = _request(["iot"], tmp_path)
+        request.trace_device = device
+        with pytest.raises(UsageError, match=message):
+            build(request)
+    request = _request(["iot"], tmp_path)
+    request.trace_device, request.check_budgets = "auto", False
+    [report] = build(request)
+    assert report.capture["trace_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
