@@ -38,6 +38,7 @@ enum ManifestKeys {
     static let artifactFormat = "artifacts[].format"
     static let artifactPath = "artifacts[].path"
     static let artifactPrecision = "artifacts[].precision"
+    static let artifactSha256 = "artifacts[].sha256"
     static let artifactTolerance = "artifacts[].tolerance"
     static let toleranceAtol = "artifacts[].tolerance.atol"
     static let toleranceRtol = "artifacts[].tolerance.rtol"

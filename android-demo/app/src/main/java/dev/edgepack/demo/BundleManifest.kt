@@ -13,7 +13,7 @@ data class TensorSpec(val name: String, val shape: List<Long>, val dtype: String
 
 data class Tolerance(val atol: Double, val rtol: Double, val minCosine: Double)
 
-data class Artifact(val format: String, val path: String, val precision: String, val tolerance: Tolerance)
+data class Artifact(val format: String, val path: String, val precision: String, val sha256: String, val tolerance: Tolerance)
 
 /** The parts of manifest.json the app uses; see [ManifestKeys] for the keys. */
 data class BundleManifest(
@@ -85,6 +85,7 @@ data class BundleManifest(
                 format = item.getString(k.leaf(k.ARTIFACT_FORMAT)),
                 path = item.getString(k.leaf(k.ARTIFACT_PATH)),
                 precision = item.getString(k.leaf(k.ARTIFACT_PRECISION)),
+                sha256 = item.getString(k.leaf(k.ARTIFACT_SHA256)),
                 tolerance = Tolerance(tolerance.getDouble(k.leaf(k.TOLERANCE_ATOL)), tolerance.getDouble(k.leaf(k.TOLERANCE_RTOL)),
                     tolerance.getDouble(k.leaf(k.TOLERANCE_MIN_COSINE)))
             )

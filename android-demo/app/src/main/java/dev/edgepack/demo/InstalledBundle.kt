@@ -25,18 +25,19 @@ class InstalledBundle(private val context: Context) {
 
     /** null for a format this app has no runtime for (e.g. coreml in an iOS bundle). */
     fun openRunner(artifact: Artifact, threads: Int = 2): ModelRunner? = when (artifact.format) {
-        BundleManifest.FORMAT_TORCHSCRIPT_LITE -> TorchScriptLiteRunner(copyToFile(artifact.path), manifest)
+        BundleManifest.FORMAT_TORCHSCRIPT_LITE -> TorchScriptLiteRunner(copyToFile(artifact), manifest)
         BundleManifest.FORMAT_ONNX -> OnnxRunner(bytes(artifact.path), manifest, threads)
         else -> null
     }
 
-    /** The lite interpreter loads from a path, and assets have none: copy the file out once per content. */
-    private fun copyToFile(path: String): File {
-        val data = bytes(path)
-        val file = File(context.filesDir, "edgepack/$path")
-        if (!file.exists() || file.length() != data.size.toLong() || !file.readBytes().contentEquals(data)) {
+    /** The lite interpreter loads from a path, and assets have none: copy the file out once per content (its sha256). */
+    private fun copyToFile(artifact: Artifact): File {
+        val file = File(context.filesDir, "edgepack/${artifact.sha256.take(16)}-${File(artifact.path).name}")
+        if (!file.exists()) {
             file.parentFile?.mkdirs()
-            file.writeBytes(data)
+            val partial = File(file.path + ".partial")
+            partial.writeBytes(bytes(artifact.path))
+            partial.renameTo(file)
         }
         return file
     }

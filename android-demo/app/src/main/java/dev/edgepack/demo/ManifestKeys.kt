@@ -40,6 +40,7 @@ object ManifestKeys {
     const val ARTIFACT_FORMAT = "artifacts[].format"
     const val ARTIFACT_PATH = "artifacts[].path"
     const val ARTIFACT_PRECISION = "artifacts[].precision"
+    const val ARTIFACT_SHA256 = "artifacts[].sha256"
     const val ARTIFACT_TOLERANCE = "artifacts[].tolerance"
     const val TOLERANCE_ATOL = "artifacts[].tolerance.atol"
     const val TOLERANCE_RTOL = "artifacts[].tolerance.rtol"
