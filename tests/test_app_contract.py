@@ -82,23 +82,41 @@ def _resolve(node: object, segments: list[str], path: str) -> tuple[bool, list[s
 
 
 def schema_problems(schema: dict, paths: list[str]) -> list[str]:
-    """Every path must be a declared property; required keys must be required by the schema."""
+    """Every path must be a declared property (in the object's schema or one of its allOf/anyOf/oneOf
+    or if/then branches); keys the apps need must be required. Below an object the schema leaves
+    open (no properties declared, like `preprocessing`), the real manifests are the only check."""
     problems = []
     for path in paths:
-        node = schema
+        nodes = [schema]
         for segment in path.split("."):
             optional = segment.endswith("?")
             key = segment.rstrip("?").removesuffix("[]")
-            node = _object_branch(schema, node)
-            if key not in node.get("properties", {}):
+            branches = [branch for node in nodes for branch in _branches(schema, node)]
+            if not any("properties" in branch for branch in branches):
+                break
+            found = [branch["properties"][key] for branch in branches if key in branch.get("properties", {})]
+            if not found:
                 problems.append(f"{path}: the schema has no property '{key}'")
                 break
-            if not optional and key not in node.get("required", []):
+            if not optional and not any(key in branch.get("required", []) for branch in branches):
                 problems.append(f"{path}: the apps need '{key}', but the schema does not require it")
-            node = node["properties"][key]
+            nodes = found
             if segment.rstrip("?").endswith("[]"):
-                node = _deref(schema, _deref(schema, node).get("items", {}))
+                nodes = [_deref(schema, node).get("items", {}) for node in nodes]
     return problems
+
+
+def _branches(root: dict, node: dict) -> list[dict]:
+    """A schema node and every sub-schema that can add properties to the same object."""
+    node = _deref(root, node)
+    found = [node]
+    for combinator in ("allOf", "anyOf", "oneOf"):
+        for branch in node.get(combinator, []):
+            found += _branches(root, branch)
+    for conditional in ("then", "else"):
+        if conditional in node:
+            found += _branches(root, node[conditional])
+    return found
 
 
 def _deref(root: dict, node: dict) -> dict:
@@ -108,17 +126,6 @@ def _deref(root: dict, node: dict) -> dict:
         node = root
         for part in ref[2:].split("/"):
             node = node[part]
-    return node
-
-
-def _object_branch(root: dict, node: dict) -> dict:
-    """The object form of a node that may be declared as anyOf/oneOf [object, null]."""
-    node = _deref(root, node)
-    for combinator in ("anyOf", "oneOf"):
-        for branch in node.get(combinator, []):
-            branch = _deref(root, branch)
-            if "properties" in branch:
-                return branch
     return node
 
 
@@ -212,6 +219,30 @@ def test_manifest_schema_declares_the_keys_the_apps_read(language):
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
     manifest_paths, _ = app_keys(language)
     assert schema_problems(schema, manifest_paths) == []
+
+
+def test_schema_check_follows_refs_and_conditionals_and_reports_renames():
+    """The schema walk on a small schema shaped like edgepack's: $ref, if/then per format, an open object."""
+    tolerance = {"type": "object", "required": ["atol", "min_cosine"],
+                 "properties": {"atol": {"type": "number"}, "min_cosine": {"type": "number"}}}
+    schema = {
+        "type": "object", "required": ["artifacts", "preprocessing"],
+        "properties": {
+            "preprocessing": {"type": ["object", "null"]},
+            "artifacts": {"type": "array", "items": {"$ref": "#/$defs/artifact"}}},
+        "$defs": {"tolerance": tolerance, "artifact": {
+            "type": "object", "required": ["tolerance", "requirements"],
+            "properties": {"tolerance": {"$ref": "#/$defs/tolerance"}, "requirements": {"type": "object", "properties": {}}},
+            "allOf": [{"if": {"properties": {"format": {"const": "coreml"}}}, "then": {"properties": {"requirements": {
+                "properties": {"minimum_deployment_target": {"type": "string"}}}}}}]}}}
+    paths = ["artifacts[].tolerance.min_cosine", "artifacts[].requirements.minimum_deployment_target?", "preprocessing?.mean"]
+    assert schema_problems(schema, paths) == []
+    tolerance["properties"]["minimum_cosine"] = tolerance["properties"].pop("min_cosine")
+    assert schema_problems(schema, paths) == ["artifacts[].tolerance.min_cosine: the schema has no property 'min_cosine'"]
+    tolerance["properties"]["min_cosine"] = {"type": "number"}
+    tolerance["required"] = ["atol"]
+    assert schema_problems(schema, paths) == [
+        "artifacts[].tolerance.min_cosine: the apps need 'min_cosine', but the schema does not require it"]
 
 
 @pytest.mark.parametrize("language", APPS)
