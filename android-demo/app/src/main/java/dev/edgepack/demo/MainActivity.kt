@@ -101,7 +101,10 @@ class MainActivity : ComponentActivity() {
     }
 
     private fun classify(image: () -> Bitmap?) {
-        val loaded = bundle ?: return
+        val loaded = bundle ?: run {
+            resultText.text = getString(R.string.bundle_not_loaded)
+            return
+        }
         val pre = loaded.manifest.preprocessing
         if (pre == null) {
             resultText.text = getString(R.string.no_preprocessing, loaded.manifest.preprocessingProblem)
