@@ -251,7 +251,7 @@ def install_into_command(
     except EdgepackError as exc:
         _fail(exc, False)
     print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
-          f"into the {installed.platform} app at {installed.destination}")
+          f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
 
 
 def run() -> None:

@@ -27,12 +27,15 @@ class AppLayout:
     bundle_path: str  # the folder the app reads the bundle from, relative to the app
     required_format: str  # the format the app cannot run without
     build_hint: str
+    next_step: str  # what to run in the app folder afterwards
 
 
 ANDROID = AppLayout("android", ("settings.gradle.kts", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml"),
-                    "app/src/main/assets/edgepack", "torchscript_lite", "edgepack build --target android")
+                    "app/src/main/assets/edgepack", "torchscript_lite", "edgepack build --target android",
+                    "./gradlew installDebug (and connectedDebugAndroidTest for the golden vectors on a device)")
 IOS = AppLayout("ios", ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
-                "EdgepackDemo/Resources/edgepack", "coreml", "edgepack build --target ios")
+                "EdgepackDemo/Resources/edgepack", "coreml", "edgepack build --target ios",
+                "xcodegen generate, then build and run EdgepackDemo in Xcode")
 LAYOUTS = (ANDROID, IOS)
 BUNDLE_FILES = ("manifest.json", "golden")  # copied besides the artifacts; report.* stay in dist/
 
@@ -44,6 +47,7 @@ class Installed:
     model: str
     target: str
     files: tuple[str, ...]  # top-level names copied into the destination
+    next_step: str
 
 
 def detect_layout(app_dir: Path) -> AppLayout:
@@ -109,7 +113,8 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names))
+    return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names),
+                     layout.next_step)
 
 
 def _copy(source: Path, destination: Path) -> None:

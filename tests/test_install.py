@@ -126,6 +126,7 @@ def test_cli_installs_and_exits_2_with_the_reason_on_a_mismatch(tmp_path, demo_r
     ok = runner.invoke(app, ["install-into", str(app_dir), "--bundle", str(bundle_of(demo_reports, "ios"))])
     assert ok.exit_code == 0, ok.output
     assert "into the ios app" in ok.output and (app_dir / IOS.bundle_path / "demo-digits.mlpackage").is_dir()
+    assert "xcodegen generate" in ok.output
     wrong = runner.invoke(app, ["install-into", str(app_dir), "--bundle", str(bundle_of(demo_reports, "android"))])
     assert wrong.exit_code == 2
     assert "the ios demo app runs coreml" in wrong.output
