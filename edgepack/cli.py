@@ -265,6 +265,22 @@ def _option_text(options: dict) -> str:
     return "".join(f", {k}={v}" for k, v in options.items())
 
 
+@app.command("install-into")
+def install_into_command(
+    app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="The demo app's folder: android-demo/ or ios-demo/.")],
+    bundle: Annotated[Path, typer.Option(help="The bundle to install, e.g. dist/demo-digits/android.")],
+) -> None:
+    """Copy a bundle (artifacts, manifest.json, golden/) into a demo app, where the app reads it."""
+    from .install import install_bundle
+
+    try:
+        installed = install_bundle(app_dir, bundle)
+    except EdgepackError as exc:
+        _fail(exc, False)
+    print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
+          f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
+
+
 def run() -> None:
     """Console-script entry point."""
     sys.exit(app())
