@@ -18,20 +18,19 @@ hardware (approximately). It is a reference, not a bit-exact model of any one co
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import logging
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["UnsupportedOp", "run_package", "supported_op_types", "unsupported_ops"]
+from .noise import quiet_converter
+
+__all__ = ["UnsupportedOp", "coremltools_module", "program_op_types", "run_package", "supported_op_types",
+           "unsupported_ops"]
 
 
 class UnsupportedOp(Exception):
@@ -79,30 +78,21 @@ def run_package(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
 # --- loading ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools logs missing native libraries on import and type-inference chatter on load."""
-    saved = logging.getLogger("coremltools").level
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger("coremltools").setLevel(saved)
-
-
 @functools.cache
-def _ct() -> Any:
-    with _quiet():
+def coremltools_module() -> Any:
+    """coremltools, imported once and quietly: on Linux its import logs missing native libraries."""
+    with quiet_converter():
         import coremltools
 
     return coremltools
 
 
+_ct = coremltools_module
+
+
 @functools.cache
 def _types() -> Any:
-    with _quiet():
+    with quiet_converter():
         from coremltools.converters.mil.mil import types
 
     return types
@@ -136,7 +126,7 @@ def _load_main_function(spec: Any, package: Path) -> Any:
     from coremltools.converters.mil.frontend.milproto.load import load
 
     weights_dir = _model_file(package).parent / "weights"
-    with _quiet():
+    with quiet_converter():
         program = load(spec, spec.specificationVersion, file_weights_dir=str(weights_dir))
     return program.functions[_main_name(spec)]
 
@@ -293,7 +283,7 @@ def _register(*op_types: str) -> Callable[[OpImpl], OpImpl]:
 
 def _reference_ops() -> set[str]:
     """Core ops that implement value_inference in every opset version coremltools registers."""
-    with _quiet():
+    with quiet_converter():
         from coremltools.converters.mil.mil.operation import Operation
         from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
