@@ -31,6 +31,7 @@ from edgepack.verify import smoke_test
 
 from .conftest import write_fast_target
 from .coreml_models import CausalAttention, make_small_cnn
+from .models import make_encoder
 
 with quiet_converter():
     import coremltools as ct
@@ -41,6 +42,8 @@ MODELS = Path(__file__).parent / "coreml_models.py"
 # Compressed weights cost accuracy by design; fp16 compute rounds every op.
 BOUNDS = {"fp32": (1e-5, 0.99999), "fp16": (5e-3, 0.9999), "int8-dynamic": (1e-2, 0.9999), "int8-static": (1e-2, 0.9999),
           "palettize-8": (1e-2, 0.9999), "palettize-6": (3e-2, 0.999), "palettize-4": (0.15, 0.995)}
+# The ios target's Core ML tolerance (targets/ios.toml): fp16 compute, about 3 significant digits.
+IOS_TOLERANCE = (1e-2, 1e-2, 0.999)
 COMPRESSION_OP = {"int8-dynamic": "constexpr_affine_dequantize", "int8-static": "constexpr_affine_dequantize",
                   "palettize-4": "constexpr_lut_to_dense", "palettize-6": "constexpr_lut_to_dense",
                   "palettize-8": "constexpr_lut_to_dense"}
@@ -189,6 +192,21 @@ def test_ios18_compressed_packages_are_verified(precision, op, emit, captured):
     assert result.status == "passed", result.reason
 
 
+@pytest.fixture(scope="module")
+def encoder() -> CapturedModel:
+    return _capture(make_encoder().eval(), "encoder", [parse_input_spec("ids=1x16:int64")])
+
+
+@pytest.mark.parametrize("precision", ["int8-dynamic", "palettize-8"])
+def test_compressed_attention_encoder_is_verified(precision, encoder, folder):
+    """Embedding table, attention and MLP weights compressed; int64 ids travel as int32."""
+    emitted = FMT.emit(encoder, settings(precision), folder / f"encoder-{precision}.mlpackage")
+    assert {"gather", "layer_norm", "softmax", COMPRESSION_OP[precision]} <= set(emitted.requirements["operators"])
+    result = smoke_test(FMT, emitted, encoder, settings(precision, IOS_TOLERANCE), threads=1)
+    print(f"\n[coreml] encoder {precision}: {result.reason.split(';')[0]}")
+    assert result.status == "passed", result.reason
+
+
 def test_int8_static_is_int8_weights_with_a_note(emit):
     precision, note = FMT.nearest_precision("int8-static")
     assert precision == "int8-static" and "no activation quantization" in note and "int8 weights" in note
@@ -270,6 +288,17 @@ def test_one_changed_weight_byte_fails_the_smoke_test(emit, captured, tmp_path):
     assert result.status == "failed" and "altered after the build" in result.reason
 
 
+def test_a_package_with_other_numbers_fails_on_the_executor(captured, folder):
+    """Intact and well-formed, but not the model's numbers (what a converter bug looks like): only
+    evaluating the program catches it."""
+    torch.manual_seed(6)
+    other = _capture(type(captured.loaded.module)().eval(), "small-cnn", [InputSpec("x", (1, 3, 8, 8))])
+    emitted = FMT.emit(other, settings(), folder / "other-weights.mlpackage")
+    assert FMT.check_structure(emitted, captured, settings()) == []
+    result = smoke_test(FMT, emitted, captured, loose("fp16"), threads=1)
+    assert result.status == "failed" and "max abs error" in result.reason and result.cosine < 0.99
+
+
 def test_damaged_blob_header_fails_the_smoke_test(emit, captured, tmp_path):
     good = emit("int8-dynamic")
     package = tmp_path / "header.mlpackage"
@@ -288,14 +317,22 @@ def test_op_newer_than_the_deployment_target_fails(folder, tmp_path):
     ios18 = FMT.emit(attention, settings(minimum_deployment_target="iOS18"), folder / "sdpa.mlpackage")
     assert FMT.check_structure(ios18, attention, settings(minimum_deployment_target="iOS18")) == []
 
-    def claim_ios16(spec):
+    def claim_ios16(spec):  # every version mark says iOS16; only the op gives it away
         spec.specificationVersion = 7
+        function = spec.mlProgram.functions["main"]
+        function.block_specializations["CoreML6"].CopyFrom(function.block_specializations["CoreML8"])
+        del function.block_specializations["CoreML8"]
+        function.opset = "CoreML6"
 
     package = _rewrite_spec(ios18.path, tmp_path / "claims-ios16.mlpackage", claim_ios16)
     problems = FMT.check_structure(dataclasses.replace(ios18, path=package), attention, settings())
     assert problems == ["op 'scaled_dot_product_attention' needs iOS18 or newer; the package targets iOS16"]
-    assert "specification version 9, expected 7" in " ".join(
-        FMT.check_structure(ios18, attention, settings()))
+
+    package = _rewrite_spec(ios18.path, tmp_path / "version-only.mlpackage", lambda spec: setattr(spec, "specificationVersion", 7))
+    problems = FMT.check_structure(dataclasses.replace(ios18, path=package), attention, settings())
+    assert "program opset CoreML8, expected CoreML6 for iOS16" in problems
+    assert "specification version 9, expected 7 (minimum deployment target iOS16)" in FMT.check_structure(
+        ios18, attention, settings())
 
 
 def test_inputs_and_outputs_must_match_what_edgepack_recorded(emit, captured):

@@ -118,6 +118,7 @@ class CoreML(Format):
         if spec.specificationVersion != deployment.value:
             problems.append(f"specification version {spec.specificationVersion}, expected {deployment.value} "
                             f"(minimum deployment target {deployment.name})")
+        problems += _opset_problems(spec, deployment)
         problems += _op_availability_problems(spec, deployment)
         problems += _io_problems(spec, captured)
         problems += _metadata_problems(spec)
@@ -320,6 +321,15 @@ def _seal_weights(package: Path) -> None:
 
 
 # --- structure checks ------------------------------------------------------------------------
+
+
+def _opset_problems(spec: Any, deployment: Any) -> list[str]:
+    """The program's functions must be written in the deployment target's opset (iOS16 = CoreML6)."""
+    expected = _ct()._OPSET.get(deployment.value)
+    found = sorted({f.opset for f in spec.mlProgram.functions.values()})
+    if expected is None or found == [expected]:
+        return []
+    return [f"program opset {', '.join(found)}, expected {expected} for {deployment.name}"]
 
 
 def _op_availability_problems(spec: Any, deployment: Any) -> list[str]:
