@@ -6,6 +6,7 @@ Run with `-s` to see the measured errors and sizes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import platform
@@ -147,11 +148,11 @@ def test_sizes_shrink_with_precision(emit):
 
 def test_executor_evaluates_compressed_weights_exactly(emit, captured):
     """Against eager with the compressed weights decoded independently, the only error left is fp16 compute."""
-    eager = copy_with_weights(captured, lambda w: _int8_per_channel(w.astype(np.float16)))
+    eager = _with_weights(captured, lambda w: _int8_per_channel(w.astype(np.float16)))
     int8 = FMT.open(emit("int8-dynamic").path, 1)
     palettized = FMT.open(emit("palettize-6").path, 1)
     lut = _kmeans_lut(6)
-    eager6 = copy_with_weights(captured, lambda w: _palettized(lut, w.astype(np.float16)))
+    eager6 = _with_weights(captured, lambda w: _palettized(lut, w.astype(np.float16)))
     for run, model in ((int8, eager), (palettized, eager6)):
         for sample in captured.samples:
             x = sample["x"]
@@ -161,9 +162,7 @@ def test_executor_evaluates_compressed_weights_exactly(emit, captured):
             assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()
 
 
-def copy_with_weights(captured: CapturedModel, transform) -> torch.nn.Module:
-    import copy
-
+def _with_weights(captured: CapturedModel, transform) -> torch.nn.Module:
     model = copy.deepcopy(captured.loaded.module)
     with torch.no_grad():
         for module in model.modules():

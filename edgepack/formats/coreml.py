@@ -275,10 +275,10 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel, precision: str, deploym
         "version": f"{loaded.name}-weights-{weights_sha[:12]}" if weights_sha else f"{loaded.name} (edgepack {__version__})",
     }
     sources = {}
-    for field in ("author", "license", "version"):
-        declared = _declared(captured, f"__{field}__")
-        setattr(mlmodel, field, declared or defaults[field])
-        sources[field] = f"{module_name}.__{field}__" if declared else "edgepack default"
+    for key in ("author", "license", "version"):
+        declared = _declared(captured, f"__{key}__")
+        setattr(mlmodel, key, declared or defaults[key])
+        sources[key] = f"{module_name}.__{key}__" if declared else "edgepack default"
     mlmodel.short_description = f"{loaded.name} ({type(loaded.module).__name__}), packaged by edgepack {__version__} in {precision}"
     meta = mlmodel.user_defined_metadata
     meta["edgepack.version"] = __version__
@@ -483,8 +483,12 @@ def _predictor(path: Path, compute_units: str) -> Runner:
 
 
 def _compute_unit_problems(emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
-    """macOS only (never runs on the Linux build servers this was written on): predict the golden
-    samples with CPU_ONLY and with ALL compute units, each against eager, each reported in the notes."""
+    """macOS only: predict the golden samples with CPU_ONLY and with ALL compute units, each against
+    eager, each reported in the artifact's notes; a unit out of tolerance is a problem.
+
+    It lives in the structure check because that is the one hook that sees the eager outputs before
+    the smoke test proper (which then runs CPU_ONLY). Written without a Mac at hand: it has never
+    run on the Linux machines edgepack was developed on, where Core ML cannot predict at all."""
     from ..compare import compare_outputs, merge
 
     tol, problems = settings.tolerance, []
