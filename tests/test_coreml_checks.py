@@ -32,7 +32,7 @@ from edgepack.verify import smoke_test
 
 from .conftest import write_fast_target
 from .coreml_models import CausalAttention, make_small_cnn
-from .models import make_encoder
+from .models import make_encoder, make_two_input
 
 with quiet_converter():
     import coremltools as ct
@@ -203,6 +203,20 @@ def test_compressed_attention_encoder_is_verified(precision, encoder, folder):
     assert {"gather", "layer_norm", "softmax", COMPRESSION_OP[precision]} <= set(emitted.requirements["operators"])
     result = smoke_test(FMT, emitted, encoder, settings(precision, IOS_TOLERANCE), threads=1)
     print(f"\n[coreml] encoder {precision}: {result.reason.split(';')[0]}")
+    assert result.status == "passed", result.reason
+
+
+@pytest.mark.parametrize("make, spec", [(make_encoder, "ids=1xSEQ=16:int64"), (make_two_input, "image=1x3xH=16xW=16")])
+def test_flexible_shapes_are_verified_at_every_checked_size(make, spec, folder):
+    """Inputs with a dimension that may vary: the capture's check inputs halve and double it."""
+    specs = [parse_input_spec(spec)] + ([parse_input_spec("meta=1x4")] if make is make_two_input else [])
+    flexible = _capture(make().eval(), f"flexible-{make.__name__}", specs)
+    samples = flexible.samples + [check.sample for check in flexible.checks]
+    sizes = {tuple(sample[specs[0].name].shape) for sample in samples}
+    assert len(sizes) >= 3  # the example size, half and double
+    emitted = FMT.emit(flexible, settings("fp16"), folder / f"{make.__name__}-flexible.mlpackage")
+    result = smoke_test(FMT, emitted, flexible, settings("fp16", IOS_TOLERANCE), threads=1)
+    print(f"\n[coreml] {make.__name__} flexible {sorted(sizes)}: {result.reason.split(';')[0]}")
     assert result.status == "passed", result.reason
 
 
