@@ -118,7 +118,7 @@ def test_each_precision_is_verified_against_eager(precision, emit, captured):
     ops = set(emitted.requirements["operators"])
     if precision in COMPRESSION_OP:
         assert COMPRESSION_OP[precision] in ops
-        assert emitted.requirements["compute_precision"] == "float16"
+        assert emitted.requirements["compute_precision"] == "fp16"
     else:
         assert not any(op.startswith("constexpr_") for op in ops)
     assert FMT.check_structure(emitted, captured, settings(precision)) == []

@@ -27,6 +27,7 @@ import torch
 
 from .. import __version__
 from ..capture import CapturedModel
+from ..compare import compare_outputs, merge
 from ..coreml_executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
 from ..errors import BuildError, UsageError, did_you_mean
 from ..noise import quiet_converter, tail
@@ -34,7 +35,7 @@ from ..targets import FormatSettings
 from .base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
 _ct = coremltools_module
-_COMPUTE = {"fp32": "FLOAT32", "fp16": "FLOAT16"}  # compressed precisions compute in fp16, Core ML's usual
+_COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual
 _PALETTE_BITS = {"palettize-4": 4, "palettize-6": 6, "palettize-8": 8}
 _INT8 = ("int8-dynamic", "int8-static")
 # Weight tensors smaller than this stay float under compression: biases and tiny kernels save
@@ -78,7 +79,7 @@ class CoreML(Format):
         float_layers = list(settings.options.get(FLOAT_LAYERS, []))
         with quiet_converter() as log:
             mlmodel = _convert(captured, settings.precision, deployment, log)
-            notes = [f"ML program, compute precision {_compute_precision(settings.precision).lower()}"]
+            notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"]
             if settings.precision not in _COMPUTE:
                 mlmodel, compressed = _compress(mlmodel, settings.precision, float_layers)
                 notes.append(f"{_scheme(settings.precision)} on {len(compressed)} weight tensor(s)"
@@ -91,7 +92,7 @@ class CoreML(Format):
             "runtime": "Core ML",
             "minimum_deployment_target": deployment.name,
             "specification_version": spec.specificationVersion,
-            "compute_precision": _compute_precision(settings.precision).lower(),
+            "compute_precision": _compute_precision(settings.precision),
             "operators": sorted(program_op_types(spec)),
         }
         notes.append("metadata: " + ", ".join(f"{k} from {v}" for k, v in sources.items()))
@@ -123,7 +124,7 @@ class CoreML(Format):
         problems += _io_problems(spec, captured)
         problems += _metadata_problems(spec)
         problems += _weight_problems(spec, path)
-        if platform.system() == "Darwin":
+        if platform.system() == "Darwin" and not problems:  # macOS only: Core ML itself, per compute unit
             problems += _compute_unit_problems(emitted, captured, settings)
         return problems
 
@@ -155,7 +156,7 @@ def _deployment(settings: FormatSettings, fmt: Format) -> Any:
 
 
 def _compute_precision(precision: str) -> str:
-    return _COMPUTE.get(precision, "FLOAT16")
+    return precision if precision in _COMPUTE else "fp16"
 
 
 def _scheme(precision: str) -> str:
@@ -173,7 +174,7 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any)
             outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
             convert_to="mlprogram",
             minimum_deployment_target=deployment,
-            compute_precision=getattr(ct.precision, _compute_precision(precision)),
+            compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
         )
     except Exception as exc:
         raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {str(exc)[:500]}",
@@ -489,11 +490,13 @@ def _compute_unit_problems(emitted: Emitted, captured: CapturedModel, settings: 
     It lives in the structure check because that is the one hook that sees the eager outputs before
     the smoke test proper (which then runs CPU_ONLY). Written without a Mac at hand: it has never
     run on the Linux machines edgepack was developed on, where Core ML cannot predict at all."""
-    from ..compare import compare_outputs, merge
-
     tol, problems = settings.tolerance, []
     for units in ("CPU_ONLY", "ALL"):
-        run = _predictor(emitted.path, units)
+        try:
+            run = _predictor(emitted.path, units)
+        except Exception as exc:
+            problems.append(f"Core ML cannot load the package for {units} compute units: {type(exc).__name__}: {exc}")
+            continue
         verdict = merge([compare_outputs(run([s[n].numpy() for n in captured.input_names]), expected, tol.atol, tol.rtol,
                                          tol.min_cosine, f"golden sample {i}", captured.output_names)
                          for i, (s, expected) in enumerate(zip(captured.samples, captured.expected))])
