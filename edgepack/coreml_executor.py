@@ -14,6 +14,9 @@ fp16: every value is rounded to the dtype the program declares for it, so a FLOA
 evaluated in fp16 the way the program says. Ops compute from their fp16 inputs in fp32 and round
 their result once, which is how accumulation inside conv/matmul/reductions behaves on Apple
 hardware (approximately). It is a reference, not a bit-exact model of any one compute unit.
+
+Flexible input shapes: the program then declares symbolic sizes; ops whose output size follows the
+input's (conv, pooling, resizing, reshape, shape) size their results from the run's arrays.
 """
 
 from __future__ import annotations
