@@ -22,7 +22,10 @@ from .errors import EdgepackError, UsageError
 from .formats import known_options
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
+from .bundle_check import verify_bundle
+from .bundle_inspect import inspect_bundle, print_summary
 from .report import BuildReport
+from .signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,12 +86,15 @@ def build_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
     no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`.")] = None,
+    archive: Annotated[bool, typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out).")] = False,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
     try:
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
+        _add_bundle_options(request, sign_key, archive)
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -102,6 +108,12 @@ def build_command(
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: bool) -> None:
+    if sign_key is not None:
+        check_private_key(sign_key)  # a bad key fails now, not after the whole build
+    request.sign_key, request.archive = sign_key, archive
 
 
 def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
@@ -236,6 +248,64 @@ def targets_command(
 
 def _option_text(options: dict) -> str:
     return "".join(f", {k}={v}" for k, v in options.items())
+
+
+@app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder (dist/<model>/<target>) or the .zip written by --archive.")],
+    public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM): also check manifest.sig.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Check a bundle: manifest schema, every sha256, the signature, and each artifact's smoke test on the golden vectors."""
+    try:
+        result = verify_bundle(path, public_key)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result) -> None:
+    console = Console(soft_wrap=True)
+    marks = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "failed": "[red]✗[/]"}
+    for check in result.checks:
+        console.print(f"{marks[check.status]} {check.name}: {check.detail}", highlight=False)
+    verdict = "[green]OK[/]" if result.ok else f"[red]FAILED[/] ({len(result.failures)} check(s))"
+    console.print(f"\n{result.path}: {verdict}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder or its .zip.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Summarize a bundle: inputs, outputs, artifacts, precision, sizes, provenance and latency."""
+    try:
+        summary = inspect_bundle(path)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, Console(soft_wrap=True))
+
+
+@app.command("keygen")
+def keygen_command(
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret.")] = Path("edgepack.key"),
+    public_key: Annotated[Optional[Path], typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for `build --sign-key` and `verify --public-key`."""
+    public_key = public_key or private_key.with_suffix(".pub")
+    try:
+        generate_keypair(private_key, public_key, force)
+    except EdgepackError as exc:
+        _fail(exc, False)
+    err_console.print(f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False)
 
 
 def run() -> None:

@@ -38,7 +38,9 @@ def _stabilize_mlpackage(package: Path) -> list[str]:
     renamed = {old: str(uuid.uuid5(_MLPACKAGE_NAMESPACE, entry["path"])) for old, entry in manifest["itemInfoEntries"].items()}
     manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in manifest["itemInfoEntries"].items()}
     manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
-    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True), encoding="utf-8")
+    # Byte-for-byte how coremltools' libmodelpackage writes it: it rewrites the file whenever it opens
+    # the package (the smoke test does), and any other formatting would change the artifact's hash.
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n", encoding="utf-8")
     notes.append("reproducible: package item identifiers derived from their paths (coremltools writes random UUIDs)")
     for spec_path in (package / "Data").rglob("*.mlmodel"):
         notes += _stabilize_spec(spec_path)

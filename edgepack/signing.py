@@ -54,6 +54,11 @@ def signature_problem(bundle_dir: Path, public_key_path: Path) -> str | None:
     return None
 
 
+def check_private_key(path: Path) -> None:
+    """UsageError unless `path` holds an unencrypted Ed25519 private key."""
+    _private_key(path)
+
+
 def _private_key(path: Path) -> Ed25519PrivateKey:
     key = _load(path, lambda data: serialization.load_pem_private_key(data, password=None))
     if not isinstance(key, Ed25519PrivateKey):
