@@ -127,9 +127,9 @@ def _safe_member_path(info: zipfile.ZipInfo, archive: Path) -> str:
     if not name or name.startswith(("/", "\\")) or "\\" in name or (parts and ":" in parts[0]) or ".." in parts:
         raise UsageError(f"{archive} has an unsafe entry '{name}' (absolute path or '..').",
                          "Do not extract or trust this archive; rebuild it with edgepack build --archive.")
-    mode = info.external_attr >> 16
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+    kind_bits = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip gives no unix file type
+    if kind_bits not in (0, stat.S_IFREG, stat.S_IFDIR):
+        kind = "a symbolic link" if kind_bits == stat.S_IFLNK else "a special file"
         raise UsageError(f"{archive} entry '{name}' is {kind}.", "Bundle archives hold regular files only; rebuild it.")
     return PurePosixPath(*parts).as_posix()
 

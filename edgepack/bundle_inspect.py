@@ -41,6 +41,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if summary["labels"]:
         console.print(f"labels: {', '.join(summary['labels'][:20])}{' ...' if len(summary['labels']) > 20 else ''}", highlight=False)
     console.print(_artifact_table(summary["artifacts"]))
+    for a in summary["artifacts"]:
+        console.print(f"  {a['path']}: {a['requirements']}; sha256 {a['sha256']}", highlight=False)
     console.print(_provenance_table(prov))
 
 
@@ -61,13 +63,13 @@ def _io_table(title: str, specs: list[dict[str, Any]], with_layout: bool) -> Tab
 
 def _artifact_table(artifacts: list[dict[str, Any]]) -> Table:
     table = Table(title="artifacts", title_justify="left")
-    for column in ("format", "file", "precision", "size", "smoke", "p50 ms", "runtime requirements", "sha256"):
+    for column in ("format", "file", "precision", "size", "smoke", "p50 ms"):
         table.add_column(column, justify="right" if column in ("size", "p50 ms") else "left")
     for a in artifacts:
         colour = {"passed": "green", "skipped": "yellow"}.get(a["smoke"], "red")
         p50 = f"{a['latency_ms']['p50']:.3f}" if a["latency_ms"] else "-"
         table.add_row(a["format"], a["path"], a["precision"], f"{a['size_bytes'] / 1024:.1f} KiB",
-                      f"[{colour}]{a['smoke']}[/]", p50, a["requirements"], a["sha256"][:12])
+                      f"[{colour}]{a['smoke']}[/]", p50)
     return table
 
 
@@ -81,7 +83,8 @@ def _provenance_table(prov: dict[str, Any]) -> Table:
         ("model source", f"{source['reference']} ({source['kind']})"),
         ("module file", source.get("module_file") or "-"),
         ("weights", f"{source['weights'] or '-'}  sha256 {source['weights_sha256'] or '-'}"),
-        ("git", f"{git['commit']}{' (dirty)' if git['dirty'] else ''}" if git else "not a git checkout"),
+        ("git", f"{git['commit']}{' (dirty)' if git['dirty'] else ''}" if git else
+         "built into edgepack" if source["kind"] == "builtin-demo" else "not a git checkout"),
         ("target file", f"{prov['target']['file']}  sha256 {prov['target']['sha256']}"),
         ("capture", f"{prov['capture']['strategy']}; rewrites: {len(prov['capture']['rewrites'])}"),
         ("built", f"{prov['build_time']} (from {prov['build_time_source']})"),

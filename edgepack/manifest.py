@@ -84,11 +84,12 @@ def write_bundle_manifest(bundle_dir: Path, captured: CapturedModel, target: Tar
 
 def provenance(source: dict[str, Any], target: Target, capture: dict[str, Any]) -> dict[str, Any]:
     """Where the model came from and what built it; the build time honours SOURCE_DATE_EPOCH."""
-    module_file = _module_file(source)
+    # The demo ships inside edgepack: its version identifies it, and its path is only this machine's.
+    module_file = _module_file(source) if source.get("kind") != "builtin-demo" else None
     built_at, clock = build_time()
     return {
-        "source": {**source, "module_file": str(module_file) if module_file else None},
-        "git": git_state(module_file) if source.get("kind") != "builtin-demo" else None,
+        "source": {**source, "module_file": _display_path(module_file)},
+        "git": git_state(module_file),
         "edgepack_version": __version__,
         "versions": {"python": platform.python_version(), **{lib: _version_of(lib) for lib in _LIBRARIES}},
         "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
@@ -237,6 +238,16 @@ def _module_file(source: dict[str, Any]) -> Path | None:
     module = sys.modules.get(module_ref)
     file = getattr(module, "__file__", None)
     return Path(file) if file else None
+
+
+def _display_path(path: Path | None) -> str | None:
+    """Relative to the working folder when inside it (the same on every checkout), else absolute."""
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _version_of(library: str) -> str | None:

@@ -1,7 +1,12 @@
 """Make emitted artifacts byte-for-byte reproducible where the converters are not.
 
 Measured on the demo model (two builds, same SOURCE_DATE_EPOCH):
-- .ptl: stable (torch writes zip entries with a fixed date and a content-derived serialization_id).
+- .ptl: NOT stable as written by torch: each code/*.debug_pkl record holds the Python call stack
+  at trace time (the caller's file paths and line numbers: the CLI, pytest, the venv's location),
+  so the same model traced from another entry point or checkout gives other bytes. `stabilize`
+  rewrites the archive with torch's own writer without those records (the lite interpreter
+  never reads them; torch.jit.load then reports errors without Python source ranges). Zip entry
+  dates are fixed by torch and serialization_id is derived from the content.
 - .onnx and .ort: stable.
 - golden/*.npz: stable (numpy writes the zip format's fixed 1980 date).
 - .mlpackage: NOT stable as written by coremltools: Manifest.json names its items with random
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -28,7 +35,31 @@ def stabilize(path: Path) -> list[str]:
     """Rewrite the nondeterministic parts of an artifact in place; return notes saying what changed."""
     if path.suffix == ".mlpackage" and path.is_dir():
         return _stabilize_mlpackage(path)
+    if path.suffix == ".ptl" and path.is_file():
+        return _stabilize_ptl(path)
     return []
+
+
+def _stabilize_ptl(path: Path) -> list[str]:
+    import torch
+
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = reader.get_all_records()
+    dropped = [r for r in records if r.endswith(".debug_pkl")]
+    if not dropped:
+        return []
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        stripped = Path(tmp) / path.name  # same stem: torch names the archive's top folder after it
+        writer = torch._C.PyTorchFileWriter(str(stripped))
+        for name in records:
+            if name in dropped or name.startswith(".data/"):  # .data/ is rewritten by write_end_of_file
+                continue
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+        writer.write_end_of_file()
+        del writer, reader
+        os.replace(stripped, path)
+    return [f"reproducible: removed {len(dropped)} TorchScript debug record(s) holding the trace-time Python call stack"]
 
 
 def _stabilize_mlpackage(package: Path) -> list[str]:
