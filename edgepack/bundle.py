@@ -137,9 +137,13 @@ def remove_path(path: Path) -> None:
         os.remove(path)
 
 
-def archive_bundle(bundle_dir: Path) -> Path:
+def archive_bundle(bundle_dir: Path, wanted: bool = True) -> Path | None:
     """The deterministic archive of a finished bundle: every file but report.json and report.md, which
-    hold this run's timings and paths and so differ between otherwise identical builds."""
+    hold this run's timings and paths and so differ between otherwise identical builds. When not
+    wanted, an archive left by an earlier build is removed: it no longer matches the bundle."""
+    if not wanted:
+        bundle_dir.with_name(bundle_dir.name + ".zip").unlink(missing_ok=True)
+        return None
     members = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
     return write_archive(bundle_dir, [m for m in members if m not in NOT_ARCHIVED], source_date_epoch())
 

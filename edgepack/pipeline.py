@@ -137,8 +137,10 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
     except BaseException:
         staged.discard()
         raise
-    if request.archive and report.ok:
-        observer.event("archive", "done", str(archive_bundle(bundle_dir)))
+    if report.ok:  # the archive must match the bundle now in place: rewrite it, or remove a stale one
+        archive = archive_bundle(bundle_dir, request.archive)
+        if archive is not None:
+            observer.event("archive", "done", str(archive))
     observer.event("bundle", "done" if report.ok else "fail", report.bundle_dir)
     return report
 
