@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+import numpy as np
 
 from . import __version__
 from .errors import BuildError, UsageError
@@ -55,8 +56,7 @@ def build_manifest(captured: CapturedModel, target: Target, artifacts: list[Arti
         "model": {"name": loaded.name, "version": _model_version(loaded.source), "source": loaded.source},
         "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
         "inputs": [_input_json(spec.to_json(), loaded.preprocessing) for spec in loaded.inputs],
-        "outputs": [{"name": n, "shape": list(out.shape), "dtype": str(out.dtype), "dynamic_axes": {}}
-                    for n, out in zip(captured.output_names, captured.expected[0])],
+        "outputs": _outputs_json(captured),
         "labels": loaded.labels,
         "preprocessing": loaded.preprocessing,
         "capture": capture,
@@ -199,6 +199,25 @@ def _validator() -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
+
+
+def _outputs_json(captured: CapturedModel) -> list[dict[str, Any]]:
+    """Output shapes from the golden sample; an axis is dynamic when its size changed on the check
+    inputs of other sizes, named after the input dimension it follows (else `<output>_dim<axis>`)."""
+    cases = [(captured.samples[0], captured.expected[0])] + [(c.sample, c.expected) for c in captured.checks]
+    input_dims = [(spec.name, axis, symbol) for spec in captured.loaded.inputs for axis, symbol in spec.dynamic_axes().items()]
+    outputs = []
+    for index, (name, golden) in enumerate(zip(captured.output_names, captured.expected[0])):
+        shapes = [(sample, np.shape(expected[index])) for sample, expected in cases if len(expected) > index]
+        dynamic = {}
+        for axis in range(np.ndim(golden)):
+            if len({shape[axis] if len(shape) > axis else None for _, shape in shapes}) > 1:
+                dynamic[str(axis)] = next(
+                    (symbol for input_name, in_axis, symbol in input_dims
+                     if all(len(shape) > axis and tuple(sample[input_name].shape)[in_axis] == shape[axis] for sample, shape in shapes)),
+                    f"{name}_dim{axis}")
+        outputs.append({"name": name, "shape": list(np.shape(golden)), "dtype": str(golden.dtype), "dynamic_axes": dynamic})
+    return outputs
 
 
 def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str, Any]:

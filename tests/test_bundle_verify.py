@@ -61,7 +61,8 @@ def test_every_demo_manifest_matches_the_schema(demo_reports, target):
     assert provenance["source"]["weights_sha256"] == manifest["model"]["source"]["weights_sha256"]
     assert provenance["target"]["file"] == f"{target}.toml"
     assert {"torch", "coremltools", "onnx", "onnxruntime"} <= {k for k, v in provenance["versions"].items() if v}
-    assert provenance["capture"]["strategy"] == "trace" and provenance["build_time_source"] == "clock"
+    assert provenance["capture"]["strategy"] == "trace"
+    assert provenance["build_time_source"] == ("SOURCE_DATE_EPOCH" if os.environ.get("SOURCE_DATE_EPOCH") else "clock")
     for artifact in manifest["artifacts"]:
         assert artifact["capture_strategy"] == "trace" and artifact["smoke"] == "passed"
 
@@ -316,3 +317,24 @@ def test_build_refuses_a_bad_signing_key_before_building(tmp_path):
         done = runner.invoke(app, ["build", "--target", "iot", "--out", str(tmp_path / "dist"), "--sign-key", str(key)])
         assert done.exit_code == 2 and message in done.output, done.output
     assert not (tmp_path / "dist").exists()
+
+
+def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_path):
+    """A user model from a file: dynamic batch on the input and, followed through, on the output."""
+    from edgepack.inputs import parse_input_spec
+    from edgepack.pipeline import BuildRequest, build
+
+    target = write_fast_target(tmp_path, "onnx-only", "[formats.onnx]\nprecision = \"fp32\"\nopset = 18\n")
+    models = Path(__file__).parent / "models.py"
+    (report,) = build(BuildRequest(targets=[str(target)], model=f"{models}:make_small_linear",
+                                   inputs=[parse_input_spec("x=N=2x6")], out_dir=tmp_path / "dist"))
+    assert report.ok, report.problems
+    manifest = read_manifest(Path(report.bundle_dir) / "manifest.json")
+    assert manifest["inputs"][0]["dynamic_axes"] == {"0": "N"} and manifest["inputs"][0]["layout"] is None
+    assert manifest["outputs"] == [{"name": "output", "shape": [2, 2], "dtype": "float32", "dynamic_axes": {"0": "N"}}]
+    source = manifest["provenance"]["source"]
+    assert source["reference"].endswith("models.py:make_small_linear") and source["module_file"].endswith("tests/models.py")
+    assert manifest["model"]["version"] is None  # no weights file: nothing identifies the weights
+    git = manifest["provenance"]["git"]
+    assert git is None or len(git["commit"]) == 40  # the tests run from a checkout or an unpacked sdist
+    assert verify_bundle(Path(report.bundle_dir)).ok
