@@ -20,6 +20,7 @@ from . import __version__
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
+from .manifest import source_date_epoch
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
 from .bundle_check import verify_bundle
@@ -111,8 +112,9 @@ def build_command(
 
 
 def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: bool) -> None:
+    source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the whole build
     if sign_key is not None:
-        check_private_key(sign_key)  # a bad key fails now, not after the whole build
+        check_private_key(sign_key)  # likewise a bad key
     request.sign_key, request.archive = sign_key, archive
 
 

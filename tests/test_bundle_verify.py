@@ -338,3 +338,8 @@ def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_
     git = manifest["provenance"]["git"]
     assert git is None or len(git["commit"]) == 40  # the tests run from a checkout or an unpacked sdist
     assert verify_bundle(Path(report.bundle_dir)).ok
+
+
+def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path):
+    done = runner.invoke(app, ["build", "--target", "iot", "--out", str(tmp_path)], env={"SOURCE_DATE_EPOCH": "yesterday"})
+    assert done.exit_code == 2 and "SOURCE_DATE_EPOCH" in done.output
