@@ -78,7 +78,8 @@ def _convert(onnx_path: Path, ort_path: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         # Same file names, folder and environment every time: the child's memory layout must not vary.
         shutil.copyfile(onnx_path, Path(tmp) / "model.onnx")
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+        env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}  # where onnxruntime is found
+        env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
         done = subprocess.run([sys.executable, "-c", _CHILD, "model.onnx", "model.ort"], cwd=tmp, env=env,
                               capture_output=True, text=True, timeout=600, preexec_fn=_no_aslr)
         if done.returncode != 0:
@@ -104,6 +105,7 @@ except OSError:
     print("unknown")
 """
 _ADDR_NO_RANDOMIZE = 0x0040000
+_PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
 _ASLR_OFF_WORKS = sys.platform.startswith("linux")
 
 
