@@ -23,7 +23,7 @@ from .formats import known_options
 from .manifest import source_date_epoch
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
-from .bundle_check import verify_bundle
+from .bundle_check import Verification, verify_bundle
 from .bundle_inspect import inspect_bundle, print_summary
 from .report import BuildReport
 from .signing import check_private_key, generate_keypair
@@ -270,7 +270,7 @@ def verify_command(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _print_verification(result) -> None:
+def _print_verification(result: Verification) -> None:
     console = Console(soft_wrap=True)
     marks = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "failed": "[red]✗[/]"}
     for check in result.checks:

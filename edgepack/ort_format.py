@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def write_ort(onnx_path: Path, captured: CapturedModel, settings: FormatSettings
     return entry, [f"ort format: {ort_path.name} + {config_path.name}; {verdict.reason}; {stability}"]
 
 
-def open_ort(path: Path, threads: int):
+def open_ort(path: Path, threads: int) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """A runner for a .ort file in onnxruntime (inputs in the model's order -> outputs)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
