@@ -20,9 +20,13 @@ from . import __version__
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
+from .manifest import source_date_epoch
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
+from .bundle_check import Verification, verify_bundle
+from .bundle_inspect import inspect_bundle, print_summary
 from .report import BuildReport
+from .signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -85,6 +89,8 @@ def build_command(
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
     device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
     trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
+    sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`.")] = None,
+    archive: Annotated[bool, typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out).")] = False,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
@@ -92,6 +98,7 @@ def build_command(
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
+        _add_bundle_options(request, sign_key, archive)
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -111,6 +118,13 @@ DEVICE_POLICY_HELP = ("agnostic: every placement the trace recorded follows the 
                       "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way.")
 TRACE_DEVICE_HELP = ("Device to trace on: cpu, cuda, cuda:N, or auto (cuda when available). The bundle is made "
                      "device-agnostic and checked on the CPU either way.")
+
+
+def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: bool) -> None:
+    source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the whole build
+    if sign_key is not None:
+        check_private_key(sign_key)  # likewise a bad key
+    request.sign_key, request.archive = sign_key, archive
 
 
 def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
@@ -279,6 +293,63 @@ def install_into_command(
         _fail(exc, False)
     print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
           f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
+
+@app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder (dist/<model>/<target>) or the .zip written by --archive.")],
+    public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM): also check manifest.sig.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Check a bundle: manifest schema, every sha256, the signature, and each artifact's smoke test on the golden vectors."""
+    try:
+        result = verify_bundle(path, public_key)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: Verification) -> None:
+    console = Console(soft_wrap=True)
+    marks = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "failed": "[red]✗[/]"}
+    for check in result.checks:
+        console.print(f"{marks[check.status]} {check.name}: {check.detail}", highlight=False)
+    verdict = "[green]OK[/]" if result.ok else f"[red]FAILED[/] ({len(result.failures)} check(s))"
+    console.print(f"\n{result.path}: {verdict}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder or its .zip.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Summarize a bundle: inputs, outputs, artifacts, precision, sizes, provenance and latency."""
+    try:
+        summary = inspect_bundle(path)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, Console(soft_wrap=True))
+
+
+@app.command("keygen")
+def keygen_command(
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret.")] = Path("edgepack.key"),
+    public_key: Annotated[Optional[Path], typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for `build --sign-key` and `verify --public-key`."""
+    public_key = public_key or private_key.with_suffix(".pub")
+    try:
+        generate_keypair(private_key, public_key, force)
+    except EdgepackError as exc:
+        _fail(exc, False)
+    err_console.print(f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False)
 
 
 def run() -> None:

@@ -4,6 +4,7 @@ pins no device, that run on the CPU and match eager PyTorch."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def test_gpu_traced_bundles_are_device_agnostic_and_list_every_rewrite(gpu_repor
         assert {"attribute_to_buffer", "device_constant", "mask_to_index", "param_device", "tensor_constant"} <= kinds
         ops = {r["op"] for r in rewrites if r["kind"] == "device_constant"}
         assert {"aten::zeros", "aten::arange", "aten::to", "aten::ones", "aten::linspace"} <= ops, ops
+        manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
+        assert manifest["capture"]["device_agnostic"] is True and manifest["capture"]["rewrites"] == rewrites
+        assert manifest["provenance"]["capture"]["rewrites"] == rewrites
         sources = {r["source"] for r in rewrites}
         for pattern in ("torch.zeros(x.shape[0]", "h = x.to(self.weight.device)", "torch.linspace(0.0",
                         "torch.ones(h.shape[-1]", "torch.full([h.shape[-1]]"):

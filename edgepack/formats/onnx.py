@@ -18,6 +18,7 @@ import torch
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
+from .. import ort_format
 from ..targets import FormatSettings
 from .base import Calibration, Emitted, Format, Runner, register_format
 
@@ -33,13 +34,14 @@ class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32",)
-    option_defaults = {"opset": 18}
+    option_defaults = {"opset": 18, ort_format.OPTION: False}
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         opset = self.option(settings, "opset")
         if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
+        ort_format.validate_option(self.option(settings, ort_format.OPTION))
 
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
@@ -62,6 +64,9 @@ class Onnx(Format):
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
         }
+        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
+            requirements["ort_format"], ort_notes = ort_format.write_ort(path, captured, settings)
+            notes += ort_notes
         return Emitted(path, requirements, notes)
 
     def open(self, path: Path, threads: int) -> Runner:
