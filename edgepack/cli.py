@@ -83,12 +83,16 @@ def build_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
     no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+    precision: Annotated[Optional[str], typer.Option(help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's.")] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Evaluation set accuracy is measured on against eager fp32, in the same forms as --calibration. Default: the demo's held-out split, else seeded random inputs (said in the report).")] = None,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
     try:
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
+        request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -140,15 +144,17 @@ def _print_summary(reports: list[BuildReport]) -> None:
     console = Console()
     for report in reports:
         table = Table(title=f"{report.model} → {report.target}", title_justify="left")
-        for column in ("format", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
-            table.add_column(column, justify="left" if column in ("format", "smoke") else "right")
+        for column in ("format", "precision", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
+            table.add_column(column, justify="left" if column in ("format", "precision", "smoke") else "right")
         eager = report.eager_latency
         if eager:
-            table.add_row("eager PyTorch", "", "", "", f"{eager.p50:.3f}", f"{eager.p99:.3f}", "1.00x")
+            table.add_row("eager PyTorch", "fp32", "", "", "", f"{eager.p50:.3f}", f"{eager.p99:.3f}", "1.00x")
         for a in report.artifacts:
             colour = {"passed": "green", "skipped": "yellow"}.get(a.smoke.status, "red")
+            asked = a.precision_requested
             table.add_row(
                 a.format,
+                a.precision if asked in (None, a.precision) else f"{a.precision} (asked {asked})",
                 f"{a.size_bytes / 1024:.1f} KiB" if a.size_bytes is not None else "-",
                 f"[{colour}]{a.smoke.status}[/]",
                 f"{a.smoke.max_abs_err:.2e}" if a.smoke.max_abs_err is not None else "-",
@@ -160,6 +166,8 @@ def _print_summary(reports: list[BuildReport]) -> None:
         for a in report.artifacts:
             if a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+            if a.accuracy is not None:
+                console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)

@@ -6,8 +6,9 @@ This is the Python API behind `edgepack build`; the CLI only parses arguments an
 from __future__ import annotations
 
 import re
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -22,11 +23,16 @@ from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
+from .quantize import calibration as quant_data
+from .quantize.accuracy import eval_set
+from .quantize.ladder import Ladder, QuantData, needs_calibration, rungs, ship
 from .report import ArtifactReport, BudgetCheck, BuildReport
 from .targets import Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
+# Without --eval-data (and outside the demo), accuracy is measured on this many seeded random inputs.
+RANDOM_EVAL_SAMPLES = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -47,6 +53,9 @@ class BuildRequest:
     check_inputs: str | None = None  # a .npz file or a `module:attr` callable yielding input dicts
     check_budgets: bool = True
     search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
+    precision: str | None = None  # overrides every format's precision (each uses its nearest scheme)
+    calibration: str | None = None  # calibration samples for static schemes: .npz, folder, or module:attr
+    eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
 class Observer(Protocol):
@@ -64,7 +73,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     """Build every requested target from one load and one capture of the model."""
     if request.name is not None and not _NAME_RE.match(request.name):
         raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
-    targets = [load_target(t, known_options()) for t in request.targets]
+    targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
             FORMATS[settings.name].validate(settings)
@@ -73,6 +82,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     loaded = _load(request)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
+    samples = _quantization_samples(request, loaded, targets)
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
@@ -80,7 +90,47 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
-    return [build_target(captured, target, request, observer) for target in targets]
+    data = None
+    if samples is not None:
+        calibration, calibration_source, evaluation, eval_source = samples
+        data = QuantData(calibration, calibration_source, eval_set(captured, evaluation, eval_source))
+        observer.event("quantize", "done", f"accuracy measured on {eval_source}")
+    return [build_target(captured, target, request, observer, data) for target in targets]
+
+
+def _with_precision(target: Target, precision: str | None) -> Target:
+    if precision is None:
+        return target
+    return replace(target, formats=tuple(replace(f, precision=precision) for f in target.formats))
+
+
+def _quantization_samples(request: BuildRequest, loaded: LoadedModel, targets: list[Target]):
+    """(calibration, where from, evaluation samples, where from) when some format is not built in fp32, else None.
+    A static scheme without calibration data is a usage error: never calibrate on random numbers."""
+    firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
+    if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
+        return None
+    if request.calibration:
+        calibration = quant_data.load_samples(request.calibration, loaded, request.search_dir, "--calibration")
+        calibration_source = f"{len(calibration)} samples from {request.calibration}"
+    else:
+        calibration = quant_data.demo_split(loaded, "calib")
+        calibration_source = f"the demo's calibration split ({len(calibration)} images)" if calibration else ""
+    static = sorted({f"{fmt.name} {precision}" for fmt, precision in firsts if needs_calibration(fmt, precision)})
+    if static and not calibration:
+        raise UsageError(f"Static int8 quantization ({', '.join(static)}) needs calibration data, and none was given.",
+                         "Pass --calibration with a .npz (one array per input), a folder of .npy files or images, "
+                         "or a module:attr callable yielding batches; or choose --precision int8-dynamic.")
+    if request.eval_data:
+        evaluation = quant_data.load_samples(request.eval_data, loaded, request.search_dir, "--eval-data")
+        eval_source = f"{len(evaluation)} samples from {request.eval_data}"
+    elif (evaluation := quant_data.demo_split(loaded, "eval")) is not None:
+        eval_source = f"the demo's held-out eval split ({len(evaluation)} images)"
+    else:
+        evaluation = [sample_inputs(loaded.inputs, loaded.module, 1000 + seed) for seed in range(RANDOM_EVAL_SAMPLES)]
+        eval_source = (f"{RANDOM_EVAL_SAMPLES} seeded random inputs (no --eval-data given: figures on random data "
+                       "say little about accuracy on real inputs)")
+    return calibration, calibration_source, evaluation, eval_source
 
 
 def diagnose(request: BuildRequest) -> dict:
@@ -112,14 +162,16 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
     return [sample_inputs(loaded.inputs, loaded.module, seed) for seed in range(GOLDEN_SAMPLES)]
 
 
-def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer) -> BuildReport:
+def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer,
+                 data: QuantData | None = None) -> BuildReport:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
-        artifacts, emitted = _emit_all(captured, target, staged.dir, observer)
-        if request.allow_partial:
-            _exclude_failed(artifacts, emitted, staged.dir)
-        eager = _bench_all(captured, target, artifacts, emitted, observer)
+        with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
+            artifacts, emitted, baselines = _emit_all(captured, target, staged.dir, observer, data, Path(workdir))
+            if request.allow_partial:
+                _exclude_failed(artifacts, emitted, staged.dir)
+            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
         if request.check_budgets:
             _check_budgets(target, artifacts)
         report = BuildReport(target.name, captured.loaded.name, "", artifacts, captured.to_json(), eager,
@@ -139,30 +191,62 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
 
 
 def _emit_all(
-    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer
-) -> tuple[list[ArtifactReport], dict[str, Emitted]]:
-    """Emit and smoke-test each format; one format's failure does not stop the others."""
-    reports, emitted = [], {}
+    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer, data: QuantData | None, workdir: Path
+) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
+    """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
+    in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
+    (the baseline for size and latency) stays in `workdir`."""
+    reports, emitted, baselines = [], {}, {}
     for settings in target.formats:
         fmt = FORMATS[settings.name]
         report = ArtifactReport(settings.name, settings.precision)
         reports.append(report)
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
-        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name}")
+        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name} ({settings.precision})")
         try:
-            result = fmt.emit(captured, settings, path)
+            if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
+                result = fmt.emit(captured, settings, path)
+                if settings.precision != "fp32":
+                    result.notes.append(rungs(fmt, settings.precision)[1][0])
+                    report.precision_requested, report.precision = settings.precision, "fp32"
+            else:
+                result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)
+                if baseline is not None:
+                    baselines[settings.name] = baseline
+        except UsageError:
+            raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {exc}")
             observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
-        report.requirements, report.notes = result.requirements, result.notes
+        report.requirements, report.notes = result.requirements, result.notes + report.notes
         emitted[settings.name] = result
-        report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
+        report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)
         status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
-    return reports, emitted
+    return reports, emitted, baselines
+
+
+def _emit_with_ladder(fmt, captured: CapturedModel, settings, path: Path, data: QuantData, workdir: Path,
+                      target: Target, report: ArtifactReport, observer: Observer) -> tuple[Emitted, Emitted | None]:
+    """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
+    folder = workdir / target.name
+    folder.mkdir(exist_ok=True)
+    ladder = Ladder(fmt, captured, settings, folder, data, target.bench.threads,
+                    lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+    result = ladder.run()
+    shipped = ship(result, path)
+    report.precision_requested, report.precision = result.requested, result.precision
+    report.accuracy, report.quantization = result.accuracy, result.to_json()
+    report.notes = list(result.notes)
+    if result.baseline is not None:
+        report.size_before_bytes = size_of(result.baseline.path)
+    status = "warn" if result.fell_back else "done"
+    figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
+    observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")
+    return shipped, result.baseline
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
@@ -176,7 +260,8 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
 
 
 def _bench_all(
-    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer
+    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer,
+    baselines: dict[str, Emitted] | None = None,
 ) -> Latency:
     settings = target.bench
     sample = captured.samples[0]
@@ -192,10 +277,21 @@ def _bench_all(
             fmt, path = FORMATS[report.format], emitted[report.format].path
             try:
                 report.latency = time_loaded(lambda: _bound(fmt.open_for_timing(path, settings.threads), arrays), settings)
+                if baselines and report.format in baselines:
+                    before = baselines[report.format].path
+                    report.latency_before = time_loaded(lambda: _bound(fmt.open_for_timing(before, settings.threads), arrays), settings)
+                    _note_if_slower(report)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
+
+
+def _note_if_slower(report: ArtifactReport) -> None:
+    after, before = report.latency, report.latency_before
+    if after is not None and before is not None and after.p50 > before.p50:
+        report.notes.append(f"{report.precision} is slower than fp32 here: p50 {after.p50:.3f} ms vs {before.p50:.3f} ms "
+                            f"({after.p50 / before.p50:.2f}x) on this host")
 
 
 def _bound(run, arrays):
@@ -236,8 +332,11 @@ def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactRe
         "capture": captured.to_json(),
         "artifacts": [
             {"format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
+             "precision_requested": a.precision_requested or a.precision,
+             "float_layers": (a.quantization or {}).get("float_layers", []),
+             "accuracy": a.accuracy.to_json() if a.accuracy else None,
              "requirements": a.requirements, "smoke": a.smoke.status,
-             "tolerance": vars(settings[a.format].tolerance)}
+             "tolerance": vars(settings[a.format].tolerance_for(a.precision))}
             for a in artifacts if a.path is not None
         ],
         "golden": golden,

@@ -51,10 +51,11 @@ class Format(ABC):
 
     def validate(self, settings: FormatSettings) -> None:
         """Reject settings this format cannot honour, before any work starts."""
-        if settings.precision not in self.precisions:
+        if settings.precision not in PRECISIONS:
             raise UsageError(
-                f"Format '{self.name}' has no precision '{settings.precision}'.{did_you_mean(settings.precision, list(self.precisions))}",
-                f"This version supports: {', '.join(self.precisions)}.",
+                f"Unknown precision '{settings.precision}' for format '{self.name}'.{did_you_mean(settings.precision, list(PRECISIONS))}",
+                f"Precisions: {', '.join(PRECISIONS)} ({self.name} implements {', '.join(self.precisions)}; "
+                "it builds the others in its nearest scheme and the report says so).",
             )
 
     def option(self, settings: FormatSettings, key: str) -> Any:

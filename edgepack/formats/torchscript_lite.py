@@ -18,7 +18,8 @@ from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..targets import FormatSettings
-from .base import Calibration, Emitted, Format, Runner, register_format
+from ..quantize import torch_ao
+from .base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
 NEWEST_BYTECODE = 8
@@ -29,8 +30,16 @@ OLDEST_BYTECODE = 4
 class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8-dynamic", "int8-static")
     option_defaults = {"bytecode_version": NEWEST_BYTECODE}
+
+    def nearest_precision(self, requested: str) -> tuple[str, str]:
+        if requested.startswith("palettize-"):
+            return "int8-dynamic", f"{self.name} has no palettization; int8 weights (int8-dynamic) instead"
+        return super().nearest_precision(requested)
+
+    def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        return torch_ao.quantizable_layers(captured, settings.precision)
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -44,9 +53,18 @@ class TorchScriptLite(Format):
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
         version = self.option(settings, "bytecode_version")
-        with quiet_converter() as log:
-            try:
+        with quiet_converter() as log, torch_ao.qnnpack_engine():
+            if settings.precision == "fp32":
                 module, notes = _mobile_passes(captured.scripted)
+            else:  # the quantizer's errors are already BuildErrors that say what to do
+                module, notes = torch_ao.quantize_lite(captured, settings.precision, calibration,
+                                                       list(settings.options.get(FLOAT_LAYERS, [])))
+                if settings.precision == "int8-dynamic":  # float convs and batch norms remain: fold them
+                    module, passes = _mobile_passes(module)
+                    notes += passes
+                else:  # freezing a static int8 graph only adds size: its weights are already packed
+                    torch._C._jit_pass_remove_dropout(module._c)
+            try:
                 _save(module, path, version)
             except Exception as exc:
                 raise BuildError(f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
@@ -60,11 +78,12 @@ class TorchScriptLite(Format):
         return Emitted(path, requirements, notes)
 
     def open(self, path: Path, threads: int) -> Runner:
-        with quiet_converter():
+        # Quantized weights are packed for the engine active at load time: qnnpack, as on a phone.
+        with quiet_converter(), torch_ao.qnnpack_engine():
             module = mobile._load_for_lite_interpreter(str(path))
 
         def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_ao.qnnpack_engine():
                 result = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
             outputs = result if isinstance(result, (tuple, list)) else (result,)
             return [t.numpy() for t in outputs]
