@@ -92,8 +92,8 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
                                       f"outputs: {', '.join(captured.output_names)}")
     data = None
     if samples is not None:
-        calibration, calibration_source, evaluation, eval_source = samples
-        data = QuantData(calibration, calibration_source, eval_set(captured, evaluation, eval_source))
+        calibration, calibration_source, evaluation, eval_source, real = samples
+        data = QuantData(calibration, calibration_source, eval_set(captured, evaluation, eval_source, real))
         observer.event("quantize", "done", f"accuracy measured on {eval_source}")
     return [build_target(captured, target, request, observer, data) for target in targets]
 
@@ -105,7 +105,8 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 
 def _quantization_samples(request: BuildRequest, loaded: LoadedModel, targets: list[Target]):
-    """(calibration, where from, evaluation samples, where from) when some format is not built in fp32, else None.
+    """(calibration, where from, evaluation samples, where from, whether they are real data) when some format
+    is not built in fp32, else None.
     A static scheme without calibration data is a usage error: never calibrate on random numbers."""
     firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
     if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
@@ -129,8 +130,9 @@ def _quantization_samples(request: BuildRequest, loaded: LoadedModel, targets: l
     else:
         evaluation = [sample_inputs(loaded.inputs, loaded.module, 1000 + seed) for seed in range(RANDOM_EVAL_SAMPLES)]
         eval_source = (f"{RANDOM_EVAL_SAMPLES} seeded random inputs (no --eval-data given: figures on random data "
-                       "say little about accuracy on real inputs)")
-    return calibration, calibration_source, evaluation, eval_source
+                       "say little about accuracy on real inputs, and top-1 agreement is reported but not gated)")
+        return calibration, calibration_source, evaluation, eval_source, False
+    return calibration, calibration_source, evaluation, eval_source, True
 
 
 def diagnose(request: BuildRequest) -> dict:
@@ -234,8 +236,7 @@ def _emit_with_ladder(fmt, captured: CapturedModel, settings, path: Path, data: 
     """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
-    ladder = Ladder(fmt, captured, settings, folder, data, target.bench.threads,
-                    lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+    ladder = Ladder(fmt, captured, settings, folder, data, lambda text: observer.event(f"quantize {fmt.name}", "start", text))
     result = ladder.run()
     shipped = ship(result, path)
     report.precision_requested, report.precision = result.requested, result.precision

@@ -24,6 +24,8 @@ from .calibration import Samples
 
 # Mildest last. A format maps each name to its nearest scheme; the ladder walks the distinct ones.
 LADDER = ("palettize-4", "palettize-6", "palettize-8", "int8-static", "int8-dynamic", "fp16", "fp32")
+# Accuracy does not depend on the thread count; one thread avoids thread-pool contention on busy hosts.
+MEASURE_THREADS = 1
 # Per-layer sensitivity builds one artifact per layer on a subset of the data: cap its cost.
 MAX_PROBED_LAYERS = 32
 PROBE_EVAL_SAMPLES = 64
@@ -101,9 +103,9 @@ class Ladder:
     """One format's walk down the ladder, building every attempt in `workdir`."""
 
     def __init__(self, fmt: Format, captured: CapturedModel, settings: FormatSettings, workdir: Path,
-                 data: QuantData, threads: int, progress: Progress = lambda _: None) -> None:
+                 data: QuantData, progress: Progress = lambda _: None) -> None:
         self.fmt, self.captured, self.settings, self.workdir = fmt, captured, settings, workdir
-        self.data, self.threads, self.progress = data, threads, progress
+        self.data, self.progress = data, progress
         self._count = 0
 
     def run(self) -> LadderResult:
@@ -147,14 +149,14 @@ class Ladder:
     def _judge(self, scheme: str, float_layers: list[str], emitted: Emitted, data: EvalSet) -> Attempt:
         size = size_of(emitted.path)
         try:
-            accuracy = measure(self.fmt.open(emitted.path, self.threads), data, self.captured.input_names)
+            accuracy = measure(self.fmt.open(emitted.path, MEASURE_THREADS), data, self.captured.input_names)
         except RuntimeUnavailable as exc:
             if scheme == "fp32":
                 return Attempt(scheme, float_layers, True, f"fp32 accepted; accuracy not measurable here: {exc}", size)
             return Attempt(scheme, float_layers, False, f"accuracy cannot be measured on this machine: {exc}", size)
         except Exception as exc:  # a runtime can fail in any way on a quantized graph
             return Attempt(scheme, float_layers, scheme == "fp32", f"running it failed: {type(exc).__name__}: {exc}", size)
-        misses = budget_misses(accuracy, self.settings.accuracy)
+        misses = budget_misses(accuracy, self.settings.accuracy, gate_top1=data.real)
         if scheme == "fp32":  # the reference precision ends the ladder; its smoke test is its gate
             return Attempt(scheme, float_layers, True, accuracy.summary() + ("; misses: " + "; ".join(misses) if misses else ""),
                            size, accuracy)
@@ -191,7 +193,7 @@ class Ladder:
             sqnr, cosine = None, None
             if emitted is not None:
                 try:
-                    accuracy = measure(self.fmt.open(emitted.path, self.threads), probe, self.captured.input_names)
+                    accuracy = measure(self.fmt.open(emitted.path, MEASURE_THREADS), probe, self.captured.input_names)
                     sqnr, cosine = accuracy.sqnr_db, accuracy.cosine
                 except Exception as exc:  # noqa: BLE001 - a layer that cannot run alone ranks as costliest
                     error = f"{type(exc).__name__}: {exc}"

@@ -41,6 +41,8 @@ def qnnpack_engine() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
+            # quantize_jit moves the module with .cpu(), which reads .grad of its non-leaf parameters.
+            warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf")
             yield
     finally:
         torch.backends.quantized.engine = saved
