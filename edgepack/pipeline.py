@@ -207,9 +207,9 @@ def _emit_all(
         observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name} ({settings.precision})")
         try:
             if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
-                result = fmt.emit(captured, settings, path)
-                if settings.precision != "fp32":
-                    result.notes.append(rungs(fmt, settings.precision)[1][0])
+                result = fmt.emit(captured, replace(settings, precision="fp32"), path)
+                if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
+                    result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
             else:
                 result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)

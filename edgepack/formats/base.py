@@ -46,6 +46,8 @@ class Format(ABC):
     name: ClassVar[str]
     suffix: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
+    # The precisions whose emit needs calibration samples (activation ranges); weight-only schemes need none.
+    calibrated_precisions: ClassVar[tuple[str, ...]] = ()
     # Option keys a target may set in [formats.<name>], with their defaults.
     option_defaults: ClassVar[dict[str, Any]] = {}
 

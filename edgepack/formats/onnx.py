@@ -35,6 +35,7 @@ class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32", "int8-dynamic", "int8-static")
+    calibrated_precisions = ("int8-static",)
     option_defaults = {"opset": 18}
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:

@@ -31,6 +31,7 @@ class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
     precisions = ("fp32", "int8-dynamic", "int8-static")
+    calibrated_precisions = ("int8-static",)
     option_defaults = {"bytecode_version": NEWEST_BYTECODE}
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
@@ -59,8 +60,8 @@ class TorchScriptLite(Format):
             else:  # the quantizer's errors are already BuildErrors that say what to do
                 module, notes = torch_ao.quantize_lite(captured, settings.precision, calibration,
                                                        list(settings.options.get(FLOAT_LAYERS, [])))
-                if settings.precision == "int8-dynamic":  # float convs and batch norms remain: fold them
-                    module, passes = _mobile_passes(module)
+                if settings.precision == "int8-dynamic":
+                    module, passes = _smaller_of_frozen_or_not(module)
                     notes += passes
                 else:  # freezing a static int8 graph only adds size: its weights are already packed
                     torch._C._jit_pass_remove_dropout(module._c)
@@ -105,6 +106,22 @@ def _mobile_passes(scripted: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptMo
         if before[op] != after[op]:
             notes.append(f"{op}: {before[op]} -> {after[op]}")
     return frozen, notes
+
+
+def _smaller_of_frozen_or_not(module: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptModule, list[str]]:
+    """Freezing folds the float layers dynamic int8 leaves (conv-bn), but a frozen packed int8 weight is
+    saved twice (once per archive section): keep whichever version is smaller."""
+    frozen, notes = _mobile_passes(module)
+    torch._C._jit_pass_remove_dropout(module._c)
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = []
+        for candidate, name in ((frozen, "frozen"), (module, "unfrozen")):
+            candidate._save_for_lite_interpreter(str(Path(tmp) / f"{name}.ptl"))
+            sizes.append((Path(tmp) / f"{name}.ptl").stat().st_size)
+    if sizes[0] <= sizes[1]:
+        return frozen, notes
+    return module, [f"not frozen: the frozen version is larger ({sizes[0]} vs {sizes[1]} bytes; "
+                    "frozen int8 weights are stored twice)"]
 
 
 def _op_counts(graph: torch.Graph) -> Counter:

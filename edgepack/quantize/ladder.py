@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..bundle import remove_path, size_of
 from ..capture import CapturedModel
-from ..errors import UsageError
+from ..errors import BuildError, UsageError
 from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure
@@ -96,7 +96,9 @@ def rungs(fmt: Format, requested: str) -> tuple[list[str], list[str]]:
 
 
 def needs_calibration(fmt: Format, requested: str) -> bool:
-    return "int8-static" in rungs(fmt, requested)[0]
+    """The first scheme built needs calibration samples (a milder rung that needs them and has none fails
+    as an attempt instead)."""
+    return rungs(fmt, requested)[0][0] in fmt.calibrated_precisions
 
 
 class Ladder:
@@ -129,10 +131,11 @@ class Ladder:
                 kept_baseline = baseline if last.precision != "fp32" else None  # fp32 shipped: it is the baseline
                 return LadderResult(requested, last.precision, last.float_layers, emitted, last.accuracy, kept_baseline,
                                     attempts, sensitivity, notes, self.data.eval.description, self._calibration_text(schemes))
-        raise AssertionError("the fp32 rung always ends the ladder")  # _try accepts fp32 unconditionally
+        raise BuildError(f"No precision of {self.fmt.name} could be built: "
+                         + "; ".join(f"{a.precision}: {a.reason}" for a in attempts),
+                         "Fix the first failure above (the fp32 one is the converter's own).")
 
-    def _try(self, scheme: str, float_layers: list[str], baseline: Emitted | None,
-             data: EvalSet | None = None) -> tuple[Attempt, Emitted | None]:
+    def _try(self, scheme: str, float_layers: list[str], baseline: Emitted | None) -> tuple[Attempt, Emitted | None]:
         if scheme == "fp32" and baseline is not None and not float_layers:
             emitted = baseline
         else:
@@ -141,7 +144,7 @@ class Ladder:
                 attempt = Attempt(scheme, float_layers, False, f"building failed: {error}")
                 self.progress(f"{scheme}: {attempt.reason}")
                 return attempt, None
-        attempt = self._judge(scheme, float_layers, emitted, data or self.data.eval)
+        attempt = self._judge(scheme, float_layers, emitted, self.data.eval)
         self.progress(f"{scheme}{' + ' + str(len(float_layers)) + ' float layers' if float_layers else ''}: "
                       f"{'ok' if attempt.ok else 'missed'}: {attempt.reason}")
         return attempt, emitted
@@ -216,7 +219,7 @@ class Ladder:
             return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     def _calibration_text(self, schemes: list[str]) -> str:
-        return self.data.calibration_source if "int8-static" in schemes else ""
+        return self.data.calibration_source if set(schemes) & set(self.fmt.calibrated_precisions) else ""
 
 
 def ship(result: LadderResult, destination: Path) -> Emitted:

@@ -3,7 +3,7 @@
   quant_pre_process  ORT's documented first step (symbolic shape inference, graph optimization).
                      The exporter's value_info is dropped first: the shapes it recorded can disagree
                      with what shape inference derives and make quantization fail.
-  int8-dynamic       quantize_dynamic of MatMul/Gemm (and LSTM/GRU/Attention): int8 weights,
+  int8-dynamic       quantize_dynamic of MatMul/Gemm (and LSTM/GRU/Attention, embedding Gathers): int8 weights,
                      activations quantized on the fly. Conv stays float: dynamic int8 Conv
                      (ConvInteger) runs several times slower than float in onnxruntime.
   int8-static        quantize_static in QDQ format, per-channel weights (one scale per output channel
@@ -27,8 +27,9 @@ from ..errors import BuildError
 from ..noise import quiet_converter, tail
 from .calibration import Samples
 
-DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
-STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
 CONV_OPS = ("Conv", "ConvTranspose")
 
 
@@ -63,7 +64,10 @@ def preprocess(float_model: Path, out: Path) -> list[str]:
 def quantizable_nodes(model_path: Path, scheme: str) -> list[str]:
     """Node names `scheme` quantizes in the pre-processed graph."""
     ops = {"int8-dynamic": DYNAMIC_OPS, "int8-static": STATIC_OPS}.get(scheme, ())
-    return [node.name for node in onnx.load(str(model_path)).graph.node if node.op_type in ops]
+    graph = onnx.load(str(model_path)).graph
+    weights = {init.name for init in graph.initializer}
+    return [node.name for node in graph.node
+            if node.op_type in ops and (node.op_type != "Gather" or node.input[0] in weights)]
 
 
 def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None, input_names: list[str],
@@ -87,7 +91,7 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
                 if not calibration:
                     raise BuildError("int8-static needs calibration samples.", "Pass --calibration.")
                 quantize_static(str(prepared), str(out), SamplesReader(calibration, input_names),
-                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                op_types_to_quantize=list(STATIC_OPS), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=kept)
                 notes.append(f"QDQ, per-channel weights, min-max ranges from {len(calibration)} calibration samples")
             else:

@@ -1,8 +1,8 @@
 """int8 for TorchScript Lite with PyTorch's own quantizers and the qnnpack engine (the one phones run).
 
   int8-dynamic  torch.ao.quantization.quantize_dynamic on the eager model (Linear, LSTM, GRU: int8
-                weights, activations quantized on the fly), then captured again with the model's
-                capture strategy.
+                weights, activations quantized on the fly; Embedding: int8 rows), then captured again
+                with the model's capture strategy and frozen.
   int8-static   graph-mode quantization of the captured TorchScript (quantize_jit): conv-bn
                 folding, observers run on the calibration samples, int8 conv/linear kernels.
 Layers named in `float_layers` (module names of the user's model) keep their float weights.
@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.ao.quantization import default_dynamic_qconfig, get_default_qconfig, quantize_dynamic
+from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig, get_default_qconfig,
+                                   quantize_dynamic)
 from torch.ao.quantization.quantize_jit import quantize_jit
 
 from ..capture import CapturedModel, Hybrid, Script, Trace
@@ -25,7 +26,7 @@ from ..errors import BuildError
 from .calibration import Samples
 
 ENGINE = "qnnpack"
-DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
+DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding)
 STATIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # The capture wraps the user's model as the `model` attribute of a FlatModel.
 _WRAPPER_PREFIX = "model."
@@ -76,8 +77,11 @@ def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | N
 
 
 def _dynamic(captured: CapturedModel, layers: list[str]) -> torch.jit.ScriptModule:
-    model = quantize_dynamic(copy.deepcopy(captured.loaded.module).eval(),
-                             qconfig_spec={name: default_dynamic_qconfig for name in layers}, dtype=torch.qint8)
+    model = copy.deepcopy(captured.loaded.module).eval()
+    # Embeddings take weight-only int8 rows (per-row scales); the rest dynamic int8.
+    spec = {name: float_qparams_weight_only_qconfig if isinstance(model.get_submodule(name), nn.Embedding)
+            else default_dynamic_qconfig for name in layers}
+    model = quantize_dynamic(model, qconfig_spec=spec, dtype=torch.qint8)
     strategy = {"trace": Trace(), "script": Script(), "hybrid": Hybrid()}[captured.strategy]
     example = tuple(captured.samples[0][name] for name in captured.input_names)
     try:
