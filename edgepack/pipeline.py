@@ -20,19 +20,16 @@ from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden,
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
-from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
+from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
-from .quantize import calibration as quant_data
-from .quantize.accuracy import eval_set
-from .quantize.ladder import Ladder, QuantData, needs_calibration, rungs, ship
+from .quantize.ladder import Ladder, QuantData, rungs, ship
+from .quantize.plan import quantization_samples
 from .report import ArtifactReport, BudgetCheck, BuildReport
-from .targets import Target, load_target
+from .targets import FormatSettings, Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
-# Without --eval-data (and outside the demo), accuracy is measured on this many seeded random inputs.
-RANDOM_EVAL_SAMPLES = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -82,7 +79,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     loaded = _load(request)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
-    samples = _quantization_samples(request, loaded, targets)
+    samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
@@ -90,11 +87,9 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
-    data = None
+    data = samples.measured_on(captured) if samples is not None else None
     if samples is not None:
-        calibration, calibration_source, evaluation, eval_source, real = samples
-        data = QuantData(calibration, calibration_source, eval_set(captured, evaluation, eval_source, real))
-        observer.event("quantize", "done", f"accuracy measured on {eval_source}")
+        observer.event("quantize", "done", f"accuracy measured on {samples.eval_source}")
     return [build_target(captured, target, request, observer, data) for target in targets]
 
 
@@ -102,37 +97,6 @@ def _with_precision(target: Target, precision: str | None) -> Target:
     if precision is None:
         return target
     return replace(target, formats=tuple(replace(f, precision=precision) for f in target.formats))
-
-
-def _quantization_samples(request: BuildRequest, loaded: LoadedModel, targets: list[Target]):
-    """(calibration, where from, evaluation samples, where from, whether they are real data) when some format
-    is not built in fp32, else None.
-    A static scheme without calibration data is a usage error: never calibrate on random numbers."""
-    firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
-    if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
-        return None
-    if request.calibration:
-        calibration = quant_data.load_samples(request.calibration, loaded, request.search_dir, "--calibration")
-        calibration_source = f"{len(calibration)} samples from {request.calibration}"
-    else:
-        calibration = quant_data.demo_split(loaded, "calib")
-        calibration_source = f"the demo's calibration split ({len(calibration)} images)" if calibration else ""
-    static = sorted({f"{fmt.name} {precision}" for fmt, precision in firsts if needs_calibration(fmt, precision)})
-    if static and not calibration:
-        raise UsageError(f"Static int8 quantization ({', '.join(static)}) needs calibration data, and none was given.",
-                         "Pass --calibration with a .npz (one array per input), a folder of .npy files or images, "
-                         "or a module:attr callable yielding batches; or choose --precision int8-dynamic.")
-    if request.eval_data:
-        evaluation = quant_data.load_samples(request.eval_data, loaded, request.search_dir, "--eval-data")
-        eval_source = f"{len(evaluation)} samples from {request.eval_data}"
-    elif (evaluation := quant_data.demo_split(loaded, "eval")) is not None:
-        eval_source = f"the demo's held-out eval split ({len(evaluation)} images)"
-    else:
-        evaluation = [sample_inputs(loaded.inputs, loaded.module, 1000 + seed) for seed in range(RANDOM_EVAL_SAMPLES)]
-        eval_source = (f"{RANDOM_EVAL_SAMPLES} seeded random inputs (no --eval-data given: figures on random data "
-                       "say little about accuracy on real inputs, and top-1 agreement is reported but not gated)")
-        return calibration, calibration_source, evaluation, eval_source, False
-    return calibration, calibration_source, evaluation, eval_source, True
 
 
 def diagnose(request: BuildRequest) -> dict:
@@ -231,8 +195,9 @@ def _emit_all(
     return reports, emitted, baselines
 
 
-def _emit_with_ladder(fmt, captured: CapturedModel, settings, path: Path, data: QuantData, workdir: Path,
-                      target: Target, report: ArtifactReport, observer: Observer) -> tuple[Emitted, Emitted | None]:
+def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, data: QuantData,
+                      workdir: Path, target: Target, report: ArtifactReport,
+                      observer: Observer) -> tuple[Emitted, Emitted | None]:
     """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
