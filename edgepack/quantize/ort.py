@@ -29,6 +29,8 @@ from .calibration import Samples
 
 # Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+# The weight-bearing ops static QDQ quantizes (the layers a sensitivity pass can keep float). Static QDQ
+# itself covers every op ORT supports, so pooling and reshapes stay int8 between them.
 STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
 CONV_OPS = ("Conv", "ConvTranspose")
 
@@ -91,7 +93,7 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
                 if not calibration:
                     raise BuildError("int8-static needs calibration samples.", "Pass --calibration.")
                 quantize_static(str(prepared), str(out), SamplesReader(calibration, input_names),
-                                op_types_to_quantize=list(STATIC_OPS), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=kept)
                 notes.append(f"QDQ, per-channel weights, min-max ranges from {len(calibration)} calibration samples")
             else:
