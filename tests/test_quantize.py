@@ -194,3 +194,46 @@ def test_budget_ignores_top1_when_not_gated():
     accuracy = Accuracy(10, 0.5, 0.999, 0.999, 0.01, 40.0)
     assert budget_misses(accuracy, AccuracyBudget()) == ["top-1 agreement 0.5000 < 0.99"]
     assert budget_misses(accuracy, AccuracyBudget(), gate_top1=False) == []
+
+
+# The Format contract the ladder drives: quantizable layers and FLOAT_LAYERS -----------------------
+
+@pytest.fixture(scope="module")
+def demo_captured():
+    from edgepack.capture import capture
+    from edgepack.quantize.calibration import demo_split
+
+    loaded = load_model(None, [])
+    return capture(loaded, loaded.sample_inputs[:4]), demo_split(loaded, "calib")[:16]
+
+
+@pytest.mark.parametrize("fmt_name, float_op, int8_op", [
+    ("torchscript_lite", "aten::conv2d", "quantized::conv2d_relu"),
+    ("onnx", "ai.onnx::Conv", "ai.onnx::DequantizeLinear"),
+])
+def test_float_layers_keep_the_named_layer_float(demo_captured, tmp_path, fmt_name, float_op, int8_op):
+    from edgepack.formats import FORMATS
+    from edgepack.formats.base import FLOAT_LAYERS
+    from edgepack.targets import Budgets, FormatSettings, Tolerance
+
+    captured, calibration = demo_captured
+    fmt = FORMATS[fmt_name]
+    plain = FormatSettings(fmt_name, "int8-static", Tolerance(), Budgets(), {})
+    layers = fmt.quantizable_layers(captured, plain)
+    assert len(layers) == 4  # three convolutions and the linear head
+    all_int8 = fmt.emit(captured, plain, tmp_path / f"a{fmt.suffix}", calibration)
+    first_float = fmt.emit(captured, FormatSettings(fmt_name, "int8-static", Tolerance(), Budgets(), {FLOAT_LAYERS: layers[:1]}),
+                           tmp_path / f"b{fmt.suffix}", calibration)
+    def uses(emitted, op: str) -> bool:  # lite operator names carry an overload suffix (".new")
+        return any(name == op or name.startswith(op + ".") for name in emitted.requirements["operators"])
+
+    assert uses(all_int8, int8_op) and uses(first_float, int8_op)
+    if fmt_name == "torchscript_lite":
+        assert not uses(all_int8, float_op) and uses(first_float, float_op)
+    else:  # QDQ keeps Conv nodes either way; the float layer's weight stays a float initializer
+        import onnx
+
+        floats = [i.name for i in onnx.load(str(first_float.path)).graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                  and len(i.dims) == 4]
+        assert len(floats) == 1
+    assert any("kept in float" in note for note in first_float.notes)
