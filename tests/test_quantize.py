@@ -82,7 +82,7 @@ def test_a_budget_int8_cannot_meet_walks_the_ladder_to_fp32(tmp_path):
     # The sensitivity pass ranked the four quantizable layers; the first kept float is the costliest.
     assert len(ladder["sensitivity"]) == 4
     assert ladder["attempts"][1]["float_layers"] == [ladder["sensitivity"][0]["layer"]]
-    assert any("accuracy budget missed by int8-static; shipped fp32" in note for note in onnx.notes)
+    assert any("int8-static missed the accuracy budget; shipped fp32" in note for note in onnx.notes)
 
 
 def test_user_model_per_format_precision_with_its_own_calibration_and_eval_data(tmp_path):
@@ -237,3 +237,19 @@ def test_float_layers_keep_the_named_layer_float(demo_captured, tmp_path, fmt_na
                   and len(i.dims) == 4]
         assert len(floats) == 1
     assert any("kept in float" in note for note in first_float.notes)
+
+
+def test_a_scheme_that_cannot_be_built_is_an_attempt_and_the_ladder_goes_on(tmp_path):
+    """quantize_jit cannot observe a scripted if/else whose branches differ: the first attempt fails to
+    build, keeping the layer that breaks it float succeeds (or a milder scheme does), and the report says so."""
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).normal(size=(64, 1, 10)).astype(np.float32))
+    target = write_fast_target(tmp_path, formats='[formats.torchscript_lite]\nprecision = "int8-static"\n')
+    report = build(BuildRequest(targets=[str(target)], model=f"{Path(__file__).parent / 'seed_models.py'}:ControlFlowModel",
+                                inputs=[parse_input_spec("x=1x10")], calibration=str(tmp_path / "data.npz"),
+                                eval_data=str(tmp_path / "data.npz"), out_dir=tmp_path / "dist"))[0]
+    lite = report.artifacts[0]
+    assert report.capture["strategy"] == "script"
+    first = lite.quantization["attempts"][0]
+    assert not first["ok"] and first["reason"].startswith("building failed")
+    assert lite.quantization["attempts"][-1]["ok"] and report.ok
+    assert any("int8-static could not be built; shipped" in note for note in lite.notes)

@@ -43,8 +43,8 @@ class Accuracy:
 
     samples: int
     top1_agreement: float | None
-    cosine: float  # mean over samples of the per-sample cosine (worst output)
-    worst_cosine: float  # the lowest per-sample cosine
+    cosine: float  # of each output over the whole set (samples concatenated), worst output
+    worst_cosine: float  # the lowest per-sample cosine (degenerate for outputs of one or two values)
     max_abs_err: float
     sqnr_db: float | None
 
@@ -85,7 +85,7 @@ def _output_figures(got: list[np.ndarray], expected: list[np.ndarray]) -> dict:
     noise = sum(float(np.sum((g - e) ** 2)) for g, e in zip(got, expected))
     return {
         "top1": _top1_agreement(got, expected),
-        "cosine": float(np.mean(cosines)),
+        "cosine": cosine_similarity(np.concatenate([g.ravel() for g in got]), np.concatenate([e.ravel() for e in expected])),
         "worst_cosine": float(np.min(cosines)),
         "max_abs_err": max(float(np.max(np.abs(g - e), initial=0.0)) for g, e in zip(got, expected)),
         "sqnr": None if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise),

@@ -125,7 +125,8 @@ class Ladder:
             if attempts[-1].ok and emitted is not None:
                 last = attempts[-1]
                 if attempts[0] is not last:
-                    notes.append(f"accuracy budget missed by {requested}; shipped {last.precision}"
+                    why = "could not be built" if attempts[0].reason.startswith("building failed") else "missed the accuracy budget"
+                    notes.append(f"{attempts[0].precision} {why}; shipped {last.precision}"
                                  + (f" with {', '.join(last.float_layers)} in float" if last.float_layers else "")
                                  + f" ({len(attempts)} attempts in the report)")
                 kept_baseline = baseline if last.precision != "fp32" else None  # fp32 shipped: it is the baseline

@@ -81,6 +81,9 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
     notes = [f"{scheme} (onnxruntime.quantization): {len(candidates) - len(kept)} of {len(candidates)} nodes in int8"
              + (f", kept in float: {', '.join(kept)}" if kept else "")]
     has_conv = any(node.op_type in CONV_OPS for node in graph.node)
+    if not candidates:
+        notes.append(f"no {'/'.join(DYNAMIC_OPS if scheme == 'int8-dynamic' else STATIC_OPS)} node with weights at the top "
+                     "level of the graph: weights stay float (layers inside If/Loop bodies are not quantized)")
     with quiet_converter() as log, _quiet_ort_logging():
         try:
             if scheme == "int8-dynamic":
