@@ -37,6 +37,8 @@ class Onnx(Format):
     precisions = ("fp32", "int8-dynamic", "int8-static")
     calibrated_precisions = ("int8-static",)
     option_defaults = {"opset": 18}
+    # (captured, (id, opset), pre-processed float model bytes, notes): the last float export, reused by the ladder.
+    _cache: tuple | None = None
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested.startswith("palettize-"):
@@ -105,8 +107,6 @@ class Onnx(Format):
         prepared = folder / "prepared.onnx"
         prepared.write_bytes(self._cache[2])
         return prepared, list(self._cache[3])
-
-    _cache: tuple | None = None
 
     def open(self, path: Path, threads: int) -> Runner:
         options = ort.SessionOptions()
