@@ -193,6 +193,7 @@ def _emit_all(
                 result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)
                 if baseline is not None:
                     baselines[settings.name] = baseline
+            fmt.add_companions(result, captured, replace(settings, precision=report.precision))
             result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
         except UsageError:
             raise

@@ -4,6 +4,7 @@ and the calibration / evaluation data sources."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from edgepack.errors import UsageError
 from edgepack.inputs import parse_input_spec
 from edgepack.load import load_model
+from edgepack.bundle_check import verify_bundle
 from edgepack.pipeline import BuildRequest, build
 from edgepack.quantize.accuracy import Accuracy, EvalSet, budget_misses, measure
 from edgepack.quantize.calibration import load_samples
@@ -28,15 +30,16 @@ DEMO_MAX_SIZE_RATIO = 0.36
 
 @pytest.fixture(scope="session")
 def int8_reports(tmp_path_factory) -> dict:
-    """`edgepack build --target android --precision int8-static` on the demo model (.ptl and .onnx;
-    iot's ONNX differs only in its opset and exporter)."""
+    """`edgepack build --target android --target ios --target iot --precision int8-static` on the demo
+    model (.ptl, .mlpackage with int8 weights, .onnx; iot's ONNX also ships as .ort)."""
     out = tmp_path_factory.mktemp("int8")
-    reports = build(BuildRequest(targets=["android"], precision="int8-static", out_dir=out))
+    reports = build(BuildRequest(targets=["android", "ios", "iot"], precision="int8-static", out_dir=out))
     return {r.target: json.loads((Path(r.bundle_dir) / "report.json").read_text()) for r in reports}
 
 
-def test_int8_static_demo_bundle_keeps_top1_on_held_out_split(int8_reports):
-    report = int8_reports["android"]
+@pytest.mark.parametrize("target", ["android", "ios", "iot"])
+def test_int8_static_demo_bundle_keeps_top1_on_held_out_split(int8_reports, target):
+    report = int8_reports[target]
     assert report["ok"], report["problems"]
     for artifact in report["artifacts"]:
         assert artifact["precision"] == artifact["precision_requested"] == "int8-static"
@@ -45,10 +48,14 @@ def test_int8_static_demo_bundle_keeps_top1_on_held_out_split(int8_reports):
         assert artifact["accuracy"]["cosine"] >= 0.99
         assert artifact["size_ratio"] <= DEMO_MAX_SIZE_RATIO
         assert artifact["size_bytes"] < artifact["size_before_bytes"]
-        assert artifact["latency_before_ms"]["p50"] > 0 and artifact["latency_ratio"] > 0
+        if artifact["format"] == "coreml" and platform.system() != "Darwin":
+            assert artifact["latency_ms"] is None and "macOS" in artifact["latency_reason"]
+        else:
+            assert artifact["latency_before_ms"]["p50"] > 0 and artifact["latency_ratio"] > 0
         assert artifact["smoke"]["status"] == "passed" and "int8-static tolerance" in artifact["smoke"]["reason"]
         assert "held-out eval split" in artifact["quantization"]["eval_set"]
-        assert "calibration split" in artifact["quantization"]["calibration"]
+        if artifact["format"] != "coreml":  # Core ML int8 is weight-only: no calibration
+            assert "calibration split" in artifact["quantization"]["calibration"]
 
 
 def test_int8_artifacts_run_int8_kernels(int8_reports):
@@ -253,3 +260,19 @@ def test_a_scheme_that_cannot_be_built_is_an_attempt_and_the_ladder_goes_on(tmp_
     assert not first["ok"] and first["reason"].startswith("building failed")
     assert lite.quantization["attempts"][-1]["ok"] and report.ok
     assert any("int8-static could not be built; shipped" in note for note in lite.notes)
+
+
+def test_the_ort_file_is_made_from_the_shipped_int8_model_and_verifies(int8_reports):
+    """The .ort companion is converted from the artifact the ladder chose, checked with that precision's
+    tolerance, listed in the manifest, and `edgepack verify` reruns it."""
+    bundle = Path(int8_reports["iot"]["bundle_dir"])
+    [onnx] = int8_reports["iot"]["artifacts"]
+    entry = onnx["requirements"]["ort_format"]
+    assert (bundle / entry["path"]).is_file() and (bundle / entry["required_operators"]).is_file()
+    assert "QLinearConv" in (bundle / entry["required_operators"]).read_text() or \
+        "QuantizeLinear" in (bundle / entry["required_operators"]).read_text()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert entry["path"] in {f["path"] for f in manifest["files"]}
+    result = verify_bundle(bundle)
+    assert result.ok, [c for c in result.checks if c.status != "ok"]
+    assert any(c.name == f"smoke ort {entry['path']}" and c.status == "ok" for c in result.checks)

@@ -84,6 +84,10 @@ class Format(ABC):
         """Layer names a quantized emit can keep in float (what the sensitivity pass chooses from)."""
         return []
 
+    def add_companions(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> None:
+        """Write files derived from the artifact as it ships (after the precision ladder chose it) beside
+        it in the bundle, recording them in `emitted.requirements`; `settings.precision` is the shipped one."""
+
     def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Problems found by reading the saved artifact back without running it."""
         return []

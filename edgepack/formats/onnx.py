@@ -89,10 +89,12 @@ class Onnx(Format):
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
         }
-        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
-            requirements["ort_format"], ort_notes = ort_format.write_ort(path, captured, settings)
-            notes += ort_notes
         return Emitted(path, requirements, notes)
+
+    def add_companions(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> None:
+        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
+            emitted.requirements["ort_format"], notes = ort_format.write_ort(emitted.path, captured, settings)
+            emitted.notes += notes
 
     def _export_float(self, captured: CapturedModel, path: Path, opset: int) -> list[str]:
         args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
