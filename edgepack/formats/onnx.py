@@ -18,6 +18,7 @@ import torch
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
+from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
 from ..targets import FormatSettings
 from .base import Calibration, Emitted, Format, Runner, register_format
 
@@ -33,19 +34,21 @@ class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32",)
-    option_defaults = {"opset": 18}
+    option_defaults = {"opset": 18, "optimization": "basic"}
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         opset = self.option(settings, "opset")
         if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
+        check_level(self.option(settings, "optimization"))
 
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
         opset = self.option(settings, "opset")
         args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
         notes = _export(captured, args, path, opset)
+        notes += optimize_onnx(path, self.option(settings, "optimization"))
         model = onnx.load(str(path))
         if _default_domain_opset(model) != opset:
             raise BuildError(f"The exporter wrote opset {_default_domain_opset(model)}, not the requested {opset}.",
@@ -61,6 +64,7 @@ class Onnx(Format):
             "opset": _default_domain_opset(model),
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
+            **optimization_requirements(model, self.option(settings, "optimization")),
         }
         return Emitted(path, requirements, notes)
 
