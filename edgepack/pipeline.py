@@ -6,6 +6,7 @@ This is the Python API behind `edgepack build`; the CLI only parses arguments an
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Protocol
 import torch
 
 from . import __version__
-from .bench import Latency, time_calls, time_loaded, torch_threads
+from .bench import Latency, measure_footprint, time_calls, time_loaded, torch_threads
 from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
@@ -194,8 +195,20 @@ def _bench_all(
                 report.latency = time_loaded(lambda: _bound(fmt.open_for_timing(path, settings.threads), arrays), settings)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
+                continue
+            if settings.footprint:
+                _measure_footprint(report, path, arrays, settings.threads)
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
+
+
+def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads: int) -> None:
+    try:
+        footprint = measure_footprint(report.format, path, arrays, threads)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        report.footprint_reason = f"not measured: {exc}"
+        return
+    report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
 
 
 def _bound(run, arrays):
