@@ -80,9 +80,12 @@ def summarize(samples_ms: list[float], load_ms: float | None = None) -> Latency:
     return Latency(float(p50), float(p90), float(p99), float(np.mean(samples_ms)), len(samples_ms), load_ms)
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 3) -> dict[str, Latency]:
-    """The same protocol for several calls at once, in round-robin blocks of `block` runs, so that
-    load from other processes on a shared machine falls on every candidate alike."""
+def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5,
+                     settle_s: float = 0.02) -> dict[str, Latency]:
+    """The same protocol for several calls at once, in round-robin blocks of `block` timed runs, so
+    that load from other processes on a shared machine falls on every candidate alike. Before each
+    block: a pause, so the previous runtime's spinning worker threads (onnxruntime's and OpenMP's
+    spin-wait after a run) park instead of competing for the cores, then one untimed run."""
     for call in calls.values():
         for _ in range(settings.warmup):
             call()
@@ -90,6 +93,8 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSetting
     started = time.perf_counter()
     while True:
         for name, call in calls.items():
+            time.sleep(settle_s)
+            call()
             for _ in range(block):
                 t0 = time.perf_counter_ns()
                 call()
