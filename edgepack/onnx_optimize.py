@@ -102,7 +102,19 @@ def _ort_offline(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
         options.optimized_model_filepath = str(optimized)
         options.log_severity_level = 3
         ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        _check_reloads(optimized)
         return onnx.load(str(optimized))
+
+
+def _check_reloads(path: Path) -> None:
+    """A device loads the saved graph with the runtime's default (all) optimizations on top; onnxruntime
+    1.31 cannot always re-optimize its own offline output ("Attempt to replace the existing tensor"
+    on some TorchScript-exported encoders), and such a graph must not ship."""
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeError(f"the saved graph does not reload with onnxruntime's default optimizations "
+                           f"({str(exc).strip().splitlines()[-1][-160:]})") from exc
 
 
 def _transformer_fusions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
