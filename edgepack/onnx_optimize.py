@@ -76,9 +76,14 @@ def optimization_requirements(model: onnx.ModelProto, level: str) -> dict:
 def _step(notes: list[str], what: str, model: onnx.ModelProto,
           run: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
     """Run one optimizer; on failure keep the model it was given and note why (the others still run)."""
+    working = onnx.ModelProto()
+    working.CopyFrom(model)  # some optimizers edit their input in place, even when they then fail
     try:
         with quiet_converter():
-            result = run(model)
+            result = run(working)
+    except _NothingToFuse as nothing:
+        notes.append(f"{what}: {nothing}")
+        return model
     except Exception as exc:  # optimizers fail in many ways; an unoptimized graph is still correct
         notes.append(f"{what} skipped: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
         return model
@@ -124,10 +129,13 @@ def _transformer_fusions(model: onnx.ModelProto, notes: list[str]) -> onnx.Model
     fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if k in _TRANSFORMER_FUSIONS and v}
     if not stats:
-        notes.append("onnxruntime.transformers: no transformer pattern found")
-        return model
+        raise _NothingToFuse("no transformer pattern found")
     notes.append("fused: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items())))
     return fused.model
+
+
+class _NothingToFuse(Exception):
+    pass
 
 
 def _prune_unused_domains(model: onnx.ModelProto) -> None:

@@ -87,7 +87,7 @@ def test_transformer_level_fuses_attention_and_layer_norm(exported, tmp_path):
 def test_transformer_level_on_a_conv_net_is_the_extended_level(exported, tmp_path):
     transformer, notes, _ = _optimized(exported, "conv", "transformer", tmp_path)
     extended, _, _ = _optimized(exported, "conv", "extended", tmp_path)
-    assert "onnxruntime.transformers: no transformer pattern found" in notes
+    assert "onnxruntime.transformers fusions: no transformer pattern found" in notes
     assert _ops(transformer) == _ops(extended) and _ops(extended)[f"{CONTRIB_DOMAIN}:FusedConv"] >= 1
 
 
