@@ -27,8 +27,8 @@ from .models import INPUTS
 # transformer fusions) ships the .ptl too; iot is the portable, standard-ops-only level.
 SHIPPED_TARGETS = ("android", "iot")
 TIMED_FORMATS = ("onnx", "torchscript_lite")  # Core ML predicts only on macOS: never timed here
-# int8 artifacts are judged by the parity columns, not by the fp32 smoke tolerance.
-INT8_SMOKE = {"atol": 1.0, "rtol": 0.2, "min_cosine": 0.95}
+# Quantized and fp16 artifacts are judged by the parity columns, not by the fp32 smoke tolerance.
+LOW_PRECISION_SMOKE = {"atol": 1.0, "rtol": 0.2, "min_cosine": 0.95}
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ class _Candidate:
     runtime_format: str | None = None  # the edgepack format whose runtime the footprint probe uses
 
 
-def int8_precisions(fmt: str) -> list[str]:
-    """The int8 schemes this edgepack version ships for a format (none until quantization lands)."""
-    return [p for p in FORMATS[fmt].precisions if p.startswith("int8")]
+def other_precisions(fmt: str) -> list[str]:
+    """The precisions besides fp32 this edgepack version ships for a format (int8 schemes, fp16...)."""
+    return [p for p in FORMATS[fmt].precisions if p != "fp32"]
 
 
 def run_case(case: Case, settings: BenchSettings, workdir: Path, footprint: bool = True,
@@ -131,7 +131,7 @@ def _edgepack(case: Case, workdir: Path, threads: int) -> list[_Candidate]:
 
 
 def _target_files(folder: Path, threads: int) -> list[Path]:
-    """fp32 from each shipped target, plus every int8 scheme edgepack has for android's formats.
+    """fp32 from each shipped target, plus every other precision edgepack has for android's formats.
     Timing inside the builds is kept short: the benchmark times everything itself, together."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -141,7 +141,7 @@ def _target_files(folder: Path, threads: int) -> list[Path]:
         files.append(_write_target(folder / f"{name}.toml", name, threads, [(f, "fp32") for f in formats]))
         if name != SHIPPED_TARGETS[0]:
             continue
-        schemes = sorted({p for f in formats for p in int8_precisions(f.name)})
+        schemes = sorted({p for f in formats for p in other_precisions(f.name)})
         for scheme in schemes:
             chosen = [(f, scheme) for f in formats if scheme in FORMATS[f.name].precisions]
             files.append(_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen))
@@ -154,7 +154,7 @@ def _write_target(path: Path, name: str, threads: int, formats: list) -> Path:
     for settings, precision in formats:
         lines += [f"[formats.{settings.name}]", f'precision = "{precision}"']
         lines += [f"{key} = {_toml_value(value)}" for key, value in settings.options.items()]
-        tolerance = INT8_SMOKE if precision.startswith("int8") else vars(settings.tolerance)
+        tolerance = vars(settings.tolerance) if precision == "fp32" else LOW_PRECISION_SMOKE
         lines += [f"[formats.{settings.name}.smoke]"] + [f"{k} = {v}" for k, v in tolerance.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
