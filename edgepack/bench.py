@@ -89,6 +89,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSetting
     for call in calls.values():
         for _ in range(settings.warmup):
             call()
+    block = max(1, min(block, settings.max_runs))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     started = time.perf_counter()
     while True:

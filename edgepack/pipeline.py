@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from . import __version__
-from .bench import Latency, measure_footprint, time_calls, time_loaded, torch_threads
+from .bench import Latency, measure_footprint, time_interleaved, torch_threads
 from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
@@ -28,6 +28,7 @@ from .targets import Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
+EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -185,19 +186,28 @@ def _bench_all(
     arrays = [t.numpy() for t in args]
     observer.event("bench", "start", f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
     with torch_threads(settings.threads), torch.inference_mode():
-        eager = time_calls(lambda: captured.eager(*args), settings)
+        calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
         for report in artifacts:
             if report.format not in emitted or report.smoke.status not in (PASSED, SKIPPED):
                 report.latency_reason = "not measured: the artifact did not pass its smoke test"
                 continue
-            fmt, path = FORMATS[report.format], emitted[report.format].path
+            started = time.perf_counter_ns()
             try:
-                report.latency = time_loaded(lambda: _bound(fmt.open_for_timing(path, settings.threads), arrays), settings)
+                run = FORMATS[report.format].open_for_timing(emitted[report.format].path, settings.threads)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
                 continue
+            load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
+            calls[report.format] = _bound(run, arrays)
+        # Interleaved, so that load from other processes falls on eager and every artifact alike.
+        timed = time_interleaved(calls, settings)
+    for report in artifacts:
+        if report.format in load_ms:
+            report.latency = timed[report.format]
+            report.latency.load_ms = load_ms[report.format]
             if settings.footprint:
-                _measure_footprint(report, path, arrays, settings.threads)
+                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
+    eager = timed[EAGER]
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
 
