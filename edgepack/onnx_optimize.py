@@ -31,6 +31,7 @@ from .noise import quiet_converter
 
 LEVELS = ("none", "basic", "extended", "transformer")
 CONTRIB_DOMAIN = "com.microsoft"
+_MAX_INLINE_BYTES = 2_000_000_000  # protobuf's limit for a model saved without external data
 _ORT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
 # What onnxruntime.transformers reports fusing; any of these > 0 means the transformer pass applied.
@@ -53,6 +54,9 @@ def optimize_onnx(path: Path, level: str) -> list[str]:
         return ["graph optimization: none (the exporter's graph)"]
     notes: list[str] = []
     model = onnx.load(str(path))
+    if model.ByteSize() > _MAX_INLINE_BYTES:
+        return [f"graph optimization: {level} not applied: the model is over 2 GB, which the offline "
+                "optimizers cannot write as one file"]
     before = _node_count(model)
     model = _step(notes, "onnxscript optimizer (constant folding, simplification)", model, _onnxscript_optimize)
     if level == "transformer":  # before onnxruntime's passes, which rewrite the patterns it matches
