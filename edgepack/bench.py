@@ -125,19 +125,24 @@ class Footprint:
 
 
 def measure_footprint(format_name: str, path: Path, arrays: list[np.ndarray], threads: int,
-                      timeout_s: float = 300.0) -> Footprint:
-    """Load and run the artifact in a new Python process; RuntimeError with its stderr when it fails."""
+                      repeats: int = 1, timeout_s: float = 300.0) -> Footprint:
+    """Load and run the artifact in `repeats` new Python processes (one sample each: the median cold
+    load and the largest peak are kept); RuntimeError with the probe's last stderr line when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, *arrays)
         command = [sys.executable, "-m", "edgepack.bench", format_name, str(path), str(inputs), str(threads)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+        results = [_probe_once(command, env, timeout_s) for _ in range(max(1, repeats))]
+    return Footprint(float(np.median([r["cold_load_ms"] for r in results])), max(r["peak_memory_mb"] for r in results))
+
+
+def _probe_once(command: list[str], env: dict[str, str], timeout_s: float) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
         raise RuntimeError(f"footprint probe failed: {last}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return Footprint(result["cold_load_ms"], result["peak_memory_mb"])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int) -> dict:

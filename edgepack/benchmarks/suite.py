@@ -27,6 +27,8 @@ from .models import INPUTS
 # transformer fusions) ships the .ptl too; iot is the portable, standard-ops-only level.
 SHIPPED_TARGETS = ("android", "iot")
 TIMED_FORMATS = ("onnx", "torchscript_lite")  # Core ML predicts only on macOS: never timed here
+# Fresh processes per artifact for cold load (median) and peak memory (largest): one sample is noisy.
+FOOTPRINT_REPEATS = 3
 # Quantized and fp16 artifacts are judged by the parity columns, not by the fp32 smoke tolerance.
 LOW_PRECISION_SMOKE = {"atol": 1.0, "rtol": 0.2, "min_cosine": 0.95}
 
@@ -236,7 +238,7 @@ def _set_latency(row: Row, latency: Latency | None) -> None:
 
 def _set_footprint(c: _Candidate, arrays: list[np.ndarray], threads: int) -> None:
     try:
-        measured: Footprint = measure_footprint(c.runtime_format, c.path, arrays, threads)
+        measured: Footprint = measure_footprint(c.runtime_format, c.path, arrays, threads, repeats=FOOTPRINT_REPEATS)
     except Exception as exc:  # a probe failure is reported, not fatal
         c.row.notes.append(f"footprint not measured: {exc}")
         return

@@ -101,7 +101,8 @@ def markdown(rows: list[Row], checks: list[TargetCheck], threads: int) -> str:
         lines += [f"| {c.model} | {c.what} | <= {c.target:.2f}x | {_x(c.ratio)} | {_x(c.by_hand_ratio)} | "
                   f"{c.issue_by_hand:.2f}x | {c.status} | {c.distance} |" for c in checks]
     lines += ["", "Core ML (.mlpackage) is not timed: Core ML predicts only on macOS. Parity is against eager PyTorch "
-              "on the model's golden samples. `vs by hand` compares with the by-hand artifact of the same format and "
+              "on the model's golden samples. Cold load (load + first run; median of 3) and peak memory (largest of 3) "
+              "come from fresh processes, one per sample. `vs by hand` compares with the by-hand artifact of the same format and "
               "precision family. Target rows use the fastest edgepack artifact of that format and precision."]
     return "\n".join(lines) + "\n"
 
