@@ -8,16 +8,25 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .capture import CapturedModel
+from .manifest import source_date_epoch
+
+NOT_ARCHIVED = ("report.json", "report.md")
 
 GOLDEN_INPUTS = "golden/inputs.npz"
 GOLDEN_EXPECTED = "golden/expected.npz"
+GOLDEN_INDEX = "golden/index.json"
+# Archive entries get this time when SOURCE_DATE_EPOCH is unset: 1980-01-01, the zip format's first day.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 class StagedBundle:
@@ -64,10 +73,33 @@ def write_golden(bundle_dir: Path, captured: CapturedModel) -> dict[str, Any]:
     (bundle_dir / "golden").mkdir(exist_ok=True)
     inputs = {name: np.stack([s[name].numpy() for s in captured.samples]) for name in captured.input_names}
     expected = {name: np.stack([e[i] for e in captured.expected]) for i, name in enumerate(captured.output_names)}
+    # numpy writes .npz entries with the zip format's fixed 1980 date, so these are reproducible.
     np.savez(bundle_dir / GOLDEN_INPUTS, **inputs)
     np.savez(bundle_dir / GOLDEN_EXPECTED, **expected)
+    write_json(bundle_dir / GOLDEN_INDEX, {
+        "samples": len(captured.samples), "byte_order": "little",
+        "inputs": _write_raw(bundle_dir, "inputs", inputs), "expected": _write_raw(bundle_dir, "expected", expected)})
     return {"inputs": GOLDEN_INPUTS, "expected": GOLDEN_EXPECTED, "samples": len(captured.samples),
-            "layout": "one array per input/output name; axis 0 indexes the samples"}
+            "layout": "one array per input/output name; axis 0 indexes the samples", "index": GOLDEN_INDEX}
+
+
+def _write_raw(bundle_dir: Path, kind: str, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Each array as raw little-endian C-order bytes, for apps and firmware without NumPy."""
+    (bundle_dir / "golden" / kind).mkdir(exist_ok=True)
+    entries = []
+    for name, array in arrays.items():
+        relative = f"golden/{kind}/{name}.bin"
+        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        (bundle_dir / relative).write_bytes(little.tobytes(order="C"))
+        entries.append({"name": name, "file": relative, "dtype": str(array.dtype), "shape": list(array.shape)})
+    return entries
+
+
+def read_raw(bundle_dir: Path, entry: dict[str, Any]) -> np.ndarray:
+    """An array written by `_write_raw`, from its index entry."""
+    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+    data = np.fromfile(bundle_dir / entry["file"], dtype=dtype)
+    return data.reshape(entry["shape"]).astype(dtype.newbyteorder("="))
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
@@ -103,3 +135,39 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         os.remove(path)
+
+
+def archive_bundle(bundle_dir: Path, wanted: bool = True) -> Path | None:
+    """The deterministic archive of a finished bundle: every file but report.json and report.md, which
+    hold this run's timings and paths and so differ between otherwise identical builds. When not
+    wanted, an archive left by an earlier build is removed: it no longer matches the bundle."""
+    if not wanted:
+        bundle_dir.with_name(bundle_dir.name + ".zip").unlink(missing_ok=True)
+        return None
+    members = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
+    return write_archive(bundle_dir, [m for m in members if m not in NOT_ARCHIVED], source_date_epoch())
+
+
+def write_archive(bundle_dir: Path, members: list[str], epoch: int | None) -> Path:
+    """`<bundle>.zip` beside the bundle folder holding `members` (paths relative to it) under one top
+    folder named like the bundle: sorted entries, one fixed timestamp, fixed permissions, so the
+    same files always give the same bytes."""
+    archive = bundle_dir.with_name(bundle_dir.name + ".zip")
+    date_time = _zip_time(epoch)
+    staged = archive.with_name(f".{archive.name}.tmp")
+    with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
+        for relative in sorted(members):
+            info = zipfile.ZipInfo(f"{bundle_dir.name}/{relative}", date_time)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.create_system = 3  # unix, whatever the build host
+            zf.writestr(info, (bundle_dir / relative).read_bytes(), compresslevel=9)
+    staged.replace(archive)
+    return archive
+
+
+def _zip_time(epoch: int | None) -> tuple[int, int, int, int, int, int]:
+    if epoch is None:
+        return _ZIP_EPOCH
+    moment = time.gmtime(max(epoch, 315532800))  # the zip format cannot date before 1980
+    return (moment.tm_year, moment.tm_mon, moment.tm_mday, moment.tm_hour, moment.tm_min, moment.tm_sec)

@@ -12,10 +12,13 @@ dynamic dimension, and the user's own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import re
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from . import hazards as hz
+from . import rewrite
 from .compare import Comparison, compare_outputs
 from .errors import BuildError, UsageError
 from .flatten import FlatModel, flatten_model
@@ -32,6 +36,7 @@ from .load import LoadedModel
 from .noise import filter_known_warnings
 
 MODES = ("auto", "trace", "script")
+_ERROR_LINE = re.compile(r"^\w*(Error|Exception): ")
 _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE = 1e-5, 1e-4, 0.9999
 
 
@@ -81,14 +86,47 @@ class CapturedModel:
     samples: list[dict[str, torch.Tensor]] = field(repr=False, default_factory=list)
     expected: list[list[np.ndarray]] = field(repr=False, default_factory=list)
     checks: list[Check] = field(repr=False, default_factory=list)
+    devices: DevicePass | None = None
 
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.loaded.inputs]
 
     def to_json(self) -> dict:
-        return {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
-                "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks)}
+        document = {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
+                    "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks)}
+        if self.devices is not None:
+            document.update(self.devices.to_json())
+        return document
+
+
+@dataclass
+class DevicePass:
+    """What the device pass did to the accepted capture, and the proof read back from its saved code."""
+
+    policy: str
+    trace_device: str
+    rewrites: list[rewrite.Rewrite]
+    findings: rewrite.DeviceFindings
+    meta_check: str  # runs_on_meta's verdict: "ok: ...", "device mismatch: ...", "could not check: ..."
+
+    @property
+    def keep(self) -> set[str]:
+        """Device literals the policy allows in saved code."""
+        return _allowed_devices(self.rewrites, self.policy)
+
+    @property
+    def device_agnostic(self) -> bool:
+        """Placements follow the input's device: policy "agnostic", nothing pinned in the saved code but
+        a deliberate `.cpu()` (before a CPU-only op), and nothing collided on `meta`. Under policy
+        "target" the bundle is pinned to the phone's CPU on purpose: not agnostic, and not a problem."""
+        return self.policy == "agnostic" and self.findings.clean and not self.meta_check.startswith("device mismatch")
+
+    def to_json(self) -> dict:
+        return {"device_policy": self.policy, "trace_device": self.trace_device, "device_agnostic": self.device_agnostic,
+                "rewrites": [{"kind": r.kind, "op": r.op, "source": r.source, "detail": r.detail, "device": r.device}
+                             for r in self.rewrites],
+                "pinned_devices": self.findings.pinned, "kept_devices": self.findings.kept, "meta_check": self.meta_check}
 
 
 # Strategies ---------------------------------------------------------------------------------------
@@ -104,23 +142,30 @@ class Strategy(ABC):
 class Trace(Strategy):
     name = "trace"
 
-    def __init__(self, prior: torch.jit.ScriptModule | None = None) -> None:
+    def __init__(self, prior: torch.jit.ScriptModule | None = None, device: str = "cpu") -> None:
         self.prior = prior  # the trace the hazard pass already made: tracing twice costs time on big models
+        self.device = device
 
     def build(self, flat, example, found):
-        return (self.prior if self.prior is not None else _trace(flat, example)), []
+        return (self.prior if self.prior is not None else _trace(flat, example, self.device)), []
 
 
 class Script(Strategy):
     name = "script"
 
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
     def build(self, flat, example, found):
         scripted = torch.jit.script(copy.deepcopy(flat.model))
-        return _trace(flat.around(scripted), example), ["(whole model)"]
+        return _trace(flat.around(scripted), example, self.device), ["(whole model)"]
 
 
 class Hybrid(Strategy):
     name = "hybrid"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
 
     def build(self, flat, example, found):
         model = copy.deepcopy(flat.model)
@@ -130,7 +175,7 @@ class Hybrid(Strategy):
         for name in targets:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, torch.jit.script(model.get_submodule(name)))
-        return _trace(flat.around(model), example), targets
+        return _trace(flat.around(model), example, self.device), targets
 
 
 # The ladder ---------------------------------------------------------------------------------------
@@ -140,28 +185,37 @@ def capture(
     samples: list[dict[str, torch.Tensor]],
     mode: str = "auto",
     user_checks: list[dict[str, torch.Tensor]] | None = None,
+    device_policy: str = "agnostic",
+    trace_device: str = "cpu",
 ) -> CapturedModel:
-    """Capture the model with the first strategy that holds on every check input (see the module doc)."""
+    """Capture the model with the first strategy that holds on every check input (see the module doc).
+
+    Every attempt goes through the device pass (edgepack.rewrite) before it is checked, on the CPU:
+    a capture recorded on `trace_device` must compute the same on the device that runs the bundle."""
     if mode not in MODES:
         raise UsageError(f"Unknown capture mode '{mode}'.", f"Use one of: {', '.join(MODES)}.")
+    trace_device = _resolve_trace_device(device_policy, trace_device)
+    prepass = rewrite.eager_prepass(loaded.module)  # before anything traces it: tensor attributes become buffers
     flat, output_names = flatten_model(loaded, samples[0])
     names = [spec.name for spec in loaded.inputs]
     example = tuple(samples[0][n] for n in names)
     state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
     checks = _checks(loaded, flat, samples, user_checks or [])
-    first_trace, trace_hazards = _trace_hazards(flat, loaded, example)
+    first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
     if fatal:
         raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
 
+    yours = [h for h in found if not h.in_library]  # hazards in torch's own code do not rule out the trace
     attempts: list[CaptureAttempt] = []
     accepted: tuple[str, torch.jit.ScriptModule] | None = None
     fallback = None
-    for strategy in _strategies_for(mode, first_trace):
-        module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names)
+    moved: dict[int, list[rewrite.Rewrite]] = {}
+    for strategy in _strategies_for(mode, first_trace, trace_device):
+        module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names, device_policy, moved)
         attempts.append(attempt)
-        clean = attempt.ok and (strategy.name != "trace" or not found or mode == "trace")
+        clean = attempt.ok and (strategy.name != "trace" or not yours or mode == "trace")
         if clean:
             accepted = (strategy.name, module)
             break
@@ -172,43 +226,108 @@ def capture(
             accepted = ("trace", fallback)
     if accepted is None:
         raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
+    module = accepted[1]
     expected = [_eager(flat, sample, names) for sample in samples]
-    return CapturedModel(loaded, flat, accepted[1], output_names, accepted[0], attempts, found, samples, expected,
-                         [c for c in checks if not c.label.startswith("golden sample")])
+    devices = _device_proof(module, prepass + moved[id(module)], device_policy, trace_device, example)
+    return CapturedModel(loaded, flat, module, output_names, accepted[0], attempts, found, samples, expected,
+                         [c for c in checks if not c.label.startswith("golden sample")], devices)
 
 
-def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None) -> tuple[Strategy, ...]:
-    ladder = (Trace(first_trace), Script(), Hybrid())
+def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite], policy: str, trace_device: str,
+                  example: tuple[torch.Tensor, ...]) -> DevicePass:
+    """Read the device literals back from the module's saved code, and run it on `meta`."""
+    findings = rewrite.pinned_devices(module, keep=_allowed_devices(rewrites, policy))
+    meta = rewrite.runs_on_meta(module, example)[1] if policy == "agnostic" else "not run: policy target pins to the CPU"
+    return DevicePass(policy, trace_device, rewrites, findings, meta)
+
+
+def _allowed_devices(rewrites: list[rewrite.Rewrite], policy: str) -> set[str]:
+    return rewrite.kept_devices(rewrites) | ({rewrite.TARGET_DEVICE} if policy == "target" else set())
+
+
+def _resolve_trace_device(policy: str, trace_device: str) -> str:
+    """Validate the options; "auto" is the workstation's GPU when there is one, else the CPU."""
+    if trace_device == "auto":
+        trace_device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_device_options(policy, trace_device)
+    return trace_device
+
+
+def _check_device_options(policy: str, trace_device: str) -> None:
+    if policy not in rewrite.POLICIES:
+        raise UsageError(f"Unknown device policy '{policy}'.",
+                         "Use 'agnostic' (placements follow the input's device) or 'target' (everything on the phone's CPU).")
+    try:
+        device = torch.device(trace_device)
+    except RuntimeError as exc:
+        raise UsageError(f"'{trace_device}' is not a device name.", "Use cpu, cuda, cuda:N or auto.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--trace-device {trace_device}: this machine has no usable CUDA device "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False).",
+                         "Trace on the CPU (the default): the bundle is the same, the device pass makes it device-agnostic.")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--trace-device {trace_device}: only cpu and cuda are supported.", "Use cpu, cuda, cuda:N or auto.")
+
+
+def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None, trace_device: str) -> tuple[Strategy, ...]:
+    ladder = (Trace(first_trace, trace_device), Script(trace_device), Hybrid(trace_device))
     return {"auto": ladder, "trace": ladder[:1], "script": ladder[1:2]}[mode]
 
 
-def _attempt(strategy, flat, example, found, checks, output_names, names) -> tuple[Any, CaptureAttempt]:
+def _attempt(strategy, flat, example, found, checks, output_names, names, policy, moved) -> tuple[Any, CaptureAttempt]:
+    """Build, make device-agnostic (recording the rewrites in `moved` by module id), check on the CPU."""
     try:
         with torch.no_grad():
             module, scripted = strategy.build(flat, example, found)
+            module, rewrites = rewrite.make_device_agnostic(module, policy)
+            module = module.cpu()
     except Exception as exc:  # scripting fails in many exception types; the message is the diagnosis
         return None, CaptureAttempt(strategy.name, False, error=_first_lines(exc))
+    moved[id(module)] = rewrites
     divergence = [c.to_json() for c in _compare(module, checks, names, output_names) if not c.ok]
     error = "outputs differ from eager PyTorch on inputs it was not traced with" if divergence else ""
     return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted)
 
 
-def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:
+    """torch.jit.trace on `device` (the workstation's GPU with --trace-device cuda): the one place captures trace.
+    The trace is never run here, so the device pass can still edit its graphs."""
+    if torch.device(device).type != "cpu":
+        model = copy.deepcopy(model).to(device)
+        example = tuple(t.to(device) for t in example)
+    with _without_fused_attention():
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+@contextlib.contextmanager
+def _without_fused_attention() -> Iterator[None]:
+    """nn.MultiheadAttention / TransformerEncoderLayer take a fused "fast path" at inference without
+    grad; traced, it becomes one fused op (`_transformer_encoder_layer_fwd`) that Core ML, the
+    quantizers and older lite runtimes do not know. Trace the plain ops instead."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:
     with warnings.catch_warnings(), torch.no_grad():
         filter_known_warnings()
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the hazard pass records these
-        return torch.jit.trace(flat, example, check_trace=False)
+        return trace_module(flat, example, device)
 
 
 def _trace_hazards(
-    flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Tensor, ...]
+    flat: FlatModel, loaded: LoadedModel, example: tuple[torch.Tensor, ...], device: str = "cpu"
 ) -> tuple[torch.jit.ScriptModule | None, list[Hazard]]:
     """Trace once with warnings recorded; also look for random ops and loops unrolled over dynamic sizes."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         filter_known_warnings()
         try:
-            traced = torch.jit.trace(flat, example, check_trace=False)
+            traced = trace_module(flat, example, device)
         except Exception:
             return None, hz.from_tracer_warnings(caught)  # the trace attempt reports the failure itself
     found = hz.from_tracer_warnings(caught) + hz.random_ops(traced.inlined_graph)
@@ -281,8 +400,8 @@ def _submodules_holding(model: nn.Module, found: list[Hazard]) -> list[str]:
 
     holders = []
     for name, module in model.named_modules():
-        if not name or any(name.startswith(h + ".") for h in holders):
-            continue
+        if not name or isinstance(module, torch.jit.ScriptModule) or any(name.startswith(h + ".") for h in holders):
+            continue  # a scripted submodule keeps its control flow already
         try:
             lines, start = inspect.getsourcelines(type(module).forward)
             file = inspect.getsourcefile(type(module).forward)
@@ -315,4 +434,9 @@ def _hint(found: list[Hazard], mode: str) -> str:
 
 def _first_lines(exc: BaseException, limit: int = 6) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
-    return "\n".join(text.splitlines()[:limit])
+    lines = text.splitlines()
+    if "Traceback of TorchScript" in text:  # the interpreter's own error comes after its traceback
+        causes = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
+        if causes:
+            return "\n".join([lines[0]] + lines[causes[-1]:][:limit - 1])
+    return "\n".join(lines[:limit])

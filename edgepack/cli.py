@@ -20,9 +20,13 @@ from . import __version__
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
+from .manifest import source_date_epoch
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
+from .bundle_check import Verification, verify_bundle
+from .bundle_inspect import inspect_bundle, print_summary
 from .report import BuildReport
+from .signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,12 +87,18 @@ def build_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
     no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
     trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+    device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
+    trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
+    sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`.")] = None,
+    archive: Annotated[bool, typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out).")] = False,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
     try:
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
+        request.device_policy, request.trace_device = device_policy, trace_device
+        _add_bundle_options(request, sign_key, archive)
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -102,6 +112,19 @@ def build_command(
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+DEVICE_POLICY_HELP = ("agnostic: every placement the trace recorded follows the input's device; target: pin "
+                      "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way.")
+TRACE_DEVICE_HELP = ("Device to trace on: cpu, cuda, cuda:N, or auto (cuda when available). The bundle is made "
+                     "device-agnostic and checked on the CPU either way.")
+
+
+def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: bool) -> None:
+    source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the whole build
+    if sign_key is not None:
+        check_private_key(sign_key)  # likewise a bad key
+    request.sign_key, request.archive = sign_key, archive
 
 
 def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
@@ -160,9 +183,19 @@ def _print_summary(reports: list[BuildReport]) -> None:
         for a in report.artifacts:
             if a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+        console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
+
+
+def _devices_text(capture: dict) -> str:
+    rewrites = capture.get("rewrites", [])
+    changed = [r for r in rewrites if r["kind"] not in ("kept_cpu", "unresolved")]
+    kept = [r for r in rewrites if r["kind"] == "kept_cpu"]
+    verdict = "device-agnostic" if capture.get("device_agnostic") else "[red]NOT device-agnostic[/]"
+    text = f"{verdict} (policy {capture.get('device_policy')}, {len(changed)} rewrite(s)"
+    return text + (f", {len(kept)} deliberate CPU placement(s) kept)" if kept else ")")
 
 
 @app.command("doctor")
@@ -175,11 +208,14 @@ def doctor_command(
     check_inputs: Annotated[Optional[str], typer.Option(help="Extra check inputs: a .npz or a module:attr callable.")] = None,
     trust_weights: Annotated[bool, typer.Option(help="Allow weights files that need full unpickling.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
+    trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
 ) -> None:
     """Find where tracing the model goes wrong, without building: each hazard with its line, why it matters and the fix."""
     try:
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
+        request.device_policy, request.trace_device = device_policy, trace_device
         result = diagnose(request)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -207,7 +243,12 @@ def _print_diagnosis(result: dict) -> None:
         if a["divergence"]:
             detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
         console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
+    if result.get("rewrites"):
+        console.print("\n[bold]device pass[/]", highlight=False)
+        for r in result["rewrites"]:
+            console.print(f"  {r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}", highlight=False)
     if result["ok"]:
+        console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
     else:
         console.print(f"\n[red]result:[/] no trustworthy capture. {result['hint']}", highlight=False)
@@ -236,6 +277,79 @@ def targets_command(
 
 def _option_text(options: dict) -> str:
     return "".join(f", {k}={v}" for k, v in options.items())
+
+
+@app.command("install-into")
+def install_into_command(
+    app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="The demo app's folder: android-demo/ or ios-demo/.")],
+    bundle: Annotated[Path, typer.Option(help="The bundle to install, e.g. dist/demo-digits/android.")],
+) -> None:
+    """Copy a bundle (artifacts, manifest.json, golden/) into a demo app, where the app reads it."""
+    from .install import install_bundle
+
+    try:
+        installed = install_bundle(app_dir, bundle)
+    except EdgepackError as exc:
+        _fail(exc, False)
+    print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
+          f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
+
+@app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder (dist/<model>/<target>) or the .zip written by --archive.")],
+    public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM): also check manifest.sig.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Check a bundle: manifest schema, every sha256, the signature, and each artifact's smoke test on the golden vectors."""
+    try:
+        result = verify_bundle(path, public_key)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: Verification) -> None:
+    console = Console(soft_wrap=True)
+    marks = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "failed": "[red]✗[/]"}
+    for check in result.checks:
+        console.print(f"{marks[check.status]} {check.name}: {check.detail}", highlight=False)
+    verdict = "[green]OK[/]" if result.ok else f"[red]FAILED[/] ({len(result.failures)} check(s))"
+    console.print(f"\n{result.path}: {verdict}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="A bundle folder or its .zip.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Summarize a bundle: inputs, outputs, artifacts, precision, sizes, provenance and latency."""
+    try:
+        summary = inspect_bundle(path)
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    if json_output:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, Console(soft_wrap=True))
+
+
+@app.command("keygen")
+def keygen_command(
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret.")] = Path("edgepack.key"),
+    public_key: Annotated[Optional[Path], typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
+) -> None:
+    """Make an Ed25519 key pair for `build --sign-key` and `verify --public-key`."""
+    public_key = public_key or private_key.with_suffix(".pub")
+    try:
+        generate_keypair(private_key, public_key, force)
+    except EdgepackError as exc:
+        _fail(exc, False)
+    err_console.print(f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False)
 
 
 def run() -> None:

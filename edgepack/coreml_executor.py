@@ -14,24 +14,26 @@ fp16: every value is rounded to the dtype the program declares for it, so a FLOA
 evaluated in fp16 the way the program says. Ops compute from their fp16 inputs in fp32 and round
 their result once, which is how accumulation inside conv/matmul/reductions behaves on Apple
 hardware (approximately). It is a reference, not a bit-exact model of any one compute unit.
+
+Flexible input shapes: the program then declares symbolic sizes; ops whose output size follows the
+input's (conv, pooling, resizing, reshape, shape) size their results from the run's arrays.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import logging
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["UnsupportedOp", "run_package", "supported_op_types", "unsupported_ops"]
+from .noise import quiet_converter
+
+__all__ = ["UnsupportedOp", "coremltools_module", "program_op_types", "run_package", "supported_op_types",
+           "unsupported_ops"]
 
 
 class UnsupportedOp(Exception):
@@ -79,30 +81,21 @@ def run_package(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
 # --- loading ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools logs missing native libraries on import and type-inference chatter on load."""
-    saved = logging.getLogger("coremltools").level
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger("coremltools").setLevel(saved)
-
-
 @functools.cache
-def _ct() -> Any:
-    with _quiet():
+def coremltools_module() -> Any:
+    """coremltools, imported once and quietly: on Linux its import logs missing native libraries."""
+    with quiet_converter():
         import coremltools
 
     return coremltools
 
 
+_ct = coremltools_module
+
+
 @functools.cache
 def _types() -> Any:
-    with _quiet():
+    with quiet_converter():
         from coremltools.converters.mil.mil import types
 
     return types
@@ -136,7 +129,7 @@ def _load_main_function(spec: Any, package: Path) -> Any:
     from coremltools.converters.mil.frontend.milproto.load import load
 
     weights_dir = _model_file(package).parent / "weights"
-    with _quiet():
+    with quiet_converter():
         program = load(spec, spec.specificationVersion, file_weights_dir=str(weights_dir))
     return program.functions[_main_name(spec)]
 
@@ -293,7 +286,7 @@ def _register(*op_types: str) -> Callable[[OpImpl], OpImpl]:
 
 def _reference_ops() -> set[str]:
     """Core ops that implement value_inference in every opset version coremltools registers."""
-    with _quiet():
+    with quiet_converter():
         from coremltools.converters.mil.mil.operation import Operation
         from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
@@ -412,6 +405,13 @@ def _ints(value: Any, count: int, default: int = 1) -> list[int]:
     return [default] * count if value is None else [int(v) for v in np.asarray(value).ravel()]
 
 
+def _sizes(op: Any, computed: list[int]) -> tuple[int, ...]:
+    """The output's trailing sizes as the program declares them; a flexible (symbolic) one, in a
+    program with flexible input shapes, is the size computed from this run's input instead."""
+    declared = op.outputs[0].shape[len(op.outputs[0].shape) - len(computed):]
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else int(c) for d, c in zip(declared, computed))
+
+
 @_register("conv")
 def _conv(op: Any) -> np.ndarray:
     x, weight = _f32(op, "x"), _f32(op, "weight")
@@ -420,7 +420,7 @@ def _conv(op: Any) -> np.ndarray:
     strides, dilations = _ints(_val(op, "strides"), nd), _ints(_val(op, "dilations"), nd)
     pads = _pads(str(_val(op, "pad_type", "valid")), _val(op, "pad"), x.shape[2:], kernel, strides, dilations)
     padded = np.pad(x, [(0, 0), (0, 0)] + pads)
-    out_sizes = tuple(op.outputs[0].shape[2:])
+    out_sizes = _sizes(op, [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded.shape[2:], kernel, dilations, strides)])
     windows = _windows(padded, kernel, strides, dilations, out_sizes)
     result = _grouped_matmul(windows, weight, groups)
     bias = _val(op, "bias")
@@ -463,12 +463,25 @@ def _conv_transpose(op: Any) -> np.ndarray:
             contribution = np.moveaxis(np.tensordot(xg, w_tap, axes=([1], [0])), -1, 1)
             where = tuple(slice(t * d, t * d + (i - 1) * s + 1, s) for t, d, i, s in zip(tap, dilations, in_sizes, strides))
             full[(slice(None), slice(g * c_out_group, (g + 1) * c_out_group)) + where] += contribution
-    out_sizes = tuple(op.outputs[0].shape[2:])
+    out_sizes = _sizes(op, _transposed_sizes(op, full_sizes, strides, in_sizes))
     result = _crop_transposed(full, op, full_sizes, out_sizes, strides, in_sizes)
     bias = _val(op, "bias")
     if bias is not None:
         result = result + np.asarray(bias, np.float32).reshape((1, -1) + (1,) * nd)
     return result
+
+
+def _transposed_sizes(op: Any, full_sizes: list, strides: list, in_sizes: tuple) -> list[int]:
+    requested = _val(op, "output_shape")
+    if requested is not None:
+        return [int(v) for v in np.asarray(requested).ravel()[-len(full_sizes):]]
+    pad_type = str(_val(op, "pad_type", "valid"))
+    if pad_type == "custom":
+        pad = [int(p) for p in np.asarray(_val(op, "pad")).ravel()]
+        return [f - pad[2 * i] - pad[2 * i + 1] for i, f in enumerate(full_sizes)]
+    if pad_type in ("same", "same_lower"):
+        return [i * s for i, s in zip(in_sizes, strides)]
+    return list(full_sizes)
 
 
 def _crop_transposed(full: np.ndarray, op: Any, full_sizes: list, out_sizes: tuple, strides: list, in_sizes: tuple) -> np.ndarray:
@@ -498,8 +511,10 @@ def _pool_windows(op: Any, fill: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     kernel = _ints(_val(op, "kernel_sizes"), 0)
     nd = len(kernel)
     strides = _ints(_val(op, "strides"), nd)
-    in_sizes, out_sizes = x.shape[-nd:], tuple(op.outputs[0].shape[-nd:])
+    in_sizes = x.shape[-nd:]
     pads = _pads(str(_val(op, "pad_type", "valid")), _val(op, "pad"), in_sizes, kernel, strides, [1] * nd)
+    rounding = math.ceil if bool(_val(op, "ceil_mode", False)) else math.floor
+    out_sizes = _sizes(op, [rounding((i + b + a - k) / s) + 1 for i, (b, a), k, s in zip(in_sizes, pads, kernel, strides)])
     # ceil_mode windows may run past the declared padding: extend with `fill`, never counted.
     extra = [max(0, (o - 1) * s + k - (i + b + a)) for o, s, k, i, (b, a) in zip(out_sizes, strides, kernel, in_sizes, pads)]
     lead = x.shape[:-nd]
@@ -640,16 +655,17 @@ def _nearest_index(in_size: int, out_size: int, scale: float | None = None) -> n
 @_register("upsample_nearest_neighbor")
 def _upsample_nearest(op: Any) -> np.ndarray:
     x = _f32(op, "x")
-    out_h, out_w = op.outputs[0].shape[-2:]
-    rows = _nearest_index(x.shape[-2], out_h, float(_val(op, "scale_factor_height", 1)))
-    cols = _nearest_index(x.shape[-1], out_w, float(_val(op, "scale_factor_width", 1)))
+    scale_h, scale_w = float(_val(op, "scale_factor_height", 1)), float(_val(op, "scale_factor_width", 1))
+    out_h, out_w = _sizes(op, [math.floor(x.shape[-2] * scale_h), math.floor(x.shape[-1] * scale_w)])
+    rows = _nearest_index(x.shape[-2], out_h, scale_h)
+    cols = _nearest_index(x.shape[-1], out_w, scale_w)
     return np.take(np.take(x, rows, axis=-2), cols, axis=-1)
 
 
 @_register("resize_nearest_neighbor")
 def _resize_nearest(op: Any) -> np.ndarray:
     x = _f32(op, "x")
-    out_h, out_w = op.outputs[0].shape[-2:]
+    out_h, out_w = _target_size(op)
     rows, cols = _nearest_index(x.shape[-2], out_h), _nearest_index(x.shape[-1], out_w)
     return np.take(np.take(x, rows, axis=-2), cols, axis=-1)
 
@@ -659,18 +675,25 @@ def _upsample_bilinear(op: Any) -> np.ndarray:
     align = bool(_val(op, "align_corners", True))
     half_pixel = bool(_val(op, "half_pixel_centers", not align))
     mode = "STRICT_ALIGN_CORNERS" if align else ("UNALIGN_CORNERS" if half_pixel else "ASYMMETRIC")
-    return _bilinear(_f32(op, "x"), tuple(op.outputs[0].shape[-2:]), mode)
+    x = _f32(op, "x")
+    scales = (float(_val(op, "scale_factor_height", 1)), float(_val(op, "scale_factor_width", 1)))
+    return _bilinear(x, _sizes(op, [math.floor(n * f) for n, f in zip(x.shape[-2:], scales)]), mode)
 
 
 @_register("resize_bilinear")
 def _resize_bilinear(op: Any) -> np.ndarray:
-    return _bilinear(_f32(op, "x"), tuple(op.outputs[0].shape[-2:]), str(_val(op, "sampling_mode", "DEFAULT")))
+    return _bilinear(_f32(op, "x"), _target_size(op), str(_val(op, "sampling_mode", "DEFAULT")))
+
+
+def _target_size(op: Any) -> tuple[int, ...]:
+    return _sizes(op, [int(_val(op, "target_size_height")), int(_val(op, "target_size_width"))])
 
 
 @_register("resize")
 def _resize(op: Any) -> np.ndarray:
     x = np.asarray(op.x.val)
-    out_shape, dims = op.outputs[0].shape, int(_val(op, "resized_dims"))
+    dims = int(_val(op, "resized_dims"))
+    out_shape = x.shape[:x.ndim - dims] + _sizes(op, [int(v) for v in np.asarray(op.shape.val).ravel()[-dims:]])
     mode = str(_val(op, "sampling_mode", "DEFAULT"))
     nearest = str(_val(op, "interpolation_mode", "LINEAR")) == "NEAREST_NEIGHBOR"
     if nearest and mode != "DEFAULT":
@@ -756,6 +779,28 @@ def _rnn(op: Any) -> tuple:
 
 
 # --- tensor manipulation ---------------------------------------------------------------------
+
+# Programs with flexible input shapes: coremltools' value_inference for these reads the declared
+# (symbolic) shapes, so they run from the runtime arrays instead.
+
+
+@_register("shape")
+def _shape(op: Any) -> np.ndarray:
+    return np.array(np.shape(op.x.val), np.int32)
+
+
+@_register("reshape")
+def _reshape(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    shape = [int(s) for s in np.asarray(op.shape.val).ravel()]
+    # A 0 copies an input dimension, counted from the right (iOS17); with equal ranks, as in the
+    # iOS15 rule, that is the dimension at the same index. Out of range, it is 1.
+    for i, size in enumerate(shape):
+        if size == 0:
+            j = x.ndim - (len(shape) - i)
+            shape[i] = x.shape[j] if 0 <= j < x.ndim else 1
+    return x.reshape(shape)
+
 
 
 @_register("slice_by_index")

@@ -96,8 +96,18 @@ class Hazard:
         return f"{self.file}:{self.line}" if self.file else "(unknown location)"
 
     @property
+    def in_library(self) -> bool:
+        """Raised inside PyTorch's own code (shape checks in nn.functional, say): nothing the user can
+        change. It does not push the capture off the trace; the check inputs still test the trace."""
+        return bool(self.file) and self.file.startswith(_LIBRARY_DIRS[0])
+
+    @property
     def why(self) -> str:
-        return EXPLANATIONS.get(self.kind, EXPLANATIONS["tracer_warning"])[0]
+        why = EXPLANATIONS.get(self.kind, EXPLANATIONS["tracer_warning"])[0]
+        if self.in_library:
+            return ("Inside PyTorch's own code, usually a shape check: reported, and the trace is kept only if it "
+                    "matches eager on every check input. " + why)
+        return why
 
     @property
     def fix(self) -> str:
@@ -105,7 +115,7 @@ class Hazard:
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "message": self.message, "file": self.file, "line": self.line,
-                "why": self.why, "fix": self.fix}
+                "why": self.why, "fix": self.fix, "in_library": self.in_library}
 
 
 def dedupe(hazards: list[Hazard]) -> list[Hazard]:

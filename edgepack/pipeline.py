@@ -14,15 +14,16 @@ from typing import Protocol
 
 import torch
 
-from . import __version__
 from .bench import Latency, measure_footprint, time_interleaved, torch_threads
-from .bundle import StagedBundle, remove_path, sha256_of, size_of, write_golden, write_json
+from .bundle import StagedBundle, archive_bundle, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
-from .formats import FORMATS, Emitted, RuntimeUnavailable, known_options
+from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
+from .manifest import write_bundle_manifest
+from .reproducible import stabilize
 from .report import ArtifactReport, BudgetCheck, BuildReport
 from .targets import Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
@@ -48,7 +49,11 @@ class BuildRequest:
     capture_mode: str = "auto"
     check_inputs: str | None = None  # a .npz file or a `module:attr` callable yielding input dicts
     check_budgets: bool = True
+    device_policy: str = "agnostic"  # "agnostic": placements follow the input's device; "target": the phone's CPU
+    trace_device: str = "cpu"  # where the trace is recorded (cuda on a workstation); bundles always run on CPU
     search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
+    sign_key: Path | None = None  # Ed25519 private key (PEM) to sign manifest.json with
+    archive: bool = False  # also write a deterministic <bundle>.zip beside each passing bundle
 
 
 class Observer(Protocol):
@@ -78,8 +83,12 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
-    for hazard in captured.hazards:
+    for hazard in [h for h in captured.hazards if not h.in_library]:
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+    inside_torch = [h for h in captured.hazards if h.in_library]
+    if inside_torch:
+        observer.event("capture", "warn", f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
+                                          "(shape checks, usually); the trace was checked against eager regardless")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
     return [build_target(captured, target, request, observer) for target in targets]
@@ -104,7 +113,8 @@ def _load(request: BuildRequest) -> LoadedModel:
 def _capture(request: BuildRequest, loaded: LoadedModel) -> CapturedModel:
     """The capture `build` and `diagnose` share: golden samples, the user's check inputs, the chosen mode."""
     user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
-    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks)
+    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks, request.device_policy,
+                   request.trace_device)
 
 
 def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
@@ -128,14 +138,18 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
                              target.bench.threads, request.strict, request.allow_partial)
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
-        write_json(staged.dir / "manifest.json", manifest(captured, target, artifacts, golden))
+        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key)
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        staged.commit(report.ok)
+        bundle_dir = staged.commit(report.ok)
     except BaseException:
         staged.discard()
         raise
+    if report.ok:  # the archive must match the bundle now in place: rewrite it, or remove a stale one
+        archive = archive_bundle(bundle_dir, request.archive)
+        if archive is not None:
+            observer.event("archive", "done", str(archive))
     observer.event("bundle", "done" if report.ok else "fail", report.bundle_dir)
     return report
 
@@ -153,6 +167,7 @@ def _emit_all(
         observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name}")
         try:
             result = fmt.emit(captured, settings, path)
+            result.notes += stabilize(path)
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {exc}")
@@ -160,11 +175,25 @@ def _emit_all(
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.requirements, report.notes = result.requirements, result.notes
+        report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
         status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted
+
+
+def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dict:
+    """The proof on what ships: device literals read back from the saved artifact's own code."""
+    devices = captured.devices
+    keep = devices.keep if devices else set()
+    findings = fmt.saved_devices(emitted.path, keep)
+    if findings is None:
+        return {"checked": False, "device_agnostic": devices is None or devices.policy == "agnostic", "pinned": [], "kept": [],
+                "note": f"{fmt.name} records no device placement: its runtime places every tensor"}
+    agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
+    return {"checked": True, "device_agnostic": agnostic, "pinned": findings.pinned, "kept": findings.kept,
+            "note": "device literals read back from the saved code"}
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
@@ -237,35 +266,6 @@ def _check_budgets(target: Target, artifacts: list[ArtifactReport]) -> None:
 
 def _attempts_text(captured: CapturedModel) -> str:
     return ", ".join(f"{a.strategy} {'ok' if a.ok else 'failed'}" for a in captured.attempts)
-
-
-def manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict) -> dict:
-    """What an app or firmware needs to load and feed the artifacts; see the README's bundle section."""
-    loaded = captured.loaded
-    settings = {f.name: f for f in target.formats}
-    versions: dict[str, str] = {}
-    for report in artifacts:
-        versions.update(FORMATS[report.format].converter_versions())
-    return {
-        "schema_version": 1,
-        "edgepack_version": __version__,
-        "model": {"name": loaded.name, "source": loaded.source},
-        "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
-        "inputs": [spec.to_json() for spec in loaded.inputs],
-        "outputs": [{"name": n, "shape": list(out.shape), "dtype": str(out.dtype)}
-                    for n, out in zip(captured.output_names, captured.expected[0])],
-        "labels": loaded.labels,
-        "preprocessing": loaded.preprocessing,
-        "capture": captured.to_json(),
-        "artifacts": [
-            {"format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
-             "requirements": a.requirements, "smoke": a.smoke.status,
-             "tolerance": vars(settings[a.format].tolerance)}
-            for a in artifacts if a.path is not None
-        ],
-        "golden": golden,
-        "converters": dict(sorted(versions.items())),
-    }
 
 
 __all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "EdgepackError"]

@@ -42,6 +42,8 @@ class ArtifactReport:
     cold_load_ms: float | None = None  # load + first run, in a fresh process
     peak_memory_mb: float | None = None  # peak RSS growth while loading and running once
     footprint_reason: str = ""
+    # The device check on the saved artifact: {"checked", "device_agnostic", "pinned", "kept", "note"}.
+    devices: dict[str, Any] | None = None
 
     def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
         found = []
@@ -50,6 +52,8 @@ class ArtifactReport:
         if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
             found.append(f"{self.format}: smoke test {self.smoke.status}: {self.smoke.reason}")
         found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
+        if self.devices and self.devices["pinned"]:
+            found.append(f"{self.format}: not device-agnostic: the saved code pins {'; '.join(self.devices['pinned'])}")
         return found
 
     def to_json(self) -> dict:
@@ -68,6 +72,7 @@ class ArtifactReport:
             "footprint_method": Footprint.METHOD if self.cold_load_ms is not None else self.footprint_reason,
             "budgets": [b.to_json() for b in self.budgets],
             "requirements": self.requirements,
+            "devices": self.devices,
             "notes": self.notes,
         }
 
@@ -100,6 +105,13 @@ class BuildReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def device_agnostic(self) -> bool:
+        """The capture and every saved artifact that records placements follow the input's device
+        (or only the devices the policy keeps)."""
+        return bool(self.capture.get("device_agnostic", True)) and all(
+            a.devices["device_agnostic"] for a in self.artifacts if a.devices and a.devices["checked"])
+
     def to_json(self) -> dict:
         return {
             "schema_version": REPORT_SCHEMA_VERSION,
@@ -109,6 +121,7 @@ class BuildReport:
             "ok": self.ok,
             "complete": self.complete,
             "problems": self.problems,
+            "device_agnostic": self.device_agnostic,
             "artifacts": [a.to_json() for a in self.artifacts],
             "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
             "threads": self.threads,
@@ -141,12 +154,28 @@ class BuildReport:
         lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
                   for a in self.capture.get("attempts", [])]
         lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
+        lines += _devices_markdown(self.capture, self.artifacts)
         notes = [(a.format, n) for a in self.artifacts for n in a.notes]
         if notes:
             lines += ["", "## Notes", ""] + [f"- {fmt}: {note}" for fmt, note in notes]
         if self.problems:
             lines += ["", "## Problems", ""] + [f"- {p}" for p in self.problems]
         return "\n".join(lines) + "\n"
+
+
+def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) -> list[str]:
+    if "device_policy" not in capture:
+        return []
+    verdict = "device-agnostic" if capture["device_agnostic"] else "**not device-agnostic**"
+    lines = ["", "## Devices", "", f"Policy {capture['device_policy']}, traced on {capture['trace_device']}: {verdict}. "
+             f"Run on `meta`: {capture['meta_check']}."]
+    lines += [f"- {r['kind']} `{r['op'] or '-'}` at {r['source'] or '(no source line)'}: {r['detail']}" for r in capture["rewrites"]]
+    for a in artifacts:
+        if a.devices and a.devices["checked"]:
+            found = "; ".join(a.devices["pinned"]) or "nothing pinned"
+            kept = f" (kept on purpose: {'; '.join(a.devices['kept'])})" if a.devices["kept"] else ""
+            lines.append(f"- saved {a.format} code: {found}{kept}")
+    return lines
 
 
 def _markdown_row(a: ArtifactReport, eager: Latency | None) -> str:

@@ -238,9 +238,9 @@ def _rewrite_node(graph: torch.Graph, node: torch.Node, device: torch.Value | No
         _replace_cuda_call(graph, node, device, state)
     elif kind == "prim::device" and state.policy == "agnostic" and device is not None \
             and node.input().node().kind() == "prim::GetAttr":
-        node.output().replaceAllUsesWith(device)
         state.note("param_device", node, "device of a parameter/buffer -> device of the input "
-                   "(torch.jit.freeze would fold it into a CPU literal)")
+                   "(torch.jit.freeze would fold it into a CPU literal)")  # noted first: its users give the source
+        node.output().replaceAllUsesWith(device)
     _rewrite_device_literals(node, device, state)
 
 

@@ -60,7 +60,8 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
 
 
 def _not_verified(fmt: Format, exc: RuntimeUnavailable) -> SmokeResult:
-    checked = "structure checked (spec version, inputs, outputs, weights); " if _has_structure_check(fmt) else ""
+    checked = ("structure checked (spec version, opset, op availability, inputs, outputs, metadata, weights digest); "
+               if _has_structure_check(fmt) else "")
     return SmokeResult(SKIPPED, f"{checked}numerics not verified on this OS: {exc}")
 
 

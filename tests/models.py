@@ -92,3 +92,68 @@ def make_small_linear() -> nn.Module:
 
 
 not_a_module = 42
+
+
+class _ScriptedBranch(nn.Module):
+    """Scripted: data-dependent branches that create tensors on a literal device and on a parameter's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.full((4,), 0.25))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if bool(h.sum() > 0):
+            bias = torch.ones(h.shape[-1], device=torch.device("cpu"))
+        else:
+            bias = torch.full([h.shape[-1]], 2.0, device=self.offset.device)
+        return h * bias + self.offset
+
+
+class _PlacesOnItsInput(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + torch.linspace(0.0, 1.0, h.shape[-1], device=h.device)
+
+
+class DevicePatterns(nn.Module):
+    """Every placement pattern a GPU trace pins (see edgepack.rewrite), in one model: factories with
+    device=x.device, x.to(self.weight.device), torch.tensor(..., device=...), a plain tensor
+    attribute, masks built from constants, a submodule that places tensors, a scripted branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4) * 0.5)
+        self.lin = nn.Linear(4, 4)
+        self.scale = torch.tensor([1.0, 2.0, 3.0, 4.0])  # neither parameter nor buffer
+        self.keep = torch.tensor([True, False, True, True])
+        self.inner = _PlacesOnItsInput()
+        self.branch = torch.jit.script(_ScriptedBranch())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        base = torch.zeros(x.shape[0], 4, device=x.device) + torch.arange(4, device=x.device)
+        h = x.to(self.weight.device) @ self.weight
+        h = h * torch.tensor([0.5, 1.0, 1.5, 2.0], device=x.device) * self.scale
+        picked = h[:, self.keep]
+        causal = torch.tril(torch.ones(4, 4, device=x.device)).bool()
+        h = self.inner(self.lin(h + base)) + (h.unsqueeze(-1) * causal).sum(-1)
+        return self.branch(h), picked
+
+
+def make_device_patterns() -> DevicePatterns:
+    torch.manual_seed(0)
+    return DevicePatterns().eval()
+
+
+class TorchEncoderLayer(nn.Module):
+    """nn.TransformerEncoderLayer: at inference without grad it takes a fused fast path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def make_torch_encoder_layer() -> TorchEncoderLayer:
+    torch.manual_seed(0)
+    return TorchEncoderLayer().eval()

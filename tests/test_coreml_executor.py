@@ -431,6 +431,44 @@ def test_fp16_io_program(workdir: Path) -> None:
     assert rel <= TOLERANCE["fp16"]
 
 
+class FlexibleSpatial(nn.Module):
+    """Ops whose output size follows the input's: strided conv, transposed conv, pools, upsampling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.down(x))
+        a = F.max_pool2d(y, 3, 2, ceil_mode=True)
+        b = F.interpolate(F.avg_pool2d(y, 2), scale_factor=2, mode="nearest")
+        c = F.interpolate(a, scale_factor=2, mode="bilinear", align_corners=False)
+        return torch.cat([y.flatten(1), b.flatten(1), c.flatten(1)], 1)
+
+
+def test_flexible_input_sizes_run_at_every_size(workdir: Path) -> None:
+    """A program with flexible H and W declares symbolic sizes: the executor sizes outputs from the run."""
+    torch.manual_seed(4)
+    model = FlexibleSpatial().eval()
+    with quiet_converter():
+        traced = torch.jit.trace(model, torch.randn(1, 3, 12, 12))
+        shape = ct.Shape([1, 3, ct.RangeDim(4, 64, default=12), ct.RangeDim(4, 64, default=12)])
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=shape)], outputs=[ct.TensorType(name="y")],
+                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                             compute_precision=ct.precision.FLOAT32)
+        package = workdir / "flexible.mlpackage"
+        mlmodel.save(str(package))
+    assert {"conv", "conv_transpose", "max_pool", "avg_pool", "upsample_nearest_neighbor",
+            "upsample_bilinear"} <= _program_ops(package)
+    for size in [(12, 12), (8, 20), (17, 9)]:
+        x = {"x": torch.randn(1, 3, *size)}
+        got = run_package(package, {"x": x["x"].numpy()})["y"]
+        expected = _eager(model, x)[0]
+        assert got.shape == expected.shape, size
+        assert _max_err(got, expected)[1] <= TOLERANCE["fp32"], size
+
+
 # --- compressed weights ----------------------------------------------------------------------
 
 

@@ -106,7 +106,7 @@ def test_coreml_package_with_altered_weights_fails_its_smoke_test(emitted, captu
     raw[sign_bytes] ^= 0x80
     weights.write_bytes(raw.tobytes())
     result = smoke_test(fmt, type(good)(damaged, {}), captured, settings("coreml"), threads=1)
-    assert result.status == "failed", result.reason
+    assert result.status == "failed" and "altered after the build" in result.reason, result.reason
 
 
 def test_coreml_structure_check_catches_a_wrong_deployment_target(emitted, captured):

@@ -1,4 +1,4 @@
-"""The wheel users install carries the built-in targets and the demo model's data and weights."""
+"""The wheel users install carries the built-in targets, the manifest schema and the demo model's data and weights."""
 
 from __future__ import annotations
 
@@ -21,4 +21,5 @@ def test_wheel_ships_targets_and_demo_files(tmp_path):
     for data in ("weights.pt", "digits.npz", "DATA.md"):
         assert f"edgepack/demo/{data}" in names
     assert "edgepack/formats/coreml.py" in names
+    assert "edgepack/schemas/manifest.schema.json" in names  # verify and inspect read it on users' machines
     assert not any(n.startswith("tests/") for n in names)

@@ -91,3 +91,17 @@ def test_dataclass_outputs_are_named_by_field(fast_target, tmp_path):
     assert report.ok, report.problems
     manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["mask", "score"]  # aux=None is skipped
+
+
+def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_target, tmp_path):
+    """Traced on the fast path, nn.TransformerEncoderLayer becomes one fused op that Core ML cannot
+    convert; edgepack traces the plain ops, and torch's own shape-check warnings do not push the
+    capture off the trace."""
+    report = _build(fast_target, tmp_path, "make_torch_encoder_layer", "x=1x5x16")
+    assert report.ok, report.problems
+    assert report.capture["strategy"] == "trace"
+    assert report.capture["hazards"] and all(h["in_library"] for h in report.capture["hazards"])
+    assert {a.format: a.smoke.status for a in report.artifacts} == {
+        "torchscript_lite": "passed", "coreml": "passed", "onnx": "passed"}
+    [lite] = [a for a in report.artifacts if a.format == "torchscript_lite"]
+    assert not any("transformer_encoder_layer_fwd" in op for op in lite.requirements["operators"])

@@ -20,6 +20,8 @@ import torch
 import torch.jit.mobile as mobile
 from torch import nn
 
+from . import gpu_imitation
+from .gpu_imitation import CUDA, walk
 from edgepack.noise import quiet_converter
 from edgepack.rewrite import (
     eager_prepass,
@@ -30,7 +32,6 @@ from edgepack.rewrite import (
     runs_on_meta,
 )
 
-CUDA = "cuda:0"
 THIS_FILE = Path(__file__).name
 
 
@@ -44,37 +45,8 @@ def trace(model: nn.Module, *example: torch.Tensor) -> torch.jit.ScriptModule:
 
 
 def pin(module: torch.jit.ScriptModule, device: str = CUDA, keep_line: int | None = None) -> torch.jit.ScriptModule:
-    """Make a never-run CPU trace look like a trace recorded on `device`: every "cpu" Device literal
-    that places a tensor becomes `device` (except those on source line `keep_line`), and forward's
-    input types say `device`, in every method graph of every submodule (scripted ones included)."""
-    for _, sub in module.named_modules():
-        for name in sub._c._method_names():
-            graph = sub._c._get_method(name).graph
-            _pin_graph(graph, device, keep_line)
-    for value in list(module.graph.inputs())[1:]:
-        if value.type().kind() == "TensorType" and value.type().device() is not None:
-            value.setType(value.type().with_device(torch.device(device)))
-    return module
-
-
-def _pin_graph(graph: torch.Graph, device: str, keep_line: int | None) -> None:
-    first = next(iter(graph.nodes()))
-    for node in list(_walk(graph)):
-        for index, value in enumerate(list(node.inputs())):
-            literal = value.node().kind() == "prim::Constant" and value.type().kind() == "DeviceObjType"
-            if not literal or str(value.toIValue()) != "cpu" or node.kind() == "prim::ListConstruct":
-                continue
-            if keep_line is not None and f"{THIS_FILE}({keep_line})" in node.sourceRange():
-                continue
-            with graph.insert_point_guard(first):
-                node.replaceInput(index, graph.insertConstant(torch.device(device)))
-
-
-def _walk(block):
-    for node in block.nodes():
-        yield node
-        for inner in node.blocks():
-            yield from _walk(inner)
+    """gpu_imitation.pin, keeping the literals recorded on `keep_line` of this file."""
+    return gpu_imitation.pin(module, device, None if keep_line is None else f"{THIS_FILE}({keep_line})")
 
 
 def line_of(text: str) -> int:
@@ -477,7 +449,7 @@ def test_the_check_flags_what_was_not_rewritten(tmp_path):
 def test_the_check_reads_where_tensor_constants_are_stored():
     model, x = build(PlainAttribute, 2, 4)
     traced = trace(model, x)
-    [constant] = [n for n in _walk(traced.graph) if n.kind() == "prim::Constant"
+    [constant] = [n for n in walk(traced.graph) if n.kind() == "prim::Constant"
                   and n.output().type().kind() == "TensorType" and n.output().toIValue().dim() == 1][:1]
     constant.t_("value", torch.zeros(4, device="meta"))  # a device this machine has besides the CPU
 

@@ -13,6 +13,7 @@ import torch
 
 from ..capture import CapturedModel
 from ..errors import UsageError, did_you_mean
+from ..rewrite import DeviceFindings
 from ..targets import FormatSettings
 
 # Runs one sample: input arrays in the model's input order -> output arrays in its output order.
@@ -91,6 +92,11 @@ class Format(ABC):
     def open_for_timing(self, path: Path, threads: int) -> Runner:
         """The runner to time: the real runtime only, never a stand-in used for checking numerics."""
         return self.open(path, threads)
+
+    def saved_devices(self, path: Path, keep: set[str]) -> DeviceFindings | None:
+        """Device literals left in the saved artifact's code; None when the format records no device
+        placement at all (ONNX and Core ML programs leave placement to their runtime)."""
+        return None
 
     def verification_note(self) -> str:
         """How the numerics were checked, when not in the format's own runtime."""

@@ -19,6 +19,7 @@ from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
+from .. import ort_format
 from ..targets import FormatSettings
 from .base import Calibration, Emitted, Format, Runner, register_format
 
@@ -34,7 +35,7 @@ class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32",)
-    option_defaults = {"opset": 18, "optimization": "basic"}
+    option_defaults = {"opset": 18, "optimization": "basic", ort_format.OPTION: False}
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -42,6 +43,7 @@ class Onnx(Format):
         if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
         check_level(self.option(settings, "optimization"))
+        ort_format.validate_option(self.option(settings, ort_format.OPTION))
 
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
@@ -66,6 +68,9 @@ class Onnx(Format):
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
             **optimization_requirements(model, self.option(settings, "optimization")),
         }
+        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
+            requirements["ort_format"], ort_notes = ort_format.write_ort(path, captured, settings)
+            notes += ort_notes
         return Emitted(path, requirements, notes)
 
     def open(self, path: Path, threads: int) -> Runner:

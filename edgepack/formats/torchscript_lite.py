@@ -17,6 +17,7 @@ import torch.jit.mobile as mobile
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
+from ..rewrite import DeviceFindings, pinned_devices
 from ..targets import FormatSettings
 from .base import Calibration, Emitted, Format, Runner, register_format
 
@@ -70,6 +71,9 @@ class TorchScriptLite(Format):
             return [t.numpy() for t in outputs]
 
         return run
+
+    def saved_devices(self, path: Path, keep: set[str]) -> DeviceFindings:
+        return pinned_devices(path, keep=keep)
 
     def converter_versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}

@@ -1,0 +1,84 @@
+"""Ed25519 signatures over manifest.json (which holds the sha256 of every other shipped file).
+
+Keys are PEM files, the same as OpenSSL's, so either tool can make and check them:
+    openssl genpkey -algorithm ed25519 -out edgepack.key
+    openssl pkey -in edgepack.key -pubout -out edgepack.pub
+    openssl pkeyutl -verify -pubin -inkey edgepack.pub -rawin -in manifest.json -sigfile manifest.sig
+manifest.sig holds the raw 64-byte signature. Ed25519 signing is deterministic, so the same key
+and manifest give the same signature (reproducible bundles stay reproducible when signed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import UsageError
+
+SIGNATURE = "manifest.sig"
+
+
+def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
+    """Write a new private key (PEM, PKCS#8, mode 0600) and its public key (PEM)."""
+    for path in (private_path, public_path):
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} already exists.", "Choose another path, or pass --force to replace it.")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_path.touch(mode=0o600, exist_ok=overwrite)
+    private_path.chmod(0o600)
+    private_path.write_bytes(private_pem)
+    public_path.write_bytes(public_pem)
+
+
+def sign_manifest(bundle_dir: Path, private_key_path: Path) -> Path:
+    signature = _private_key(private_key_path).sign((bundle_dir / "manifest.json").read_bytes())
+    (bundle_dir / SIGNATURE).write_bytes(signature)
+    return bundle_dir / SIGNATURE
+
+
+def signature_problem(bundle_dir: Path, public_key_path: Path) -> str | None:
+    """Why manifest.sig does not prove that the holder of the key signed manifest.json; None when it does."""
+    key = _public_key(public_key_path)
+    signature_path = bundle_dir / SIGNATURE
+    if not signature_path.is_file():
+        return f"{SIGNATURE} is missing: the bundle is not signed"
+    try:
+        key.verify(signature_path.read_bytes(), (bundle_dir / "manifest.json").read_bytes())
+    except InvalidSignature:
+        return f"{SIGNATURE} is not a valid signature of manifest.json by this key (tampered manifest, or another key)"
+    return None
+
+
+def check_private_key(path: Path) -> None:
+    """UsageError unless `path` holds an unencrypted Ed25519 private key."""
+    _private_key(path)
+
+
+def _private_key(path: Path) -> Ed25519PrivateKey:
+    key = _load(path, lambda data: serialization.load_pem_private_key(data, password=None))
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{path} is not an Ed25519 private key.", "Make one with `edgepack keygen` or `openssl genpkey -algorithm ed25519`.")
+    return key
+
+
+def _public_key(path: Path) -> Ed25519PublicKey:
+    key = _load(path, serialization.load_pem_public_key)
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{path} is not an Ed25519 public key.", "Pass the .pub file written by `edgepack keygen`.")
+    return key
+
+
+def _load(path: Path, parse):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read key file {path}: {exc.strerror}.", "Check the key path.") from exc
+    try:
+        return parse(data)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not a PEM key: {exc}", "Use a PEM key from `edgepack keygen` or openssl (unencrypted).") from exc

@@ -1,0 +1,10 @@
+import SwiftUI
+
+@main
+struct EdgepackDemoApp: App {
+    var body: some Scene {
+        WindowGroup {
+            ContentView()
+        }
+    }
+}
