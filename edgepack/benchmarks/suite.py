@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ from ..bench import Footprint, Latency, measure_footprint, time_interleaved, tor
 from ..compare import compare_outputs, merge
 from ..flatten import flatten_model
 from ..formats import FORMATS, RuntimeUnavailable, known_options
-from ..inputs import parse_input_spec
+from ..errors import EdgepackError
+from ..inputs import parse_input_spec, sample_inputs
 from ..load import LoadedModel, load_model
 from ..pipeline import BuildRequest, build, golden_samples
 from ..targets import BenchSettings, load_target
@@ -111,42 +112,60 @@ def _eager(key: str, loaded: LoadedModel, example: dict[str, torch.Tensor]) -> _
 
 def _edgepack(case: Case, workdir: Path, threads: int) -> list[_Candidate]:
     """Every (format, precision) edgepack ships, built through its Python API from the built-in
-    targets' format settings; one load and capture for all of them."""
-    target_files = _target_files(workdir / "targets", threads)
-    request = BuildRequest(targets=[str(p) for p in target_files], model=case.model,
-                           inputs=[parse_input_spec(s) for s in case.inputs], name=case.key,
-                           out_dir=workdir / "dist", allow_partial=True, check_budgets=False)
+    targets' format settings: fp32 in one build, each other precision in its own (one that edgepack
+    refuses becomes a row saying why, and the rest still run)."""
     candidates = []
-    for report in build(request):
-        for artifact in report.artifacts:
-            row = Row(case.key, "edgepack", artifact.format, artifact.precision, flavour=report.target,
-                      size_bytes=artifact.size_bytes, notes=[n for n in artifact.notes if "graph optimization:" in n])
-            if artifact.path is None or artifact.smoke.status not in (PASSED, SKIPPED):
-                row.notes.append(f"not shipped: {artifact.smoke.reason}")
-                candidates.append(_Candidate(row, None))
-                continue
-            path = Path(report.bundle_dir) / artifact.path
-            fmt = FORMATS[artifact.format]
-            candidates.append(_Candidate(row, lambda fmt=fmt, path=path: fmt.open_for_timing(path, threads), path,
-                                         artifact.format))
+    for precision, target_files in _target_files(workdir / "targets", threads).items():
+        request = BuildRequest(targets=[str(p) for p in target_files], model=case.model,
+                               inputs=[parse_input_spec(s) for s in case.inputs], name=case.key,
+                               out_dir=workdir / "dist", allow_partial=True, check_budgets=False)
+        if precision != "fp32" and case.model is not None and "calibration" in {f.name for f in fields(BuildRequest)}:
+            request.calibration = str(_calibration_file(case, workdir))  # static schemes need data
+        try:
+            reports = build(request)
+        except EdgepackError as exc:
+            row = Row(case.key, "edgepack", "onnx", precision, notes=[f"not built: {exc}"])
+            candidates.append(_Candidate(row, None))
+            continue
+        candidates += [_candidate(case.key, report, artifact, threads) for report in reports for artifact in report.artifacts]
     return candidates
 
 
-def _target_files(folder: Path, threads: int) -> list[Path]:
+def _candidate(key: str, report, artifact, threads: int) -> _Candidate:
+    row = Row(key, "edgepack", artifact.format, artifact.precision, flavour=report.target,
+              size_bytes=artifact.size_bytes, notes=[n for n in artifact.notes if "graph optimization:" in n])
+    if artifact.path is None or artifact.smoke.status not in (PASSED, SKIPPED):
+        row.notes.append(f"not shipped: {artifact.smoke.reason}")
+        return _Candidate(row, None)
+    path = Path(report.bundle_dir) / artifact.path
+    fmt = FORMATS[artifact.format]
+    return _Candidate(row, lambda: fmt.open_for_timing(path, threads), path, artifact.format)
+
+
+def _calibration_file(case: Case, workdir: Path, count: int = 16) -> Path:
+    """Seeded samples like the golden ones, one array per input with the samples along axis 0: the
+    reference models have random weights, so there is no real data to calibrate on."""
+    loaded = load_model(case.model, [parse_input_spec(s) for s in case.inputs])
+    samples = [sample_inputs(loaded.inputs, loaded.module, 100 + seed) for seed in range(count)]
+    path = workdir / "calibration.npz"
+    np.savez(path, **{spec.name: np.concatenate([s[spec.name].numpy() for s in samples]) for spec in loaded.inputs})
+    return path
+
+
+def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
     """fp32 from each shipped target, plus every other precision edgepack has for android's formats.
     Timing inside the builds is kept short: the benchmark times everything itself, together."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
+    files: dict[str, list[Path]] = {"fp32": []}
     for name in SHIPPED_TARGETS:
         target = load_target(name, known_options())
         formats = [f for f in target.formats if f.name in TIMED_FORMATS]
-        files.append(_write_target(folder / f"{name}.toml", name, threads, [(f, "fp32") for f in formats]))
+        files["fp32"].append(_write_target(folder / f"{name}.toml", name, threads, [(f, "fp32") for f in formats]))
         if name != SHIPPED_TARGETS[0]:
             continue
-        schemes = sorted({p for f in formats for p in other_precisions(f.name)})
-        for scheme in schemes:
+        for scheme in sorted({p for f in formats for p in other_precisions(f.name)}):
             chosen = [(f, scheme) for f in formats if scheme in FORMATS[f.name].precisions]
-            files.append(_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen))
+            files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 
 
