@@ -231,6 +231,9 @@ def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[s
     ort_entry = artifact["requirements"].get("ort_format")
     if ort_entry:
         ort_path = bundle_dir / ort_entry["path"]
+        if ort_entry["path"] not in {entry["path"] for entry in manifest["files"]}:
+            result.add(f"file {ort_entry['path']}", False, "named in the artifact's requirements but not among the manifest's files")
+            return
         if ort_entry["path"] not in intact:
             result.checks.append(Check(f"smoke ort {ort_entry['path']}", SKIP, "not run: the file does not match the manifest"))
             return

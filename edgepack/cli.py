@@ -91,6 +91,9 @@ def build_command(
     trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
     sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`.")] = None,
     archive: Annotated[bool, typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out).")] = False,
+    precision: Annotated[Optional[str], typer.Option(help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's.")] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Evaluation set accuracy is measured on against eager fp32, in the same forms as --calibration. Default: the demo's held-out split, else seeded random inputs (said in the report).")] = None,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
@@ -99,6 +102,7 @@ def build_command(
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
+        request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
         reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
@@ -163,15 +167,17 @@ def _print_summary(reports: list[BuildReport]) -> None:
     console = Console()
     for report in reports:
         table = Table(title=f"{report.model} → {report.target}", title_justify="left")
-        for column in ("format", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
-            table.add_column(column, justify="left" if column in ("format", "smoke") else "right")
+        for column in ("format", "precision", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
+            table.add_column(column, justify="left" if column in ("format", "precision", "smoke") else "right")
         eager = report.eager_latency
         if eager:
-            table.add_row("eager PyTorch", "", "", "", f"{eager.p50:.3f}", f"{eager.p99:.3f}", "1.00x")
+            table.add_row("eager PyTorch", "fp32", "", "", "", f"{eager.p50:.3f}", f"{eager.p99:.3f}", "1.00x")
         for a in report.artifacts:
             colour = {"passed": "green", "skipped": "yellow"}.get(a.smoke.status, "red")
+            asked = a.precision_requested
             table.add_row(
                 a.format,
+                a.precision if asked in (None, a.precision) else f"{a.precision} (asked {asked})",
                 f"{a.size_bytes / 1024:.1f} KiB" if a.size_bytes is not None else "-",
                 f"[{colour}]{a.smoke.status}[/]",
                 f"{a.smoke.max_abs_err:.2e}" if a.smoke.max_abs_err is not None else "-",
@@ -183,6 +189,8 @@ def _print_summary(reports: list[BuildReport]) -> None:
         for a in report.artifacts:
             if a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+            if a.accuracy is not None:
+                console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}", highlight=False)
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)

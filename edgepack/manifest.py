@@ -222,9 +222,12 @@ def _outputs_json(captured: CapturedModel) -> list[dict[str, Any]]:
 def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str, Any]:
     return {
         "format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
+        "precision_requested": a.precision_requested or a.precision,
+        "float_layers": (a.quantization or {}).get("float_layers", []),
+        "accuracy": a.accuracy.to_json() if a.accuracy else None,
         "capture_strategy": strategy, "requirements": a.requirements, "smoke": a.smoke.status, "devices": a.devices,
         "smoke_detail": {"reason": a.smoke.reason, "max_abs_err": a.smoke.max_abs_err, "cosine": a.smoke.cosine},
-        "tolerance": vars(settings.tolerance),
+        "tolerance": vars(settings.tolerance_for(a.precision)),
     }
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -24,12 +25,15 @@ from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .manifest import write_bundle_manifest
 from .reproducible import stabilize
+from .quantize.ladder import Ladder, QuantData, rungs, ship
+from .quantize.plan import quantization_samples
 from .report import ArtifactReport, BudgetCheck, BuildReport
-from .targets import Target, load_target
+from .targets import FormatSettings, Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
+_BEFORE = "fp32 before "  # key prefix of the float artifact a quantized one is compared with
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -54,6 +58,9 @@ class BuildRequest:
     search_dir: Path | None = None  # where `pkg.module:attr` references are imported from (default: cwd)
     sign_key: Path | None = None  # Ed25519 private key (PEM) to sign manifest.json with
     archive: bool = False  # also write a deterministic <bundle>.zip beside each passing bundle
+    precision: str | None = None  # overrides every format's precision (each uses its nearest scheme)
+    calibration: str | None = None  # calibration samples for static schemes: .npz, folder, or module:attr
+    eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
 class Observer(Protocol):
@@ -71,7 +78,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     """Build every requested target from one load and one capture of the model."""
     if request.name is not None and not _NAME_RE.match(request.name):
         raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
-    targets = [load_target(t, known_options()) for t in request.targets]
+    targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
             FORMATS[settings.name].validate(settings)
@@ -80,6 +87,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     loaded = _load(request)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
+    samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
 
     observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
@@ -91,7 +99,16 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
                                           "(shape checks, usually); the trace was checked against eager regardless")
     observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
-    return [build_target(captured, target, request, observer) for target in targets]
+    data = samples.measured_on(captured) if samples is not None else None
+    if samples is not None:
+        observer.event("quantize", "done", f"accuracy measured on {samples.eval_source}")
+    return [build_target(captured, target, request, observer, data) for target in targets]
+
+
+def _with_precision(target: Target, precision: str | None) -> Target:
+    if precision is None:
+        return target
+    return replace(target, formats=tuple(replace(f, precision=precision) for f in target.formats))
 
 
 def diagnose(request: BuildRequest) -> dict:
@@ -124,14 +141,16 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
     return [sample_inputs(loaded.inputs, loaded.module, seed) for seed in range(GOLDEN_SAMPLES)]
 
 
-def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer) -> BuildReport:
+def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer,
+                 data: QuantData | None = None) -> BuildReport:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
-        artifacts, emitted = _emit_all(captured, target, staged.dir, observer)
-        if request.allow_partial:
-            _exclude_failed(artifacts, emitted, staged.dir)
-        eager = _bench_all(captured, target, artifacts, emitted, observer)
+        with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
+            artifacts, emitted, baselines = _emit_all(captured, target, staged.dir, observer, data, Path(workdir))
+            if request.allow_partial:
+                _exclude_failed(artifacts, emitted, staged.dir)
+            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
         if request.check_budgets:
             _check_budgets(target, artifacts)
         report = BuildReport(target.name, captured.loaded.name, "", artifacts, captured.to_json(), eager,
@@ -155,32 +174,65 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
 
 
 def _emit_all(
-    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer
-) -> tuple[list[ArtifactReport], dict[str, Emitted]]:
-    """Emit and smoke-test each format; one format's failure does not stop the others."""
-    reports, emitted = [], {}
+    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer, data: QuantData | None, workdir: Path
+) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
+    """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
+    in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
+    (the baseline for size and latency) stays in `workdir`."""
+    reports, emitted, baselines = [], {}, {}
     for settings in target.formats:
         fmt = FORMATS[settings.name]
         report = ArtifactReport(settings.name, settings.precision)
         reports.append(report)
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
-        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name}")
+        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name} ({settings.precision})")
         try:
-            result = fmt.emit(captured, settings, path)
-            result.notes += stabilize(path)
+            if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
+                result = fmt.emit(captured, replace(settings, precision="fp32"), path)
+                if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
+                    result.notes += rungs(fmt, settings.precision)[1]
+                    report.precision_requested, report.precision = settings.precision, "fp32"
+            else:
+                result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)
+                if baseline is not None:
+                    baselines[settings.name] = baseline
+            fmt.add_companions(result, captured, replace(settings, precision=report.precision))
+            result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
+        except UsageError:
+            raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {exc}")
             observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
-        report.requirements, report.notes = result.requirements, result.notes
+        report.requirements, report.notes = result.requirements, result.notes + report.notes
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
-        report.smoke = smoke_test(fmt, result, captured, settings, target.bench.threads)
+        report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)
         status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
-    return reports, emitted
+    return reports, emitted, baselines
+
+
+def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, data: QuantData,
+                      workdir: Path, target: Target, report: ArtifactReport,
+                      observer: Observer) -> tuple[Emitted, Emitted | None]:
+    """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
+    folder = workdir / target.name
+    folder.mkdir(exist_ok=True)
+    ladder = Ladder(fmt, captured, settings, folder, data, lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+    result = ladder.run()
+    shipped = ship(result, path)
+    report.precision_requested, report.precision = result.requested, result.precision
+    report.accuracy, report.quantization = result.accuracy, result.to_json()
+    report.notes = list(result.notes)
+    if result.baseline is not None:
+        report.size_before_bytes = size_of(result.baseline.path)
+    status = "warn" if result.fell_back else "done"
+    figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
+    observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")
+    return shipped, result.baseline
 
 
 def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dict:
@@ -207,7 +259,8 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
 
 
 def _bench_all(
-    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer
+    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer,
+    baselines: dict[str, Emitted] | None = None,
 ) -> Latency:
     settings = target.bench
     sample = captured.samples[0]
@@ -220,20 +273,26 @@ def _bench_all(
             if report.format not in emitted or report.smoke.status not in (PASSED, SKIPPED):
                 report.latency_reason = "not measured: the artifact did not pass its smoke test"
                 continue
+            fmt = FORMATS[report.format]
             started = time.perf_counter_ns()
             try:
-                run = FORMATS[report.format].open_for_timing(emitted[report.format].path, settings.threads)
+                run = fmt.open_for_timing(emitted[report.format].path, settings.threads)
+                load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
+                calls[report.format] = _bound(run, arrays)
+                if baselines and report.format in baselines:  # the fp32 artifact a quantized one replaced
+                    calls[_BEFORE + report.format] = _bound(fmt.open_for_timing(baselines[report.format].path,
+                                                                                settings.threads), arrays)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
-                continue
-            load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
-            calls[report.format] = _bound(run, arrays)
         # Interleaved, so that load from other processes falls on eager and every artifact alike.
         timed = time_interleaved(calls, settings)
     for report in artifacts:
         if report.format in load_ms:
             report.latency = timed[report.format]
             report.latency.load_ms = load_ms[report.format]
+            if _BEFORE + report.format in timed:
+                report.latency_before = timed[_BEFORE + report.format]
+                _note_if_slower(report)
             if settings.footprint:
                 _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
     eager = timed[EAGER]
@@ -248,6 +307,13 @@ def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads
         report.footprint_reason = f"not measured: {exc}"
         return
     report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
+
+
+def _note_if_slower(report: ArtifactReport) -> None:
+    after, before = report.latency, report.latency_before
+    if after is not None and before is not None and after.p50 > before.p50:
+        report.notes.append(f"{report.precision} is slower than fp32 here: p50 {after.p50:.3f} ms vs {before.p50:.3f} ms "
+                            f"({after.p50 / before.p50:.2f}x) on this host")
 
 
 def _bound(run, arrays):

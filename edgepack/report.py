@@ -44,6 +44,13 @@ class ArtifactReport:
     footprint_reason: str = ""
     # The device check on the saved artifact: {"checked", "device_agnostic", "pinned", "kept", "note"}.
     devices: dict[str, Any] | None = None
+    # Quantization: what was asked for, the fp32 version's size and latency, accuracy against eager
+    # fp32 on the evaluation set, and the ladder's attempts (None when the format was built in fp32 as asked).
+    precision_requested: str | None = None
+    size_before_bytes: int | None = None
+    latency_before: Latency | None = None
+    accuracy: Any = None  # edgepack.quantize.accuracy.Accuracy
+    quantization: dict[str, Any] | None = None
 
     def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
         found = []
@@ -74,6 +81,14 @@ class ArtifactReport:
             "requirements": self.requirements,
             "devices": self.devices,
             "notes": self.notes,
+            "precision_requested": self.precision_requested or self.precision,
+            "size_before_bytes": self.size_before_bytes,
+            "size_ratio": _ratio(self.size_bytes, self.size_before_bytes),
+            "accuracy": self.accuracy.to_json() if self.accuracy is not None else None,
+            "latency_before_ms": self.latency_before.to_json() if self.latency_before else None,
+            "latency_ratio": _ratio(self.latency.p50 if self.latency else None,
+                                    self.latency_before.p50 if self.latency_before else None),
+            "quantization": self.quantization,
         }
 
 
@@ -140,6 +155,7 @@ class BuildReport:
             lines.append(f"| eager PyTorch | fp32 | | | | | {eager.p50:.3f} | {eager.p90:.3f} | {eager.p99:.3f} | 1.00x |")
         for a in self.artifacts:
             lines.append(_markdown_row(a, eager))
+        lines += _precision_section(self.artifacts)
         lines += ["", "## Smoke tests", ""] + [f"- **{a.format}** {a.smoke.status}: {a.smoke.reason}" for a in self.artifacts]
         skipped_latency = [a for a in self.artifacts if a.latency is None and a.latency_reason]
         if skipped_latency:
@@ -176,6 +192,46 @@ def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) 
             kept = f" (kept on purpose: {'; '.join(a.devices['kept'])})" if a.devices["kept"] else ""
             lines.append(f"- saved {a.format} code: {found}{kept}")
     return lines
+
+
+def _ratio(after: float | None, before: float | None) -> float | None:
+    return None if after is None or not before else after / before
+
+
+def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
+    """Before and after quantization side by side, then every ladder attempt with its figures."""
+    quantized = [a for a in artifacts if a.quantization is not None]
+    if not quantized:
+        return []
+    lines = ["", "## Precision", "",
+             f"Accuracy against eager fp32 on {quantized[0].quantization['eval_set']}.", "",
+             "| format | requested | shipped | size fp32 | size | ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in quantized:
+        acc = a.accuracy
+        lines.append("| " + " | ".join([
+            a.format, a.precision_requested or a.precision, a.precision, _kib(a.size_before_bytes), _kib(a.size_bytes),
+            _fmt(_ratio(a.size_bytes, a.size_before_bytes), "{:.2f}x"),
+            _fmt(acc.top1_agreement if acc else None, "{:.4f}"), _fmt(acc.cosine if acc else None, "{:.5f}"),
+            _fmt(acc.max_abs_err if acc else None, "{:.3g}"), _fmt(acc.sqnr_db if acc else None, "{:.1f}"),
+            _fmt(a.latency_before.p50 if a.latency_before else None, "{:.3f}"), _fmt(a.latency.p50 if a.latency else None, "{:.3f}"),
+            _fmt(_ratio(a.latency.p50 if a.latency else None, a.latency_before.p50 if a.latency_before else None), "{:.2f}x"),
+        ]) + " |")
+    lines += ["", "Ladder attempts:", ""]
+    for a in quantized:
+        for attempt in a.quantization["attempts"]:
+            kept = f" (float: {', '.join(attempt['float_layers'])})" if attempt["float_layers"] else ""
+            lines.append(f"- **{a.format}** {attempt['precision']}{kept}: {'ok' if attempt['ok'] else 'missed'}, "
+                         f"{_kib(attempt['size_bytes'])}: {attempt['reason']}")
+    return lines
+
+
+def _kib(size: int | None) -> str:
+    return f"{size / 1024:.1f} KiB" if size is not None else "-"
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return pattern.format(value) if value is not None else "-"
 
 
 def _markdown_row(a: ArtifactReport, eager: Latency | None) -> str:

@@ -10,8 +10,10 @@ from typing import Any
 
 from .errors import UsageError, did_you_mean
 
-_TARGET_KEYS = {"name", "description", "smoke", "budgets", "bench", "formats"}
-_FORMAT_COMMON_KEYS = {"precision", "smoke", "budgets"}
+_TARGET_KEYS = {"name", "description", "smoke", "quantized_smoke", "accuracy", "budgets", "bench", "formats"}
+_FORMAT_COMMON_KEYS = {"precision", "smoke", "quantized_smoke", "accuracy", "budgets"}
+# Precisions whose artifacts are smoke-tested with the looser [quantized_smoke] tolerance.
+QUANTIZED_PRECISIONS = ("int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,24 @@ class Tolerance:
 
     def limit(self, reference_peak: float) -> float:
         return self.atol + self.rtol * reference_peak
+
+
+# A quantized artifact differs from eager by design: its smoke test checks it still computes the same
+# function (golden samples within a loose tolerance); the accuracy budget is the real gate.
+DEFAULT_QUANTIZED_TOLERANCE = Tolerance(atol=0.1, rtol=0.1, min_cosine=0.99)
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """What a non-fp32 artifact must keep of eager fp32's behaviour on the evaluation set; None: not gated."""
+
+    min_top1_agreement: float | None = 0.99
+    min_cosine: float | None = 0.99
+    min_sqnr_db: float | None = None
+    max_abs_err: float | None = None
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,12 @@ class FormatSettings:
     tolerance: Tolerance
     budgets: Budgets
     options: dict[str, Any] = field(default_factory=dict)
+    quantized_tolerance: Tolerance = DEFAULT_QUANTIZED_TOLERANCE
+    accuracy: AccuracyBudget = AccuracyBudget()
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """The smoke tolerance for an artifact built in `precision`."""
+        return self.quantized_tolerance if precision in QUANTIZED_PRECISIONS else self.tolerance
 
 
 @dataclass(frozen=True)
@@ -115,11 +141,17 @@ def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target
     _reject_unknown(data, _TARGET_KEYS, where)
     default_tolerance = _tolerance(data.get("smoke", {}), Tolerance(), f"{where} [smoke]")
     default_budgets = _budgets(data.get("budgets", {}), Budgets(), f"{where} [budgets]")
+    defaults = (
+        default_tolerance,
+        _tolerance(data.get("quantized_smoke", {}), DEFAULT_QUANTIZED_TOLERANCE, f"{where} [quantized_smoke]"),
+        _accuracy(data.get("accuracy", {}), AccuracyBudget(), f"{where} [accuracy]"),
+        default_budgets,
+    )
     formats_table = data.get("formats", {})
     if not formats_table:
         raise UsageError(f"Target file {path} names no formats.", "Add a [formats.onnx] (or coreml, torchscript_lite) table.")
     formats = tuple(
-        _format_settings(name, table, known_formats, default_tolerance, default_budgets, where)
+        _format_settings(name, table, known_formats, defaults, where)
         for name, table in formats_table.items()
     )
     return Target(
@@ -136,8 +168,7 @@ def _format_settings(
     name: str,
     table: dict,
     known_formats: dict[str, set[str]],
-    tolerance: Tolerance,
-    budgets: Budgets,
+    defaults: tuple[Tolerance, Tolerance, AccuracyBudget, Budgets],
     where: str,
 ) -> FormatSettings:
     if name not in known_formats:
@@ -148,12 +179,15 @@ def _format_settings(
     section = f"{where} [formats.{name}]"
     _reject_unknown(table, _FORMAT_COMMON_KEYS | known_formats[name], section)
     options = {k: v for k, v in table.items() if k not in _FORMAT_COMMON_KEYS}
+    tolerance, quantized_tolerance, accuracy, budgets = defaults
     return FormatSettings(
         name=name,
         precision=str(table.get("precision", "fp32")),
         tolerance=_tolerance(table.get("smoke", {}), tolerance, f"{section} smoke"),
         budgets=_budgets(table.get("budgets", {}), budgets, f"{section} budgets"),
         options=options,
+        quantized_tolerance=_tolerance(table.get("quantized_smoke", {}), quantized_tolerance, f"{section} quantized_smoke"),
+        accuracy=_accuracy(table.get("accuracy", {}), accuracy, f"{section} accuracy"),
     )
 
 
@@ -164,6 +198,12 @@ def _tolerance(table: dict, base: Tolerance, where: str) -> Tolerance:
         rtol=_number(table, "rtol", base.rtol, where),
         min_cosine=_number(table, "min_cosine", base.min_cosine, where),
     )
+
+
+def _accuracy(table: dict, base: AccuracyBudget, where: str) -> AccuracyBudget:
+    keys = list(base.__dataclass_fields__)
+    _reject_unknown(table, set(keys), where)
+    return AccuracyBudget(**{key: _number(table, key, getattr(base, key), where) for key in keys})
 
 
 def _budgets(table: dict, base: Budgets, where: str) -> Budgets:

@@ -138,8 +138,15 @@ def test_unsupported_format_options_are_rejected_up_front(name, bad, message):
         FORMATS[name].validate(settings(name, **bad))
 
 
-def test_unsupported_precision_names_the_supported_ones():
+def test_unknown_precision_names_the_known_ones():
     from edgepack.errors import UsageError
 
-    with pytest.raises(UsageError, match="supports: fp32"):
-        FORMATS["onnx"].validate(settings("onnx", "int8-static"))
+    with pytest.raises(UsageError, match="Did you mean 'int8-static'") as caught:
+        FORMATS["onnx"].validate(settings("onnx", "int8-statik"))
+    assert "palettize-4" in caught.value.hint and "onnx implements fp32, int8-dynamic, int8-static" in caught.value.hint
+
+
+def test_a_precision_without_a_scheme_maps_to_the_nearest_one():
+    assert FORMATS["onnx"].nearest_precision("int8-static") == ("int8-static", "")
+    scheme, note = FORMATS["torchscript_lite"].nearest_precision("palettize-4")
+    assert scheme == "int8-dynamic" and "no palettization" in note

@@ -47,15 +47,18 @@ class Format(ABC):
     name: ClassVar[str]
     suffix: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
+    # The precisions whose emit needs calibration samples (activation ranges); weight-only schemes need none.
+    calibrated_precisions: ClassVar[tuple[str, ...]] = ()
     # Option keys a target may set in [formats.<name>], with their defaults.
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     def validate(self, settings: FormatSettings) -> None:
         """Reject settings this format cannot honour, before any work starts."""
-        if settings.precision not in self.precisions:
+        if settings.precision not in PRECISIONS:
             raise UsageError(
-                f"Format '{self.name}' has no precision '{settings.precision}'.{did_you_mean(settings.precision, list(self.precisions))}",
-                f"This version supports: {', '.join(self.precisions)}.",
+                f"Unknown precision '{settings.precision}' for format '{self.name}'.{did_you_mean(settings.precision, list(PRECISIONS))}",
+                f"Precisions: {', '.join(PRECISIONS)} ({self.name} implements {', '.join(self.precisions)}; "
+                "it builds the others in its nearest scheme and the report says so).",
             )
 
     def option(self, settings: FormatSettings, key: str) -> Any:
@@ -80,6 +83,10 @@ class Format(ABC):
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Layer names a quantized emit can keep in float (what the sensitivity pass chooses from)."""
         return []
+
+    def add_companions(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> None:
+        """Write files derived from the artifact as it ships (after the precision ladder chose it) beside
+        it in the bundle, recording them in `emitted.requirements`; `settings.precision` is the shipped one."""
 
     def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Problems found by reading the saved artifact back without running it."""

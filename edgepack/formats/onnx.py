@@ -8,6 +8,7 @@ flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic in the graph.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from ..noise import quiet_converter, tail
 from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
 from .. import ort_format
 from ..targets import FormatSettings
-from .base import Calibration, Emitted, Format, Runner, register_format
+from ..quantize import ort as ort_quant
+from .base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 _MIN_OPSET, _MAX_OPSET = 13, 21
 # The torch.export-based exporter writes opset 18 or newer (it ignores lower requests), and onnx's
@@ -34,8 +36,25 @@ _DYNAMO_MIN_OPSET = 18
 class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8-dynamic", "int8-static")
+    calibrated_precisions = ("int8-static",)
     option_defaults = {"opset": 18, "optimization": "basic", ort_format.OPTION: False}
+    # (captured, (id, opset), pre-processed float model bytes, notes): the last float export, reused by the ladder.
+    _cache: tuple | None = None
+
+    def nearest_precision(self, requested: str) -> tuple[str, str]:
+        if requested.startswith("palettize-"):
+            return "int8-dynamic", f"{self.name} has no palettization; int8 weights (int8-dynamic) instead"
+        if requested == "fp16":  # onnxruntime's CPU provider computes fp16 graphs through casts: no gain
+            return "fp32", f"{self.name} is built in fp32 for fp16: onnxruntime's CPU kernels are float32"
+        return super().nearest_precision(requested)
+
+    def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        if settings.precision not in ("int8-dynamic", "int8-static"):
+            return []
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared, _ = self._prepared_float(captured, settings, Path(tmp))
+            return ort_quant.quantizable_nodes(prepared, settings.precision)
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -48,9 +67,15 @@ class Onnx(Format):
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
         opset = self.option(settings, "opset")
-        args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
-        notes = _export(captured, args, path, opset)
-        notes += optimize_onnx(path, self.option(settings, "optimization"))
+        if settings.precision == "fp32":
+            notes = self._export_float(captured, path, opset)
+            notes += optimize_onnx(path, self.option(settings, "optimization"))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                prepared, notes = self._prepared_float(captured, settings, Path(tmp))
+                notes = notes + ort_quant.quantize(prepared, path, settings.precision, calibration, captured.input_names,
+                                                   list(settings.options.get(FLOAT_LAYERS, [])))
+            _strip_debug_metadata(path)
         model = onnx.load(str(path))
         if _default_domain_opset(model) != opset:
             raise BuildError(f"The exporter wrote opset {_default_domain_opset(model)}, not the requested {opset}.",
@@ -66,12 +91,34 @@ class Onnx(Format):
             "opset": _default_domain_opset(model),
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
-            **optimization_requirements(model, self.option(settings, "optimization")),
+            # A quantized graph is prepared by onnxruntime's quant_pre_process instead (fusions would hide ops from it).
+            **optimization_requirements(model, self.option(settings, "optimization") if settings.precision == "fp32" else "none"),
         }
-        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
-            requirements["ort_format"], ort_notes = ort_format.write_ort(path, captured, settings)
-            notes += ort_notes
         return Emitted(path, requirements, notes)
+
+    def add_companions(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> None:
+        if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
+            emitted.requirements["ort_format"], notes = ort_format.write_ort(emitted.path, captured, settings)
+            emitted.notes += notes
+
+    def _export_float(self, captured: CapturedModel, path: Path, opset: int) -> list[str]:
+        args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
+        notes = _export(captured, args, path, opset)
+        _strip_debug_metadata(path)
+        return notes
+
+    def _prepared_float(self, captured: CapturedModel, settings: FormatSettings, folder: Path) -> tuple[Path, list[str]]:
+        """The float model after ORT's pre-processing, in `folder`. The last one is kept in memory: the
+        accuracy ladder quantizes the same capture many times, and exporting is the slow part."""
+        key = (id(captured), self.option(settings, "opset"))
+        if self._cache is None or self._cache[0] is not captured or self._cache[1] != key:
+            exported = folder / "float.onnx"
+            notes = self._export_float(captured, exported, key[1])
+            notes += ort_quant.preprocess(exported, folder / "prepared.onnx")
+            self._cache = (captured, key, (folder / "prepared.onnx").read_bytes(), notes)
+        prepared = folder / "prepared.onnx"
+        prepared.write_bytes(self._cache[2])
+        return prepared, list(self._cache[3])
 
     def open(self, path: Path, threads: int) -> Runner:
         options = ort.SessionOptions()
@@ -135,6 +182,18 @@ def _export_torchscript(captured: CapturedModel, args: tuple, path: Path, opset:
 
 def _dynamic_axes(captured: CapturedModel) -> dict[str, dict[int, str]]:
     return {spec.name: spec.dynamic_axes() for spec in captured.loaded.inputs if spec.dynamic_axes()}
+
+
+def _strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node provenance (source stack traces, FX node text): it is for debugging
+    the exporter, can be larger than a small model's weights, and holds the build machine's paths."""
+    model = onnx.load(str(path))
+    if not any(node.metadata_props or node.doc_string for node in model.graph.node):
+        return
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def _default_domain_opset(model: onnx.ModelProto) -> int:

@@ -19,7 +19,8 @@ from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
 from ..rewrite import DeviceFindings, pinned_devices
 from ..targets import FormatSettings
-from .base import Calibration, Emitted, Format, Runner, register_format
+from ..quantize import torch_ao
+from .base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
 NEWEST_BYTECODE = 8
@@ -30,8 +31,17 @@ OLDEST_BYTECODE = 4
 class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8-dynamic", "int8-static")
+    calibrated_precisions = ("int8-static",)
     option_defaults = {"bytecode_version": NEWEST_BYTECODE}
+
+    def nearest_precision(self, requested: str) -> tuple[str, str]:
+        if requested.startswith("palettize-"):
+            return "int8-dynamic", f"{self.name} has no palettization; int8 weights (int8-dynamic) instead"
+        return super().nearest_precision(requested)
+
+    def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        return torch_ao.quantizable_layers(captured, settings.precision)
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -45,9 +55,18 @@ class TorchScriptLite(Format):
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
         version = self.option(settings, "bytecode_version")
-        with quiet_converter() as log:
-            try:
+        with quiet_converter() as log, torch_ao.qnnpack_engine():
+            if settings.precision == "fp32":
                 module, notes = _mobile_passes(captured.scripted)
+            else:  # the quantizer's errors are already BuildErrors that say what to do
+                module, notes = torch_ao.quantize_lite(captured, settings.precision, calibration,
+                                                       list(settings.options.get(FLOAT_LAYERS, [])))
+                if settings.precision == "int8-dynamic":
+                    module, passes = _smaller_of_frozen_or_not(module)
+                    notes += passes
+                else:  # freezing a static int8 graph only adds size: its weights are already packed
+                    torch._C._jit_pass_remove_dropout(module._c)
+            try:
                 _save(module, path, version)
             except Exception as exc:
                 raise BuildError(f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
@@ -61,11 +80,12 @@ class TorchScriptLite(Format):
         return Emitted(path, requirements, notes)
 
     def open(self, path: Path, threads: int) -> Runner:
-        with quiet_converter():
+        # Quantized weights are packed for the engine active at load time: qnnpack, as on a phone.
+        with quiet_converter(), torch_ao.qnnpack_engine():
             module = mobile._load_for_lite_interpreter(str(path))
 
         def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_ao.qnnpack_engine():
                 result = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
             outputs = result if isinstance(result, (tuple, list)) else (result,)
             return [t.numpy() for t in outputs]
@@ -90,6 +110,22 @@ def _mobile_passes(scripted: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptMo
         if before[op] != after[op]:
             notes.append(f"{op}: {before[op]} -> {after[op]}")
     return frozen, notes
+
+
+def _smaller_of_frozen_or_not(module: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptModule, list[str]]:
+    """Freezing folds the float layers dynamic int8 leaves (conv-bn), but a frozen packed int8 weight is
+    saved twice (once per archive section): keep whichever version is smaller."""
+    frozen, notes = _mobile_passes(module)
+    torch._C._jit_pass_remove_dropout(module._c)
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = []
+        for candidate, name in ((frozen, "frozen"), (module, "unfrozen")):
+            candidate._save_for_lite_interpreter(str(Path(tmp) / f"{name}.ptl"))
+            sizes.append((Path(tmp) / f"{name}.ptl").stat().st_size)
+    if sizes[0] <= sizes[1]:
+        return frozen, notes
+    return module, [f"not frozen: the frozen version is larger ({sizes[0]} vs {sizes[1]} bytes; "
+                    "frozen int8 weights are stored twice)"]
 
 
 def _op_counts(graph: torch.Graph) -> Counter:
