@@ -1,21 +1,36 @@
 """Bench stage: one latency protocol for every runtime and for the eager baseline.
 
 Warm up, then time single runs until both `min_runs` and `min_seconds` are reached (or
-`max_runs`), with a fixed thread count; report percentiles, mean and the cold load time.
+`max_runs`), with a fixed thread count; report percentiles, mean and the load time.
+Cold start and memory are measured apart, in a fresh Python process per artifact
+(`measure_footprint`): the time to load the artifact and run it once, and how far the process's
+peak resident set size rises above its size after importing the runtime.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .targets import BenchSettings
+
+# The child process imports this same edgepack, whatever the working directory.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# ru_maxrss is in KiB on Linux, in bytes on macOS.
+_MAXRSS_PER_MIB = 1024 * 1024 if sys.platform == "darwin" else 1024
 
 
 @dataclass
@@ -57,8 +72,38 @@ def time_calls(call: Callable[[], Any], settings: BenchSettings, load_ms: float 
         enough_runs = len(samples_ms) >= settings.min_runs
         if enough_runs and time.perf_counter() - started >= settings.min_seconds:
             break
+    return summarize(samples_ms, load_ms)
+
+
+def summarize(samples_ms: list[float], load_ms: float | None = None) -> Latency:
     p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
     return Latency(float(p50), float(p90), float(p99), float(np.mean(samples_ms)), len(samples_ms), load_ms)
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5,
+                     settle_s: float = 0.02) -> dict[str, Latency]:
+    """The same protocol for several calls at once, in round-robin blocks of `block` timed runs, so
+    that load from other processes on a shared machine falls on every candidate alike. Before each
+    block: a pause, so the previous runtime's spinning worker threads (onnxruntime's and OpenMP's
+    spin-wait after a run) park instead of competing for the cores, then one untimed run."""
+    for call in calls.values():
+        for _ in range(settings.warmup):
+            call()
+    block = max(1, min(block, settings.max_runs))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    while True:
+        for name, call in calls.items():
+            time.sleep(settle_s)
+            call()
+            for _ in range(block):
+                t0 = time.perf_counter_ns()
+                call()
+                samples[name].append((time.perf_counter_ns() - t0) / 1e6)
+        runs = min(len(s) for s in samples.values())
+        if runs >= settings.max_runs or (runs >= settings.min_runs and time.perf_counter() - started >= settings.min_seconds):
+            break
+    return {name: summarize(s) for name, s in samples.items()}
 
 
 def time_loaded(load: Callable[[], Callable[[], Any]], settings: BenchSettings) -> Latency:
@@ -67,3 +112,77 @@ def time_loaded(load: Callable[[], Callable[[], Any]], settings: BenchSettings) 
     call = load()
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     return time_calls(call, settings, load_ms)
+
+
+@dataclass
+class Footprint:
+    """Cold start and memory of one artifact, measured in a fresh process."""
+
+    cold_load_ms: float  # load the artifact + run it once
+    peak_memory_mb: float  # growth of peak RSS over the process after importing the runtime
+
+    METHOD = "a fresh process per artifact, runtime imported first: load + first run timed; peak memory = peak RSS (VmHWM, reset after the imports) minus RSS before loading"
+
+
+def measure_footprint(format_name: str, path: Path, arrays: list[np.ndarray], threads: int,
+                      repeats: int = 1, timeout_s: float = 300.0) -> Footprint:
+    """Load and run the artifact in `repeats` new Python processes (one sample each: the median cold
+    load and the largest peak are kept); RuntimeError with the probe's last stderr line when it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, *arrays)
+        command = [sys.executable, "-m", "edgepack.bench", format_name, str(path), str(inputs), str(threads)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
+        results = [_probe_once(command, env, timeout_s) for _ in range(max(1, repeats))]
+    return Footprint(float(np.median([r["cold_load_ms"] for r in results])), max(r["peak_memory_mb"] for r in results))
+
+
+def _probe_once(command: list[str], env: dict[str, str], timeout_s: float) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+        raise RuntimeError(f"footprint probe failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int) -> dict:
+    """Runs in the fresh process: everything imported first, so only the artifact's own cost is counted."""
+    from .formats import FORMATS
+
+    with np.load(inputs_path) as data:
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    torch.set_num_threads(threads)
+    fmt = FORMATS[format_name]
+    rss_before = _reset_peak_rss()
+    t0 = time.perf_counter_ns()
+    fmt.open_for_timing(Path(path), threads)(arrays)
+    cold_ms = (time.perf_counter_ns() - t0) / 1e6
+    return {"cold_load_ms": cold_ms, "peak_memory_mb": max(0.0, _peak_rss() - rss_before) / 1024}
+
+
+def _reset_peak_rss() -> float:
+    """Current RSS in KiB, after resetting the kernel's peak mark to it (Linux >= 4.0), so imports'
+    transient peaks do not hide the artifact's; elsewhere the ru_maxrss high-water mark so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_kib("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _MAXRSS_PER_MIB
+
+
+def _peak_rss() -> float:
+    try:
+        return _proc_status_kib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _MAXRSS_PER_MIB
+
+
+def _proc_status_kib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    raise OSError(f"{key} missing from /proc/self/status")
+
+
+if __name__ == "__main__":
+    print(json.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))

@@ -6,6 +6,7 @@ This is the Python API behind `edgepack build`; the CLI only parses arguments an
 from __future__ import annotations
 
 import re
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from .bench import Latency, time_calls, time_loaded, torch_threads
+from .bench import Latency, measure_footprint, time_interleaved, torch_threads
 from .bundle import StagedBundle, archive_bundle, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
 from .check_inputs import load_check_inputs
@@ -31,6 +32,8 @@ from .targets import FormatSettings, Target, load_target
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
+EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
+_BEFORE = "fp32 before "  # key prefix of the float artifact a quantized one is compared with
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -265,22 +268,45 @@ def _bench_all(
     arrays = [t.numpy() for t in args]
     observer.event("bench", "start", f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
     with torch_threads(settings.threads), torch.inference_mode():
-        eager = time_calls(lambda: captured.eager(*args), settings)
+        calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
         for report in artifacts:
             if report.format not in emitted or report.smoke.status not in (PASSED, SKIPPED):
                 report.latency_reason = "not measured: the artifact did not pass its smoke test"
                 continue
-            fmt, path = FORMATS[report.format], emitted[report.format].path
+            fmt = FORMATS[report.format]
+            started = time.perf_counter_ns()
             try:
-                report.latency = time_loaded(lambda: _bound(fmt.open_for_timing(path, settings.threads), arrays), settings)
-                if baselines and report.format in baselines:
-                    before = baselines[report.format].path
-                    report.latency_before = time_loaded(lambda: _bound(fmt.open_for_timing(before, settings.threads), arrays), settings)
-                    _note_if_slower(report)
+                run = fmt.open_for_timing(emitted[report.format].path, settings.threads)
+                load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
+                calls[report.format] = _bound(run, arrays)
+                if baselines and report.format in baselines:  # the fp32 artifact a quantized one replaced
+                    calls[_BEFORE + report.format] = _bound(fmt.open_for_timing(baselines[report.format].path,
+                                                                                settings.threads), arrays)
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
+        # Interleaved, so that load from other processes falls on eager and every artifact alike.
+        timed = time_interleaved(calls, settings)
+    for report in artifacts:
+        if report.format in load_ms:
+            report.latency = timed[report.format]
+            report.latency.load_ms = load_ms[report.format]
+            if _BEFORE + report.format in timed:
+                report.latency_before = timed[_BEFORE + report.format]
+                _note_if_slower(report)
+            if settings.footprint:
+                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
+    eager = timed[EAGER]
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
+
+
+def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads: int) -> None:
+    try:
+        footprint = measure_footprint(report.format, path, arrays, threads)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        report.footprint_reason = f"not measured: {exc}"
+        return
+    report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
 
 
 def _note_if_slower(report: ArtifactReport) -> None:

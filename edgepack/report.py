@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .bench import Latency
+from .bench import Footprint, Latency
 from .verify import FAILED, PASSED, SKIPPED, SmokeResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -39,6 +39,9 @@ class ArtifactReport:
     requirements: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
+    cold_load_ms: float | None = None  # load + first run, in a fresh process
+    peak_memory_mb: float | None = None  # peak RSS growth while loading and running once
+    footprint_reason: str = ""
     # The device check on the saved artifact: {"checked", "device_agnostic", "pinned", "kept", "note"}.
     devices: dict[str, Any] | None = None
     # Quantization: what was asked for, the fp32 version's size and latency, accuracy against eager
@@ -71,6 +74,9 @@ class ArtifactReport:
             "latency_ms": self.latency.to_json() if self.latency else None,
             "latency_reason": self.latency_reason,
             "latency_details": self.latency.details() if self.latency else None,
+            "cold_load_ms": self.cold_load_ms,
+            "peak_memory_mb": self.peak_memory_mb,
+            "footprint_method": Footprint.METHOD if self.cold_load_ms is not None else self.footprint_reason,
             "budgets": [b.to_json() for b in self.budgets],
             "requirements": self.requirements,
             "devices": self.devices,
@@ -154,6 +160,11 @@ class BuildReport:
         skipped_latency = [a for a in self.artifacts if a.latency is None and a.latency_reason]
         if skipped_latency:
             lines += ["", "## Latency not measured", ""] + [f"- **{a.format}**: {a.latency_reason}" for a in skipped_latency]
+        measured = [a for a in self.artifacts if a.cold_load_ms is not None]
+        if measured:
+            lines += ["", "## Cold start and memory", "", f"Method: {Footprint.METHOD}.", ""]
+            lines += [f"- **{a.format}**: cold load + first run {a.cold_load_ms:.1f} ms, peak memory +{a.peak_memory_mb:.1f} MiB"
+                      for a in measured]
         hazards = self.capture.get("hazards", [])
         lines += ["", "## Capture", "", f"Strategy: {self.capture.get('strategy')}."]
         lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()

@@ -61,6 +61,7 @@ class BenchSettings:
     min_runs: int = 30
     max_runs: int = 500
     min_seconds: float = 1.0
+    footprint: bool = True  # cold load + first run and peak memory, in a fresh process per artifact
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def _bench(table: dict, where: str) -> BenchSettings:
         min_runs=int(_number(table, "min_runs", base.min_runs, where)),
         max_runs=int(_number(table, "max_runs", base.max_runs, where)),
         min_seconds=_number(table, "min_seconds", base.min_seconds, where),
+        footprint=_flag(table, "footprint", base.footprint, where),
     )
     if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:
         raise UsageError(f"{where}: need threads >= 1 and 1 <= min_runs <= max_runs.", "Fix the [bench] table.")
@@ -232,6 +234,13 @@ def _number(table: dict, key: str, default: Any, where: str) -> Any:
     value = table.get(key, default)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise UsageError(f"{where}: '{key}' must be a number, got {value!r}.", "Write a plain number.")
+    return value
+
+
+def _flag(table: dict, key: str, default: bool, where: str) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: '{key}' must be true or false, got {value!r}.", "Write true or false.")
     return value
 
 

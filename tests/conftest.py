@@ -24,6 +24,7 @@ warmup = 1
 min_runs = 3
 max_runs = 3
 min_seconds = 0.0
+footprint = false
 {formats}
 """
 ALL_FORMATS = """

@@ -24,8 +24,9 @@ from .conftest import write_fast_target
 
 MODELS = Path(__file__).parent / "models.py"
 # The int8 payload is a quarter of fp32; a 24k-parameter model adds a fixed container overhead
-# (lite bytecode and code, QDQ nodes and scales) of 8-12 KB on top.
-DEMO_MAX_SIZE_RATIO = 0.36
+# (lite bytecode and code, QDQ nodes and scales) of 8-12 KB on top. The fp32 ONNX it is compared with
+# is the graph-optimized one (folded constants), a little smaller than a plain export.
+DEMO_MAX_SIZE_RATIO = 0.37
 
 
 @pytest.fixture(scope="session")

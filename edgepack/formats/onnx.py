@@ -19,6 +19,7 @@ import torch
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..noise import quiet_converter, tail
+from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
 from .. import ort_format
 from ..targets import FormatSettings
 from ..quantize import ort as ort_quant
@@ -37,7 +38,7 @@ class Onnx(Format):
     suffix = ".onnx"
     precisions = ("fp32", "int8-dynamic", "int8-static")
     calibrated_precisions = ("int8-static",)
-    option_defaults = {"opset": 18, ort_format.OPTION: False}
+    option_defaults = {"opset": 18, "optimization": "basic", ort_format.OPTION: False}
     # (captured, (id, opset), pre-processed float model bytes, notes): the last float export, reused by the ladder.
     _cache: tuple | None = None
 
@@ -60,6 +61,7 @@ class Onnx(Format):
         opset = self.option(settings, "opset")
         if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
+        check_level(self.option(settings, "optimization"))
         ort_format.validate_option(self.option(settings, ort_format.OPTION))
 
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
@@ -67,6 +69,7 @@ class Onnx(Format):
         opset = self.option(settings, "opset")
         if settings.precision == "fp32":
             notes = self._export_float(captured, path, opset)
+            notes += optimize_onnx(path, self.option(settings, "optimization"))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 prepared, notes = self._prepared_float(captured, settings, Path(tmp))
@@ -88,6 +91,8 @@ class Onnx(Format):
             "opset": _default_domain_opset(model),
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
+            # A quantized graph is prepared by onnxruntime's quant_pre_process instead (fusions would hide ops from it).
+            **optimization_requirements(model, self.option(settings, "optimization") if settings.precision == "fp32" else "none"),
         }
         return Emitted(path, requirements, notes)
 

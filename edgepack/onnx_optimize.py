@@ -1,0 +1,167 @@
+"""ONNX graph optimization with the runtimes' own tools, saved offline at a level the target's runtime loads.
+
+Levels (a target's `[formats.onnx] optimization`):
+- `none`: the exporter's graph as written.
+- `basic`: onnxscript's optimizer (constant folding, dead code and redundant node removal), then
+  onnxruntime's basic level saved offline (Conv+BN/Add/Mul fusion, more folding). Standard ONNX ops
+  only: portable to every onnxruntime build, reduced ones included.
+- `extended`: onnxscript's optimizer, then onnxruntime's extended level (basic included) saved offline (FusedConv, FusedMatMul,
+  SkipLayerNormalization, Gelu...). These are `com.microsoft` contrib ops: the runtime must be a full
+  onnxruntime build (onnxruntime-android, onnxruntime-c / onnxruntime-objc, desktop packages).
+- `transformer`: onnxscript's optimizer, onnxruntime.transformers' BERT fusions (Attention,
+  EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), then the extended level. Where no transformer pattern fuses
+  (a conv net) it is exactly `extended`. Contrib ops, as for `extended`.
+
+Never saved offline: the `all` level (its NCHWc layout transforms are specific to the build machine's
+CPU). The runtime applies it itself when it loads the model. Each step that fails keeps the graph it
+was given and says why in a note; the smoke test checks whatever is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from .errors import UsageError, did_you_mean
+from .noise import quiet_converter
+
+LEVELS = ("none", "basic", "extended", "transformer")
+CONTRIB_DOMAIN = "com.microsoft"
+_MAX_INLINE_BYTES = 2_000_000_000  # protobuf's limit for a model saved without external data
+_ORT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+# What onnxruntime.transformers reports fusing; any of these > 0 means the transformer pass applied.
+_TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+                        "BiasGelu", "FastGelu", "Gelu", "LayerNormalization", "SkipSimplifiedLayerNormalization",
+                        "SimplifiedLayerNormalization", "GemmFastGelu", "RotaryEmbedding")
+
+
+def check_level(level: object) -> str:
+    """The level name, or a UsageError naming the levels."""
+    if level not in LEVELS:
+        raise UsageError(f"ONNX optimization {level!r} is not a level.{did_you_mean(str(level), list(LEVELS))}",
+                         f"Set [formats.onnx] optimization to one of: {', '.join(LEVELS)}.")
+    return str(level)
+
+
+def optimize_onnx(path: Path, level: str) -> list[str]:
+    """Optimize the model at `path` in place at `level`; return notes saying what each step changed."""
+    if check_level(level) == "none":
+        return ["graph optimization: none (the exporter's graph)"]
+    notes: list[str] = []
+    model = onnx.load(str(path))
+    if model.ByteSize() > _MAX_INLINE_BYTES:
+        return [f"graph optimization: {level} not applied: the model is over 2 GB, which the offline "
+                "optimizers cannot write as one file"]
+    before = _node_count(model)
+    model = _step(notes, "onnxscript optimizer (constant folding, simplification)", model, _onnxscript_optimize)
+    if level == "transformer":  # before onnxruntime's passes, which rewrite the patterns it matches
+        model = _step(notes, "onnxruntime.transformers fusions", model, lambda m: _transformer_fusions(m, notes))
+    ort_level = "basic" if level == "basic" else "extended"
+    model = _step(notes, f"onnxruntime {ort_level} level", model, lambda m: _ort_offline(m, ort_level))
+    _prune_unused_domains(model)
+    onnx.save(model, str(path))
+    contrib = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain == CONTRIB_DOMAIN})
+    notes.insert(0, f"graph optimization: {level}, {before} -> {_node_count(model)} nodes"
+                    + (f"; contrib ops (full onnxruntime build needed): {', '.join(contrib)}" if contrib else ""))
+    return notes
+
+
+def optimization_requirements(model: onnx.ModelProto, level: str) -> dict:
+    """What the manifest says a runtime needs for this optimization level."""
+    uses_contrib = any(n.domain == CONTRIB_DOMAIN for n in _all_nodes(model.graph))
+    return {"graph_optimization": level, "contrib_ops": uses_contrib}
+
+
+def _step(notes: list[str], what: str, model: onnx.ModelProto,
+          run: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
+    """Run one optimizer; on failure keep the model it was given and note why (the others still run)."""
+    working = onnx.ModelProto()
+    working.CopyFrom(model)  # some optimizers edit their input in place, even when they then fail
+    try:
+        with quiet_converter():
+            result = run(working)
+    except _NothingToFuse as nothing:
+        notes.append(f"{what}: {nothing}")
+        return model
+    except Exception as exc:  # optimizers fail in many ways; an unoptimized graph is still correct
+        notes.append(f"{what} skipped: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+        return model
+    notes.append(f"{what}: {_node_count(model)} -> {_node_count(result)} nodes")
+    return result
+
+
+def _onnxscript_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxscript.optimizer
+
+    return onnxscript.optimizer.optimize(model)
+
+
+def _ort_offline(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
+    """Let an onnxruntime session optimize the graph and write it back (the documented offline mode)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, optimized = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, str(source))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _ORT_LEVELS[level]
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        _check_reloads(optimized)
+        return onnx.load(str(optimized))
+
+
+def _check_reloads(path: Path) -> None:
+    """A device loads the saved graph with the runtime's default (all) optimizations on top; onnxruntime
+    1.31 cannot always re-optimize its own offline output ("Attempt to replace the existing tensor"
+    on some TorchScript-exported encoders), and such a graph must not ship."""
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeError(f"the saved graph does not reload with onnxruntime's default optimizations "
+                           f"({str(exc).strip().splitlines()[-1][-160:]})") from exc
+
+
+def _transformer_fusions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """BERT-style fusions (head count and width found from the graph); the input back when none applies."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if k in _TRANSFORMER_FUSIONS and v}
+    if not stats:
+        raise _NothingToFuse("no transformer pattern found")
+    notes.append("fused: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items())))
+    return fused.model
+
+
+class _NothingToFuse(Exception):
+    pass
+
+
+def _prune_unused_domains(model: onnx.ModelProto) -> None:
+    """onnxruntime writes every domain it knows into opset_import; keep the ones the graph uses."""
+    used = {n.domain for n in _all_nodes(model.graph)} | {"", "ai.onnx"}
+    for function in model.functions:
+        used |= {n.domain for n in function.node} | {function.domain}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Nodes of the graph and of every subgraph (If/Loop bodies)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from _all_nodes(sub)
+
+
+def _node_count(model: onnx.ModelProto) -> int:
+    return sum(1 for _ in _all_nodes(model.graph))

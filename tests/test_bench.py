@@ -1,0 +1,91 @@
+"""The latency protocol's pieces (interleaved timing, the fresh-process footprint probe, report fields)
+and the benchmark's table and JSON on a tiny real run. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.bench import measure_footprint, time_interleaved
+from edgepack.benchmarks.suite import Case, Row, run_case
+from edgepack.benchmarks.table import TARGETS, check_targets, markdown, to_json
+from edgepack.targets import BenchSettings
+
+TINY = BenchSettings(threads=1, warmup=1, min_runs=5, max_runs=5, min_seconds=0.0)
+
+
+def test_interleaved_timing_gives_every_call_the_same_runs():
+    counts = {"a": 0, "b": 0}
+
+    def call(name):
+        counts[name] += 1
+
+    timed = time_interleaved({"a": lambda: call("a"), "b": lambda: call("b")}, TINY, block=5, settle_s=0.0)
+    assert {name: t.runs for name, t in timed.items()} == {"a": 5, "b": 5}
+    assert counts == {"a": 1 + 1 + 5, "b": 1 + 1 + 5}  # warm-up, the untimed run of the block, the timed runs
+    assert all(0 <= t.p50 <= t.p99 for t in timed.values())
+
+
+def test_demo_bundle_reports_cold_load_and_peak_memory(demo_reports):
+    """Built-in targets measure the footprint; Core ML cannot run here, so it has none."""
+    for report in demo_reports.values():
+        for artifact in report.artifacts:
+            data = artifact.to_json()
+            if artifact.latency is None:
+                assert data["cold_load_ms"] is None and data["peak_memory_mb"] is None
+                continue
+            assert data["cold_load_ms"] > 0 and data["peak_memory_mb"] >= 0, data
+            assert "fresh process" in data["footprint_method"]
+    assert "## Cold start and memory" in demo_reports["android"].to_markdown()
+
+
+def test_footprint_probe_failure_says_why(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="footprint probe failed"):
+        measure_footprint("onnx", broken, [np.zeros((1, 1, 8, 8), np.float32)], 1)
+
+
+@pytest.fixture(scope="module")
+def demo_rows(tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
+    return run_case(Case("demo", None), TINY, tmp_path_factory.mktemp("bench"), footprint=False, log=lambda _: None)
+
+
+def test_benchmark_tiny_run_has_every_path(demo_rows):
+    labels = {(r.path, r.format, r.precision) for r in demo_rows}
+    assert {("eager", "pytorch", "fp32"), ("edgepack", "onnx", "fp32"), ("edgepack", "torchscript_lite", "fp32"),
+            ("by hand", "onnx", "fp32"), ("by hand", "onnx", "int8-dynamic"), ("by hand", "torchscript_lite", "fp32")} <= labels
+    fp32 = [r for r in demo_rows if r.precision == "fp32"]
+    assert all(r.p50_ms is not None and r.runs == TINY.max_runs for r in fp32)
+    assert all(r.max_abs_err < 1e-4 and r.cosine > 0.9999 for r in fp32)
+    assert {r.flavour for r in demo_rows if r.path == "edgepack"} >= {"android", "iot"}
+
+
+def test_benchmark_table_and_json(demo_rows, tmp_path):
+    text = markdown(demo_rows, check_targets(demo_rows), 1)
+    assert text.count("\n| demo |") == len(demo_rows)
+    assert "The issue's targets" not in text  # the demo model has none
+    document = json.loads(json.dumps(to_json(demo_rows, [], 1, {"min_runs": 5})))
+    assert len(document["rows"]) == len(demo_rows) and document["protocol"]["threads"] == 1
+
+
+def _row(model: str, path: str, fmt: str, precision: str, p50: float) -> Row:
+    return Row(model, path, fmt, precision, p50_ms=p50)
+
+
+def test_targets_met_not_met_and_missing():
+    rows = [_row("resnet_style", "eager", "pytorch", "fp32", 10.0),
+            _row("resnet_style", "edgepack", "onnx", "fp32", 3.0),
+            _row("resnet_style", "by hand", "onnx", "fp32", 5.0),
+            _row("resnet_style", "edgepack", "torchscript_lite", "fp32", 6.0)]
+    checks = {c.what: c for c in check_targets(rows)}
+    assert len(checks) == len([t for t in TARGETS if t[0] == "resnet_style"])
+    onnx = checks["ONNX fp32 vs eager"]
+    assert (onnx.status, round(onnx.ratio, 2), round(onnx.by_hand_ratio, 2)) == ("met", 0.3, 0.5)
+    assert checks[".ptl vs eager"].status == "not met" and "1.20x the target" in checks[".ptl vs eager"].distance
+    int8 = checks["ONNX int8 vs ONNX fp32"]
+    assert int8.status == "not measured" and "no onnx int8" in int8.distance
+    assert "| resnet_style | ONNX fp32 vs eager | <= 0.40x | 0.30x | 0.50x |" in markdown(rows, list(checks.values()), 2)
