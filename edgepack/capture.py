@@ -233,6 +233,17 @@ def capture(
                          [c for c in checks if not c.label.startswith("golden sample")], devices)
 
 
+def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
+    """A variant of the captured model (quantized, say) captured the way the original was: the same
+    strategy, then the same device pass, so what ships from it is as device-agnostic as the capture."""
+    strategy = {"trace": Trace(), "script": Script(), "hybrid": Hybrid()}[captured.strategy]
+    example = tuple(captured.samples[0][name] for name in captured.input_names)
+    with torch.no_grad():
+        scripted, _ = strategy.build(captured.eager.around(model), example, captured.hazards)
+        policy = captured.devices.policy if captured.devices else "agnostic"
+        return rewrite.make_device_agnostic(scripted, policy)[0].cpu()
+
+
 def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite], policy: str, trace_device: str,
                   example: tuple[torch.Tensor, ...]) -> DevicePass:
     """Read the device literals back from the module's saved code, and run it on `meta`."""

@@ -157,3 +157,11 @@ class TorchEncoderLayer(nn.Module):
 def make_torch_encoder_layer() -> TorchEncoderLayer:
     torch.manual_seed(0)
     return TorchEncoderLayer().eval()
+
+
+def make_tiny_minilm() -> nn.Module:
+    """The benchmark's encoder, tiny: its positions come from torch.arange(..., device=ids.device)."""
+    from edgepack.benchmarks.models import MiniLMEncoder
+
+    torch.manual_seed(0)
+    return MiniLMEncoder(layers=1, width=32, heads=2, ffn=64, vocab=100, max_tokens=32).eval()

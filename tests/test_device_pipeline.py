@@ -166,3 +166,15 @@ def test_trace_device_options_are_checked_before_any_work(tmp_path):
     request.trace_device, request.check_budgets = "auto", False
     [report] = build(request)
     assert report.capture["trace_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_quantized_variant_goes_through_the_same_device_pass(tmp_path):
+    """int8-dynamic .ptl recaptures the quantized eager model: it must be as device-agnostic as the capture."""
+    target = write_fast_target(tmp_path, "lite", '[formats.torchscript_lite]\nprecision = "int8-dynamic"\n')
+    request = BuildRequest(targets=[str(target)], model=f"{MODELS}:make_tiny_minilm",
+                           inputs=[parse_input_spec("ids=1x16:int64:0..100")], out_dir=tmp_path / "dist")
+    [report] = build(request)
+    [lite] = report.artifacts
+    assert lite.precision == "int8-dynamic", lite.notes
+    assert lite.devices["checked"] and lite.devices["device_agnostic"], lite.devices
+    assert report.device_agnostic and report.ok, report.problems

@@ -21,7 +21,7 @@ from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight
                                    quantize_dynamic)
 from torch.ao.quantization.quantize_jit import quantize_jit
 
-from ..capture import CapturedModel, Hybrid, Script, Trace
+from ..capture import CapturedModel, capture_again
 from ..errors import BuildError
 from .calibration import Samples
 
@@ -82,15 +82,11 @@ def _dynamic(captured: CapturedModel, layers: list[str]) -> torch.jit.ScriptModu
     spec = {name: float_qparams_weight_only_qconfig if isinstance(model.get_submodule(name), nn.Embedding)
             else default_dynamic_qconfig for name in layers}
     model = quantize_dynamic(model, qconfig_spec=spec, dtype=torch.qint8)
-    strategy = {"trace": Trace(), "script": Script(), "hybrid": Hybrid()}[captured.strategy]
-    example = tuple(captured.samples[0][name] for name in captured.input_names)
     try:
-        with torch.no_grad():
-            scripted, _ = strategy.build(captured.eager.around(model), example, captured.hazards)
+        return capture_again(captured, model)
     except Exception as exc:
         raise BuildError(f"Capturing the dynamically quantized model ({captured.strategy}) failed: {exc}",
                          "Try int8-static, or keep the failing layers float.") from exc
-    return scripted
 
 
 def _static(captured: CapturedModel, calibration: Samples | None, kept: list[str]) -> torch.jit.ScriptModule:
