@@ -65,6 +65,7 @@ class CaptureAttempt:
     error: str = ""
     divergence: list[dict] = field(default_factory=list)
     scripted_submodules: list[str] = field(default_factory=list)
+    rewrites: list[rewrite.Rewrite] = field(default_factory=list, repr=False)  # the device pass on this attempt
 
     def to_json(self) -> dict:
         return {"strategy": self.strategy, "ok": self.ok, "error": self.error, "divergence": self.divergence,
@@ -209,27 +210,26 @@ def capture(
 
     yours = [h for h in found if not h.in_library]  # hazards in torch's own code do not rule out the trace
     attempts: list[CaptureAttempt] = []
-    accepted: tuple[str, torch.jit.ScriptModule] | None = None
+    accepted: tuple[torch.jit.ScriptModule, CaptureAttempt] | None = None
     fallback = None
-    moved: dict[int, list[rewrite.Rewrite]] = {}
     for strategy in _strategies_for(mode, first_trace, trace_device):
-        module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names, device_policy, moved)
+        module, attempt = _attempt(strategy, flat, example, found, checks, output_names, names, device_policy)
         attempts.append(attempt)
         clean = attempt.ok and (strategy.name != "trace" or not yours or mode == "trace")
         if clean:
-            accepted = (strategy.name, module)
+            accepted = (module, attempt)
             break
         if strategy.name == "trace" and attempt.ok:
-            fallback = module  # matches eager everywhere we looked: kept if nothing cleaner works
+            fallback = (module, attempt)  # matches eager everywhere we looked: kept if nothing cleaner works
     else:
         if mode == "auto" and attempts[0].ok:
-            accepted = ("trace", fallback)
+            accepted = fallback
     if accepted is None:
         raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
-    module = accepted[1]
+    module, attempt = accepted
     expected = [_eager(flat, sample, names) for sample in samples]
-    devices = _device_proof(module, prepass + moved[id(module)], device_policy, trace_device, example)
-    return CapturedModel(loaded, flat, module, output_names, accepted[0], attempts, found, samples, expected,
+    devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
+    return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
                          [c for c in checks if not c.label.startswith("golden sample")], devices)
 
 
@@ -285,8 +285,8 @@ def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None, trace
     return {"auto": ladder, "trace": ladder[:1], "script": ladder[1:2]}[mode]
 
 
-def _attempt(strategy, flat, example, found, checks, output_names, names, policy, moved) -> tuple[Any, CaptureAttempt]:
-    """Build, make device-agnostic (recording the rewrites in `moved` by module id), check on the CPU."""
+def _attempt(strategy, flat, example, found, checks, output_names, names, policy) -> tuple[Any, CaptureAttempt]:
+    """Build, make device-agnostic, check on the CPU."""
     try:
         with torch.no_grad():
             module, scripted = strategy.build(flat, example, found)
@@ -294,10 +294,9 @@ def _attempt(strategy, flat, example, found, checks, output_names, names, policy
             module = module.cpu()
     except Exception as exc:  # scripting fails in many exception types; the message is the diagnosis
         return None, CaptureAttempt(strategy.name, False, error=_first_lines(exc))
-    moved[id(module)] = rewrites
     divergence = [c.to_json() for c in _compare(module, checks, names, output_names) if not c.ok]
     error = "outputs differ from eager PyTorch on inputs it was not traced with" if divergence else ""
-    return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted)
+    return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted, rewrites)
 
 
 def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:
