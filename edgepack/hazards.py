@@ -44,7 +44,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Vectorize the loop (operate on the whole dimension at once), or script it with @torch.jit.script_if_tracing.",
     ),
     "tensor_constant": (
-        "torch.tensor(...) in forward is baked into the trace as a constant, pinned to the tracing device.",
+        "torch.tensor(...) in forward is baked into the trace as a constant: right only if its values never "
+        "depend on the input (edgepack's device pass moves it to the input's device, and reports it).",
         "Create it once in __init__ with self.register_buffer(name, torch.tensor(...), persistent=False), "
         "or build it from an input with x.new_tensor(...).",
     ),

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 
@@ -45,6 +48,26 @@ def quiet_converter() -> Iterator[io.StringIO]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Send what C++ code writes to stderr (file descriptor 2) to a scratch file for the block.
+
+    torch's quantized kernels print deprecation and qnnpack notices straight from C++ on first use
+    ("[W... qlinear_dynamic.cpp] Warning: ..."), past Python's warnings and sys.stderr. Only for
+    blocks that report their own failures as exceptions: edgepack's progress output is not in them.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def tail(text: str, lines: int = 12) -> str:

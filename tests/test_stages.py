@@ -193,3 +193,15 @@ def test_output_names_never_clash_with_inputs():
     _, names = flatten_model(loaded, {"x": torch.zeros(1, 2)})
     assert names == ["x_1", "output_1st"]
     json.dumps(names)
+
+
+def test_native_stderr_is_kept_out_of_the_console_only_inside_the_block(capfd):
+    import ctypes
+
+    from edgepack.noise import native_stderr_quiet
+
+    libc = ctypes.CDLL(None)
+    with native_stderr_quiet():
+        libc.write(2, b"from C++\n", 9)
+    libc.write(2, b"after\n", 6)
+    assert capfd.readouterr().err == "after\n"

@@ -18,6 +18,7 @@ from ..bundle import remove_path, size_of
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
+from ..noise import native_stderr_quiet
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure
 from .calibration import Samples
@@ -154,7 +155,7 @@ class Ladder:
     def _judge(self, scheme: str, float_layers: list[str], emitted: Emitted, data: EvalSet) -> Attempt:
         size = size_of(emitted.path)
         try:
-            accuracy = measure(self.fmt.open(emitted.path, MEASURE_THREADS), data, self.captured.input_names)
+            accuracy = self._measure(emitted, data)
         except RuntimeUnavailable as exc:
             # Float schemes are accepted unmeasured (their smoke test says 'skipped', --strict fails it), so
             # a host that cannot run the format builds the same artifact as one that can. int8 and
@@ -170,6 +171,10 @@ class Ladder:
                            size, accuracy)
         reason = "within the accuracy budget: " + accuracy.summary() if not misses else "misses the budget: " + "; ".join(misses)
         return Attempt(scheme, float_layers, not misses, reason, size, accuracy)
+
+    def _measure(self, emitted: Emitted, data: EvalSet) -> Accuracy:
+        with native_stderr_quiet():  # quantized kernels' first-use notices from C++
+            return measure(self.fmt.open(emitted.path, MEASURE_THREADS), data, self.captured.input_names)
 
     def _keep_costliest_float(self, scheme: str, attempts: list[Attempt]) -> tuple[list[dict], Emitted | None]:
         """Per-layer sensitivity (each layer quantized alone, on a subset), then retries keeping the
@@ -201,7 +206,7 @@ class Ladder:
             sqnr, cosine = None, None
             if emitted is not None:
                 try:
-                    accuracy = measure(self.fmt.open(emitted.path, MEASURE_THREADS), probe, self.captured.input_names)
+                    accuracy = self._measure(emitted, probe)
                     sqnr, cosine = accuracy.sqnr_db, accuracy.cosine
                 except Exception as exc:  # noqa: BLE001 - a layer that cannot run alone ranks as costliest
                     error = f"{type(exc).__name__}: {exc}"
@@ -216,7 +221,8 @@ class Ladder:
         path = self.workdir / f"{self.fmt.name}-{self._count}-{scheme}{self.fmt.suffix}"
         settings = replace(self.settings, precision=scheme, options={**self.settings.options, FLOAT_LAYERS: float_layers})
         try:
-            return self.fmt.emit(self.captured, settings, path, calibration), ""
+            with native_stderr_quiet():
+                return self.fmt.emit(self.captured, settings, path, calibration), ""
         except UsageError:
             raise
         except Exception as exc:  # converters fail in many ways; the ladder records it and steps down
