@@ -236,12 +236,10 @@ def capture(
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
     """A variant of the captured model (quantized, say) captured the way the original was: the same
     strategy, then the same device pass, so what ships from it is as device-agnostic as the capture."""
-    strategy = {"trace": Trace(), "script": Script(), "hybrid": Hybrid()}[captured.strategy]
+    strategy = {s.name: s for s in (Trace(), Script(), Hybrid())}[captured.strategy]
     example = tuple(captured.samples[0][name] for name in captured.input_names)
-    with torch.no_grad():
-        scripted, _ = strategy.build(captured.eager.around(model), example, captured.hazards)
-        policy = captured.devices.policy if captured.devices else "agnostic"
-        return rewrite.make_device_agnostic(scripted, policy)[0].cpu()
+    policy = captured.devices.policy if captured.devices else "agnostic"
+    return _build_device_agnostic(strategy, captured.eager.around(model), example, captured.hazards, policy)[0]
 
 
 def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite], policy: str, trace_device: str,
@@ -288,15 +286,21 @@ def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None, trace
 def _attempt(strategy, flat, example, found, checks, output_names, names, policy) -> tuple[Any, CaptureAttempt]:
     """Build, make device-agnostic, check on the CPU."""
     try:
-        with torch.no_grad():
-            module, scripted = strategy.build(flat, example, found)
-            module, rewrites = rewrite.make_device_agnostic(module, policy)
-            module = module.cpu()
+        module, scripted, rewrites = _build_device_agnostic(strategy, flat, example, found, policy)
     except Exception as exc:  # scripting fails in many exception types; the message is the diagnosis
         return None, CaptureAttempt(strategy.name, False, error=_first_lines(exc))
     divergence = [c.to_json() for c in _compare(module, checks, names, output_names) if not c.ok]
     error = "outputs differ from eager PyTorch on inputs it was not traced with" if divergence else ""
     return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted, rewrites)
+
+
+def _build_device_agnostic(strategy: Strategy, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard],
+                           policy: str) -> tuple[torch.jit.ScriptModule, list[str], list[rewrite.Rewrite]]:
+    """The strategy's capture after the device pass, on the CPU: (module, scripted submodules, rewrites)."""
+    with torch.no_grad():
+        module, scripted = strategy.build(flat, example, found)
+        module, rewrites = rewrite.make_device_agnostic(module, policy)
+    return module.cpu(), scripted, rewrites
 
 
 def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:
