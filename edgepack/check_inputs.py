@@ -47,8 +47,7 @@ def _as_sample(item: object, specs: list[InputSpec], where: str) -> dict[str, to
         if spec.name not in item:
             raise UsageError(f"{where} has no value for input '{spec.name}'.", "Give every input a value.")
         tensor = torch.as_tensor(np.asarray(item[spec.name])).to(spec.torch_dtype)
-        fixed = [(axis, size) for axis, size in enumerate(spec.shape) if not (spec.dynamic and spec.dynamic[axis])]
-        if tensor.dim() != len(spec.shape) or any(tensor.shape[axis] != size for axis, size in fixed):
+        if not spec.accepts_shape(tuple(tensor.shape)):
             raise UsageError(f"{where}: input '{spec.name}' has shape {list(tensor.shape)}, expected {list(spec.shape)} "
                              "(only dimensions declared dynamic may differ).", "Fix the check input's shape.")
         sample[spec.name] = tensor

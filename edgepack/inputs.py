@@ -40,6 +40,12 @@ class InputSpec:
     def dynamic_axes(self) -> dict[int, str]:
         return {axis: symbol for axis, symbol in enumerate(self.dynamic) if symbol}
 
+    def accepts_shape(self, shape: tuple[int, ...] | list[int]) -> bool:
+        """Same rank, and the same size on every dimension not declared dynamic."""
+        dynamic = self.dynamic_axes()
+        return len(shape) == len(self.shape) and all(
+            shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic)
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

@@ -95,9 +95,8 @@ def _as_samples(array: np.ndarray, spec: InputSpec, where: str) -> list[torch.Te
     else:
         raise UsageError(f"{where}: input '{spec.name}' has shape {list(array.shape)}; expected samples of {list(spec.shape)} "
                          "stacked along a new axis 0, or a batch of rows along axis 0.", "Fix the array's shape.")
-    fixed = [(axis, size) for axis, size in enumerate(spec.shape) if not (spec.dynamic and spec.dynamic[axis])]
     for part in parts[:1]:
-        if any(part.shape[axis] != size for axis, size in fixed):
+        if not spec.accepts_shape(part.shape):
             raise UsageError(f"{where}: input '{spec.name}' sample shape {list(part.shape)} differs from {list(spec.shape)} "
                              "(only dimensions declared dynamic may differ).", "Fix the array's shape.")
     return [torch.as_tensor(np.ascontiguousarray(p)).to(spec.torch_dtype) for p in parts]
