@@ -32,7 +32,7 @@ class CausalAttention(nn.Module):
         self.qkv = nn.Linear(16, 48)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).reshape(1, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 

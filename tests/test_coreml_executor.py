@@ -25,6 +25,8 @@ from edgepack import coreml_executor
 from edgepack.coreml_executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops, program_op_types
 from edgepack.noise import quiet_converter
 
+from .coreml_models import CausalAttention
+
 with quiet_converter():
     import coremltools as ct
     import coremltools.optimize.coreml as cto
@@ -101,16 +103,6 @@ class MHA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.attn(x, x, x, need_weights=False)[0])
-
-
-class SDPA(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv = nn.Linear(16, 48)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).reshape(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class Norms(nn.Module):
@@ -283,7 +275,7 @@ CASES: dict[str, Case] = {
     "pooling_variants": Case(Pools, {"x": _randn(1, 3, 17, 17)}, must_contain=("max_pool", "avg_pool")),
     "multihead_attention": Case(MHA, {"x": _randn(2, 5, 16)}, must_contain=("matmul", "softmax", "layer_norm")),
     "multihead_attention_fp16": Case(MHA, {"x": _randn(2, 5, 16)}, "fp16"),
-    "sdpa_causal_ios18": Case(SDPA, {"x": _randn(2, 5, 16)}, target="iOS18", must_contain=("scaled_dot_product_attention",)),
+    "sdpa_causal_ios18": Case(CausalAttention, {"x": _randn(2, 5, 16)}, target="iOS18", must_contain=("scaled_dot_product_attention",)),
     "instance_group_layer_norm": Case(Norms, {"x": _randn(2, 4, 3, 8)}, must_contain=("instance_norm", "layer_norm")),
     "batch_norm_unfolded": Case(BatchNormUnfolded, {"x": _randn(2, 4, 3, 3)}, must_contain=("batch_norm",)),
     "embedding_int_input": Case(Embedding, {"x": lambda: torch.randint(0, 20, (2, 6))}, must_contain=("gather", "one_hot")),
