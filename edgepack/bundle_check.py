@@ -250,24 +250,21 @@ def _open(artifact: dict[str, Any], path: Path, threads: int):
 
 def _smoke(name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
     """Run every golden sample and compare with the expected outputs at the artifact's tolerance."""
-    from .compare import compare_outputs, merge
     from .formats import RuntimeUnavailable
+    from .targets import Tolerance
+    from .verify import compare_cases  # imported here: verify imports the formats, which are heavy
 
     input_names = [i["name"] for i in manifest["inputs"]]
     output_names = [o["name"] for o in manifest["outputs"]]
+    cases = [(f"golden sample {i}", [golden["inputs"][n][i] for n in input_names],
+              [golden["expected"][n][i] for n in output_names]) for i in range(manifest["golden"]["samples"])]
     tol = artifact["tolerance"]
     try:
-        run = opener()
-        comparisons = []
-        for i in range(manifest["golden"]["samples"]):
-            got = run([golden["inputs"][n][i] for n in input_names])
-            expected = [golden["expected"][n][i] for n in output_names]
-            comparisons.append(compare_outputs(got, expected, tol["atol"], tol["rtol"], tol["min_cosine"], f"golden sample {i}", output_names))
+        verdict = compare_cases(opener(), cases, Tolerance(tol["atol"], tol["rtol"], tol["min_cosine"]), output_names)
     except RuntimeUnavailable as exc:
         result.checks.append(Check(f"smoke {name}", SKIP, f"numerics not verified on this OS: {exc}"))
         return
     except Exception as exc:  # a runtime can fail in any way on a bad file; that is a failed check
         result.add(f"smoke {name}", False, f"the runtime failed: {type(exc).__name__}: {str(exc)[:300]}")
         return
-    verdict = merge(comparisons)
     result.add(f"smoke {name}", verdict.ok, verdict.reason)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from .capture import CapturedModel
 from .compare import Comparison, compare_outputs, merge
 from .formats import Emitted, Format, Runner, RuntimeUnavailable
-from .targets import QUANTIZED_PRECISIONS, FormatSettings
+from .targets import QUANTIZED_PRECISIONS, FormatSettings, Tolerance
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -58,17 +60,25 @@ def compare_runner(run: Runner, captured: CapturedModel, settings: FormatSetting
     quantized = settings.precision in QUANTIZED_PRECISIONS
     cases = [(f"golden sample {i}", s, e) for i, (s, e) in enumerate(zip(captured.samples, captured.expected))]
     cases += [] if quantized else [(c.label, c.sample, c.expected) for c in captured.checks]
+    arrays = [(label, [sample[name].numpy() for name in captured.input_names], expected) for label, sample, expected in cases]
+    return compare_cases(run, arrays, tol, captured.output_names), quantized
+
+
+def compare_cases(run: Runner, cases: list[tuple[str, list[np.ndarray], list[np.ndarray]]], tol: Tolerance,
+                  output_names: list[str]) -> Comparison:
+    """Each (label, input arrays, expected outputs) through `run`, compared within `tol`. A case that
+    fails to run is a failed comparison; RuntimeUnavailable (cannot run on this OS) propagates."""
     comparisons = []
-    for label, sample, expected in cases:
+    for label, inputs, expected in cases:
         try:
-            got = run([sample[name].numpy() for name in captured.input_names])
+            got = run(inputs)
         except RuntimeUnavailable:
             raise
         except Exception as exc:
             comparisons.append(Comparison.error(label, f"running failed: {type(exc).__name__}: {str(exc)[:300]}"))
             continue
-        comparisons.append(compare_outputs(got, expected, tol.atol, tol.rtol, tol.min_cosine, label, captured.output_names))
-    return merge(comparisons), quantized
+        comparisons.append(compare_outputs(got, expected, tol.atol, tol.rtol, tol.min_cosine, label, output_names))
+    return merge(comparisons)
 
 
 def _not_verified(fmt: Format, exc: RuntimeUnavailable) -> SmokeResult:
