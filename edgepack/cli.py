@@ -25,7 +25,7 @@ from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
 from .bundle_check import Verification, verify_bundle
 from .bundle_inspect import inspect_bundle, print_summary
-from .report import BuildReport
+from .report import ArtifactReport, BuildReport
 from .signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
@@ -190,11 +190,20 @@ def _print_summary(reports: list[BuildReport]) -> None:
             if a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
             if a.accuracy is not None:
-                console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}", highlight=False)
+                console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False)
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {problem}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
+
+
+def _size_text(artifact: ArtifactReport) -> str:
+    if not artifact.size_bytes or not artifact.size_before_bytes:
+        return ""
+    text = f"; size {artifact.size_bytes / artifact.size_before_bytes:.2f}x of fp32"
+    if artifact.weight_bytes and artifact.weight_bytes_before:
+        text += f" (weights {artifact.weight_bytes / artifact.weight_bytes_before:.2f}x)"
+    return text
 
 
 def _devices_text(capture: dict) -> str:

@@ -189,15 +189,15 @@ def _emit_all(
         try:
             if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
                 result = fmt.emit(captured, replace(settings, precision="fp32"), path)
+                result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
-            else:
+            else:  # the ladder stabilizes every attempt, so that the sizes it compares are the shipped ones
                 result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)
                 if baseline is not None:
                     baselines[settings.name] = baseline
             fmt.add_companions(result, captured, replace(settings, precision=report.precision))
-            result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
         except UsageError:
             raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
@@ -206,6 +206,7 @@ def _emit_all(
             observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
+        report.weight_bytes = fmt.weight_bytes(path)
         report.requirements, report.notes = result.requirements, result.notes + report.notes
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
@@ -221,7 +222,8 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
-    ladder = Ladder(fmt, captured, settings, folder, data, lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+    ladder = Ladder(fmt, captured, settings, folder, data, path.name,
+                    lambda text: observer.event(f"quantize {fmt.name}", "start", text))
     result = ladder.run()
     shipped = ship(result, path)
     report.precision_requested, report.precision = result.requested, result.precision
@@ -229,6 +231,7 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     report.notes = list(result.notes)
     if result.baseline is not None:
         report.size_before_bytes = size_of(result.baseline.path)
+        report.weight_bytes_before = fmt.weight_bytes(result.baseline.path)
     status = "warn" if result.fell_back else "done"
     figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
     observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")

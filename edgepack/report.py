@@ -48,6 +48,10 @@ class ArtifactReport:
     # fp32 on the evaluation set, and the ladder's attempts (None when the format was built in fp32 as asked).
     precision_requested: str | None = None
     size_before_bytes: int | None = None
+    # Weight data in the artifact and in its fp32 version (Format.weight_bytes): the part of the size
+    # quantization shrinks, so that a ratio above ~0.25 can be told apart from the format's fixed overhead.
+    weight_bytes: int | None = None
+    weight_bytes_before: int | None = None
     latency_before: Latency | None = None
     accuracy: Any = None  # edgepack.quantize.accuracy.Accuracy
     quantization: dict[str, Any] | None = None
@@ -84,6 +88,9 @@ class ArtifactReport:
             "precision_requested": self.precision_requested or self.precision,
             "size_before_bytes": self.size_before_bytes,
             "size_ratio": _ratio(self.size_bytes, self.size_before_bytes),
+            "weight_bytes": self.weight_bytes,
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_ratio": _ratio(self.weight_bytes, self.weight_bytes_before),
             "accuracy": self.accuracy.to_json() if self.accuracy is not None else None,
             "latency_before_ms": self.latency_before.to_json() if self.latency_before else None,
             "latency_ratio": _ratio(self.latency.p50 if self.latency else None,
@@ -205,19 +212,20 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
         return []
     lines = ["", "## Precision", "",
              f"Accuracy against eager fp32 on {quantized[0].quantization['eval_set']}.", "",
-             "| format | requested | shipped | size fp32 | size | ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| format | requested | shipped | size fp32 | size | ratio | weights ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in quantized:
         acc = a.accuracy
         lines.append("| " + " | ".join([
             a.format, a.precision_requested or a.precision, a.precision, _kib(a.size_before_bytes), _kib(a.size_bytes),
-            _fmt(_ratio(a.size_bytes, a.size_before_bytes), "{:.2f}x"),
+            _fmt(_ratio(a.size_bytes, a.size_before_bytes), "{:.2f}x"), _fmt(_ratio(a.weight_bytes, a.weight_bytes_before), "{:.2f}x"),
             _fmt(acc.top1_agreement if acc else None, "{:.4f}"), _fmt(acc.cosine if acc else None, "{:.5f}"),
             _fmt(acc.max_abs_err if acc else None, "{:.3g}"), _fmt(acc.sqnr_db if acc else None, "{:.1f}"),
             _fmt(a.latency_before.p50 if a.latency_before else None, "{:.3f}"), _fmt(a.latency.p50 if a.latency else None, "{:.3f}"),
             _fmt(_ratio(a.latency.p50 if a.latency else None, a.latency_before.p50 if a.latency_before else None), "{:.2f}x"),
         ]) + " |")
-    lines += ["", "Ladder attempts:", ""]
+    lines += ["", "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
+              "quantization scales) is a fixed cost that weighs more the smaller the model.", "", "Ladder attempts:", ""]
     for a in quantized:
         for attempt in a.quantization["attempts"]:
             kept = f" (float: {', '.join(attempt['float_layers'])})" if attempt["float_layers"] else ""

@@ -96,8 +96,8 @@ def run(out: Path, threads: int) -> list[tuple[Case, str, ArtifactReport]]:
 
 def table(rows: list[tuple[Case, str, ArtifactReport]]) -> str:
     lines = ["| model | format | requested | shipped | size fp32 | size | size ratio | top-1 agreement | cosine | "
-             "max abs err | SQNR dB | p50 fp32 ms | p50 ms | latency ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max abs err | SQNR dB | p50 fp32 ms | p50 ms | latency ratio | weights ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, scheme, a in rows:
         acc = a.accuracy
         before = a.latency_before.p50 if a.latency_before else None
@@ -110,6 +110,7 @@ def table(rows: list[tuple[Case, str, ArtifactReport]]) -> str:
             _num(acc.max_abs_err if acc else None, "{:.3g}"), _num(acc.sqnr_db if acc else None, "{:.1f}"),
             _num(before, "{:.3f}"), _num(after, "{:.3f}"),
             _num(after / before if after and before else None, "{:.2f}x"),
+            _num(a.weight_bytes / a.weight_bytes_before if a.weight_bytes and a.weight_bytes_before else None, "{:.2f}x"),
         ]) + " |")
     return "\n".join(lines)
 

@@ -100,6 +100,11 @@ class Format(ABC):
         """The runner to time: the real runtime only, never a stand-in used for checking numerics."""
         return self.open(path, threads)
 
+    def weight_bytes(self, path: Path) -> int | None:
+        """Bytes of weight data in the saved artifact (what quantization shrinks); the rest of its size is
+        the format's code, graph and names. None when the format cannot tell them apart."""
+        return None
+
     def saved_devices(self, path: Path, keep: set[str]) -> DeviceFindings | None:
         """Device literals left in the saved artifact's code; None when the format records no device
         placement at all (ONNX and Core ML programs leave placement to their runtime)."""

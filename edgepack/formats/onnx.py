@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 import torch
 
 from ..capture import CapturedModel
@@ -76,6 +77,7 @@ class Onnx(Format):
                 notes = notes + ort_quant.quantize(prepared, path, settings.precision, calibration, captured.input_names,
                                                    list(settings.options.get(FLOAT_LAYERS, [])))
             _strip_debug_metadata(path)
+            notes += ort_quant.tidy(path)
         model = onnx.load(str(path))
         if _default_domain_opset(model) != opset:
             raise BuildError(f"The exporter wrote opset {_default_domain_opset(model)}, not the requested {opset}.",
@@ -119,6 +121,9 @@ class Onnx(Format):
         prepared = folder / "prepared.onnx"
         prepared.write_bytes(self._cache[2])
         return prepared, list(self._cache[3])
+
+    def weight_bytes(self, path: Path) -> int | None:
+        return _initializer_bytes(onnx.load(str(path)).graph)
 
     def open(self, path: Path, threads: int) -> Runner:
         options = ort.SessionOptions()
@@ -194,6 +199,15 @@ def _strip_debug_metadata(path: Path) -> None:
         del node.metadata_props[:]
         node.doc_string = ""
     onnx.save(model, str(path))
+
+
+def _initializer_bytes(graph: onnx.GraphProto) -> int:
+    """Bytes of the graph's initializers and Constant tensors, If/Loop bodies included."""
+    tensors = list(graph.initializer) + [attr.t for node in graph.node for attr in node.attribute
+                                         if attr.type == onnx.AttributeProto.TENSOR]
+    total = sum(numpy_helper.to_array(tensor).nbytes for tensor in tensors)
+    return total + sum(_initializer_bytes(attr.g) for node in graph.node for attr in node.attribute
+                       if attr.type == onnx.AttributeProto.GRAPH)
 
 
 def _default_domain_opset(model: onnx.ModelProto) -> int:

@@ -7,6 +7,7 @@ passes that matter run here directly, and the report says which ones changed the
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -91,6 +92,12 @@ class TorchScriptLite(Format):
             return [t.numpy() for t in outputs]
 
         return run
+
+    def weight_bytes(self, path: Path) -> int | None:
+        # Tensor storages are the archive's data/ and constants/ records; the rest is code and pickles.
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist()
+                       if {"data", "constants"} & set(info.filename.split("/")[1:-1]) and not info.filename.endswith(".pkl"))
 
     def saved_devices(self, path: Path, keep: set[str]) -> DeviceFindings:
         return pinned_devices(path, keep=keep)

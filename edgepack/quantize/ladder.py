@@ -19,6 +19,7 @@ from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
 from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
 from ..noise import native_stderr_quiet
+from ..reproducible import stabilize
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure
 from .calibration import Samples
@@ -104,12 +105,15 @@ def needs_calibration(fmt: Format, requested: str) -> bool:
 
 
 class Ladder:
-    """One format's walk down the ladder, building every attempt in `workdir`."""
+    """One format's walk down the ladder, building every attempt in `workdir` under the artifact's
+    final file name (`artifact_name`), made byte-stable as it will ship: a size measured here is
+    the size shipped (a .ptl archive's entries are named after the file, and its debug records are
+    stripped when it ships)."""
 
     def __init__(self, fmt: Format, captured: CapturedModel, settings: FormatSettings, workdir: Path,
-                 data: QuantData, progress: Progress = lambda _: None) -> None:
+                 data: QuantData, artifact_name: str, progress: Progress = lambda _: None) -> None:
         self.fmt, self.captured, self.settings, self.workdir = fmt, captured, settings, workdir
-        self.data, self.progress = data, progress
+        self.data, self.artifact_name, self.progress = data, artifact_name, progress
         self._count = 0
 
     def run(self) -> LadderResult:
@@ -210,7 +214,7 @@ class Ladder:
                     sqnr, cosine = accuracy.sqnr_db, accuracy.cosine
                 except Exception as exc:  # noqa: BLE001 - a layer that cannot run alone ranks as costliest
                     error = f"{type(exc).__name__}: {exc}"
-                remove_path(emitted.path)
+                remove_path(emitted.path.parent)
             found.append({"layer": layer, "sqnr_db": sqnr, "cosine": cosine, **({"error": error} if error else {})})
         self.progress(f"sensitivity of {len(layers)} layers measured (each quantized alone)")
         # Lowest SQNR first: the layer whose quantization alone loses the most signal. Exact (None) is harmless.
@@ -218,15 +222,19 @@ class Ladder:
 
     def _emit(self, scheme: str, float_layers: list[str], calibration: Samples | None) -> tuple[Emitted | None, str]:
         self._count += 1
-        path = self.workdir / f"{self.fmt.name}-{self._count}-{scheme}{self.fmt.suffix}"
+        folder = self.workdir / f"{self.fmt.name}-{self._count}-{scheme}"
+        folder.mkdir()
+        path = folder / self.artifact_name
         settings = replace(self.settings, precision=scheme, options={**self.settings.options, FLOAT_LAYERS: float_layers})
         try:
             with native_stderr_quiet():
-                return self.fmt.emit(self.captured, settings, path, calibration), ""
+                emitted = self.fmt.emit(self.captured, settings, path, calibration)
+            emitted.notes += stabilize(path)
+            return emitted, ""
         except UsageError:
             raise
         except Exception as exc:  # converters fail in many ways; the ladder records it and steps down
-            remove_path(path)
+            remove_path(folder)
             return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     def _calibration_text(self, schemes: list[str]) -> str:

@@ -109,6 +109,23 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
     return notes
 
 
+def tidy(path: Path) -> list[str]:
+    """Drop what the quantizer leaves that no runtime reads: opset imports of domains no node uses (it
+    declares the training and experimental ones too) and the pre-processor's intermediate shapes
+    (onnxruntime infers them again when it loads the model)."""
+    model = onnx.load(str(path))
+    used = {node.domain for node in model.graph.node} | {""}
+    unused = [o.domain for o in model.opset_import if o.domain not in used and o.domain != "ai.onnx"]
+    if not unused and not model.graph.value_info:
+        return []
+    kept = [o for o in model.opset_import if o.domain not in unused]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+    return [f"tidied: removed {len(unused)} unused opset import(s) ({', '.join(unused)}) and the intermediate shapes"]
+
+
 @contextlib.contextmanager
 def _quiet_ort_logging() -> Iterator[None]:
     """ORT's quantization tools log every node at INFO through the root logger."""
