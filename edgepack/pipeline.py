@@ -101,7 +101,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
                                       f"outputs: {', '.join(captured.output_names)}")
     data = samples.measured_on(captured) if samples is not None else None
     if samples is not None:
-        observer.event("quantize", "done", f"accuracy measured on {samples.eval_source}")
+        observer.event("eval data", "done", f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
     return [build_target(captured, target, request, observer, data) for target in targets]
 
 
