@@ -7,7 +7,7 @@ every value the type the program declares) and evaluates the main function op by
 
 * ops coremltools can constant-fold run through their own ``value_inference`` (the reference
   semantics), except the few listed in ``_NOT_REFERENCE``;
-* the rest (conv, pooling, norms, resizing, LSTM, scatter, the compressed-weight ``constexpr_*``
+* the rest (conv, pooling, norms, resizing, resample, LSTM, scatter, the compressed-weight ``constexpr_*``
   ops, control flow, ...) run through the NumPy implementations registered below.
 
 fp16: every value is rounded to the dtype the program declares for it, so a FLOAT16 program is

@@ -791,6 +791,6 @@ def test_supported_op_types_cover_the_converter_output() -> None:
               "tile", "gather", "gather_along_axis", "gather_nd", "scatter", "scatter_nd", "scatter_along_axis",
               "reduce_mean", "select", "cast", "scaled_dot_product_attention", "lstm", "while_loop", "cond",
               "constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-              "constexpr_blockwise_shift_scale"}
+              "constexpr_blockwise_shift_scale", "resample"}
     assert needed <= supported, needed - supported
     assert "random_uniform" not in supported  # nothing to compare a random op with
