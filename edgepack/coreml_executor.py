@@ -7,7 +7,7 @@ every value the type the program declares) and evaluates the main function op by
 
 * ops coremltools can constant-fold run through their own ``value_inference`` (the reference
   semantics), except the few listed in ``_NOT_REFERENCE``;
-* the rest (conv, pooling, norms, resizing, LSTM, scatter, the compressed-weight ``constexpr_*``
+* the rest (conv, pooling, norms, resizing, resample, LSTM, scatter, the compressed-weight ``constexpr_*``
   ops, control flow, ...) run through the NumPy implementations registered below.
 
 fp16: every value is rounded to the dtype the program declares for it, so a FLOAT16 program is
@@ -705,6 +705,95 @@ def _resize(op: Any) -> np.ndarray:
         else:
             y = _linear_along(y, axis, _grid(x.shape[axis], out_shape[axis], mode))
     return y
+
+
+# --- resampling (grid_sample) ----------------------------------------------------------------
+# MIL `resample` (iOS15+): x (B, C, H, W) sampled at coordinates (B, H2, W2, 2), given as (x, y).
+# Positions are worked out in pixel units, where pixel i's centre is at i; the padding rule then
+# says what lies outside the image. torch's grid_sample maps to it (frontend `grid_sampler`):
+# zeros -> constant 0, border -> border, reflection -> reflection (align_corners=True) or
+# symmetric (align_corners=False), always with normalized_minus_one_to_one coordinates.
+
+
+def _pixel_positions(coords: np.ndarray, size: int, mode: str, align_corners: bool) -> np.ndarray:
+    """Coordinates along one axis as pixel positions."""
+    if mode == "unnormalized":
+        # Already pixel positions; align_corners is ignored, as the sibling op `affine` documents
+        # (and as TensorFlow's Resampler, the frontend that emits this mode, means it).
+        return coords
+    if mode == "normalized_minus_one_to_one":
+        unit = (coords + 1) / 2
+    elif mode == "normalized_zero_to_one":
+        unit = coords
+    else:
+        raise NotImplementedError(f"resample coordinates_mode '{mode}'")
+    # align_corners: the extremes are the centres of the corner pixels; otherwise their outer edges.
+    return unit * (size - 1) if align_corners else unit * size - 0.5
+
+
+def _mirror(positions: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Fold positions into [low, high] by mirroring at both ends, as often as it takes."""
+    span = high - low
+    if span <= 0:
+        return np.full_like(positions, low)
+    distance = np.abs(positions - low)
+    flips = np.floor(distance / span)
+    extra = distance - flips * span
+    return np.where(flips % 2 == 0, low + extra, high - extra)
+
+
+def _fold_into_image(positions: np.ndarray, size: int, padding: str) -> np.ndarray:
+    """Positions outside the image moved to the in-image position whose value the padding repeats.
+
+    reflection mirrors about the edge pixels' centres (|1 2 3| -> 3 2 |1 2 3| 2 1), symmetric about
+    their outer edges (2 1 |1 2 3| 3 2); interpolating the folded position is interpolating the
+    padded image. constant is left to the sampler (outside is padding_value).
+    """
+    if padding == "constant":
+        return positions
+    if padding == "reflection":
+        positions = _mirror(positions, 0.0, size - 1.0)
+    elif padding == "symmetric":
+        positions = _mirror(positions, -0.5, size - 0.5)
+    elif padding != "border":
+        raise NotImplementedError(f"resample padding_mode '{padding}'")
+    return np.clip(positions, 0, size - 1)
+
+
+def _pixels_at(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, outside: float) -> np.ndarray:
+    """x[b, :, rows[b], cols[b]] as (B, C, H2, W2); `outside` where (row, col) is not in the image."""
+    height, width = x.shape[-2:]
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    batch = np.arange(x.shape[0]).reshape(-1, 1, 1)
+    # The advanced indices around the channel slice put their dims first: (B, H2, W2, C).
+    values = np.moveaxis(x[batch, :, np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)], -1, 1)
+    return np.where(inside[:, None], values, np.float32(outside))
+
+
+@_register("resample")
+def _resample(op: Any) -> np.ndarray:
+    x, coords = _f32(op, "x"), _f32(op, "coordinates")
+    if x.shape[0] != coords.shape[0]:  # a flexible batch the declared shapes could not check
+        raise RuntimeError(f"resample '{op.name}': x has batch {x.shape[0]}, coordinates {coords.shape[0]}")
+    mode, padding = str(_val(op, "coordinates_mode")), str(_val(op, "padding_mode"))
+    align_corners = bool(_val(op, "align_corners"))
+    # Other paddings fold every position into the image; only a zero-weight bilinear neighbour
+    # past the last pixel is then outside, and must not bring padding_value (say inf) along.
+    outside = float(_val(op, "padding_value", 0.0)) if padding == "constant" else 0.0
+    height, width = x.shape[-2:]
+    cols = _fold_into_image(_pixel_positions(coords[..., 0], width, mode, align_corners), width, padding)
+    rows = _fold_into_image(_pixel_positions(coords[..., 1], height, mode, align_corners), height, padding)
+    sampling = str(_val(op, "sampling_mode"))
+    if sampling == "nearest":
+        # The MIL docs leave ties open; round half to even, like torch's nearbyint.
+        return _pixels_at(x, np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64), outside)
+    if sampling != "bilinear":
+        raise NotImplementedError(f"resample sampling_mode '{sampling}'")
+    top, left = np.floor(rows), np.floor(cols)
+    down, right = (rows - top)[:, None], (cols - left)[:, None]
+    top, left = top.astype(np.int64), left.astype(np.int64)
+    return ((1 - down) * ((1 - right) * _pixels_at(x, top, left, outside) + right * _pixels_at(x, top, left + 1, outside))
+            + down * ((1 - right) * _pixels_at(x, top + 1, left, outside) + right * _pixels_at(x, top + 1, left + 1, outside)))
 
 
 # --- recurrent -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class CausalAttention(nn.Module):
 
 
 class Warp(nn.Module):
-    """grid_sample becomes Core ML's `resample`, an op the reference executor does not implement."""
+    """grid_sample on a computed grid becomes Core ML's `resample` (bilinear, zero padding)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +48,19 @@ class Warp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.base + 0.1 * torch.tanh(self.flow(x)).permute(0, 2, 3, 1)
         return F.grid_sample(x, grid, align_corners=False)
+
+
+class AffineWarp(nn.Module):
+    """affine_grid feeding grid_sample becomes Core ML's `affine`, an op the reference executor does not implement."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.register_buffer("theta", torch.tensor([[[0.9, 0.1, 0.05], [-0.1, 1.1, 0.0]]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = F.affine_grid(self.theta, [1, 2, 6, 6], align_corners=True)
+        return F.grid_sample(self.conv(x), grid, align_corners=True)
 
 
 def make_small_cnn() -> SmallCNN:

@@ -19,6 +19,7 @@ import torch
 
 from edgepack.capture import CapturedModel, capture
 from edgepack.compare import cosine_similarity
+from edgepack.coreml_executor import supported_op_types
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
 from edgepack.formats.base import FLOAT_LAYERS, PRECISIONS
@@ -364,18 +365,33 @@ def test_inputs_and_outputs_must_match_what_edgepack_recorded(emit, captured):
 # --- the pipeline ----------------------------------------------------------------------------
 
 
-def test_an_op_the_executor_lacks_is_skipped_by_name_in_the_build(tmp_path):
+def test_a_grid_sample_model_passes_its_smoke_test_in_the_build(tmp_path):
+    """grid_sample converts to `resample`, which the reference executor evaluates: verified, not skipped."""
     target = write_fast_target(tmp_path, "coreml-only", '[formats.coreml]\nprecision = "fp32"\n')
     report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:Warp",
                                 inputs=[parse_input_spec("x=1x2x6x6")], out_dir=tmp_path / "dist"))[0]
     coreml = report.artifacts[0]
     assert "resample" in coreml.requirements["operators"]
+    assert coreml.smoke.status == "passed", coreml.smoke.reason
+    assert coreml.smoke.max_abs_err is not None and coreml.smoke.max_abs_err <= 1e-4
+    assert report.ok
+
+
+def test_an_op_the_executor_lacks_is_skipped_by_name_in_the_build(tmp_path):
+    """affine_grid + grid_sample converts to `affine`, which the executor does not implement: the
+    smoke test says so by name and is `skipped`, never `passed`."""
+    assert "affine" not in supported_op_types()
+    target = write_fast_target(tmp_path, "coreml-only", '[formats.coreml]\nprecision = "fp32"\n')
+    request = BuildRequest(targets=[str(target)], model=f"{MODELS}:AffineWarp", inputs=[parse_input_spec("x=1x2x6x6")],
+                           out_dir=tmp_path / "dist")
+    report = build(request)[0]
+    coreml = report.artifacts[0]
+    assert "affine" in coreml.requirements["operators"]
     assert coreml.smoke.status == "skipped"
-    assert "cannot evaluate op(s) resample" in coreml.smoke.reason
+    assert "cannot evaluate op(s) affine" in coreml.smoke.reason
     assert coreml.smoke.max_abs_err is None
     assert report.ok  # not verified is not failed, unless --strict
-    strict = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:Warp", inputs=[parse_input_spec("x=1x2x6x6")],
-                                out_dir=tmp_path / "strict", strict=True))[0]
+    strict = build(dataclasses.replace(request, out_dir=tmp_path / "strict", strict=True))[0]
     assert not strict.ok
 
 

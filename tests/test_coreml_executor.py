@@ -533,6 +533,139 @@ def test_compressed_weights_match_dequantized_expectation(name: str, workdir: Pa
     assert min_cosine is None or cosine >= min_cosine
 
 
+# --- resample (torch grid_sample) ------------------------------------------------------------
+
+GRID_SAMPLE_MODES = [(mode, padding, align_corners) for mode in ("bilinear", "nearest")
+                     for padding in ("zeros", "border", "reflection") for align_corners in (True, False)]
+
+
+def _grid_sample_name(mode: str, padding: str, align_corners: bool) -> str:
+    return f"{mode}_{padding}_{'corners' if align_corners else 'edges'}"
+
+
+class GridSamples(nn.Module):
+    """Every grid_sample mode combination on one input and grid: one output each."""
+
+    def forward(self, x: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+                     for mode, padding, align_corners in GRID_SAMPLE_MODES)
+
+
+def _grid_sample_examples() -> dict[str, torch.Tensor]:
+    """x 1x2x5x6 and a 1x4x3x2 grid, a third of it outside [-1, 1] (two corners far enough out to
+    reflect twice), and no pixel position near a nearest-neighbour tie (k + 0.5) for either
+    align_corners: rounding coordinates to fp16 moves them by < 0.005 pixels, and must not pick
+    the other neighbour."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 2, 5, 6, generator=generator)
+    grid = torch.empty(1, 4, 3, 2).uniform_(-1.5, 1.5, generator=generator)
+    grid[0, 0, 0], grid[0, 3, 2] = torch.tensor([-2.9, 2.7]), torch.tensor([3.3, -3.1])
+    for size, coords in ((6, grid[..., 0]), (5, grid[..., 1])):
+        for pixels in ((coords + 1) / 2 * (size - 1), (coords + 1) / 2 * size - 0.5):
+            assert (pixels - pixels.floor() - 0.5).abs().min() > 0.01
+    assert 0.25 < (grid.abs() > 1).float().mean() < 0.5
+    return {"x": x, "grid": grid}
+
+
+def _string_constants(package: Path) -> set[str]:
+    spec = ct.utils.load_spec(str(package))
+    function = spec.mlProgram.functions["main"]
+    return {s for op in function.block_specializations[function.opset].operations if op.type == "const"
+            for s in op.attributes["val"].immediateValue.tensor.strings.values}
+
+
+@pytest.fixture(scope="module")
+def grid_samples(workdir: Path) -> Callable[[str], Built]:
+    """One package per precision holding every combination (two conversions instead of 24)."""
+    cache: dict[str, Built] = {}
+
+    def get(precision: str) -> Built:
+        if precision not in cache:
+            model, examples = GridSamples().eval(), _grid_sample_examples()
+            outputs = tuple(_grid_sample_name(*modes) for modes in GRID_SAMPLE_MODES)
+            package = _convert(model, examples, workdir / f"grid_samples_{precision}.mlpackage", precision, outputs=outputs)
+            # torch's reflection is Core ML's reflection with align_corners, symmetric without.
+            assert _program_ops(package) - {"const", "cast"} == {"resample"}
+            assert {"constant", "border", "reflection", "symmetric", "bilinear", "nearest"} <= _string_constants(package)
+            cache[precision] = Built(model, examples, package)
+        return cache[precision]
+
+    return get
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("modes", GRID_SAMPLE_MODES, ids=lambda modes: _grid_sample_name(*modes))
+def test_resample_matches_grid_sample(modes: tuple, precision: str, grid_samples: Callable[[str], Built]) -> None:
+    built = grid_samples(precision)
+    name = _grid_sample_name(*modes)
+    got = run_package(built.package, {k: v.numpy() for k, v in built.examples.items()})[name]
+    expected = _eager(built.model, built.examples)[GRID_SAMPLE_MODES.index(modes)]
+    assert got.shape == expected.shape == (1, 2, 4, 3)
+    err, rel = _max_err(got, expected)
+    print(f"\n[executor] resample {name:28s} {precision}: max abs err {err:.2e}")
+    assert rel <= {"fp32": 1e-6, "fp16": TOLERANCE["fp16"]}[precision]
+
+
+# The 1D examples in coremltools' resample docstring, |1, 2, 3| padded to each side, here sampled
+# with nearest at unnormalized (pixel) positions -3 .. 5.
+RESAMPLE_DOC_PADDING = {
+    "constant": [0, 0, 0, 1, 2, 3, 0, 0, 0],
+    "border": [1, 1, 1, 1, 2, 3, 3, 3, 3],
+    "reflection": [2, 3, 2, 1, 2, 3, 2, 1, 2],
+    "symmetric": [3, 2, 1, 1, 2, 3, 3, 2, 1],
+}
+
+
+def _positions(*xs: float, y: float = 0.0) -> np.ndarray:
+    """resample coordinates (x, y) for a 1x1x1xN output."""
+    return np.stack([np.array(xs, np.float32), np.full(len(xs), y, np.float32)], -1).reshape(1, 1, -1, 2)
+
+
+def _run_resamples(variants: dict[str, dict], path: Path) -> dict[str, np.ndarray]:
+    """One resample op per variant (keyword arguments over defaults) on the image |1, 2, 3|."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1, 1, 3))], opset_version=ct.target.iOS16)
+    def program(x):
+        return tuple(mb.resample(x=x, name=name, **{"padding_value": 0.0, "align_corners": False, **options})
+                     for name, options in variants.items())
+
+    with quiet_converter():
+        ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                   compute_precision=ct.precision.FLOAT32).save(str(path))
+    return run_package(path, {"x": np.array([1, 2, 3], np.float32).reshape(1, 1, 1, 3)})
+
+
+def test_resample_modes_torch_never_emits_match_coremltools_docs(workdir: Path) -> None:
+    """Padding modes against the docstring's examples, plus what only other frontends emit:
+    unnormalized (pixel) and [0, 1] coordinates, a non-zero padding value."""
+    pixels = _positions(*range(-3, 6))
+    variants = {padding: {"coordinates": pixels, "sampling_mode": "nearest", "padding_mode": padding,
+                          "coordinates_mode": "unnormalized"} for padding in RESAMPLE_DOC_PADDING}
+    # y = 0.5 is the middle of the one-pixel-high image in [0, 1] coordinates, either align_corners.
+    variants |= {f"unit_{a}": {"coordinates": _positions(-0.25, 0.25, 1, 2.5, y=0.5), "sampling_mode": "bilinear",
+                               "padding_mode": "constant", "align_corners": a, "coordinates_mode": "normalized_zero_to_one"}
+                 for a in (True, False)}
+    variants["pad_7"] = {"coordinates": _positions(-0.25, 0.25, 1, 2.5), "sampling_mode": "bilinear",
+                         "padding_mode": "constant", "padding_value": 7.0, "coordinates_mode": "unnormalized"}
+    got = _run_resamples(variants, workdir / "resample_doc.mlpackage")
+
+    for padding, padded in RESAMPLE_DOC_PADDING.items():
+        np.testing.assert_array_equal(got[padding].ravel(), padded, err_msg=padding)
+    # [0, 1] spans the corner pixels' centres (pixel positions 0 .. 2) with align_corners, their
+    # outer edges (-0.5 .. 2.5) without; outside the image, bilinear mixes in the padding value.
+    np.testing.assert_allclose(got["unit_True"].ravel(), [0.5, 1.5, 3, 0], atol=1e-6)
+    np.testing.assert_allclose(got["unit_False"].ravel(), [0, 1.25, 1.5, 0], atol=1e-6)
+    np.testing.assert_allclose(got["pad_7"].ravel(), [2.5, 1.25, 2, 5], atol=1e-6)
+
+
+def test_resample_sampling_mode_it_does_not_know_is_unsupported_not_guessed(workdir: Path) -> None:
+    bicubic = {"coordinates": _positions(0.5), "sampling_mode": "bicubic", "padding_mode": "border",
+               "coordinates_mode": "unnormalized"}
+    with pytest.raises(UnsupportedOp, match="resample sampling_mode 'bicubic'") as raised:
+        _run_resamples({"bicubic": bicubic}, workdir / "resample_bicubic.mlpackage")
+    assert raised.value.op_types == ["resample"]
+
+
 # --- the check can fail ----------------------------------------------------------------------
 
 
@@ -658,6 +791,6 @@ def test_supported_op_types_cover_the_converter_output() -> None:
               "tile", "gather", "gather_along_axis", "gather_nd", "scatter", "scatter_nd", "scatter_along_axis",
               "reduce_mean", "select", "cast", "scaled_dot_product_attention", "lstm", "while_loop", "cond",
               "constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-              "constexpr_blockwise_shift_scale"}
+              "constexpr_blockwise_shift_scale", "resample"}
     assert needed <= supported, needed - supported
     assert "random_uniform" not in supported  # nothing to compare a random op with
