@@ -350,7 +350,7 @@ def _trace_hazards(
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                retraced = torch.jit.trace(flat, tuple(other[s.name] for s in loaded.inputs), check_trace=False)
+                retraced = trace_module(flat, tuple(other[s.name] for s in loaded.inputs), device)
         except Exception:
             continue  # the other size fails in eager too; the checks will say so
         found += hz.unrolled_loops(traced.inlined_graph, retraced.inlined_graph, symbol)

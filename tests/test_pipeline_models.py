@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from edgepack.inputs import parse_input_spec
-from edgepack.pipeline import BuildRequest, build
+from edgepack.pipeline import BuildRequest, build, diagnose
 
 MODELS = Path(__file__).parent / "models.py"
 
@@ -91,6 +91,15 @@ def test_dataclass_outputs_are_named_by_field(fast_target, tmp_path):
     assert report.ok, report.problems
     manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["mask", "score"]  # aux=None is skipped
+
+
+def test_a_torch_transformer_with_a_dynamic_length_is_not_mistaken_for_an_unrolled_loop():
+    """The unrolled-loop check traces again at another length; that trace must also take the plain ops,
+    or the fused fast path's few nodes against the plain ops' many look like a loop over the length."""
+    result = diagnose(BuildRequest(targets=["android"], model=f"{MODELS}:make_torch_encoder_layer",
+                                   inputs=[parse_input_spec("x=1xSEQ=5x16")]))
+    assert result["ok"] and result["strategy"] == "trace"
+    assert not [h for h in result["hazards"] if h["kind"] == "unrolled_loop"]
 
 
 def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_target, tmp_path):
