@@ -9,6 +9,7 @@ import json
 import linecache
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -262,8 +263,9 @@ def _print_diagnosis(result: dict) -> None:
         console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
     if result.get("rewrites"):
         console.print("\n[bold]device pass[/]", highlight=False)
-        for r in result["rewrites"]:
-            console.print(f"  {r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}", highlight=False)
+        lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]
+        for line, count in Counter(lines).items():  # one line per kind of rewrite: a transformer repeats them per layer
+            console.print(f"  {line}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
     if result["ok"]:
         console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
