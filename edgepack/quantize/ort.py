@@ -33,6 +33,7 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
 # itself covers every op ORT supports, so pooling and reshapes stay int8 between them.
 STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
 CONV_OPS = ("Conv", "ConvTranspose")
+RECURRENT_OPS = ("LSTM", "GRU")
 
 
 class SamplesReader(CalibrationDataReader):
@@ -99,6 +100,10 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=kept)
                 notes.append(f"QDQ, per-channel weights, min-max ranges from {len(calibration)} calibration samples")
+                recurrent = sorted({node.op_type for node in graph.node if node.op_type in RECURRENT_OPS})
+                if recurrent:
+                    notes.append(f"{', '.join(recurrent)} nodes stay float in int8-static (onnxruntime quantizes them "
+                                 "dynamically only); int8-dynamic quantizes them")
             else:
                 raise BuildError(f"ONNX has no {scheme} scheme here.", "Report this: the ladder asked for it.")
         except BuildError:

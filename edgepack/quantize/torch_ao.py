@@ -28,6 +28,7 @@ from .calibration import Samples
 ENGINE = "qnnpack"
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding)
 STATIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DYNAMIC_ONLY_TYPES = (nn.LSTM, nn.GRU, nn.Embedding)
 # The capture wraps the user's model as the `model` attribute of a FlatModel.
 _WRAPPER_PREFIX = "model."
 
@@ -71,6 +72,10 @@ def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | N
                 notes.append("convolutions stay float in dynamic int8; int8-static quantizes them")
         elif scheme == "int8-static":
             module = _static(captured, calibration, kept)
+            unquantized = sorted({type(m).__name__ for m in captured.loaded.module.modules() if isinstance(m, DYNAMIC_ONLY_TYPES)})
+            if unquantized:
+                notes.append(f"{', '.join(unquantized)} layers stay float in int8-static (graph-mode static quantization has "
+                             "no kernels for them); int8-dynamic quantizes them")
         else:
             raise BuildError(f"TorchScript Lite has no {scheme} scheme.", "Report this: the ladder asked for it.")
     return module, notes
