@@ -77,6 +77,8 @@ class TorchScriptLite(Format):
             "runtime": "PyTorch lite interpreter (pytorch_android_lite / LibTorch-Lite)",
             "bytecode_version": written,
             "operators": operators,
+            # An app calls forward(...).toTuple(): the lite module returns a tuple even for one output.
+            "returns": "a tuple of tensors in the manifest's output order (a 1-tuple for one output)",
         }
         return Emitted(path, requirements, notes)
 
