@@ -165,3 +165,22 @@ def make_tiny_minilm() -> nn.Module:
 
     torch.manual_seed(0)
     return MiniLMEncoder(layers=1, width=32, heads=2, ffn=64, vocab=100, max_tokens=32).eval()
+
+
+class TinyRecurrent(nn.Module):
+    """A projection, an LSTM and a head: static int8 quantizes the Linear layers, not the LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 8)
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.rnn(torch.relu(self.proj(x)))
+        return self.head(hidden[:, -1])
+
+
+def make_tiny_recurrent() -> TinyRecurrent:
+    torch.manual_seed(0)
+    return TinyRecurrent().eval()

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.jit.mobile import _load_for_lite_interpreter
 from onnx import numpy_helper
 
 from edgepack.capture import capture
@@ -72,6 +73,14 @@ def test_lite_model_of_other_weights_fails(emitted, captured, tmp_path):
     result = smoke_test(FORMATS["torchscript_lite"], type(emitted["onnx"])(broken, {}), captured,
                         settings("torchscript_lite"), threads=1)
     assert result.status == "failed"
+
+
+def test_lite_module_returns_a_tuple_even_for_one_output_as_its_requirements_say(emitted, captured):
+    requirement = emitted["torchscript_lite"].requirements["returns"]
+    assert "tuple" in requirement and len(captured.output_names) == 1
+    module = _load_for_lite_interpreter(str(emitted["torchscript_lite"].path))
+    result = module(*(captured.samples[0][name] for name in captured.input_names))
+    assert isinstance(result, tuple) and len(result) == 1
 
 
 def test_lite_backport_to_an_older_bytecode(captured, tmp_path):

@@ -118,6 +118,19 @@ def test_a_budget_int8_cannot_meet_walks_the_ladder_to_fp32(tmp_path):
     assert any("int8-static missed the accuracy budget; shipped fp32" in note for note in onnx.notes)
 
 
+def test_int8_static_says_that_recurrent_layers_stay_float(tmp_path):
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(8, 1, 5, 6)).astype(np.float32))
+    target = write_fast_target(tmp_path, "rnn", formats='[formats.torchscript_lite]\nprecision = "int8-static"\n'
+                                                       '[formats.onnx]\nprecision = "int8-static"\nopset = 18\n')
+    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_tiny_recurrent",
+                                inputs=[parse_input_spec("x=1x5x6")], calibration=str(tmp_path / "calib.npz"),
+                                out_dir=tmp_path / "dist"))[0]
+    notes = {a.format: " ".join(a.notes) for a in report.artifacts}
+    assert "LSTM layers stay float in int8-static" in notes["torchscript_lite"]
+    assert "LSTM nodes stay float in int8-static" in notes["onnx"]
+    assert all("int8-dynamic quantizes them" in text for text in notes.values())
+
+
 def test_user_model_per_format_precision_with_its_own_calibration_and_eval_data(tmp_path):
     """A Linear-only user model, precisions chosen per format by the target file, the user's .npz data."""
     rng = np.random.default_rng(0)
