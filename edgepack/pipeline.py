@@ -34,6 +34,7 @@ from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
 _BEFORE = "fp32 before "  # key prefix of the float artifact a quantized one is compared with
+UNSTEADY_SPREAD = 3.0  # p90 / p50 beyond which a run's timings are reported as unsteady
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -299,6 +300,9 @@ def _bench_all(
             if settings.footprint:
                 _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
     eager = timed[EAGER]
+    for report in artifacts:
+        if report.latency is not None:
+            _note_if_unsteady(report, eager)
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
 
@@ -313,10 +317,26 @@ def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads
 
 
 def _note_if_slower(report: ArtifactReport) -> None:
+    """Slower only when the quantized median is beyond the fp32 run's own spread (its p90); a few percent
+    either way on a shared host is noise, and is said as such."""
     after, before = report.latency, report.latency_before
-    if after is not None and before is not None and after.p50 > before.p50:
-        report.notes.append(f"{report.precision} is slower than fp32 here: p50 {after.p50:.3f} ms vs {before.p50:.3f} ms "
-                            f"({after.p50 / before.p50:.2f}x) on this host")
+    if after is None or before is None or after.p50 <= before.p50:
+        return
+    figures = f"p50 {after.p50:.3f} ms vs {before.p50:.3f} ms ({after.p50 / before.p50:.2f}x)"
+    if after.p50 > before.p90:
+        report.notes.append(f"{report.precision} is slower than fp32 on this host: {figures}")
+    else:
+        report.notes.append(f"{report.precision} is no faster than fp32 on this host: {figures}, within the fp32 "
+                            f"timings' spread (p90 {before.p90:.3f} ms)")
+
+
+def _note_if_unsteady(report: ArtifactReport, eager: Latency) -> None:
+    """A p90 far above the p50 means other work shared the CPU: the ratios of this run are not to be trusted."""
+    for label, latency in (("eager PyTorch", eager), (report.format, report.latency)):
+        if latency is not None and latency.p90 > UNSTEADY_SPREAD * latency.p50:
+            report.notes.append(f"timings unsteady: {label}'s p90 is {latency.p90 / latency.p50:.0f}x its p50 "
+                                "(the host was busy); compare latencies from a quiet machine")
+            return
 
 
 def _bound(run, arrays):

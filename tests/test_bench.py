@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.bench import measure_footprint, time_interleaved
+from edgepack.bench import Latency, measure_footprint, time_interleaved
 from edgepack.benchmarks.suite import Case, Row, run_case
 from edgepack.benchmarks.table import TARGETS, check_targets, markdown, to_json
+from edgepack.pipeline import _note_if_slower, _note_if_unsteady
+from edgepack.report import ArtifactReport
 from edgepack.targets import BenchSettings
 
 TINY = BenchSettings(threads=1, warmup=1, min_runs=5, max_runs=5, min_seconds=0.0)
@@ -89,3 +91,28 @@ def test_targets_met_not_met_and_missing():
     int8 = checks["ONNX int8 vs ONNX fp32"]
     assert int8.status == "not measured" and "no onnx int8" in int8.distance
     assert "| resnet_style | ONNX fp32 vs eager | <= 0.40x | 0.30x | 0.50x |" in markdown(rows, list(checks.values()), 2)
+
+
+def _latency(p50: float, p90: float) -> Latency:
+    return Latency(p50=p50, p90=p90, p99=p90, mean=p50, runs=30)
+
+
+def test_int8_is_called_slower_only_beyond_the_fp32_spread():
+    clear, noise, faster = (ArtifactReport("onnx", "int8-static") for _ in range(3))
+    clear.latency, clear.latency_before = _latency(2.0, 2.2), _latency(1.0, 1.1)
+    noise.latency, noise.latency_before = _latency(1.02, 1.1), _latency(1.0, 1.2)
+    faster.latency, faster.latency_before = _latency(0.5, 0.6), _latency(1.0, 1.1)
+    for report in (clear, noise, faster):
+        _note_if_slower(report)
+    assert "slower than fp32" in clear.notes[0] and "2.00x" in clear.notes[0]
+    assert "no faster than fp32" in noise.notes[0] and "spread" in noise.notes[0]
+    assert faster.notes == []
+
+
+def test_a_busy_host_makes_the_report_say_its_timings_are_unsteady():
+    steady, busy = ArtifactReport("onnx", "fp32"), ArtifactReport("onnx", "fp32")
+    steady.latency = busy.latency = _latency(0.05, 0.06)
+    _note_if_unsteady(steady, _latency(0.9, 1.1))
+    _note_if_unsteady(busy, _latency(0.9, 208.0))
+    assert steady.notes == []
+    assert "unsteady" in busy.notes[0] and "eager PyTorch" in busy.notes[0]
