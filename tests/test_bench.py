@@ -4,7 +4,6 @@ and the benchmark's table and JSON on a tiny real run. Nothing here asserts a ti
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
