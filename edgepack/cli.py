@@ -164,8 +164,12 @@ def _fail(exc: EdgepackError, json_output: bool) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+# Piped to a file or a CI log, rich would wrap at 80 columns and cut "int8-static" to "int8-s…".
+_PIPED_WIDTH = 140
+
+
 def _print_summary(reports: list[BuildReport]) -> None:
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH, soft_wrap=True)
     for report in reports:
         table = Table(title=f"{report.model} → {report.target}", title_justify="left")
         for column in ("format", "precision", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
