@@ -12,6 +12,8 @@ import pytest
 from edgepack.inputs import parse_input_spec
 from edgepack.pipeline import BuildRequest, build, diagnose
 
+from .conftest import write_fast_target
+
 MODELS = Path(__file__).parent / "models.py"
 
 
@@ -100,6 +102,18 @@ def test_a_torch_transformer_with_a_dynamic_length_is_not_mistaken_for_an_unroll
                                    inputs=[parse_input_spec("x=1xSEQ=5x16")]))
     assert result["ok"] and result["strategy"] == "trace"
     assert not [h for h in result["hazards"] if h["kind"] == "unrolled_loop"]
+
+
+def test_a_torch_transformer_layer_in_dynamic_int8_keeps_attention_projections_float(tmp_path):
+    """MultiheadAttention reads out_proj.weight as a tensor: dynamic int8 leaves that Linear alone, as torch does,
+    instead of failing the first attempt and finding it by sensitivity."""
+    target = write_fast_target(tmp_path, "dyn", formats='[formats.torchscript_lite]\nprecision = "int8-dynamic"\n')
+    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_torch_encoder_layer",
+                                inputs=[parse_input_spec("x=1x5x16")], out_dir=tmp_path / "dist"))[0]
+    [lite] = report.artifacts
+    assert report.ok and lite.precision == "int8-dynamic"
+    assert [(a["ok"], a["float_layers"]) for a in lite.quantization["attempts"]] == [(True, [])]
+    assert any("projections stay float" in note for note in lite.notes)
 
 
 def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_target, tmp_path):

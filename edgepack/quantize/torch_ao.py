@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig, get_default_qconfig,
                                    quantize_dynamic)
 from torch.ao.quantization.quantize_jit import quantize_jit
@@ -53,7 +54,11 @@ def qnnpack_engine() -> Iterator[None]:
 def quantizable_layers(captured: CapturedModel, scheme: str) -> list[str]:
     """Module names of the user's model that `scheme` quantizes (what a sensitivity pass can keep float)."""
     types = {"int8-dynamic": DYNAMIC_TYPES, "int8-static": STATIC_TYPES}.get(scheme, ())
-    return [name for name, module in captured.loaded.module.named_modules() if name and isinstance(module, types)]
+    # nn.MultiheadAttention reads its out_proj's weight tensor directly, which a dynamic int8 Linear does
+    # not have: torch's own default mapping leaves that Linear subclass out, and so does this one.
+    skipped = NonDynamicallyQuantizableLinear if scheme == "int8-dynamic" else ()
+    return [name for name, module in captured.loaded.module.named_modules()
+            if name and isinstance(module, types) and not isinstance(module, skipped)]
 
 
 def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | None,
@@ -70,6 +75,9 @@ def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | N
             module = _dynamic(captured, [n for n in quantized if n not in kept])
             if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in captured.loaded.module.modules()):
                 notes.append("convolutions stay float in dynamic int8; int8-static quantizes them")
+            if any(isinstance(m, nn.MultiheadAttention) for m in captured.loaded.module.modules()):
+                notes.append("nn.MultiheadAttention's input and output projections stay float in dynamic int8 "
+                             "(it reads their weight tensors directly); its feed-forward Linear layers are int8")
         elif scheme == "int8-static":
             module = _static(captured, calibration, kept)
             unquantized = sorted({type(m).__name__ for m in captured.loaded.module.modules() if isinstance(m, DYNAMIC_ONLY_TYPES)})
