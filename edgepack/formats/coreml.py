@@ -173,7 +173,7 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any)
     ct = _ct()
     try:
         return ct.convert(
-            captured.scripted,
+            captured.scripted_copy(),  # the torch frontend edits the graphs of the module it converts
             inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
             outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
             convert_to="mlprogram",
