@@ -165,3 +165,27 @@ def make_tiny_minilm() -> nn.Module:
 
     torch.manual_seed(0)
     return MiniLMEncoder(layers=1, width=32, heads=2, ffn=64, vocab=100, max_tokens=32).eval()
+
+
+class TinyKeywordSpotter(nn.Module):
+    """A keyword-spotting LSTM over a variable number of frames (dimension 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.classify = nn.Linear(8, 3)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.rnn(frames)[0][:, -1])
+
+
+def make_tiny_keyword_spotter() -> TinyKeywordSpotter:
+    torch.manual_seed(0)
+    return TinyKeywordSpotter().eval()
+
+
+class QRHead(nn.Module):
+    """torch.linalg.qr has no ONNX conversion in either of torch's exporters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.qr(x)[1]

@@ -8,6 +8,7 @@ flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic in the graph.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> lis
         _export_dynamo(captured, args, path, opset)
         return ["exporter: torch.export-based (dynamo)"]
     except Exception as first:  # the exporter raises many types; the reason goes into the notes
-        dynamo_reason = short_reason(first, 200)
+        dynamo_reason = _dynamo_reason(first)
     _export_torchscript(captured, args, path, opset, dynamo_reason)
     return [f"exporter: TorchScript-based, on the captured module: the torch.export-based exporter failed ({dynamo_reason})"]
 
@@ -171,6 +172,17 @@ def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int)
             dynamic_shapes=_dynamic_shapes(captured),
         )
     _require_dynamic_dims(captured, path)
+
+
+def _dynamo_reason(exc: Exception) -> str:
+    """The torch.export-based exporter wraps the cause in generic 'step N/3 ... Next steps' text: name
+    the step, then the innermost cause's first line."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    step = re.search(r"step \d+/\d+", strip_ansi(str(exc)))
+    where = f"{type(exc).__name__} at {step.group(0)}" if step else type(exc).__name__
+    return short_reason(exc, 200) if root is exc else f"{where}: {short_reason(root, 200)}"
 
 
 def _dynamic_shapes(captured: CapturedModel) -> tuple | None:
@@ -222,8 +234,10 @@ def _torchscript_failure(exc: Exception, log: str, captured: CapturedModel, opse
                 f"inputs you ship (see the capture's hazards), --capture trace with opset >= {_DYNAMO_MIN_OPSET} in the "
                 "target's [formats.onnx] lets the torch.export-based exporter try.")
     else:
-        hint = "Report this with the model; the exporter said:\n" if _converter_tail(log) else "Report this with the model."
-        hint += _converter_tail(log)
+        hint = ("No ONNX exporter here can export this model as it is: change the part named above (an op without an "
+                "ONNX conversion, say), or build with --allow-partial to ship the other formats.")
+        if _converter_tail(log):
+            hint += "\nThe exporter's last output:\n" + _converter_tail(log)
     return BuildError(message, hint)
 
 
