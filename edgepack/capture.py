@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -92,6 +93,18 @@ class CapturedModel:
     @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.loaded.inputs]
+
+    def scripted_copy(self) -> torch.jit.ScriptModule:
+        """An independent copy of the capture, for converters that edit TorchScript graphs in place.
+
+        coremltools' torch frontend inlines and canonicalizes `forward.graph` of the module it is
+        given; on the shared capture that changed what formats converted after it exported (ONNX node
+        names lost their module scopes), so a build's bytes depended on its other targets. A saved and
+        reloaded module owns its graphs (copy.deepcopy shares them through the class type)."""
+        buffer = io.BytesIO()
+        torch.jit.save(self.scripted, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)
 
     def to_json(self) -> dict:
         document = {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],

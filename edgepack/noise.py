@@ -4,13 +4,15 @@ coremltools and onnx would otherwise bury edgepack's own output (and break `--js
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Messages that are expected on the supported stack and say nothing about the user's model.
 KNOWN_WARNINGS = (
@@ -23,6 +25,7 @@ KNOWN_WARNINGS = (
     r".*no signature found for <torch.ScriptMethod.*",
 )
 _NOISY_LOGGERS = ("coremltools", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "torch.fx")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def filter_known_warnings() -> None:
@@ -31,23 +34,74 @@ def filter_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-@contextlib.contextmanager
-def quiet_converter() -> Iterator[io.StringIO]:
-    """Run a converter with its stdout/stderr captured and its logging lowered to errors.
+class ConverterLog(io.StringIO):
+    """What a converter printed: its Python-level output, then what native code wrote to fds 1 and 2."""
 
-    The captured text is yielded so a failure can quote it.
+    def __init__(self, native: Callable[[], str]) -> None:
+        super().__init__()
+        self._native = native
+
+    def getvalue(self) -> str:
+        return super().getvalue() + self._native()
+
+
+@contextlib.contextmanager
+def quiet_converter() -> Iterator[ConverterLog]:
+    """Run a converter with its output captured and its logging lowered to errors.
+
+    Captured at the file-descriptor level too: torch's TorchScript ONNX exporter prints whole IR
+    graphs from C++ to stdout on failure, which Python's redirection never sees and which would
+    corrupt `--json` (stdout is the build scripts' channel). The captured text is yielded so a
+    failure can quote it.
     """
-    buffer = io.StringIO()
     saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            filter_known_warnings()
-            yield buffer
+        with _native_output_captured() as native:
+            buffer = ConverterLog(native)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                filter_known_warnings()
+                yield buffer
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_output_captured() -> Iterator[Callable[[], str]]:
+    """Point file descriptors 1 and 2 at a scratch file for the block; yield a reader of what landed there."""
+    _flush_all()
+    with tempfile.TemporaryFile() as scratch:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        final: list[str] = []  # what was captured, once the block is over (the scratch file is gone then)
+
+        def read() -> str:
+            if final:
+                return final[0]
+            _flush_all()
+            size = os.fstat(scratch.fileno()).st_size
+            # pread: seeking would move the offset the redirected descriptors write at.
+            return os.pread(scratch.fileno(), size, 0).decode("utf-8", errors="replace")
+
+        try:
+            for fd in saved:
+                os.dup2(scratch.fileno(), fd)
+            yield read
+        finally:
+            final.append(read())
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _flush_all() -> None:
+    """Flush Python's and C's stdio buffers, so that buffered text lands where it was written."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)  # C++ std::cout/cerr write through C stdio
 
 
 @contextlib.contextmanager
@@ -74,3 +128,15 @@ def tail(text: str, lines: int = 12) -> str:
     """The last lines of captured converter output, for an error message."""
     kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
     return "\n".join(kept)
+
+
+def strip_ansi(text: str) -> str:
+    """Text without terminal colour codes (torch.export colours its messages)."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
+def short_reason(exc: BaseException, limit: int = 300) -> str:
+    """'Type: first line of the message', colourless and at most `limit` characters, for notes and errors."""
+    lines = [line.strip() for line in strip_ansi(str(exc)).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."

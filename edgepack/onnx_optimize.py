@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import UsageError, did_you_mean
-from .noise import quiet_converter
+from .noise import quiet_converter, short_reason
 
 LEVELS = ("none", "basic", "extended", "transformer")
 CONTRIB_DOMAIN = "com.microsoft"
@@ -89,7 +89,7 @@ def _step(notes: list[str], what: str, model: onnx.ModelProto,
         notes.append(f"{what}: {nothing}")
         return model
     except Exception as exc:  # optimizers fail in many ways; an unoptimized graph is still correct
-        notes.append(f"{what} skipped: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
+        notes.append(f"{what} skipped: {short_reason(exc, 240)}")
         return model
     notes.append(f"{what}: {_node_count(model)} -> {_node_count(result)} nodes")
     return result

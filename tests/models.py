@@ -168,7 +168,8 @@ def make_tiny_minilm() -> nn.Module:
 
 
 class TinyRecurrent(nn.Module):
-    """A projection, an LSTM and a head: static int8 quantizes the Linear layers, not the LSTM."""
+    """A keyword-spotter shape: a projection, an LSTM over a variable number of frames (dimension 1) and a head.
+    Static int8 quantizes the Linear layers, not the LSTM."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,3 +185,10 @@ class TinyRecurrent(nn.Module):
 def make_tiny_recurrent() -> TinyRecurrent:
     torch.manual_seed(0)
     return TinyRecurrent().eval()
+
+
+class QRHead(nn.Module):
+    """torch.linalg.qr has no ONNX conversion in either of torch's exporters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.qr(x)[1]

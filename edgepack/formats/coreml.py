@@ -30,7 +30,7 @@ from ..capture import CapturedModel
 from ..compare import compare_outputs, merge
 from ..coreml_executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
 from ..errors import BuildError, UsageError, did_you_mean
-from ..noise import quiet_converter, tail
+from ..noise import quiet_converter, strip_ansi, tail
 from ..targets import FormatSettings
 from .base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
@@ -173,7 +173,7 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any)
     ct = _ct()
     try:
         return ct.convert(
-            captured.scripted,
+            captured.scripted_copy(),  # the torch frontend edits the graphs of the module it converts
             inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
             outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
             convert_to="mlprogram",
@@ -181,7 +181,7 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any)
             compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
         )
     except Exception as exc:
-        raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {str(exc)[:500]}",
+        raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
                          tail(log.getvalue()) or "The model uses an op coremltools cannot convert.") from exc
 
 

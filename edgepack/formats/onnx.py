@@ -8,6 +8,7 @@ flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic in the graph.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from ..capture import CapturedModel
 from ..errors import BuildError, UsageError
-from ..noise import quiet_converter, tail
+from ..noise import quiet_converter, short_reason, strip_ansi, tail
 from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
 from .. import ort_format
 from ..targets import FormatSettings
@@ -158,10 +159,9 @@ def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> lis
         _export_dynamo(captured, args, path, opset)
         return ["exporter: torch.export-based (dynamo)"]
     except Exception as first:  # the exporter raises many types; the reason goes into the notes
-        _export_torchscript(captured, args, path, opset)
-        reason = str(first).strip().splitlines()[0][:200] if str(first).strip() else ""
-        return [f"exporter: TorchScript-based, on the captured module: the torch.export-based exporter failed "
-                f"({type(first).__name__}: {reason})"]
+        dynamo_reason = _dynamo_reason(first)
+    _export_torchscript(captured, args, path, opset, dynamo_reason)
+    return [f"exporter: TorchScript-based, on the captured module: the torch.export-based exporter failed ({dynamo_reason})"]
 
 
 def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
@@ -169,20 +169,82 @@ def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int)
         torch.onnx.export(
             captured.eager, args, str(path), input_names=captured.input_names, output_names=captured.output_names,
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
-            dynamic_axes=_dynamic_axes(captured) or None,
+            dynamic_shapes=_dynamic_shapes(captured),
         )
+    _require_dynamic_dims(captured, path)
 
 
-def _export_torchscript(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
+def _dynamo_reason(exc: Exception) -> str:
+    """The torch.export-based exporter wraps the cause in generic 'step N/3 ... Next steps' text: name
+    the step, then the innermost cause's first line."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    step = re.search(r"step \d+/\d+", strip_ansi(str(exc)))
+    where = f"{type(exc).__name__} at {step.group(0)}" if step else type(exc).__name__
+    return short_reason(exc, 200) if root is exc else f"{where}: {short_reason(root, 200)}"
+
+
+def _dynamic_shapes(captured: CapturedModel) -> tuple | None:
+    """dynamic_shapes in the structure torch.export binds them to: FlatModel.forward(*tensors) has one
+    (variadic) parameter, so one entry holding a per-tensor tuple. Axis names are strings, which
+    torch.onnx turns into Dim.DYNAMIC (ranges inferred) and then gives the ONNX dims those names."""
+    axes = _dynamic_axes(captured)
+    if not axes:
+        return None
+    return (tuple(axes.get(name) for name in captured.input_names),)
+
+
+def _require_dynamic_dims(captured: CapturedModel, path: Path) -> None:
+    """torch.export specializes a dimension the model's code pins to its example size, without failing:
+    a graph that lost a declared dynamic dimension is an export failure (the other exporter may keep it)."""
+    graph_inputs = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path), load_external_data=False).graph.input}
+    fixed = [f"{name}[{axis}] ({symbol})" for name, axes in _dynamic_axes(captured).items()
+             for axis, symbol in axes.items() if not graph_inputs[name][axis].dim_param]
+    if fixed:
+        raise BuildError(f"the exported graph fixed the dynamic dimension(s) {', '.join(fixed)} to their example size",
+                         "The model's code may pin that dimension (a reshape to a constant, say).")
+
+
+def _export_torchscript(captured: CapturedModel, args: tuple, path: Path, opset: int, dynamo_reason: str = "") -> None:
     with quiet_converter() as log, torch.no_grad():
         try:
-            torch.onnx.export(
-                captured.scripted, args, str(path), input_names=captured.input_names,
+            torch.onnx.export(  # on a copy: the exporter inlines the module's graph in place
+                captured.scripted_copy(), args, str(path), input_names=captured.input_names,
                 output_names=captured.output_names, opset_version=opset, dynamo=False,
                 dynamic_axes=_dynamic_axes(captured) or None,
             )
         except Exception as exc:
-            raise BuildError(f"ONNX export failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
+            raise _torchscript_failure(exc, log.getvalue(), captured, opset, dynamo_reason) from exc
+
+
+def _torchscript_failure(exc: Exception, log: str, captured: CapturedModel, opset: int, dynamo_reason: str) -> BuildError:
+    """A short error: both exporters' reasons when both ran (the torch.export-based one first), and
+    what to do. The exporter's own output is long (whole IR graphs); only a few lines of it are kept."""
+    reason = short_reason(exc, 400)
+    if dynamo_reason:
+        message = f"ONNX export failed with both exporters: torch.export-based: {dynamo_reason}; TorchScript-based: {reason}"
+    else:
+        message = f"ONNX export failed (TorchScript-based exporter): {reason}"
+    if captured.strategy == "trace" and opset < _DYNAMO_MIN_OPSET:
+        hint = (f"the TorchScript exporter cannot export this model at opset {opset}; set opset = {_DYNAMO_MIN_OPSET} "
+                "in the target's [formats.onnx] to use the torch.export-based exporter")
+    elif captured.strategy != "trace":
+        hint = (f"A {captured.strategy} capture can only take the TorchScript exporter. If the trace is faithful for the "
+                f"inputs you ship (see the capture's hazards), --capture trace with opset >= {_DYNAMO_MIN_OPSET} in the "
+                "target's [formats.onnx] lets the torch.export-based exporter try.")
+    else:
+        hint = ("No ONNX exporter here can export this model as it is: change the part named above (an op without an "
+                "ONNX conversion, say), or build with --allow-partial to ship the other formats.")
+        if _converter_tail(log):
+            hint += "\nThe exporter's last output:\n" + _converter_tail(log)
+    return BuildError(message, hint)
+
+
+def _converter_tail(log: str) -> str:
+    """The exporter's last messages, without the IR graph it dumps on failure (hundreds of lines)."""
+    messages = strip_ansi(log).split("Torch IR graph at exception")[0]
+    return "\n".join(line[:200] for line in tail(messages, 5).splitlines())
 
 
 def _dynamic_axes(captured: CapturedModel) -> dict[str, dict[int, str]]:
