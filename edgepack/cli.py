@@ -5,7 +5,6 @@ Exit codes: 0 every artifact passed, 1 a check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
-import json
 import linecache
 import sys
 import traceback
@@ -16,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, jsonio
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
@@ -112,7 +111,7 @@ def build_command(
     if json_output:
         document = reports[0].to_json() if len(reports) == 1 else {
             "ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
-        print(json.dumps(document, indent=2))
+        print(jsonio.dumps(document, indent=2))
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
@@ -159,7 +158,7 @@ def _fail(exc: EdgepackError, json_output: bool) -> None:
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
     if json_output:
-        print(json.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
+        print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
     raise typer.Exit(exc.exit_code)
 
 
@@ -237,7 +236,7 @@ def doctor_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(result, indent=2))
+        print(jsonio.dumps(result, indent=2))
     else:
         _print_diagnosis(result)
     raise typer.Exit(0 if result["ok"] else 1)
@@ -281,7 +280,7 @@ def targets_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps([t.summary() for t in targets], indent=2))
+        print(jsonio.dumps([t.summary() for t in targets], indent=2))
         return
     table = Table(title="edgepack targets", title_justify="left")
     for column in ("target", "formats", "description"):
@@ -323,7 +322,7 @@ def verify_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(result.to_json(), indent=2))
+        print(jsonio.dumps(result.to_json(), indent=2))
     else:
         _print_verification(result)
     raise typer.Exit(0 if result.ok else 1)
@@ -349,7 +348,7 @@ def inspect_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(summary, indent=2))
+        print(jsonio.dumps(summary, indent=2))
     else:
         print_summary(summary, Console(soft_wrap=True))
 
