@@ -5,6 +5,7 @@ Exit codes: 0 every artifact passed, 1 a check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import sys
 import traceback
@@ -20,6 +21,7 @@ from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
 from .manifest import source_date_epoch
+from .noise import stdout_to_stderr
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
 from .bundle_check import Verification, verify_bundle
@@ -102,7 +104,8 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
-        reports = build(request, observer)
+        with stdout_to_stderr() if json_output else contextlib.nullcontext():
+            reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
     except Exception as exc:  # an edgepack bug: say so, with the traceback
@@ -232,7 +235,8 @@ def doctor_command(
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
-        result = diagnose(request)
+        with stdout_to_stderr() if json_output else contextlib.nullcontext():
+            result = diagnose(request)
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
