@@ -55,7 +55,8 @@ def compare_outputs(
             worst_err, worst_cos = math.inf, math.nan
             continue
         both = np.isfinite(e64)  # no mismatch: the non-finite values are the same in both
-        err = float(np.max(np.abs(g64 - e64), initial=0.0, where=both))
+        with np.errstate(invalid="ignore"):  # inf - inf where both are inf: masked out by `where`
+            err = float(np.max(np.abs(g64 - e64), initial=0.0, where=both))
         cos = cosine_similarity(g64[both], e64[both])
         limit = atol + rtol * float(np.max(np.abs(e64), initial=0.0, where=both))
         worst_err, worst_cos = max(worst_err, err), _worst_cosine(worst_cos, cos)
