@@ -16,7 +16,9 @@ their result once, which is how accumulation inside conv/matmul/reductions behav
 hardware (approximately). It is a reference, not a bit-exact model of any one compute unit.
 
 Flexible input shapes: the program then declares symbolic sizes; ops whose output size follows the
-input's (conv, pooling, resizing, reshape, shape) size their results from the run's arrays.
+input's (conv, pooling, resizing, reshape, shape, expand_dims, flatten2d, fill_like, l2_norm,
+slice_by_size) size their results from the run's arrays. Any other op whose value_inference fails on
+a flexible input raises UnsupportedOp naming it (a Symbol leaked from the declared shape).
 """
 
 from __future__ import annotations

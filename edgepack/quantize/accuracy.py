@@ -4,6 +4,7 @@ classifier outputs, cosine similarity, max abs error and SQNR for every output."
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ def measure(run: Runner, data: EvalSet, input_names: list[str]) -> Accuracy:
     )
 
 
-def _worst(values) -> float:
+def _worst(values: Iterable[float]) -> float:
     """The lowest value, nan when any is nan (Python's min would skip it or not, depending on order)."""
     values = list(values)
     return math.nan if any(math.isnan(v) for v in values) else min(values)

@@ -251,6 +251,8 @@ def _why_not(attempt: Attempt) -> str:
         return "could not be built"
     if attempt.reason.startswith("running it failed"):
         return "could not be run here"
+    if attempt.reason.startswith("accuracy cannot be measured"):
+        return "could not be measured on this machine"
     if attempt.accuracy is not None and attempt.accuracy.non_finite:
         return f"missed the accuracy budget ({attempt.accuracy.non_finite_text()})"
     return "missed the accuracy budget"
