@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import jsonio
 from .targets import BenchSettings
 
 # The child process imports this same edgepack, whatever the working directory.
@@ -185,4 +186,4 @@ def _proc_status_kib(key: str) -> float:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    print(jsonio.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))

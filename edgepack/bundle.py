@@ -5,7 +5,6 @@ dist/<model>/<target>/."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import jsonio
 from .capture import CapturedModel
 from .manifest import source_date_epoch
 
@@ -103,7 +103,7 @@ def read_raw(bundle_dir: Path, entry: dict[str, Any]) -> np.ndarray:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    jsonio.write(path, document, indent=2)
 
 
 def sha256_of(path: Path) -> str:

@@ -5,7 +5,7 @@ Exit codes: 0 every artifact passed, 1 a check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import linecache
 import sys
 import traceback
@@ -17,11 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, jsonio
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
 from .manifest import source_date_epoch
+from .noise import stdout_to_stderr
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
 from .bundle_check import Verification, verify_bundle
@@ -104,7 +105,8 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
-        reports = build(request, observer)
+        with stdout_to_stderr() if json_output else contextlib.nullcontext():
+            reports = build(request, observer)
     except EdgepackError as exc:
         _fail(exc, json_output)
     except Exception as exc:  # an edgepack bug: say so, with the traceback
@@ -113,7 +115,7 @@ def build_command(
     if json_output:
         document = reports[0].to_json() if len(reports) == 1 else {
             "ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
-        print(json.dumps(document, indent=2))
+        print(jsonio.dumps(document, indent=2))
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
@@ -160,7 +162,7 @@ def _fail(exc: EdgepackError, json_output: bool) -> None:
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
     if json_output:
-        print(json.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
+        print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
     raise typer.Exit(exc.exit_code)
 
 
@@ -238,11 +240,12 @@ def doctor_command(
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
-        result = diagnose(request)
+        with stdout_to_stderr() if json_output else contextlib.nullcontext():
+            result = diagnose(request)
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(result, indent=2))
+        print(jsonio.dumps(result, indent=2))
     else:
         _print_diagnosis(result)
     raise typer.Exit(0 if result["ok"] else 1)
@@ -287,7 +290,7 @@ def targets_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps([t.summary() for t in targets], indent=2))
+        print(jsonio.dumps([t.summary() for t in targets], indent=2))
         return
     table = Table(title="edgepack targets", title_justify="left")
     for column in ("target", "formats", "description"):
@@ -329,7 +332,7 @@ def verify_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(result.to_json(), indent=2))
+        print(jsonio.dumps(result.to_json(), indent=2))
     else:
         _print_verification(result)
     raise typer.Exit(0 if result.ok else 1)
@@ -355,7 +358,7 @@ def inspect_command(
     except EdgepackError as exc:
         _fail(exc, json_output)
     if json_output:
-        print(json.dumps(summary, indent=2))
+        print(jsonio.dumps(summary, indent=2))
     else:
         print_summary(summary, Console(soft_wrap=True))
 

@@ -7,22 +7,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .jsonio import finite_or_none
+
 
 @dataclass(frozen=True)
 class Comparison:
     ok: bool
     reason: str
-    max_abs_err: float = math.nan
-    cosine: float = math.nan
+    max_abs_err: float = math.nan  # nan: not measured; inf: outputs with inf/NaN where the reference differs
+    cosine: float = math.nan  # nan: not measured, or undefined because of such values
     label: str = ""
+    non_finite: int = 0  # output values that are inf/NaN where the reference's are not (or the reverse)
 
     @staticmethod
     def error(label: str, reason: str) -> "Comparison":
         return Comparison(False, reason, label=label)
 
     def to_json(self) -> dict:
-        return {"label": self.label, "ok": self.ok, "reason": self.reason,
-                "max_abs_err": _finite_or_none(self.max_abs_err), "cosine": _finite_or_none(self.cosine)}
+        return {"label": self.label, "ok": self.ok, "reason": self.reason, "max_abs_err": finite_or_none(self.max_abs_err),
+                "cosine": finite_or_none(self.cosine), "non_finite": self.non_finite}
 
 
 def compare_outputs(
@@ -39,29 +42,56 @@ def compare_outputs(
     names = names or [f"output {i}" for i in range(len(expected))]
     if len(got) != len(expected):
         return Comparison.error(label, f"{len(got)} outputs, expected {len(expected)}")
-    worst_err, worst_cos, failures = 0.0, 1.0, []
+    worst_err, worst_cos, failures, non_finite = 0.0, 1.0, [], 0
     for name, g, e in zip(names, got, expected):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape:  # np broadcasting would hide a wrong shape
             return Comparison.error(label, f"'{name}' has shape {list(g.shape)}, expected {list(e.shape)}")
         g64, e64 = g.astype(np.float64), e.astype(np.float64)
-        if not np.all(np.isfinite(g64)) and np.any(np.isfinite(e64) != np.isfinite(g64)):
-            return Comparison.error(label, f"'{name}' has NaN or infinite values where the reference has none")
-        err = float(np.max(np.abs(g64 - e64), initial=0.0, where=np.isfinite(e64)))
-        cos = cosine_similarity(g64, e64)
-        limit = atol + rtol * float(np.max(np.abs(e64), initial=0.0, where=np.isfinite(e64)))
-        worst_err, worst_cos = max(worst_err, err), min(worst_cos, cos)
+        mismatch = non_finite_mismatch(g64, e64)
+        if mismatch.any():  # an inf/NaN where eager has none is never within tolerance, whatever the rest
+            non_finite += int(mismatch.sum())
+            failures.append(f"'{name}' {non_finite_text(g64, e64, mismatch)}")
+            worst_err, worst_cos = math.inf, math.nan
+            continue
+        both = np.isfinite(e64)  # no mismatch: the non-finite values are the same in both
+        with np.errstate(invalid="ignore"):  # inf - inf where both are inf: masked out by `where`
+            err = float(np.max(np.abs(g64 - e64), initial=0.0, where=both))
+        cos = cosine_similarity(g64[both], e64[both])
+        limit = atol + rtol * float(np.max(np.abs(e64), initial=0.0, where=both))
+        worst_err, worst_cos = max(worst_err, err), _worst_cosine(worst_cos, cos)
         if err > limit:
             failures.append(f"'{name}' max abs error {err:.3g} > {limit:.3g}")
         if cos < min_cosine:
             failures.append(f"'{name}' cosine {cos:.6f} < {min_cosine}")
     reason = "; ".join(failures) if failures else f"within tolerance (max abs error {worst_err:.3g}, cosine {worst_cos:.6f})"
-    return Comparison(not failures, reason, worst_err, worst_cos, label)
+    return Comparison(not failures, reason, worst_err, worst_cos, label, non_finite)
+
+
+def non_finite_mismatch(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Where one array is inf/NaN and the other is not the same inf/NaN (a boolean mask)."""
+    same = (got == expected) | (np.isnan(got) & np.isnan(expected))
+    return ~same & ~(np.isfinite(got) & np.isfinite(expected))
+
+
+def non_finite_text(got: np.ndarray, expected: np.ndarray, mismatch: np.ndarray) -> str:
+    """What a `non_finite_mismatch` mask found, in words: how many values, of how many, and which way."""
+    ours_mask = mismatch & ~np.isfinite(got)
+    ours = int(np.sum(ours_mask))
+    theirs_text = "are finite" if np.all(np.isfinite(expected[ours_mask])) else "differ"
+    text = f"has inf/NaN in {ours} of {got.size} values where eager's {theirs_text}" if ours else ""
+    theirs = int(np.sum(mismatch & np.isfinite(got)))
+    if theirs:
+        text += ("; and " if text else "") + f"is finite in {theirs} of {got.size} values where eager's are inf/NaN"
+    return text
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of the flattened arrays; two all-zero arrays count as identical."""
-    a, b = np.nan_to_num(a.ravel()), np.nan_to_num(b.ravel())
+    """Cosine of the flattened arrays; two all-zero arrays count as identical; nan when either holds inf/NaN
+    (a cosine of such values would be meaningless, and nan fails every `>=` gate)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return math.nan
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 and nb == 0.0:
         return 1.0
@@ -75,19 +105,22 @@ def merge(comparisons: list[Comparison], label: str = "") -> Comparison:
     if not comparisons:
         return Comparison.error(label, "nothing was compared")
     failed = [c for c in comparisons if not c.ok]
+    non_finite = sum(c.non_finite for c in comparisons)
+    # Figures of the samples that were measured; inf/NaN in any sample makes the merged ones inf and nan,
+    # so that a summary never shows the finite samples' error for an artifact that gave inf/NaN.
     errs = [c.max_abs_err for c in comparisons if not math.isnan(c.max_abs_err)]
     coss = [c.cosine for c in comparisons if not math.isnan(c.cosine)]
     worst_err = max(errs) if errs else math.nan
-    worst_cos = min(coss) if coss else math.nan
+    worst_cos = math.nan if non_finite or not coss else min(coss)
     if failed:
         first = failed[0]
         reason = f"{first.label}: {first.reason}" if first.label else first.reason
         if len(failed) > 1:
             reason += f" (and {len(failed) - 1} more of {len(comparisons)} samples)"
-        return Comparison(False, reason, worst_err, worst_cos, label)
+        return Comparison(False, reason, worst_err, worst_cos, label, non_finite)
     return Comparison(True, f"{len(comparisons)} inputs within tolerance "
                             f"(max abs error {worst_err:.3g}, cosine {worst_cos:.6f})", worst_err, worst_cos, label)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else value
+def _worst_cosine(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)

@@ -16,7 +16,9 @@ their result once, which is how accumulation inside conv/matmul/reductions behav
 hardware (approximately). It is a reference, not a bit-exact model of any one compute unit.
 
 Flexible input shapes: the program then declares symbolic sizes; ops whose output size follows the
-input's (conv, pooling, resizing, reshape, shape) size their results from the run's arrays.
+input's (conv, pooling, resizing, reshape, shape, expand_dims, flatten2d, fill_like, l2_norm,
+slice_by_size) size their results from the run's arrays. Any other op whose value_inference fails on
+a flexible input raises UnsupportedOp naming it (a Symbol leaked from the declared shape).
 """
 
 from __future__ import annotations
@@ -317,6 +319,13 @@ def _evaluate(op: Any) -> None:
     except NotImplementedError as exc:
         # Known op, unsupported variant (e.g. an undocumented mode): still "not verified".
         raise UnsupportedOp([op.op_type], f"'{op.name}': {exc}") from exc
+    except Exception as exc:
+        if impl is None and _has_flexible_input(op):
+            # coremltools' value_inference read a declared flexible size (a Symbol) instead of the run's:
+            # that says nothing about the program, only that this executor cannot evaluate the op here.
+            raise UnsupportedOp([op.op_type], f"'{op.name}': coremltools' value_inference needs the input's declared "
+                                              f"shape, which is flexible ({type(exc).__name__}: {exc})") from exc
+        raise
     if result is None:
         raise UnsupportedOp([op.op_type], f"coremltools cannot evaluate '{op.name}' with these inputs")
     if len(op.outputs) == 1:
@@ -327,6 +336,18 @@ def _evaluate(op: Any) -> None:
         raise RuntimeError(f"'{op.name}' ({op.op_type}) gave {len(results)} values for {len(op.outputs)} outputs")
     for var, value in zip(op.outputs, results):
         _store(var, value)
+
+
+def _has_flexible_input(op: Any) -> bool:
+    return any(_types().is_tensor(var.sym_type) and not all(isinstance(d, (int, np.integer)) for d in var.shape)
+               for var in _input_vars(op))
+
+
+def _input_vars(op: Any) -> list[Any]:
+    found = []
+    for value in op.inputs.values():
+        found += list(value) if isinstance(value, (list, tuple)) else [value]
+    return found
 
 
 def _val(op: Any, name: str, default: Any = None) -> Any:
@@ -889,6 +910,45 @@ def _reshape(op: Any) -> np.ndarray:
             j = x.ndim - (len(shape) - i)
             shape[i] = x.shape[j] if 0 <= j < x.ndim else 1
     return x.reshape(shape)
+
+
+
+@_register("expand_dims")
+def _expand_dims(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    out_rank = x.ndim + len(op.axes.val)
+    return np.expand_dims(x, tuple(sorted(int(a) % out_rank for a in op.axes.val)))
+
+
+@_register("flatten2d")
+def _flatten2d(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    axis = int(op.axis.val) + (x.ndim if op.axis.val < 0 else 0)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+@_register("fill_like")
+def _fill_like(op: Any) -> np.ndarray:
+    return np.full(np.shape(op.ref_tensor.val), _val(op, "value", 0.0))
+
+
+@_register("l2_norm")
+def _l2_norm(op: Any) -> np.ndarray:
+    """Normalized over the last three axes, the leading ones being batch (coremltools' definition)."""
+    x = _f32(op, "x")
+    rows = x.reshape(int(np.prod(x.shape[:x.ndim - 3])), -1)
+    squares = np.sum(rows * rows, axis=1, keepdims=True) + float(_val(op, "epsilon", 1e-6))
+    return (rows / np.sqrt(squares)).reshape(x.shape)
+
+
+@_register("slice_by_size")
+def _slice_by_size(op: Any) -> np.ndarray:
+    x = np.asarray(op.x.val)
+    slices = []
+    for axis, (begin, size) in enumerate(zip(np.asarray(op.begin.val).ravel(), np.asarray(op.size.val).ravel())):
+        start = int(begin) + (x.shape[axis] if begin < 0 else 0)
+        slices.append(slice(start, start + int(size)) if size > 0 else slice(start, None))  # size -1: to the end
+    return x[tuple(slices)]
 
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 import numpy as np
 
-from . import __version__
+from . import __version__, jsonio
 from .errors import BuildError, UsageError
 
 if TYPE_CHECKING:  # the verify/inspect commands read manifests without importing torch's stages
@@ -157,7 +157,7 @@ def write_manifest(path: Path, document: dict[str, Any]) -> None:
 
 def dumps(document: dict[str, Any]) -> str:
     """The manifest's one byte form (what gets hashed and signed)."""
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return jsonio.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str,
         "float_layers": (a.quantization or {}).get("float_layers", []),
         "accuracy": a.accuracy.to_json() if a.accuracy else None,
         "capture_strategy": strategy, "requirements": a.requirements, "smoke": a.smoke.status, "devices": a.devices,
-        "smoke_detail": {"reason": a.smoke.reason, "max_abs_err": a.smoke.max_abs_err, "cosine": a.smoke.cosine},
+        "smoke_detail": {key: a.smoke.to_json()[key] for key in ("reason", "max_abs_err", "cosine")},
         "tolerance": vars(settings.tolerance_for(a.precision)),
     }
 

@@ -124,6 +124,30 @@ def native_stderr_quiet() -> Iterator[None]:
             os.close(saved)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout for the block, C++ included, to stderr: with `--json`, stdout
+    holds the one JSON document and nothing else. torch's legacy ONNX exporter, for one, logs the whole
+    TorchScript graph to std::cout when an export fails, past any Python-level redirection."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _flush_c_stdio()  # what C/C++ code buffered goes to stderr too, not after the document
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask (not on the supported platforms)
+        pass
+
+
 def tail(text: str, lines: int = 12) -> str:
     """The last lines of captured converter output, for an error message."""
     kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]

@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from . import jsonio
 from .manifest import source_date_epoch
 
 # Namespace for the Core ML package item identifiers (any fixed UUID would do).
@@ -71,7 +72,7 @@ def _stabilize_mlpackage(package: Path) -> list[str]:
     manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
     # Byte-for-byte how coremltools' libmodelpackage writes it: it rewrites the file whenever it opens
     # the package (the smoke test does), and any other formatting would change the artifact's hash.
-    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    jsonio.write(manifest_path, manifest, indent=4, sort_keys=True)
     notes.append("reproducible: package item identifiers derived from their paths (coremltools writes random UUIDs)")
     for spec_path in (package / "Data").rglob("*.mlmodel"):
         notes += _stabilize_spec(spec_path)

@@ -10,6 +10,7 @@ import numpy as np
 from .capture import CapturedModel
 from .compare import Comparison, compare_outputs, merge
 from .formats import Emitted, Format, Runner, RuntimeUnavailable
+from .jsonio import finite_or_none
 from .targets import QUANTIZED_PRECISIONS, FormatSettings, Tolerance
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -17,13 +18,17 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 @dataclass
 class SmokeResult:
+    """The verdict and the worst figures over the checked inputs. None: not measured; inf (error) and nan
+    (cosine): the artifact gave inf/NaN where eager did not, which the reason spells out (JSON: null)."""
+
     status: str
     reason: str
     max_abs_err: float | None = None
     cosine: float | None = None
 
     def to_json(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "max_abs_err": self.max_abs_err, "cosine": self.cosine}
+        return {"status": self.status, "reason": self.reason, "max_abs_err": finite_or_none(self.max_abs_err),
+                "cosine": finite_or_none(self.cosine)}
 
 
 def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings: FormatSettings, threads: int) -> SmokeResult:
@@ -47,9 +52,16 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
     return SmokeResult(
         PASSED if verdict.ok else FAILED,
         f"{verdict.reason}; {note}" if note else verdict.reason,
-        None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
-        None if math.isnan(verdict.cosine) else verdict.cosine,
+        *_figures(verdict),
     )
+
+
+def _figures(verdict: Comparison) -> tuple[float | None, float | None]:
+    """Max abs error and cosine as measured; nan is 'not measured' (None) unless inf/NaN outputs made it."""
+    if verdict.non_finite:
+        return math.inf, math.nan
+    return (None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
+            None if math.isnan(verdict.cosine) else verdict.cosine)
 
 
 def compare_runner(run: Runner, captured: CapturedModel, settings: FormatSettings) -> tuple[Comparison, bool]:

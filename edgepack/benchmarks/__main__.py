@@ -5,12 +5,12 @@ and the by-hand path, for the demo model, a ResNet-style CNN (224x224) and a Min
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import jsonio
 from ..targets import BenchSettings
 from .suite import CASES, Row, run_case
 from .table import check_targets, markdown, to_json
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows, checks, settings.threads))
     if options.json:
         document = to_json(rows, checks, settings.threads, _settings_json(settings, not options.quick))
-        options.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        jsonio.write(options.json, document, indent=2)
         print(f"JSON written to {options.json}", file=sys.stderr)
     return 0
 

@@ -17,6 +17,7 @@ from ..flatten import flatten_model
 from ..formats import FORMATS, RuntimeUnavailable, known_options
 from ..errors import EdgepackError
 from ..inputs import parse_input_spec, sample_inputs
+from ..jsonio import finite_or_none
 from ..load import LoadedModel, load_model
 from ..pipeline import BuildRequest, build, golden_samples
 from ..targets import BenchSettings, load_target
@@ -247,8 +248,9 @@ def _measure(key: str, loaded: LoadedModel, samples: list[dict[str, torch.Tensor
 
 def _parity(row: Row, got: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> None:
     verdict = merge([compare_outputs(g, r, math.inf, 0.0, -1.0) for g, r in zip(got, reference)])
-    row.max_abs_err = None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err
-    row.cosine = None if math.isnan(verdict.cosine) else verdict.cosine
+    row.max_abs_err, row.cosine = finite_or_none(verdict.max_abs_err), finite_or_none(verdict.cosine)
+    if verdict.non_finite:  # inf/nan figures are no numbers JSON can hold: the note says why there are none
+        row.notes.append(f"inf/NaN in {verdict.non_finite} output values where eager's differ: {verdict.reason}")
 
 
 def _set_latency(row: Row, latency: Latency | None) -> None:

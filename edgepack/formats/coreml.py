@@ -15,7 +15,6 @@ palettize-N is an N-bit k-means lookup table per weight tensor.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import struct
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 from ..capture import CapturedModel
 from ..compare import compare_outputs, merge
 from ..coreml_executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
@@ -294,9 +293,9 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel, precision: str, deploym
     meta["edgepack.capture"] = captured.strategy
     meta["edgepack.precision"] = precision
     meta["edgepack.minimum_deployment_target"] = deployment
-    meta["edgepack.metadata_sources"] = json.dumps(sources, sort_keys=True)
+    meta["edgepack.metadata_sources"] = jsonio.dumps(sources, sort_keys=True)
     if loaded.labels:
-        meta["edgepack.labels"] = json.dumps(loaded.labels)
+        meta["edgepack.labels"] = jsonio.dumps(loaded.labels)
     return sources
 
 

@@ -131,8 +131,7 @@ class Ladder:
             if attempts[-1].ok and emitted is not None:
                 last = attempts[-1]
                 if attempts[0] is not last:
-                    why = "could not be built" if attempts[0].reason.startswith("building failed") else "missed the accuracy budget"
-                    notes.append(f"{attempts[0].precision} {why}; shipped {last.precision}"
+                    notes.append(f"{attempts[0].precision} {_why_not(attempts[0])}; shipped {last.precision}"
                                  + (f" with {', '.join(last.float_layers)} in float" if last.float_layers else "")
                                  + f" ({len(attempts)} attempts in the report)")
                 kept_baseline = baseline if last.precision != "fp32" else None  # fp32 shipped: it is the baseline
@@ -168,7 +167,10 @@ class Ladder:
                 return Attempt(scheme, float_layers, True, f"{scheme} accepted; accuracy not measurable here: {exc}", size)
             return Attempt(scheme, float_layers, False, f"accuracy cannot be measured on this machine: {exc}", size)
         except Exception as exc:  # a runtime can fail in any way on a quantized graph
-            return Attempt(scheme, float_layers, scheme == "fp32", f"running it failed: {type(exc).__name__}: {exc}", size)
+            failure = f"running it failed here: {type(exc).__name__}: {exc}"
+            if scheme == "fp32":  # the reference precision ends the ladder; its smoke test gives the verdict
+                return Attempt(scheme, float_layers, True, f"fp32 accepted (the reference precision); {failure}", size)
+            return Attempt(scheme, float_layers, False, failure, size)
         misses = budget_misses(accuracy, self.settings.accuracy, gate_top1=data.real)
         if scheme == "fp32":  # the reference precision ends the ladder; its smoke test is its gate
             return Attempt(scheme, float_layers, True, accuracy.summary() + ("; misses: " + "; ".join(misses) if misses else ""),
@@ -212,6 +214,8 @@ class Ladder:
                 try:
                     accuracy = self._measure(emitted, probe)
                     sqnr, cosine = accuracy.sqnr_db, accuracy.cosine
+                    if accuracy.non_finite:  # ranks with the failures, first; no nan figure in the report
+                        sqnr, cosine, error = None, None, accuracy.non_finite_text()
                 except Exception as exc:  # noqa: BLE001 - a layer that cannot run alone ranks as costliest
                     error = f"{type(exc).__name__}: {exc}"
                 remove_path(emitted.path.parent)
@@ -239,6 +243,19 @@ class Ladder:
 
     def _calibration_text(self, schemes: list[str]) -> str:
         return self.data.calibration_source if set(schemes) & set(self.fmt.calibrated_precisions) else ""
+
+
+def _why_not(attempt: Attempt) -> str:
+    """Why the first rung did not ship, for the note: built, run, or within budget."""
+    if attempt.reason.startswith("building failed"):
+        return "could not be built"
+    if attempt.reason.startswith("running it failed"):
+        return "could not be run here"
+    if attempt.reason.startswith("accuracy cannot be measured"):
+        return "could not be measured on this machine"
+    if attempt.accuracy is not None and attempt.accuracy.non_finite:
+        return f"missed the accuracy budget ({attempt.accuracy.non_finite_text()})"
+    return "missed the accuracy budget"
 
 
 def ship(result: LadderResult, destination: Path) -> Emitted:
