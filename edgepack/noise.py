@@ -135,17 +135,9 @@ def stdout_to_stderr() -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stdout.flush()
-        _flush_c_stdio()  # what C/C++ code buffered goes to stderr too, not after the document
+        _flush_all()  # what C/C++ code buffered goes to stderr too, not after the document
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _flush_c_stdio() -> None:
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # no C library to ask (not on the supported platforms)
-        pass
 
 
 def tail(text: str, lines: int = 12) -> str:
