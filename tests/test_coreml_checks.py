@@ -202,6 +202,7 @@ def test_compressed_attention_encoder_is_verified(precision, encoder, folder):
     """Embedding table, attention and MLP weights compressed; int64 ids travel as int32."""
     emitted = FMT.emit(encoder, settings(precision), folder / f"encoder-{precision}.mlpackage")
     assert {"gather", "layer_norm", "softmax", COMPRESSION_OP[precision]} <= set(emitted.requirements["operators"])
+    assert emitted.requirements["io_types"]["ids"] == "INT32"  # the manifest says int64: the app must pass Int32
     result = smoke_test(FMT, emitted, encoder, settings(precision, IOS_TOLERANCE), threads=1)
     print(f"\n[coreml] encoder {precision}: {result.reason.split(';')[0]}")
     assert result.status == "passed", result.reason

@@ -93,6 +93,10 @@ class CoreML(Format):
             "specification_version": spec.specificationVersion,
             "compute_precision": _compute_precision(settings.precision),
             "operators": sorted(program_op_types(spec)),
+            # What the app passes and gets back (MLMultiArray types), which can differ from the manifest's
+            # model-level dtypes: Core ML has no int64, so int64 ids travel as INT32.
+            "io_types": {feature.name: _feature_type(feature)[0]
+                         for feature in list(spec.description.input) + list(spec.description.output)},
         }
         notes.append("metadata: " + ", ".join(f"{k} from {v}" for k, v in sources.items()))
         return Emitted(path, requirements, notes)
