@@ -16,8 +16,9 @@ from typing import Protocol
 import torch
 
 from .bench import Latency, measure_footprint, time_interleaved, torch_threads
-from .bundle import StagedBundle, archive_bundle, remove_path, sha256_of, size_of, write_golden, write_json
+from .bundle import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
+from .capture import check_options as check_capture_options
 from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
@@ -76,8 +77,8 @@ class SilentObserver:
 
 def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
     """Build every requested target from one load and one capture of the model."""
-    if request.name is not None and not _NAME_RE.match(request.name):
-        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    _check_options(request)  # every cheap check before the model is loaded
+    check_out_dir(request.out_dir)
     targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
@@ -85,6 +86,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
 
     observer.event("load", "start", request.model or "built-in demo model")
     loaded = _load(request)
+    check_out_dir(request.out_dir / loaded.name)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
@@ -113,6 +115,7 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 def diagnose(request: BuildRequest) -> dict:
     """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    _check_options(request)
     loaded = _load(request)
     try:
         captured = _capture(request, loaded)
@@ -120,6 +123,12 @@ def diagnose(request: BuildRequest) -> dict:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
                 "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
+
+
+def _check_options(request: BuildRequest) -> None:
+    if request.name is not None and not _NAME_RE.match(request.name):
+        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
 
 
 def _load(request: BuildRequest) -> LoadedModel:
