@@ -24,7 +24,7 @@ from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
-from .manifest import write_bundle_manifest
+from .manifest import build_outcome, write_bundle_manifest
 from .reproducible import stabilize
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
@@ -166,7 +166,7 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
                              target.bench.threads, request.strict, request.allow_partial)
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
-        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key)
+        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key, build_outcome(report))
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
