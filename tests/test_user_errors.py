@@ -208,3 +208,11 @@ def test_verify_reports_a_manifest_input_without_golden_vector_as_a_failed_check
 def test_verify_on_a_folder_that_is_not_a_bundle_exits_2(tmp_path):
     result = invoke("verify", tmp_path)
     assert_user_error(result, 2, "is not a bundle: it has no manifest.json")
+
+
+def test_install_into_refuses_a_failed_bundle_even_without_its_report(failed_bundle, tmp_path):
+    bundle = Path(shutil.copytree(failed_bundle, tmp_path / "iot"))
+    (bundle / "report.json").unlink()
+    app_dir = Path(shutil.copytree(Path(__file__).parent.parent / "android-demo", tmp_path / "android-demo"))
+    result = invoke("install-into", app_dir, "--bundle", bundle)
+    assert_user_error(result, 2, "is from a failed build: onnx: size_mb")
