@@ -59,6 +59,8 @@ def load_model(
             "Add --input NAME=DIMS, e.g. --input x=1x3x224x224 (repeat it for several inputs).",
         )
     _check_unique_names(inputs)
+    if weights is not None:
+        check_weights_file(weights)  # before importing the model, which can take long
     module = _instantiate(resolve_reference(reference, search_dir or Path.cwd()), reference)
     source: dict[str, Any] = {"kind": "python", "reference": reference, "weights": None, "weights_sha256": None}
     if weights is not None:
@@ -191,11 +193,7 @@ def _has_signature(obj: Any) -> bool:
 
 def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
     """Load a state dict; refuse arbitrary pickles unless the user says the file is trusted."""
-    if not path.is_file():
-        raise UsageError(f"Weights file '{path}' does not exist.", "Check the --weights path.")
-    not_a_checkpoint = _not_a_checkpoint(path)
-    if not_a_checkpoint:  # before torch.load, whose errors on other files are a bare KeyError or a pickling hint
-        raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): {not_a_checkpoint}.", _CHECKPOINT_HINT)
+    check_weights_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -219,6 +217,16 @@ def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
 
 
 _CHECKPOINT_HINT = "Pass the file written by torch.save(model.state_dict(), path)."
+
+
+def check_weights_file(path: Path) -> None:
+    """UsageError unless `path` exists and may be a torch.save file: checked before torch.load, whose errors
+    on other files are a bare KeyError or a misleading 'objects besides tensors'."""
+    if not path.is_file():
+        raise UsageError(f"Weights file '{path}' does not exist.", "Check the --weights path.")
+    not_a_checkpoint = _not_a_checkpoint(path)
+    if not_a_checkpoint:
+        raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): {not_a_checkpoint}.", _CHECKPOINT_HINT)
 
 
 def _not_a_checkpoint(path: Path) -> str:

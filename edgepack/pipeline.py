@@ -129,6 +129,10 @@ def _check_options(request: BuildRequest) -> None:
     if request.name is not None and not _NAME_RE.match(request.name):
         raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
+    for option, source in (("--check-inputs", request.check_inputs), ("--calibration", request.calibration),
+                           ("--eval-data", request.eval_data)):
+        if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
+            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
 
 
 def _load(request: BuildRequest) -> LoadedModel:

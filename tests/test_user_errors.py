@@ -118,6 +118,9 @@ def test_syntax_error_in_the_model_file_names_its_line(user_files):
     (["--precision", "int9"], "Unknown precision 'int9'"),
     (["--target", "androd"], "Did you mean 'android'?"),
     (["--name", "a/b"], "cannot be a folder name"),
+    (["--weights", "missing.pt"], "Weights file 'missing.pt' does not exist"),
+    (["--check-inputs", "missing.npz"], "--check-inputs file 'missing.npz' does not exist"),
+    (["--eval-data", "missing.npz"], "--eval-data file 'missing.npz' does not exist"),
 ])
 def test_bad_options_are_rejected_before_the_model_is_loaded(user_files, options, text):
     target = [] if "--target" in options else ["--target", "android"]
