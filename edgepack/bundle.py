@@ -18,6 +18,7 @@ import numpy as np
 
 from . import jsonio
 from .capture import CapturedModel
+from .errors import UsageError
 from .manifest import source_date_epoch
 
 NOT_ARCHIVED = ("report.json", "report.md")
@@ -60,6 +61,20 @@ class StagedBundle:
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def check_out_dir(folder: Path) -> None:
+    """UsageError unless bundles can be written under `folder`: checked before the build, not after it.
+    The nearest existing ancestor must be a folder we may write into (the rest is created)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"Cannot write bundles into {folder}: {existing} is a file, not a folder.",
+                         "Pass --out a folder (it is created when missing), or move that file away.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"Cannot write bundles into {folder}: no write permission in {existing}.",
+                         "Pass --out a folder you can write to.")
 
 
 def _umask() -> int:

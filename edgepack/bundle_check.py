@@ -76,6 +76,7 @@ def verify_bundle(path: Path, public_key: Path | None = None, threads: int = 1) 
             result.add("signature manifest.sig", problem is None, problem or "signed by the holder of this key")
         elif (bundle_dir / "manifest.sig").exists():
             result.checks.append(Check("signature manifest.sig", SKIP, "present but not checked: pass --public-key"))
+        _check_build(manifest, result)
         intact = _check_files(bundle_dir, manifest, result)
         golden = _check_golden(bundle_dir, manifest, intact, result)
         for artifact in manifest["artifacts"]:
@@ -157,9 +158,9 @@ def _bundle_root(extracted: Path, archive: Path) -> Path:
 
 def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | None:
     path = bundle_dir / MANIFEST
-    if not path.is_file():
-        result.add(f"file {MANIFEST}", False, "missing: this is not a bundle folder, or the manifest was removed")
-        return None
+    if not path.is_file():  # nothing to check against: a wrong path, like a missing one, is a usage error
+        raise UsageError(f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
+                         "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -168,6 +169,19 @@ def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | 
     problems = schema_problems(document)
     result.add(f"schema {MANIFEST}", not problems, "; ".join(problems[:5]) or f"valid (schema version {document['schema_version']})")
     return None if problems else document
+
+
+def _check_build(manifest: dict[str, Any], result: Verification) -> None:
+    """A bundle from a failed build (a renamed <target>.failed folder) must not verify, however intact."""
+    build = manifest.get("build")
+    if build is None:
+        result.checks.append(Check("build", SKIP, "not recorded (a manifest written before edgepack recorded the build's outcome)"))
+        return
+    left_out = "; ".join(f"{e['format']} left out: {e['reason']}" for e in build["left_out"])
+    if build["ok"]:
+        result.add("build", True, "passed" + (f" (partial: {left_out})" if left_out else ""))
+    else:
+        result.add("build", False, f"this bundle is from a failed build: {'; '.join(build['problems']) or 'no problem recorded'}")
 
 
 def _check_files(bundle_dir: Path, manifest: dict[str, Any], result: Verification) -> set[str]:
@@ -200,16 +214,37 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
     if not all(p in intact for p in paths):
         result.checks.append(Check("golden vectors", SKIP, "not read: a golden file does not match the manifest"))
         return None
-    with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
-        arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
-    index = json.loads((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
-    for kind in ("inputs", "expected"):
-        for entry in index[kind]:
-            if entry["file"] not in intact:
-                continue  # already named by its hash check
-            same = entry["name"] in arrays[kind] and np.array_equal(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
-            result.add(f"golden {entry['file']}", same, "equals the .npz" if same else "differs from the .npz array of the same name")
-    return arrays
+    try:
+        with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
+            arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
+        index = json.loads((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
+        for kind in ("inputs", "expected"):
+            for entry in index[kind]:
+                if entry["file"] not in intact:
+                    continue  # already named by its hash check
+                same = entry["name"] in arrays[kind] and np.array_equal(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
+                result.add(f"golden {entry['file']}", same, "equals the .npz" if same else "differs from the .npz array of the same name")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # files that hash right but were written wrong
+        result.add("golden vectors", False, f"cannot be read: {type(exc).__name__}: {exc}")
+        return None
+    return arrays if _golden_matches_manifest(manifest, arrays, result) else None
+
+
+def _golden_matches_manifest(manifest: dict[str, Any], arrays: dict[str, dict], result: Verification) -> bool:
+    """Every input and output the manifest names has a golden array with a row per sample: the smoke test
+    feeds and compares by these names, and an app reads them the same way."""
+    golden, consistent = manifest["golden"], True
+    for kind, entries, file in (("input", manifest["inputs"], golden["inputs"]), ("output", manifest["outputs"], golden["expected"])):
+        held = arrays["inputs" if kind == "input" else "expected"]
+        for entry in entries:
+            name = entry["name"]
+            if name not in held:
+                consistent = result.add(f"golden {kind} {name}", False, f"manifest {kind} '{name}' has no golden vector in "
+                                        f"{file} (it holds {', '.join(sorted(held)) or 'nothing'})")
+            elif held[name].ndim == 0 or held[name].shape[0] < golden["samples"]:
+                consistent = result.add(f"golden {kind} {name}", False, f"{file} holds {held[name].shape[:1] or 'no'} "
+                                        f"sample(s) of '{name}', the manifest says {golden['samples']}")
+    return consistent
 
 
 def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict | None,

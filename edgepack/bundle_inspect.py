@@ -28,7 +28,7 @@ def inspect_bundle(path: Path) -> dict[str, Any]:
                  for a in manifest["artifacts"]]
     return {"path": str(path), "model": manifest["model"], "target": manifest["target"], "inputs": manifest["inputs"],
             "outputs": manifest["outputs"], "labels": manifest["labels"], "artifacts": artifacts,
-            "provenance": manifest["provenance"], "golden": manifest["golden"], "signed": signed,
+            "provenance": manifest["provenance"], "golden": manifest["golden"], "signed": signed, "build": manifest.get("build"),
             "latency_source": "report.json" if latency else None}
 
 
@@ -36,6 +36,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     model, prov = summary["model"], summary["provenance"]
     console.print(f"[bold]{model['name']}[/] for [bold]{summary['target']['name']}[/]  "
                   f"(model version {model['version'] or '-'}, {'signed' if summary['signed'] else 'not signed'})", highlight=False)
+    _print_build(summary["build"], console)
     console.print(_io_table("inputs", summary["inputs"], with_layout=True))
     console.print(_io_table("outputs", summary["outputs"], with_layout=False))
     if summary["labels"]:
@@ -44,6 +45,20 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     for a in summary["artifacts"]:
         console.print(f"  {a['path']}: {a['requirements']}; sha256 {a['sha256']}", highlight=False)
     console.print(_provenance_table(prov))
+
+
+def _print_build(build: dict[str, Any] | None, console: Console) -> None:
+    if build is None:
+        console.print("build: outcome not recorded (manifest from an older edgepack)", highlight=False)
+        return
+    if not build["ok"]:
+        console.print("[red]build: FAILED[/], do not ship this bundle:", highlight=False)
+        for problem in build["problems"]:
+            console.print(f"  [red]problem:[/] {problem}", highlight=False)
+    else:
+        console.print("build: [green]passed[/]" + (" (partial)" if build["left_out"] else ""), highlight=False)
+    for entry in build["left_out"]:
+        console.print(f"  left out: {entry['format']}: {entry['reason']}", highlight=False)
 
 
 def _io_table(title: str, specs: list[dict[str, Any]], with_layout: bool) -> Table:

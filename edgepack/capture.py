@@ -29,7 +29,7 @@ from torch import nn
 from . import hazards as hz
 from . import rewrite
 from .compare import Comparison, compare_outputs
-from .errors import BuildError, UsageError
+from .errors import BuildError, UsageError, did_you_mean
 from .flatten import FlatModel, flatten_model
 from .hazards import Hazard
 from .inputs import dynamic_symbols, resized, sample_inputs
@@ -206,9 +206,7 @@ def capture(
 
     Every attempt goes through the device pass (edgepack.rewrite) before it is checked, on the CPU:
     a capture recorded on `trace_device` must compute the same on the device that runs the bundle."""
-    if mode not in MODES:
-        raise UsageError(f"Unknown capture mode '{mode}'.", f"Use one of: {', '.join(MODES)}.")
-    trace_device = _resolve_trace_device(device_policy, trace_device)
+    trace_device = check_options(mode, device_policy, trace_device)
     prepass = rewrite.eager_prepass(loaded.module)  # before anything traces it: tensor attributes become buffers
     flat, output_names = flatten_model(loaded, samples[0])
     names = [spec.name for spec in loaded.inputs]
@@ -267,6 +265,14 @@ def _allowed_devices(rewrites: list[rewrite.Rewrite], policy: str) -> set[str]:
     return rewrite.kept_devices(rewrites) | ({rewrite.TARGET_DEVICE} if policy == "target" else set())
 
 
+def check_options(mode: str, policy: str, trace_device: str) -> str:
+    """UsageError for a bad capture mode, device policy or trace device; cheap, so callers run it before
+    loading the model. Returns the trace device to use ("auto" resolved)."""
+    if mode not in MODES:
+        raise UsageError(f"Unknown capture mode '{mode}'.{did_you_mean(mode, list(MODES))}", f"Use one of: {', '.join(MODES)}.")
+    return _resolve_trace_device(policy, trace_device)
+
+
 def _resolve_trace_device(policy: str, trace_device: str) -> str:
     """Validate the options; "auto" is the workstation's GPU when there is one, else the CPU."""
     if trace_device == "auto":
@@ -277,7 +283,7 @@ def _resolve_trace_device(policy: str, trace_device: str) -> str:
 
 def _check_device_options(policy: str, trace_device: str) -> None:
     if policy not in rewrite.POLICIES:
-        raise UsageError(f"Unknown device policy '{policy}'.",
+        raise UsageError(f"Unknown device policy '{policy}'.{did_you_mean(policy, list(rewrite.POLICIES))}",
                          "Use 'agnostic' (placements follow the input's device) or 'target' (everything on the phone's CPU).")
     try:
         device = torch.device(trace_device)

@@ -10,8 +10,9 @@ import linecache
 import sys
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -99,7 +100,7 @@ def build_command(
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
-    try:
+    with user_errors(json_output):
         request = _request(target, model, weights, input, name, out, config, strict, no_budgets, trust_weights)
         request.allow_partial, request.capture_mode, request.check_inputs = allow_partial, capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
@@ -107,11 +108,6 @@ def build_command(
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             reports = build(request, observer)
-    except EdgepackError as exc:
-        _fail(exc, json_output)
-    except Exception as exc:  # an edgepack bug: say so, with the traceback
-        traceback.print_exc()
-        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."), json_output)
     if json_output:
         document = reports[0].to_json() if len(reports) == 1 else {
             "ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
@@ -155,6 +151,19 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
         check_budgets=not no_budgets,
         search_dir=project.root,
     )
+
+
+@contextmanager
+def user_errors(json_output: bool) -> Iterator[None]:
+    """Every command's error handling: an expected failure is an `error:` line, a hint and its exit code;
+    anything else is an edgepack bug, shown with its traceback and exit 1."""
+    try:
+        yield
+    except EdgepackError as exc:
+        _fail(exc, json_output)
+    except Exception as exc:
+        traceback.print_exc()
+        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."), json_output)
 
 
 def _fail(exc: EdgepackError, json_output: bool) -> None:
@@ -236,14 +245,12 @@ def doctor_command(
     trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
 ) -> None:
     """Find where tracing the model goes wrong, without building: each hazard with its line, why it matters and the fix."""
-    try:
+    with user_errors(json_output):
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             result = diagnose(request)
-    except EdgepackError as exc:
-        _fail(exc, json_output)
     if json_output:
         print(jsonio.dumps(result, indent=2))
     else:
@@ -285,10 +292,8 @@ def targets_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the built-in targets and what each emits."""
-    try:
+    with user_errors(json_output):
         targets = [load_target(name, known_options()) for name in builtin_target_names()]
-    except EdgepackError as exc:
-        _fail(exc, json_output)
     if json_output:
         print(jsonio.dumps([t.summary() for t in targets], indent=2))
         return
@@ -313,10 +318,8 @@ def install_into_command(
     """Copy a bundle (artifacts, manifest.json, golden/) into a demo app, where the app reads it."""
     from .install import install_bundle
 
-    try:
+    with user_errors(False):
         installed = install_bundle(app_dir, bundle)
-    except EdgepackError as exc:
-        _fail(exc, False)
     print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
           f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
 
@@ -327,10 +330,8 @@ def verify_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Check a bundle: manifest schema, every sha256, the signature, and each artifact's smoke test on the golden vectors."""
-    try:
+    with user_errors(json_output):
         result = verify_bundle(path, public_key)
-    except EdgepackError as exc:
-        _fail(exc, json_output)
     if json_output:
         print(jsonio.dumps(result.to_json(), indent=2))
     else:
@@ -353,10 +354,8 @@ def inspect_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Summarize a bundle: inputs, outputs, artifacts, precision, sizes, provenance and latency."""
-    try:
+    with user_errors(json_output):
         summary = inspect_bundle(path)
-    except EdgepackError as exc:
-        _fail(exc, json_output)
     if json_output:
         print(jsonio.dumps(summary, indent=2))
     else:
@@ -365,16 +364,14 @@ def inspect_command(
 
 @app.command("keygen")
 def keygen_command(
-    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret.")] = Path("edgepack.key"),
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret. Its folder must exist (as with ssh-keygen).")] = Path("edgepack.key"),
     public_key: Annotated[Optional[Path], typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")] = None,
     force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
 ) -> None:
     """Make an Ed25519 key pair for `build --sign-key` and `verify --public-key`."""
     public_key = public_key or private_key.with_suffix(".pub")
-    try:
+    with user_errors(False):
         generate_keypair(private_key, public_key, force)
-    except EdgepackError as exc:
-        _fail(exc, False)
     err_console.print(f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False)
 
 

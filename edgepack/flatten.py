@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import UsageError
 from .load import LoadedModel
+from .user_code import defining_files, definition_site, user_location
 
 PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
 
@@ -46,7 +47,10 @@ def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tupl
     by_keyword = _call_by_keyword(loaded.module, names)
     args = [example[n] for n in names]
     with torch.no_grad():
-        result = loaded.module(**example) if by_keyword else loaded.module(*args)
+        try:  # the model's first run: a mistake here is in the inputs or the model, not in edgepack
+            result = loaded.module(**example) if by_keyword else loaded.module(*args)
+        except Exception as exc:
+            raise forward_failed(loaded, exc) from exc
     leaves = list(_leaves(result, []))
     if not leaves:
         raise UsageError("The model's forward returned no tensors.", "Return the output tensor(s) from forward.")
@@ -55,6 +59,28 @@ def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tupl
         raw_names = loaded.output_names
     output_names = _unique_names(raw_names, set(names))
     return FlatModel(loaded.module, names, by_keyword, [path for path, _ in leaves]).eval(), output_names
+
+
+def forward_failed(loaded: LoadedModel, exc: Exception) -> UsageError:
+    """The model's forward raised on the declared example inputs: say on which inputs, where in the
+    user's file (the innermost frame there; else forward's definition, for a call that never got in)."""
+    module = loaded.module
+    where = user_location(exc, defining_files(module)) or definition_site(module.forward)
+    reason = (str(exc).strip().splitlines() or [""])[0][:500]
+    inputs = ", ".join(str(spec) for spec in loaded.inputs)
+    return UsageError(
+        f"The model's forward failed on the example inputs ({inputs}): {type(exc).__name__}: {reason}"
+        + (f"\n  at {where}" if where else ""),
+        f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
+        f"{_signature_text(module.forward)}, in forward's order.",
+    )
+
+
+def _signature_text(function: Any) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 def _call_by_keyword(module: nn.Module, names: list[str]) -> bool:

@@ -70,6 +70,10 @@ def read_bundle_manifest(bundle_dir: Path) -> dict:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{manifest_path} is not valid JSON: {exc}.", "Rebuild the bundle with edgepack build.") from exc
+    build = manifest.get("build") if isinstance(manifest, dict) else None
+    if isinstance(build, dict) and build.get("ok") is False:  # recorded in what ships: report.json can be dropped
+        raise UsageError(f"The bundle at '{bundle_dir}' is from a failed build: {'; '.join(build.get('problems', []))}.",
+                         "Fix those problems and rebuild; only passing bundles go into apps.")
     report_path = bundle_dir / "report.json"
     if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("ok") is False:
         raise UsageError(f"The bundle at '{bundle_dir}' failed its checks (report.json says ok: false).",

@@ -10,6 +10,7 @@ from importlib import resources
 import pickle
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 
 from .errors import UsageError
 from .inputs import InputSpec
+from .user_code import user_location
 
 DEMO_REFERENCE = "edgepack.demo:make_model"
 
@@ -57,6 +59,8 @@ def load_model(
             "Add --input NAME=DIMS, e.g. --input x=1x3x224x224 (repeat it for several inputs).",
         )
     _check_unique_names(inputs)
+    if weights is not None:
+        check_weights_file(weights)  # before importing the model, which can take long
     module = _instantiate(resolve_reference(reference, search_dir or Path.cwd()), reference)
     source: dict[str, Any] = {"kind": "python", "reference": reference, "weights": None, "weights_sha256": None}
     if weights is not None:
@@ -125,7 +129,10 @@ def _import_module(dotted: str, search_dir: Path) -> Any:
                 f"Cannot import module '{dotted}' ({exc}).",
                 "Run edgepack from your project's root, install your package, or give a file path: path/to/file.py:attr.",
             ) from exc
-        raise UsageError(f"Importing '{dotted}' failed: {exc}.", "Install what your model module imports.") from exc
+        raise UsageError(f"Importing '{dotted}' failed: {exc}.{_at(exc, [])}", "Install what your model module imports.") from exc
+    except Exception as exc:  # the module itself raised while it was imported
+        raise UsageError(f"Importing '{dotted}' failed: {type(exc).__name__}: {exc}{_at(exc, [])}",
+                         "Fix the error in that module.") from exc
 
 
 def _import_file(path_text: str) -> Any:
@@ -141,8 +148,15 @@ def _import_file(path_text: str) -> Any:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise UsageError(f"Running model file {path} failed: {type(exc).__name__}: {exc}", "Fix the error in that file.") from exc
+        raise UsageError(f"Running model file {path} failed: {type(exc).__name__}: {exc}{_at(exc, [path])}",
+                         "Fix the error in that file.") from exc
     return module
+
+
+def _at(exc: BaseException, files: list) -> str:
+    """Where in the user's files the exception was raised, as a line of the message ('' when unknown)."""
+    where = user_location(exc, files)
+    return f"\n  at {where}" if where else ""
 
 
 def _instantiate(obj: Any, reference: str) -> nn.Module:
@@ -162,7 +176,8 @@ def _instantiate(obj: Any, reference: str) -> nn.Module:
     try:
         module = obj()
     except Exception as exc:
-        raise UsageError(f"Calling '{reference}' failed: {type(exc).__name__}: {exc}", "Fix the factory or the class.") from exc
+        raise UsageError(f"Calling '{reference}' failed: {type(exc).__name__}: {exc}{_at(exc, [])}",
+                         "Fix the factory or the class.") from exc
     if not isinstance(module, nn.Module):
         raise UsageError(f"'{reference}' returned a {type(module).__name__}, not an nn.Module.", "Return the model from the factory.")
     return module
@@ -178,8 +193,7 @@ def _has_signature(obj: Any) -> bool:
 
 def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
     """Load a state dict; refuse arbitrary pickles unless the user says the file is trusted."""
-    if not path.is_file():
-        raise UsageError(f"Weights file '{path}' does not exist.", "Check the --weights path.")
+    check_weights_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -189,7 +203,9 @@ def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
             "if you trust this file: unpickling can run arbitrary code.",
         ) from exc
     except Exception as exc:
-        raise UsageError(f"Cannot read weights file {path}: {exc}", "Pass a file written by torch.save(model.state_dict(), path).") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): torch.load failed with "
+                         f"{type(exc).__name__}: {reason} (a truncated or damaged file?)", _CHECKPOINT_HINT) from exc
     state = _state_dict_of(loaded, path)
     try:
         module.load_state_dict(state, strict=True)
@@ -198,6 +214,39 @@ def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
             f"The weights in {path} do not fit the model: {str(exc).splitlines()[0]} {_mismatch_summary(exc)}",
             "Check that --model builds the same architecture the weights were saved from.",
         ) from exc
+
+
+_CHECKPOINT_HINT = "Pass the file written by torch.save(model.state_dict(), path)."
+
+
+def check_weights_file(path: Path) -> None:
+    """UsageError unless `path` exists and may be a torch.save file: checked before torch.load, whose errors
+    on other files are a bare KeyError or a misleading 'objects besides tensors'."""
+    if not path.is_file():
+        raise UsageError(f"Weights file '{path}' does not exist.", "Check the --weights path.")
+    not_a_checkpoint = _not_a_checkpoint(path)
+    if not_a_checkpoint:
+        raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): {not_a_checkpoint}.", _CHECKPOINT_HINT)
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """Why the file cannot be a torch.save file ('' when it may be one): torch.save writes a zip archive,
+    or (before PyTorch 1.6, or with the legacy option) a pickle, which starts with the byte 0x80."""
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head:
+        return "the file is empty"
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+        return ""
+    if len(head) > 9 and head[8:10] == b'{"':  # 8-byte header length, then a JSON header
+        return ("it looks like a safetensors file; load it with safetensors.torch.load_file(path) and "
+                "torch.save the resulting dict")
+    if head.startswith(b"PK"):
+        return "it starts like a zip archive but is not a readable one (truncated or damaged?)"
+    text = head.decode("utf-8", errors="replace")
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is a text file (it starts with {head[:24].decode('utf-8', errors='replace')!r})"
+    return f"it is neither a zip archive nor a pickle (it starts with the bytes {head[:8].hex(' ')})"
 
 
 def _state_dict_of(loaded: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from .errors import BuildError, UsageError
 
 if TYPE_CHECKING:  # the verify/inspect commands read manifests without importing torch's stages
     from .capture import CapturedModel
-    from .report import ArtifactReport
+    from .report import ArtifactReport, BuildReport
     from .targets import Target
 
 MANIFEST_SCHEMA_VERSION = 2
@@ -40,7 +40,7 @@ _LIBRARIES = ("torch", "coremltools", "onnx", "onnxruntime", "numpy")
 
 
 def build_manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict,
-                   bundle_dir: Path) -> dict[str, Any]:
+                   bundle_dir: Path, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest for a staged bundle whose artifacts and golden files are already written."""
     from .formats import FORMATS
 
@@ -66,13 +66,22 @@ def build_manifest(captured: CapturedModel, target: Target, artifacts: list[Arti
         "provenance": provenance(loaded.source, target, capture),
         "files": list_files(bundle_dir),
     }
+    if outcome is not None:
+        document["build"] = outcome
     return document
 
 
+def build_outcome(report: BuildReport) -> dict[str, Any]:
+    """The manifest's `build`: whether the build passed and why not, so that a failed bundle cannot pass for a
+    good one once its folder is renamed; and the formats a partial bundle left out, with why."""
+    return {"ok": report.ok, "problems": report.problems,
+            "left_out": [{"format": a.format, "reason": a.smoke.reason} for a in report.artifacts if a.path is None]}
+
+
 def write_bundle_manifest(bundle_dir: Path, captured: CapturedModel, target: Target, artifacts: list[ArtifactReport],
-                          golden: dict, sign_key: Path | None = None) -> dict[str, Any]:
+                          golden: dict, sign_key: Path | None = None, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write manifest.json (and manifest.sig when a signing key is given) into a staged bundle."""
-    document = build_manifest(captured, target, artifacts, golden, bundle_dir)
+    document = build_manifest(captured, target, artifacts, golden, bundle_dir, outcome)
     write_manifest(bundle_dir / MANIFEST, document)
     if sign_key is not None:
         from .signing import sign_manifest

@@ -16,14 +16,15 @@ from typing import Protocol
 import torch
 
 from .bench import Latency, measure_footprint, time_interleaved, torch_threads
-from .bundle import StagedBundle, archive_bundle, remove_path, sha256_of, size_of, write_golden, write_json
+from .bundle import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
+from .capture import check_options as check_capture_options
 from .check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
-from .manifest import write_bundle_manifest
+from .manifest import build_outcome, write_bundle_manifest
 from .reproducible import stabilize
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
@@ -77,8 +78,8 @@ class SilentObserver:
 
 def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
     """Build every requested target from one load and one capture of the model."""
-    if request.name is not None and not _NAME_RE.match(request.name):
-        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    _check_options(request)  # every cheap check before the model is loaded
+    check_out_dir(request.out_dir)
     targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
@@ -86,6 +87,7 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
 
     observer.event("load", "start", request.model or "built-in demo model")
     loaded = _load(request)
+    check_out_dir(request.out_dir / loaded.name)
     observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
@@ -114,6 +116,7 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 def diagnose(request: BuildRequest) -> dict:
     """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    _check_options(request)
     loaded = _load(request)
     try:
         captured = _capture(request, loaded)
@@ -121,6 +124,16 @@ def diagnose(request: BuildRequest) -> dict:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
                 "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
+
+
+def _check_options(request: BuildRequest) -> None:
+    if request.name is not None and not _NAME_RE.match(request.name):
+        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
+    for option, source in (("--check-inputs", request.check_inputs), ("--calibration", request.calibration),
+                           ("--eval-data", request.eval_data)):
+        if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
+            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
 
 
 def _load(request: BuildRequest) -> LoadedModel:
@@ -158,7 +171,7 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
                              target.bench.threads, request.strict, request.allow_partial)
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
-        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key)
+        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key, build_outcome(report))
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")

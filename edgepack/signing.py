@@ -24,15 +24,34 @@ SIGNATURE = "manifest.sig"
 def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
     """Write a new private key (PEM, PKCS#8, mode 0600) and its public key (PEM)."""
     for path in (private_path, public_path):
-        if path.exists() and not overwrite:
-            raise UsageError(f"{path} already exists.", "Choose another path, or pass --force to replace it.")
+        _check_key_destination(path, overwrite)
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    private_path.touch(mode=0o600, exist_ok=overwrite)
-    private_path.chmod(0o600)
-    private_path.write_bytes(private_pem)
-    public_path.write_bytes(public_pem)
+    written: list[Path] = []
+    try:
+        private_path.touch(mode=0o600, exist_ok=overwrite)
+        written.append(private_path)
+        private_path.chmod(0o600)
+        private_path.write_bytes(private_pem)
+        written.append(public_path)
+        public_path.write_bytes(public_pem)
+    except OSError as exc:  # never leave half a key pair behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise UsageError(f"Cannot write {exc.filename or private_path}: {exc.strerror}.", "Choose a path you can write to.") from exc
+
+
+def _check_key_destination(path: Path, overwrite: bool) -> None:
+    """Like ssh-keygen, the folder must already exist: a typo in it should not silently create folders."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder.", "Give the key file's path, e.g. keys/release.key.")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists.", "Choose another path, or pass --force to replace it.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"Cannot write {path}: the folder {folder} does not exist.",
+                         f"Create it first (mkdir -p {folder}), as with ssh-keygen, or choose another path.")
 
 
 def sign_manifest(bundle_dir: Path, private_key_path: Path) -> Path:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from edgepack.capture import CaptureError
 from edgepack.cli import app
 from edgepack.inputs import parse_input_spec
+from edgepack.manifest import read_manifest
 from edgepack.pipeline import BuildRequest, build
 
 from . import seed_models
@@ -78,6 +79,8 @@ def test_seed_dynamic_loop_ships_the_lite_model_and_says_why_onnx_cannot(tmp_pat
     assert lite.smoke.status == "passed" and lite.path
     assert onnx_artifact.path is None and onnx_artifact.smoke.status == "failed"
     assert "excluded from the bundle" in onnx_artifact.notes[-1]
+    recorded = read_manifest(Path(report.bundle_dir) / "manifest.json")["build"]  # what ships says what it lacks
+    assert recorded["ok"] is True and [e["format"] for e in recorded["left_out"]] == ["onnx"]
     model = seed_models.DynamicLoopModel().eval()
     runtime = mobile._load_for_lite_interpreter(str(Path(report.bundle_dir) / lite.path))
     for scale in (0.1, 1.0, 3.0):  # 0, ~3 and ~9 iterations
