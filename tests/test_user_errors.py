@@ -99,7 +99,7 @@ def test_forward_failure_in_json_mode_is_one_json_error(user_files):
 
 def test_model_file_failing_at_import_names_its_line(user_files):
     result = invoke("doctor", "--model", f"{user_files / 'broken.py'}:make", "--input", "x=1x4")
-    assert_user_error(result, 2, "RuntimeError: boom at import", f"broken.py:3")
+    assert_user_error(result, 2, "RuntimeError: boom at import", "broken.py:3")
 
 
 def test_syntax_error_in_the_model_file_names_its_line(user_files):
