@@ -229,7 +229,7 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
     for a in quantized:
         for attempt in a.quantization["attempts"]:
             kept = f" (float: {', '.join(attempt['float_layers'])})" if attempt["float_layers"] else ""
-            lines.append(f"- **{a.format}** {attempt['precision']}{kept}: {'ok' if attempt['ok'] else 'missed'}, "
+            lines.append(f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "
                          f"{_kib(attempt['size_bytes'])}: {attempt['reason']}")
     return lines
 

@@ -109,7 +109,7 @@ def test_a_budget_int8_cannot_meet_walks_the_ladder_to_fp32(tmp_path):
     ladder = onnx.quantization
     tried = [(a["precision"], len(a["float_layers"])) for a in ladder["attempts"]]
     assert tried == [("int8-static", 0), ("int8-static", 1), ("int8-static", 2), ("int8-dynamic", 0), ("fp32", 0)]
-    assert [a["ok"] for a in ladder["attempts"]] == [False, False, False, False, True]
+    assert [a["verdict"] for a in ladder["attempts"]] == ["missed", "missed", "missed", "missed", "ok"]
     assert all("SQNR" in a["reason"] for a in ladder["attempts"][:4])
     assert ladder["fell_back"] and onnx.precision == "fp32" and report.ok
     # The sensitivity pass ranked the four quantizable layers; the first kept float is the costliest.
@@ -296,8 +296,9 @@ def test_a_scheme_that_cannot_be_built_is_an_attempt_and_the_ladder_goes_on(tmp_
     lite = report.artifacts[0]
     assert report.capture["strategy"] == "script"
     first = lite.quantization["attempts"][0]
-    assert not first["ok"] and first["reason"].startswith("building failed")
+    assert not first["ok"] and first["reason"].startswith("building failed") and first["verdict"] == "failed"
     assert lite.quantization["attempts"][-1]["ok"] and report.ok
+    assert "int8-static: failed, " in (Path(report.bundle_dir) / "report.md").read_text()
     assert any("int8-static could not be built; shipped" in note for note in lite.notes)
 
 

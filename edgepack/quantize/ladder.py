@@ -55,9 +55,15 @@ class Attempt:
     size_bytes: int | None = None
     accuracy: Accuracy | None = None
 
+    @property
+    def verdict(self) -> str:
+        """ok; missed (measured, outside the budget); failed (could not be built, run or measured)."""
+        return "ok" if self.ok else "missed" if self.accuracy is not None else "failed"
+
     def to_json(self) -> dict:
-        return {"precision": self.precision, "float_layers": self.float_layers, "ok": self.ok, "reason": self.reason,
-                "size_bytes": self.size_bytes, "accuracy": self.accuracy.to_json() if self.accuracy else None}
+        return {"precision": self.precision, "float_layers": self.float_layers, "ok": self.ok, "verdict": self.verdict,
+                "reason": self.reason, "size_bytes": self.size_bytes,
+                "accuracy": self.accuracy.to_json() if self.accuracy else None}
 
 
 @dataclass
@@ -152,7 +158,7 @@ class Ladder:
                 return attempt, None
         attempt = self._judge(scheme, float_layers, emitted, self.data.eval)
         self.progress(f"{scheme}{' + ' + str(len(float_layers)) + ' float layers' if float_layers else ''}: "
-                      f"{'ok' if attempt.ok else 'missed'}: {attempt.reason}")
+                      f"{attempt.verdict}: {attempt.reason}")
         return attempt, emitted
 
     def _judge(self, scheme: str, float_layers: list[str], emitted: Emitted, data: EvalSet) -> Attempt:
