@@ -10,6 +10,7 @@ the same model give the same bytes.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from .errors import BuildError, UsageError
 
 if TYPE_CHECKING:  # the verify/inspect commands read manifests without importing torch's stages
     from .capture import CapturedModel
+    from .load import LoadedModel
     from .report import ArtifactReport, BuildReport
     from .targets import Target
 
@@ -53,7 +55,7 @@ def build_manifest(captured: CapturedModel, target: Target, artifacts: list[Arti
     document = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "edgepack_version": __version__,
-        "model": {"name": loaded.name, "version": _model_version(loaded.source), "source": loaded.source},
+        "model": {"name": loaded.name, "version": _model_version(loaded), "source": loaded.source},
         "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
         "inputs": [_input_json(spec.to_json(), loaded.preprocessing) for spec in loaded.inputs],
         "outputs": _outputs_json(captured),
@@ -254,10 +256,24 @@ def _normalization(preprocessing: dict[str, Any] | None) -> dict[str, Any] | Non
     return picked or None
 
 
-def _model_version(source: dict[str, Any]) -> str | None:
-    """The weights' identity: the first 12 hex digits of their sha256 (None without a weights file)."""
-    digest = source.get("weights_sha256")
-    return digest[:12] if digest else None
+def _model_version(loaded: LoadedModel) -> str:
+    """The weights' identity: the first 12 hex digits of the weights file's sha256, or, for a model built
+    with its own weights (no --weights), of its parameters and buffers (names, dtypes, shapes, bytes)."""
+    import torch
+
+    digest = loaded.source.get("weights_sha256")
+    if digest:
+        return digest[:12]
+    state = hashlib.sha256()
+    for name, value in sorted(loaded.module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):  # extra state a module may keep in its state dict
+            state.update(f"{name}:{value!r}\0".encode())
+            continue
+        tensor = value.int_repr() if value.is_quantized else value.to_dense() if value.is_sparse else value
+        tensor = tensor.detach().cpu().contiguous().view(-1)
+        state.update(f"{name}:{value.dtype}:{tuple(value.shape)}\0".encode())
+        state.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return state.hexdigest()[:12]
 
 
 def _module_file(source: dict[str, Any]) -> Path | None:

@@ -334,7 +334,22 @@ def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_
     assert manifest["outputs"] == [{"name": "output", "shape": [2, 2], "dtype": "float32", "dynamic_axes": {"0": "N"}}]
     source = manifest["provenance"]["source"]
     assert source["reference"].endswith("models.py:make_small_linear") and source["module_file"].endswith("tests/models.py")
-    assert manifest["model"]["version"] is None  # no weights file: nothing identifies the weights
+    # No weights file: the version is the parameters' own hash, the same for the same weights, another for others.
+    import torch
+
+    from edgepack.load import LoadedModel
+    from edgepack.manifest import _model_version
+
+    from .models import make_small_linear
+
+    version = manifest["model"]["version"]
+    assert len(version) == 12 and int(version, 16) >= 0
+    module = make_small_linear()
+    loaded = LoadedModel(module=module, name="x", inputs=[], source={"weights_sha256": None})
+    assert _model_version(loaded) == version
+    with torch.no_grad():
+        next(module.parameters()).add_(1.0)
+    assert _model_version(loaded) != version
     git = manifest["provenance"]["git"]
     assert git is None or len(git["commit"]) == 40  # the tests run from a checkout or an unpacked sdist
     assert verify_bundle(Path(report.bundle_dir)).ok
