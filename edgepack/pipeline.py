@@ -25,6 +25,7 @@ from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .manifest import build_outcome, write_bundle_manifest
+from .noise import strip_ansi
 from .reproducible import stabilize
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
@@ -216,8 +217,8 @@ def _emit_all(
             raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
-            report.smoke = SmokeResult(FAILED, f"emitting failed: {exc}")
-            observer.event(f"emit {fmt.name}", "fail", str(exc).splitlines()[0])
+            report.smoke = SmokeResult(FAILED, f"emitting failed: {strip_ansi(str(exc))}")
+            observer.event(f"emit {fmt.name}", "fail", (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.weight_bytes = fmt.weight_bytes(path)

@@ -61,7 +61,8 @@ class ArtifactReport:
         if self.path is None and allow_partial:
             return found  # not emitted, and the user accepts a partial bundle
         if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
-            found.append(f"{self.format}: smoke test {self.smoke.status}: {self.smoke.reason}")
+            stage = "" if self.path is None else f"smoke test {self.smoke.status}: "  # not built: the reason says why
+            found.append(f"{self.format}: {stage}{self.smoke.reason}")
         found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
         if self.devices and self.devices["pinned"]:
             found.append(f"{self.format}: not device-agnostic: the saved code pins {'; '.join(self.devices['pinned'])}")

@@ -205,3 +205,14 @@ def test_native_stderr_is_kept_out_of_the_console_only_inside_the_block(capfd):
         libc.write(2, b"from C++\n", 9)
     libc.write(2, b"after\n", 6)
     assert capfd.readouterr().err == "after\n"
+
+
+def test_a_format_that_could_not_be_built_is_not_called_a_failed_smoke_test():
+    from edgepack.report import ArtifactReport
+    from edgepack.verify import FAILED, SmokeResult
+
+    unbuilt, built = ArtifactReport("onnx", "fp32"), ArtifactReport("coreml", "fp32", path="m.mlpackage")
+    unbuilt.smoke = SmokeResult(FAILED, "emitting failed: no ONNX function for linalg_qr")
+    built.smoke = SmokeResult(FAILED, "2 inputs outside tolerance")
+    assert unbuilt.problems(strict=False) == ["onnx: emitting failed: no ONNX function for linalg_qr"]
+    assert built.problems(strict=False) == ["coreml: smoke test failed: 2 inputs outside tolerance"]
