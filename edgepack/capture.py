@@ -89,6 +89,9 @@ class CapturedModel:
     expected: list[list[np.ndarray]] = field(repr=False, default_factory=list)
     checks: list[Check] = field(repr=False, default_factory=list)
     devices: DevicePass | None = None
+    # Sizes of a dynamic dimension the capture could not be checked at, because eager itself fails there:
+    # [{"size": "SEQ=128", "reason": ...}]. The bundle still accepts them; nobody checked what it returns.
+    unchecked_sizes: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
@@ -108,7 +111,8 @@ class CapturedModel:
 
     def to_json(self) -> dict:
         document = {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
-                    "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks)}
+                    "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks),
+                    "unchecked_sizes": self.unchecked_sizes}
         if self.devices is not None:
             document.update(self.devices.to_json())
         return document
@@ -212,7 +216,7 @@ def capture(
     names = [spec.name for spec in loaded.inputs]
     example = tuple(samples[0][n] for n in names)
     state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
-    checks = _checks(loaded, flat, samples, user_checks or [])
+    checks, unchecked = _checks(loaded, flat, samples, user_checks or [])
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
@@ -241,7 +245,7 @@ def capture(
     expected = [_eager(flat, sample, names) for sample in samples]
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if not c.label.startswith("golden sample")], devices)
+                         [c for c in checks if not c.label.startswith("golden sample")], devices, unchecked)
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
@@ -376,24 +380,29 @@ def _trace_hazards(
     return traced, hz.dedupe(found)
 
 
-def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> list[Check]:
+def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[Check], list[dict[str, str]]]:
+    """The inputs every capture attempt is checked on, and the dynamic sizes eager itself fails at."""
     names = [spec.name for spec in loaded.inputs]
     candidates = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0]
     candidates += _branch_variants(samples[0])
+    sizes = []
     for symbol, size in dynamic_symbols(loaded.inputs).items():
         for other in sorted({max(1, size // 2), size * 2} - {size}):
             specs = resized(loaded.inputs, {symbol: other})
-            candidates.append((f"{symbol}={other}", sample_inputs(specs, loaded.module, seed=100 + other)))
+            sizes.append(f"{symbol}={other}")
+            candidates.append((sizes[-1], sample_inputs(specs, loaded.module, seed=100 + other)))
     candidates += [(f"user check input {i}", s) for i, s in enumerate(user_checks)]
-    checks = []
+    checks, unchecked = [], []
     for label, sample in candidates:
         try:
             checks.append(Check(label, sample, _eager(flat, sample, names)))
         except Exception as exc:
             if label.startswith("user"):
                 raise UsageError(f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input.") from exc
-            # eager itself rejects this generated input (e.g. all zeros): nothing to compare against
-    return checks
+            if label in sizes:  # the model cannot take a size its input is declared to accept: say so
+                unchecked.append({"size": label, "reason": _first_lines(exc)})
+            # else eager rejects a generated value (all zeros, say): nothing to compare against
+    return checks, unchecked
 
 
 def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:

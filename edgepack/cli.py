@@ -275,6 +275,9 @@ def _print_diagnosis(result: dict) -> None:
         if a["divergence"]:
             detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
         console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
+    for unchecked in result.get("unchecked_sizes", []):
+        console.print(f"  [yellow]not checked at {unchecked['size']}[/]: eager PyTorch fails there ({unchecked['reason']}); "
+                      "the bundle's dynamic dimension would be wider than the model", highlight=False)
     if result.get("rewrites"):
         console.print("\n[bold]device pass[/]", highlight=False)
         lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]

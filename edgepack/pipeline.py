@@ -97,6 +97,9 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     captured = _capture(request, loaded)
     for hazard in [h for h in captured.hazards if not h.in_library]:
         observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+    for unchecked in captured.unchecked_sizes:
+        observer.event("capture", "warn", f"not checked at {unchecked['size']}: eager PyTorch fails there "
+                                          f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")
     inside_torch = [h for h in captured.hazards if h.in_library]
     if inside_torch:
         observer.event("capture", "warn", f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "

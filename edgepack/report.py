@@ -178,6 +178,8 @@ class BuildReport:
         lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
                   for a in self.capture.get("attempts", [])]
         lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
+        lines += [f"- not checked at {u['size']}: eager PyTorch fails there ({u['reason']}); the bundle accepts that size "
+                  "but nothing checked what it returns" for u in self.capture.get("unchecked_sizes", [])]
         lines += _devices_markdown(self.capture, self.artifacts)
         notes = [(a.format, n) for a in self.artifacts for n in a.notes]
         if notes:

@@ -192,3 +192,14 @@ class QRHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.linalg.qr(x)[1]
+
+
+class BoundedLength(nn.Module):
+    """Learned positions for at most 8 steps: longer sequences fail in eager PyTorch itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions = nn.Parameter(torch.linspace(0, 1, 32).reshape(1, 8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.positions[:, : x.shape[1]]

@@ -116,6 +116,16 @@ def test_a_torch_transformer_layer_in_dynamic_int8_keeps_attention_projections_f
     assert any("projections stay float" in note for note in lite.notes)
 
 
+def test_a_dynamic_size_eager_itself_rejects_is_reported_as_unchecked():
+    """SEQ=12 (double the example) is past the model's 8 learned positions: the capture cannot be checked
+    there, and the report says so instead of dropping the check in silence."""
+    result = diagnose(BuildRequest(targets=["android"], model=f"{MODELS}:BoundedLength",
+                                   inputs=[parse_input_spec("x=1xSEQ=6x4")]))
+    assert result["ok"]
+    [unchecked] = result["unchecked_sizes"]
+    assert unchecked["size"] == "SEQ=12" and "size of tensor" in unchecked["reason"]
+
+
 def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_target, tmp_path):
     """Traced on the fast path, nn.TransformerEncoderLayer becomes one fused op that Core ML cannot
     convert; edgepack traces the plain ops, and torch's own shape-check warnings do not push the
