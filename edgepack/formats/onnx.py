@@ -227,7 +227,7 @@ def _torchscript_failure(exc: Exception, log: str, captured: CapturedModel, opse
     else:
         message = f"ONNX export failed (TorchScript-based exporter): {reason}"
     if captured.strategy == "trace" and opset < _DYNAMO_MIN_OPSET:
-        hint = (f"the TorchScript exporter cannot export this model at opset {opset}; set opset = {_DYNAMO_MIN_OPSET} "
+        hint = (f"The TorchScript exporter cannot export this model at opset {opset}; set opset = {_DYNAMO_MIN_OPSET} "
                 "in the target's [formats.onnx] to use the torch.export-based exporter")
     elif captured.strategy != "trace":
         hint = (f"A {captured.strategy} capture can only take the TorchScript exporter. If the trace is faithful for the "
