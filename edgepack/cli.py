@@ -10,7 +10,6 @@ import linecache
 import sys
 import traceback
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -153,7 +152,7 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
     )
 
 
-@contextmanager
+@contextlib.contextmanager
 def user_errors(json_output: bool) -> Iterator[None]:
     """Every command's error handling: an expected failure is an `error:` line, a hint and its exit code;
     anything else is an edgepack bug, shown with its traceback and exit 1."""
