@@ -68,6 +68,9 @@ def _parse(table: dict[str, Any], path: Path) -> ProjectConfig:
         raise UsageError(f"{path}: 'inputs' must be a list of strings.", 'Write inputs = ["x=1x3x224x224"].')
     targets = table.get("target", [])
     targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise UsageError(f"{path}: 'target' must be a target name or a list of them, got {table['target']!r}.",
+                         'Write target = "ios" or target = ["android", "iot"].')
     weights, out = _string(table, "weights", path), _string(table, "out", path)
     return ProjectConfig(
         path=path,

@@ -132,6 +132,15 @@ def test_settings_come_from_pyproject_tool_table(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "unknown edgepack setting 'modle'" in result.stderr and "Did you mean 'model'" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["5", '["iot", 5]'])
+def test_a_target_setting_that_is_not_names_is_a_usage_error(tmp_path, monkeypatch, value):
+    (tmp_path / "edgepack.toml").write_text(f"target = {value}\n")
+    monkeypatch.chdir(tmp_path)
+    for command in ("build", "doctor"):
+        result = invoke(command)
+        assert result.exit_code == 2 and "'target' must be a target name or a list of them" in result.stderr, result.stderr
+
+
 def test_no_target_anywhere_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("build")
