@@ -11,6 +11,7 @@ import torch
 from .errors import UsageError
 from .inputs import InputSpec
 from .load import resolve_reference
+from .user_code import items_from_callable
 
 
 def load_check_inputs(source: str, specs: list[InputSpec], search_dir: Path | None = None) -> list[dict[str, torch.Tensor]]:
@@ -19,7 +20,7 @@ def load_check_inputs(source: str, specs: list[InputSpec], search_dir: Path | No
     factory = resolve_reference(source, search_dir or Path.cwd())
     if not callable(factory):
         raise UsageError(f"Check inputs '{source}' is not callable.", "Point --check-inputs at a function yielding dicts of tensors.")
-    samples = [_as_sample(item, specs, f"{source} item {i}") for i, item in enumerate(factory())]
+    samples = [_as_sample(item, specs, f"{source} item {i}") for i, item in enumerate(items_from_callable(factory, source, "--check-inputs"))]
     if not samples:
         raise UsageError(f"Check inputs '{source}' yielded nothing.", "Yield at least one dict of input tensors.")
     return samples

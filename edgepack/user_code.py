@@ -12,7 +12,8 @@ import linecache
 import sys
 import sysconfig
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -72,3 +73,36 @@ def _resolved(file: str | Path) -> str:
 
 def _in_library(file: str) -> bool:
     return file.startswith("<") or _resolved(file).startswith(_LIBRARY_DIRS)
+
+
+def items_from_callable(function: Callable[[], Any], reference: str, option: str) -> list[Any]:
+    """Everything a user's callable yields (for --check-inputs, --calibration, --eval-data), with its
+    failures reported as the user's: what it raised and where in their file, or what it returned."""
+    from .errors import UsageError
+
+    hint = f"Fix {reference}: it must yield (or return a list of) dicts of input name -> array."
+    try:
+        produced = function()
+    except Exception as exc:
+        raise _raised(exc, function, reference, option, hint) from exc
+    if isinstance(produced, (str, bytes, dict)) or not isinstance(produced, Iterable):
+        raise UsageError(f"{option} {reference} returned {type(produced).__name__}, not an iterable of batches.", hint)
+    try:
+        return list(produced)
+    except Exception as exc:  # a generator fails while it runs
+        raise _raised(exc, function, reference, option, hint) from exc
+
+
+def _raised(exc: Exception, function: object, reference: str, option: str, hint: str) -> Exception:
+    from .errors import UsageError
+
+    where = user_location(exc, [f for f in [_source_file(function)] if f])
+    reason = (str(exc).strip().splitlines() or [""])[0][:300]
+    return UsageError(f"{option} {reference} raised {type(exc).__name__}: {reason}" + (f"\n  at {where}" if where else ""), hint)
+
+
+def _source_file(function: object) -> str | None:
+    try:
+        return inspect.getsourcefile(function)  # type: ignore[arg-type]
+    except TypeError:
+        return None

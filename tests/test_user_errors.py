@@ -219,3 +219,40 @@ def test_install_into_refuses_a_failed_bundle_even_without_its_report(failed_bun
     app_dir = Path(shutil.copytree(Path(__file__).parent.parent / "android-demo", tmp_path / "android-demo"))
     result = invoke("install-into", app_dir, "--bundle", bundle)
     assert_user_error(result, 2, "is from a failed build: onnx: size_mb")
+
+
+# User callables for --check-inputs / --calibration / --eval-data that fail are the user's errors ---------
+
+USER_DATA = '''def boom():
+    raise ValueError("no data today")  # LINE data-boom
+
+
+def not_batches():
+    return 5
+
+
+def half_way():
+    yield {"x": [[0.0] * 32]}
+    raise OSError("disk went away")  # LINE data-half
+'''
+
+
+def data_line(marker: str) -> int:
+    return next(i for i, line in enumerate(USER_DATA.splitlines(), 1) if f"# LINE {marker}" in line)
+
+
+@pytest.mark.parametrize("option", ["--check-inputs", "--calibration", "--eval-data"])
+@pytest.mark.parametrize("function,texts", [
+    ("boom", ["raised ValueError: no data today", f"data.py:{data_line('data-boom')}"]),
+    ("not_batches", ["returned int, not an iterable of batches"]),
+    ("half_way", ["raised OSError: disk went away", f"data.py:{data_line('data-half')}"]),
+])
+def test_a_failing_data_callable_is_a_usage_error_at_the_users_line(user_files, option, function, texts):
+    (user_files / "data.py").write_text(USER_DATA, encoding="utf-8")
+    # Calibration is read for a static scheme, evaluation data for any quantized one.
+    precision = {"--check-inputs": [], "--calibration": ["--precision", "int8-static"],
+                 "--eval-data": ["--precision", "int8-dynamic"]}[option]
+    result = invoke("build", "--model", f"{user_files / 'nets.py'}:Mlp", "--input", "x=1x32", "--target", "android",
+                    "--out", user_files / "dist", *precision, option, f"{user_files / 'data.py'}:{function}")
+    assert_user_error(result, 2, *texts)
+    assert not (user_files / "dist").exists()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import LoadedModel, resolve_reference
+from ..user_code import items_from_callable
 
 Samples = list[dict[str, torch.Tensor]]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -45,7 +46,7 @@ def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = Non
     factory = resolve_reference(source, search_dir or Path.cwd())
     if not callable(factory):
         raise UsageError(f"{option} '{source}' is not callable.", "Point it at a function yielding batches (dicts of arrays).")
-    return _from_batches(factory(), specs, f"{option} {source}")
+    return _from_batches(items_from_callable(factory, source, option), specs, f"{option} {source}")
 
 
 def demo_split(loaded: LoadedModel, split: str) -> Samples | None:
