@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .bundle_check import opened_bundle
@@ -43,7 +44,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"labels: {', '.join(summary['labels'][:20])}{' ...' if len(summary['labels']) > 20 else ''}", highlight=False)
     console.print(_artifact_table(summary["artifacts"]))
     for a in summary["artifacts"]:
-        console.print(f"  {a['path']}: {a['requirements']}; sha256 {a['sha256']}", highlight=False)
+        console.print(escape(f"  {a['path']}: {a['requirements']}; sha256 {a['sha256']}"), highlight=False)
     console.print(_provenance_table(prov))
 
 
@@ -54,11 +55,11 @@ def _print_build(build: dict[str, Any] | None, console: Console) -> None:
     if not build["ok"]:
         console.print("[red]build: FAILED[/], do not ship this bundle:", highlight=False)
         for problem in build["problems"]:
-            console.print(f"  [red]problem:[/] {problem}", highlight=False)
+            console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
     else:
         console.print("build: [green]passed[/]" + (" (partial)" if build["left_out"] else ""), highlight=False)
     for entry in build["left_out"]:
-        console.print(f"  left out: {entry['format']}: {entry['reason']}", highlight=False)
+        console.print(escape(f"  left out: {entry['format']}: {entry['reason']}"), highlight=False)
 
 
 def _io_table(title: str, specs: list[dict[str, Any]], with_layout: bool) -> Table:

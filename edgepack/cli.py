@@ -15,6 +15,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, jsonio
@@ -51,7 +52,7 @@ class RichObserver:
             self.status.start()
             return
         self.status.stop()
-        self.console.print(f"{self._MARKS.get(status, ' ')} [bold]{stage:<22}[/] {detail}", highlight=False)
+        self.console.print(f"{self._MARKS.get(status, ' ')} [bold]{stage:<22}[/] {escape(detail)}", highlight=False)
 
 
 class QuietObserver:
@@ -166,9 +167,9 @@ def user_errors(json_output: bool) -> Iterator[None]:
 
 
 def _fail(exc: EdgepackError, json_output: bool) -> None:
-    err_console.print(f"[red]error:[/] {exc.message}", highlight=False)
+    err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
-        err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
     if json_output:
         print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
     raise typer.Exit(exc.exit_code)
@@ -203,12 +204,12 @@ def _print_summary(reports: list[BuildReport]) -> None:
         console.print(table)
         for a in report.artifacts:
             if a.smoke.status != "passed":
-                console.print(f"  [yellow]{a.format}[/]: {a.smoke.reason}", highlight=False)
+                console.print(f"  [yellow]{a.format}[/]: {escape(a.smoke.reason)}", highlight=False)
             if a.accuracy is not None:
                 console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False)
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
-            console.print(f"  [red]problem:[/] {problem}", highlight=False)
+            console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
 
 
@@ -263,30 +264,30 @@ def _print_diagnosis(result: dict) -> None:
     console.print(f"[bold]{result['model']}[/]: {len(hazards)} hazard(s)", highlight=False)
     for h in hazards:
         where = f"{h['file']}:{h['line']}" if h["file"] else "(unknown location)"
-        console.print(f"\n[yellow]{h['kind']}[/] at {where}", highlight=False)
+        console.print(f"\n[yellow]{h['kind']}[/] at {escape(where)}", highlight=False)
         code = linecache.getline(h["file"], h["line"]).strip() if h["file"] else ""
         if code:
-            console.print(f"    {code}", highlight=False)
-        console.print(f"  what: {h['message']}\n  why:  {h['why']}\n  fix:  {h['fix']}", highlight=False)
+            console.print(f"    {escape(code)}", highlight=False)
+        console.print(escape(f"  what: {h['message']}\n  why:  {h['why']}\n  fix:  {h['fix']}"), highlight=False)
     console.print("\n[bold]capture attempts[/]", highlight=False)
     for a in result["attempts"]:
         detail = a["error"] or ""
         if a["divergence"]:
             detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
-        console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {detail}", highlight=False)
+        console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {escape(detail)}", highlight=False)
     for unchecked in result.get("unchecked_sizes", []):
-        console.print(f"  [yellow]not checked at {unchecked['size']}[/]: eager PyTorch fails there ({unchecked['reason']}); "
+        console.print(f"  [yellow]not checked at {unchecked['size']}[/]: eager PyTorch fails there ({escape(unchecked['reason'])}); "
                       "the bundle's dynamic dimension would be wider than the model", highlight=False)
     if result.get("rewrites"):
         console.print("\n[bold]device pass[/]", highlight=False)
         lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]
         for line, count in Counter(lines).items():  # one line per kind of rewrite: a transformer repeats them per layer
-            console.print(f"  {line}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
+            console.print(f"  {escape(line)}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
     if result["ok"]:
         console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
     else:
-        console.print(f"\n[red]result:[/] no trustworthy capture. {result['hint']}", highlight=False)
+        console.print(f"\n[red]result:[/] no trustworthy capture. {escape(result['hint'])}", highlight=False)
 
 
 @app.command("targets")
@@ -345,7 +346,7 @@ def _print_verification(result: Verification) -> None:
     console = Console(soft_wrap=True)
     marks = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "failed": "[red]✗[/]"}
     for check in result.checks:
-        console.print(f"{marks[check.status]} {check.name}: {check.detail}", highlight=False)
+        console.print(f"{marks[check.status]} {escape(check.name)}: {escape(check.detail)}", highlight=False)
     verdict = "[green]OK[/]" if result.ok else f"[red]FAILED[/] ({len(result.failures)} check(s))"
     console.print(f"\n{result.path}: {verdict}", highlight=False)
 

@@ -167,3 +167,11 @@ def test_failed_check_exits_1_and_keeps_the_previous_good_bundle(tmp_path):
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("edgepack ")
+
+
+def test_messages_keep_their_square_brackets(tmp_path):
+    """rich reads '[formats.onnx]' as a style tag and drops it unless the text is escaped."""
+    target = tmp_path / "typo.toml"
+    target.write_text('name = "typo"\n[formats.onnx]\nprecision = "fp32"\nopsett = 18\n', encoding="utf-8")
+    result = invoke("build", "-t", str(target))
+    assert result.exit_code == 2 and "[formats.onnx] has an unknown key 'opsett'" in result.stderr, result.stderr
