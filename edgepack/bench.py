@@ -81,6 +81,39 @@ def summarize(samples_ms: list[float], load_ms: float | None = None) -> Latency:
     return Latency(float(p50), float(p90), float(p99), float(np.mean(samples_ms)), len(samples_ms), load_ms)
 
 
+class OtherProcessesLoad:
+    """How many cores other processes kept busy during a block (Linux: /proc/stat's busy time of every
+    CPU minus this process's own CPU time, over the wall time). Timings taken under such load are not
+    representative, and OpenMP-based runtimes (eager PyTorch, the lite interpreter) suffer far more
+    than onnxruntime, so ratios between them shift too. `cores` stays None where it cannot be read."""
+
+    cores: float | None = None
+
+    def __enter__(self) -> "OtherProcessesLoad":
+        self._start = (_busy_cpu_seconds(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        busy_start, own_start, wall_start = self._start
+        busy_end, wall = _busy_cpu_seconds(), time.perf_counter() - wall_start
+        if busy_start is None or busy_end is None or wall <= 0:
+            return
+        others = (busy_end - busy_start) - (time.process_time() - own_start)
+        self.cores = max(0.0, others / wall)
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Seconds every CPU of the machine spent busy (not idle or waiting on I/O), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal; guest is inside user
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5,
                      settle_s: float = 0.02) -> dict[str, Latency]:
     """The same protocol for several calls at once, in round-robin blocks of `block` timed runs, so

@@ -5,6 +5,7 @@ This is the Python API behind `edgepack build`; the CLI only parses arguments an
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -15,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from .bench import Latency, measure_footprint, time_interleaved, torch_threads
+from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
 from .bundle import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
 from .capture import CaptureError, CapturedModel, capture
 from .capture import check_options as check_capture_options
@@ -37,6 +38,7 @@ GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
 _BEFORE = "fp32 before "  # key prefix of the float artifact a quantized one is compared with
 UNSTEADY_SPREAD = 3.0  # p90 / p50 beyond which a run's timings are reported as unsteady
+BUSY_HOST_CORES = 0.5  # cores other processes keep busy while timing, beyond which the report says so
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -306,7 +308,8 @@ def _bench_all(
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
         # Interleaved, so that load from other processes falls on eager and every artifact alike.
-        timed = time_interleaved(calls, settings)
+        with OtherProcessesLoad() as load:
+            timed = time_interleaved(calls, settings)
     for report in artifacts:
         if report.format in load_ms:
             report.latency = timed[report.format]
@@ -319,7 +322,7 @@ def _bench_all(
     eager = timed[EAGER]
     for report in artifacts:
         if report.latency is not None:
-            _note_if_unsteady(report, eager)
+            _note_if_unsteady(report, eager, load.cores)
     observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
     return eager
 
@@ -347,8 +350,14 @@ def _note_if_slower(report: ArtifactReport) -> None:
                             f"timings' spread (p90 {before.p90:.3f} ms)")
 
 
-def _note_if_unsteady(report: ArtifactReport, eager: Latency) -> None:
-    """A p90 far above the p50 means other work shared the CPU: the ratios of this run are not to be trusted."""
+def _note_if_unsteady(report: ArtifactReport, eager: Latency, other_cores: float | None = None) -> None:
+    """Other processes busy on the host, or a p90 far above the p50 (the same, seen from the timings):
+    the latencies and ratios of this run are not to be trusted."""
+    if other_cores is not None and other_cores >= BUSY_HOST_CORES:
+        report.notes.append(f"timings taken on a busy host: other processes kept {other_cores:.1f} of {os.cpu_count()} "
+                            "cores busy while timing; eager PyTorch and the lite interpreter (OpenMP thread pools) slow "
+                            "down far more than onnxruntime then: compare latencies from a quiet machine")
+        return
     for label, latency in (("eager PyTorch", eager), (report.format, report.latency)):
         if latency is not None and latency.p90 > UNSTEADY_SPREAD * latency.p50:
             report.notes.append(f"timings unsteady: {label}'s p90 is {latency.p90 / latency.p50:.0f}x its p50 "

@@ -4,11 +4,15 @@ and the benchmark's table and JSON on a tiny real run. Nothing here asserts a ti
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgepack.bench import Latency, measure_footprint, time_interleaved
+from edgepack.bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved
 from edgepack.benchmarks.suite import Case, Row, run_case
 from edgepack.benchmarks.table import TARGETS, check_targets, markdown, to_json
 from edgepack.pipeline import _note_if_slower, _note_if_unsteady
@@ -115,3 +119,23 @@ def test_a_busy_host_makes_the_report_say_its_timings_are_unsteady():
     _note_if_unsteady(busy, _latency(0.9, 208.0))
     assert steady.notes == []
     assert "unsteady" in busy.notes[0] and "eager PyTorch" in busy.notes[0]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux's /proc/stat")
+def test_other_processes_keeping_a_core_busy_are_measured():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the child is up and spinning
+        with OtherProcessesLoad() as load:
+            time.sleep(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert load.cores is not None and load.cores >= 0.5  # one spinning process, whatever else runs here
+
+
+def test_a_busy_host_is_named_in_the_notes():
+    report = ArtifactReport("onnx", "fp32")
+    report.latency = _latency(0.05, 0.06)
+    _note_if_unsteady(report, _latency(0.9, 1.0), other_cores=1.2)
+    assert "busy host" in report.notes[0] and "1.2 of" in report.notes[0]
