@@ -264,7 +264,8 @@ def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dic
     keep = devices.keep if devices else set()
     findings = fmt.saved_devices(emitted.path, keep)
     if findings is None:
-        return {"checked": False, "device_agnostic": devices is None or devices.policy == "agnostic", "pinned": [], "kept": [],
+        # Nothing to pin, whatever the policy: the artifact runs wherever its runtime puts it.
+        return {"checked": False, "device_agnostic": True, "pinned": [], "kept": [],
                 "note": f"{fmt.name} records no device placement: its runtime places every tensor"}
     agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
     return {"checked": True, "device_agnostic": agnostic, "pinned": findings.pinned, "kept": findings.kept,

@@ -138,7 +138,8 @@ def test_a_bundle_left_pinned_is_reported_not_device_agnostic(tmp_path):
 
 
 def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
-    target = write_fast_target(tmp_path, "lite", '[formats.torchscript_lite]\nprecision = "fp32"\n')
+    target = write_fast_target(tmp_path, "lite", '[formats.torchscript_lite]\nprecision = "fp32"\n'
+                                                 '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
     request = _request([str(target)], tmp_path / "dist")
     request.device_policy = "target"
     with pytest.MonkeyPatch.context() as patch:
@@ -148,8 +149,9 @@ def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
     capture = report.to_json()["capture"]
     assert capture["device_policy"] == "target"
     assert any(r["kind"] == "target_device" and r["device"] == "cuda:0" for r in capture["rewrites"])
-    [lite] = report.artifacts
+    lite, onnx = report.artifacts
     assert not lite.devices["device_agnostic"] and not lite.devices["pinned"]  # pinned to the CPU on purpose
+    assert onnx.devices["device_agnostic"] and not onnx.devices["checked"]  # an ONNX graph has nothing to pin
     assert not report.device_agnostic and capture["meta_check"].startswith("not run")
     assert any('torch.device("cpu")' in kept for kept in lite.devices["kept"]), lite.devices
 
