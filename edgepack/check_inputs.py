@@ -51,5 +51,6 @@ def _as_sample(item: object, specs: list[InputSpec], where: str) -> dict[str, to
         if not spec.accepts_shape(tuple(tensor.shape)):
             raise UsageError(f"{where}: input '{spec.name}' has shape {list(tensor.shape)}, expected {list(spec.shape)} "
                              "(only dimensions declared dynamic may differ).", "Fix the check input's shape.")
+        spec.check_finite(tensor, where)
         sample[spec.name] = tensor
     return sample

@@ -306,7 +306,7 @@ def targets_command(
     for t in targets:
         formats = ", ".join(f"{f.name} ({f.precision}{_option_text(f.options)})" for f in t.formats)
         table.add_row(t.name, formats, t.description)
-    Console().print(table)
+    (Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)).print(table)
 
 
 def _option_text(options: dict) -> str:

@@ -112,6 +112,9 @@ class Hazard:
 
     @property
     def fix(self) -> str:
+        if self.in_library:  # advice to rewrite torch's own code would only mislead
+            return ("Nothing to change in your code. If a check input diverges, the branch depends on a shape or "
+                    "value your example fixes: declare that dimension dynamic, or add --check-inputs that take the other branch.")
         return EXPLANATIONS.get(self.kind, EXPLANATIONS["tracer_warning"])[1]
 
     def to_json(self) -> dict:

@@ -46,6 +46,13 @@ class InputSpec:
         return len(shape) == len(self.shape) and all(
             shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic)
 
+    def check_finite(self, values: torch.Tensor, where: str) -> None:
+        """UsageError for inf/NaN in user-given input values: they make every comparison and range meaningless."""
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise UsageError(f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
+                             "Give finite values (NaN often means a preprocessing step divided by zero).")
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

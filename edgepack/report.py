@@ -118,7 +118,9 @@ class BuildReport:
         found = [p for a in self.artifacts for p in a.problems(self.strict, self.allow_partial)]
         if self.complete or any(a.path is not None for a in self.artifacts):
             return found
-        return found + ["no artifact could be built"]
+        # --allow-partial hides each format's own failure; with nothing left, they are the reasons.
+        causes = [] if found else [f"{a.format}: {a.smoke.reason}" for a in self.artifacts]
+        return found + causes + ["no artifact could be built"]
 
     @property
     def complete(self) -> bool:

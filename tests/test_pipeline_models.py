@@ -134,6 +134,7 @@ def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_
     assert report.ok, report.problems
     assert report.capture["strategy"] == "trace"
     assert report.capture["hazards"] and all(h["in_library"] for h in report.capture["hazards"])
+    assert all(h["fix"].startswith("Nothing to change in your code") for h in report.capture["hazards"])
     assert {a.format: a.smoke.status for a in report.artifacts} == {
         "torchscript_lite": "passed", "coreml": "passed", "onnx": "passed"}
     [lite] = [a for a in report.artifacts if a.format == "torchscript_lite"]

@@ -216,3 +216,13 @@ def test_a_format_that_could_not_be_built_is_not_called_a_failed_smoke_test():
     built.smoke = SmokeResult(FAILED, "2 inputs outside tolerance")
     assert unbuilt.problems(strict=False) == ["onnx: emitting failed: no ONNX function for linalg_qr"]
     assert built.problems(strict=False) == ["coreml: smoke test failed: 2 inputs outside tolerance"]
+
+
+def test_a_partial_build_with_nothing_left_names_each_formats_failure():
+    from edgepack.report import ArtifactReport, BuildReport
+    from edgepack.verify import FAILED, SmokeResult
+
+    lite, onnx = ArtifactReport("torchscript_lite", "fp32"), ArtifactReport("onnx", "fp32")
+    lite.smoke, onnx.smoke = SmokeResult(FAILED, "emitting failed: A"), SmokeResult(FAILED, "emitting failed: B")
+    report = BuildReport("android", "m", "dist/m/android", [lite, onnx], {}, None, 1, allow_partial=True)
+    assert report.problems == ["torchscript_lite: emitting failed: A", "onnx: emitting failed: B", "no artifact could be built"]

@@ -256,3 +256,15 @@ def test_a_failing_data_callable_is_a_usage_error_at_the_users_line(user_files, 
                     "--out", user_files / "dist", *precision, option, f"{user_files / 'data.py'}:{function}")
     assert_user_error(result, 2, *texts)
     assert not (user_files / "dist").exists()
+
+
+@pytest.mark.parametrize("option,precision", [("--check-inputs", []), ("--calibration", ["--precision", "int8-static"])])
+def test_inf_or_nan_in_user_input_values_is_a_usage_error(user_files, option, precision):
+    import numpy as np
+
+    values = np.ones((4, 1, 32), dtype=np.float32)
+    values[2, 0, 5] = np.nan
+    np.savez(user_files / "bad.npz", x=values)
+    result = invoke("build", "--model", f"{user_files / 'nets.py'}:Mlp", "--input", "x=1x32", "--target", "android",
+                    "--out", user_files / "dist", *precision, option, user_files / "bad.npz")
+    assert_user_error(result, 2, "input 'x' has inf/NaN in 1 of 32 values")

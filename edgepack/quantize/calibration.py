@@ -100,7 +100,10 @@ def _as_samples(array: np.ndarray, spec: InputSpec, where: str) -> list[torch.Te
         if not spec.accepts_shape(part.shape):
             raise UsageError(f"{where}: input '{spec.name}' sample shape {list(part.shape)} differs from {list(spec.shape)} "
                              "(only dimensions declared dynamic may differ).", "Fix the array's shape.")
-    return [torch.as_tensor(np.ascontiguousarray(p)).to(spec.torch_dtype) for p in parts]
+    samples = [torch.as_tensor(np.ascontiguousarray(p)).to(spec.torch_dtype) for p in parts]
+    for sample in samples:
+        spec.check_finite(sample, where)
+    return samples
 
 
 def _from_folder(folder: Path, loaded: LoadedModel, option: str) -> Samples:
