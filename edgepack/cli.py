@@ -203,7 +203,9 @@ def _print_summary(reports: list[BuildReport]) -> None:
             )
         console.print(table)
         for a in report.artifacts:
-            if a.smoke.status != "passed":
+            if a.path is None and report.allow_partial:
+                console.print(f"  [yellow]{a.format}[/] left out of the bundle: {escape(a.smoke.reason)}", highlight=False)
+            elif a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {escape(a.smoke.reason)}", highlight=False)
             if a.accuracy is not None:
                 console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False)

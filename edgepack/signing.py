@@ -100,4 +100,8 @@ def _load(path: Path, parse):
     try:
         return parse(data)
     except (ValueError, TypeError) as exc:
+        if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or "Password was not given" in str(exc):
+            raise UsageError(f"{path} is an encrypted private key: edgepack signs unattended and takes no password.",
+                             f"Decrypt a copy for signing (openssl pkey -in {path} -out unencrypted.key) and keep it as "
+                             "safe as the original, or make a key with `edgepack keygen`.") from exc
         raise UsageError(f"{path} is not a PEM key: {exc}", "Use a PEM key from `edgepack keygen` or openssl (unencrypted).") from exc

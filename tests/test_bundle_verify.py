@@ -312,8 +312,14 @@ def test_git_state_records_the_commit_and_whether_the_checkout_differs(tmp_path)
 
 
 def test_build_refuses_a_bad_signing_key_before_building(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     (tmp_path / "rsa.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-    for key, message in ((tmp_path / "missing.key", "Cannot read key file"), (tmp_path / "rsa.key", "not a PEM key")):
+    (tmp_path / "enc.key").write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")))
+    for key, message in ((tmp_path / "missing.key", "Cannot read key file"), (tmp_path / "rsa.key", "not a PEM key"),
+                         (tmp_path / "enc.key", "is an encrypted private key")):
         done = runner.invoke(app, ["build", "--target", "iot", "--out", str(tmp_path / "dist"), "--sign-key", str(key)])
         assert done.exit_code == 2 and message in done.output, done.output
     assert not (tmp_path / "dist").exists()
