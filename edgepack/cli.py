@@ -318,13 +318,14 @@ def _option_text(options: dict) -> str:
 @app.command("install-into")
 def install_into_command(
     app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="The demo app's folder: android-demo/ or ios-demo/.")],
-    bundle: Annotated[Path, typer.Option(help="The bundle to install, e.g. dist/demo-digits/android.")],
+    bundle: Annotated[Path, typer.Option(help="The bundle to install: a folder (dist/demo-digits/android) or its .zip.")],
 ) -> None:
-    """Copy a bundle (artifacts, manifest.json, golden/) into a demo app, where the app reads it."""
+    """Copy a bundle (artifacts, manifest.json, manifest.sig, golden/) into a demo app, where the app reads it."""
+    from .bundle_check import opened_bundle
     from .install import install_bundle
 
-    with user_errors(False):
-        installed = install_bundle(app_dir, bundle)
+    with user_errors(False), opened_bundle(bundle) as bundle_dir:
+        installed = install_bundle(app_dir, bundle_dir)
     print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
           f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
 

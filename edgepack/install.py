@@ -37,7 +37,8 @@ IOS = AppLayout("ios", ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
                 "EdgepackDemo/Resources/edgepack", "coreml", "edgepack build --target ios",
                 "xcodegen generate, then build and run EdgepackDemo in Xcode")
 LAYOUTS = (ANDROID, IOS)
-BUNDLE_FILES = ("manifest.json", "golden")  # copied besides the artifacts; report.* stay in dist/
+# Copied besides the artifacts (the signature when there is one); report.* stay in dist/.
+BUNDLE_FILES = ("manifest.json", "manifest.sig", "golden")
 
 
 @dataclass(frozen=True)

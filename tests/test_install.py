@@ -130,3 +130,17 @@ def test_cli_installs_and_exits_2_with_the_reason_on_a_mismatch(tmp_path, demo_r
     wrong = runner.invoke(app, ["install-into", str(app_dir), "--bundle", str(bundle_of(demo_reports, "android"))])
     assert wrong.exit_code == 2
     assert "the ios demo app runs coreml" in wrong.output
+
+
+def test_cli_installs_from_the_archive_and_keeps_the_signature(tmp_path, demo_reports):
+    from edgepack.bundle import archive_bundle
+
+    bundle = tmp_path / "android"
+    shutil.copytree(bundle_of(demo_reports, "android"), bundle)
+    (bundle / "manifest.sig").write_bytes(b"signature bytes")  # install copies it as is; verify checks it
+    archive = archive_bundle(bundle)
+    app_dir = app_copy(tmp_path, "android")
+    done = CliRunner().invoke(app, ["install-into", str(app_dir), "--bundle", str(archive)])
+    assert done.exit_code == 0, done.output
+    installed = app_dir / ANDROID.bundle_path
+    assert (installed / "manifest.sig").read_bytes() == b"signature bytes" and (installed / "demo-digits.ptl").is_file()
