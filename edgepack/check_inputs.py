@@ -20,7 +20,8 @@ def load_check_inputs(source: str, specs: list[InputSpec], search_dir: Path | No
     factory = resolve_reference(source, search_dir or Path.cwd())
     if not callable(factory):
         raise UsageError(f"Check inputs '{source}' is not callable.", "Point --check-inputs at a function yielding dicts of tensors.")
-    samples = [_as_sample(item, specs, f"{source} item {i}") for i, item in enumerate(items_from_callable(factory, source, "--check-inputs"))]
+    items = items_from_callable(factory, source, "--check-inputs")
+    samples = [_as_sample(item, specs, f"{source} item {i}") for i, item in enumerate(items)]
     if not samples:
         raise UsageError(f"Check inputs '{source}' yielded nothing.", "Yield at least one dict of input tensors.")
     return samples
