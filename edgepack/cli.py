@@ -216,12 +216,10 @@ def _print_summary(reports: list[BuildReport]) -> None:
 
 
 def _size_text(artifact: ArtifactReport) -> str:
-    if not artifact.size_bytes or not artifact.size_before_bytes:
+    if not artifact.size_ratio:
         return ""
-    text = f"; size {artifact.size_bytes / artifact.size_before_bytes:.2f}x of fp32"
-    if artifact.weight_bytes and artifact.weight_bytes_before:
-        text += f" (weights {artifact.weight_bytes / artifact.weight_bytes_before:.2f}x)"
-    return text
+    text = f"; size {artifact.size_ratio:.2f}x of fp32"
+    return text + (f" (weights {artifact.weight_ratio:.2f}x)" if artifact.weight_ratio else "")
 
 
 def _devices_text(capture: dict) -> str:

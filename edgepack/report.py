@@ -56,6 +56,20 @@ class ArtifactReport:
     accuracy: Any = None  # edgepack.quantize.accuracy.Accuracy
     quantization: dict[str, Any] | None = None
 
+    @property
+    def size_ratio(self) -> float | None:
+        """The artifact's size over its fp32 version's (None when there is none)."""
+        return _ratio(self.size_bytes, self.size_before_bytes)
+
+    @property
+    def weight_ratio(self) -> float | None:
+        return _ratio(self.weight_bytes, self.weight_bytes_before)
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """p50 over the fp32 version's p50, timed in the same run."""
+        return _ratio(self.latency.p50 if self.latency else None, self.latency_before.p50 if self.latency_before else None)
+
     def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
         found = []
         if self.path is None and allow_partial:
@@ -88,14 +102,13 @@ class ArtifactReport:
             "notes": self.notes,
             "precision_requested": self.precision_requested or self.precision,
             "size_before_bytes": self.size_before_bytes,
-            "size_ratio": _ratio(self.size_bytes, self.size_before_bytes),
+            "size_ratio": self.size_ratio,
             "weight_bytes": self.weight_bytes,
             "weight_bytes_before": self.weight_bytes_before,
-            "weight_ratio": _ratio(self.weight_bytes, self.weight_bytes_before),
+            "weight_ratio": self.weight_ratio,
             "accuracy": self.accuracy.to_json() if self.accuracy is not None else None,
             "latency_before_ms": self.latency_before.to_json() if self.latency_before else None,
-            "latency_ratio": _ratio(self.latency.p50 if self.latency else None,
-                                    self.latency_before.p50 if self.latency_before else None),
+            "latency_ratio": self.latency_ratio,
             "quantization": self.quantization,
         }
 
@@ -223,11 +236,11 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
         acc = a.accuracy
         lines.append("| " + " | ".join([
             a.format, a.precision_requested or a.precision, a.precision, _kib(a.size_before_bytes), _kib(a.size_bytes),
-            _fmt(_ratio(a.size_bytes, a.size_before_bytes), "{:.2f}x"), _fmt(_ratio(a.weight_bytes, a.weight_bytes_before), "{:.2f}x"),
+            _fmt(a.size_ratio, "{:.2f}x"), _fmt(a.weight_ratio, "{:.2f}x"),
             _fmt(acc.top1_agreement if acc else None, "{:.4f}"), _fmt(acc.cosine if acc else None, "{:.5f}"),
             _fmt(acc.max_abs_err if acc else None, "{:.3g}"), _fmt(acc.sqnr_db if acc else None, "{:.1f}"),
             _fmt(a.latency_before.p50 if a.latency_before else None, "{:.3f}"), _fmt(a.latency.p50 if a.latency else None, "{:.3f}"),
-            _fmt(_ratio(a.latency.p50 if a.latency else None, a.latency_before.p50 if a.latency_before else None), "{:.2f}x"),
+            _fmt(a.latency_ratio, "{:.2f}x"),
         ]) + " |")
     lines += ["", "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
               "quantization scales) is a fixed cost that weighs more the smaller the model.", "", "Ladder attempts:", ""]

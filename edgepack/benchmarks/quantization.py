@@ -105,12 +105,10 @@ def table(rows: list[tuple[Case, str, ArtifactReport]]) -> str:
         lines.append("| " + " | ".join([
             case.label, a.format, scheme, a.precision if a.path else f"failed: {a.smoke.reason[:60]}",
             _size(a.size_before_bytes), _size(a.size_bytes),
-            _num(a.size_bytes / a.size_before_bytes if a.size_bytes and a.size_before_bytes else None, "{:.2f}x"),
+            _num(a.size_ratio, "{:.2f}x"),
             _num(acc.top1_agreement if acc else None, "{:.4f}"), _num(acc.cosine if acc else None, "{:.5f}"),
             _num(acc.max_abs_err if acc else None, "{:.3g}"), _num(acc.sqnr_db if acc else None, "{:.1f}"),
-            _num(before, "{:.3f}"), _num(after, "{:.3f}"),
-            _num(after / before if after and before else None, "{:.2f}x"),
-            _num(a.weight_bytes / a.weight_bytes_before if a.weight_bytes and a.weight_bytes_before else None, "{:.2f}x"),
+            _num(before, "{:.3f}"), _num(after, "{:.3f}"), _num(a.latency_ratio, "{:.2f}x"), _num(a.weight_ratio, "{:.2f}x"),
         ]) + " |")
     return "\n".join(lines)
 
