@@ -69,11 +69,11 @@ def quiet_converter() -> Iterator[ConverterLog]:
 
 
 @contextlib.contextmanager
-def _native_output_captured() -> Iterator[Callable[[], str]]:
-    """Point file descriptors 1 and 2 at a scratch file for the block; yield a reader of what landed there."""
+def _native_output_captured(fds: tuple[int, ...] = (1, 2)) -> Iterator[Callable[[], str]]:
+    """Point file descriptors `fds` at a scratch file for the block; yield a reader of what landed there."""
     _flush_all()
     with tempfile.TemporaryFile() as scratch:
-        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        saved = {fd: os.dup(fd) for fd in fds}
         final: list[str] = []  # what was captured, once the block is over (the scratch file is gone then)
 
         def read() -> str:
@@ -112,16 +112,8 @@ def native_stderr_quiet() -> Iterator[None]:
     ("[W... qlinear_dynamic.cpp] Warning: ..."), past Python's warnings and sys.stderr. Only for
     blocks that report their own failures as exceptions: edgepack's progress output is not in them.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as scratch:
-        os.dup2(scratch.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    with _native_output_captured((2,)):
+        yield
 
 
 @contextlib.contextmanager
