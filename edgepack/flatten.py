@@ -14,7 +14,8 @@ from torch import nn
 
 from .errors import UsageError
 from .load import LoadedModel
-from .user_code import defining_files, definition_site, user_location
+from .noise import short_reason
+from .user_code import at_line, defining_files, definition_site
 
 PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
 
@@ -65,12 +66,10 @@ def forward_failed(loaded: LoadedModel, exc: Exception) -> UsageError:
     """The model's forward raised on the declared example inputs: say on which inputs, where in the
     user's file (the innermost frame there; else forward's definition, for a call that never got in)."""
     module = loaded.module
-    where = user_location(exc, defining_files(module)) or definition_site(module.forward)
-    reason = (str(exc).strip().splitlines() or [""])[0][:500]
+    where = at_line(exc, defining_files(module), definition_site(module.forward))
     inputs = ", ".join(str(spec) for spec in loaded.inputs)
     return UsageError(
-        f"The model's forward failed on the example inputs ({inputs}): {type(exc).__name__}: {reason}"
-        + (f"\n  at {where}" if where else ""),
+        f"The model's forward failed on the example inputs ({inputs}): {short_reason(exc, 520)}{where}",
         f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
         f"{_signature_text(module.forward)}, in forward's order.",
     )

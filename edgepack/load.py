@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import UsageError
 from .inputs import InputSpec
-from .user_code import user_location
+from .user_code import at_line
 
 DEMO_REFERENCE = "edgepack.demo:make_model"
 
@@ -129,9 +129,9 @@ def _import_module(dotted: str, search_dir: Path) -> Any:
                 f"Cannot import module '{dotted}' ({exc}).",
                 "Run edgepack from your project's root, install your package, or give a file path: path/to/file.py:attr.",
             ) from exc
-        raise UsageError(f"Importing '{dotted}' failed: {exc}.{_at(exc, [])}", "Install what your model module imports.") from exc
+        raise UsageError(f"Importing '{dotted}' failed: {exc}.{at_line(exc, [])}", "Install what your model module imports.") from exc
     except Exception as exc:  # the module itself raised while it was imported
-        raise UsageError(f"Importing '{dotted}' failed: {type(exc).__name__}: {exc}{_at(exc, [])}",
+        raise UsageError(f"Importing '{dotted}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
                          "Fix the error in that module.") from exc
 
 
@@ -148,15 +148,9 @@ def _import_file(path_text: str) -> Any:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise UsageError(f"Running model file {path} failed: {type(exc).__name__}: {exc}{_at(exc, [path])}",
+        raise UsageError(f"Running model file {path} failed: {type(exc).__name__}: {exc}{at_line(exc, [path])}",
                          "Fix the error in that file.") from exc
     return module
-
-
-def _at(exc: BaseException, files: list) -> str:
-    """Where in the user's files the exception was raised, as a line of the message ('' when unknown)."""
-    where = user_location(exc, files)
-    return f"\n  at {where}" if where else ""
 
 
 def _instantiate(obj: Any, reference: str) -> nn.Module:
@@ -176,7 +170,7 @@ def _instantiate(obj: Any, reference: str) -> nn.Module:
     try:
         module = obj()
     except Exception as exc:
-        raise UsageError(f"Calling '{reference}' failed: {type(exc).__name__}: {exc}{_at(exc, [])}",
+        raise UsageError(f"Calling '{reference}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
                          "Fix the factory or the class.") from exc
     if not isinstance(module, nn.Module):
         raise UsageError(f"'{reference}' returned a {type(module).__name__}, not an nn.Module.", "Return the model from the factory.")

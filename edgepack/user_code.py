@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .noise import short_reason
+
 _LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (
     Path(torch.__file__).parent, Path(__file__).parent,
     sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])})
@@ -36,6 +38,13 @@ def user_location(exc: BaseException, files: Iterable[str | Path] = ()) -> str |
         if not _in_library(frame.filename):
             return _describe(frame.filename, frame.lineno)
     return None
+
+
+def at_line(exc: BaseException, files: Iterable[str | Path] = (), fallback: str | None = None) -> str:
+    """'\n  at file:line (code)' for an error message: where in the user's files `exc` was raised (else
+    `fallback`); '' when neither is known."""
+    where = user_location(exc, files) or fallback
+    return f"\n  at {where}" if where else ""
 
 
 def defining_files(obj: object) -> list[str]:
@@ -96,9 +105,8 @@ def items_from_callable(function: Callable[[], Any], reference: str, option: str
 def _raised(exc: Exception, function: object, reference: str, option: str, hint: str) -> Exception:
     from .errors import UsageError
 
-    where = user_location(exc, [f for f in [_source_file(function)] if f])
-    reason = (str(exc).strip().splitlines() or [""])[0][:300]
-    return UsageError(f"{option} {reference} raised {type(exc).__name__}: {reason}" + (f"\n  at {where}" if where else ""), hint)
+    files = [f for f in [_source_file(function)] if f]
+    return UsageError(f"{option} {reference} raised {short_reason(exc, 320)}{at_line(exc, files)}", hint)
 
 
 def _source_file(function: object) -> str | None:
