@@ -28,9 +28,9 @@ from edgepack.targets import AccuracyBudget, Budgets, FormatSettings, Tolerance
 from edgepack.verify import FAILED, smoke_test
 
 from .conftest import write_fast_target
-from .numerics_models import SeqFeatures, make_overflow
+from .models import SeqFeatures, make_overflow
 
-MODELS = Path(__file__).parent / "numerics_models.py"
+MODELS = Path(__file__).parent / "models.py"
 
 
 def _strict_json(text: str):
