@@ -22,14 +22,14 @@ from . import __version__, jsonio
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
-from .manifest import source_date_epoch
+from .bundle.manifest import source_date_epoch
 from .noise import stdout_to_stderr
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
-from .bundle_check import Verification, verify_bundle
-from .bundle_inspect import inspect_bundle, print_summary
+from .bundle.verify import Verification, verify_bundle
+from .bundle.inspect import inspect_bundle, print_summary
 from .report import ArtifactReport, BuildReport
-from .signing import check_private_key, generate_keypair
+from .bundle.signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -319,8 +319,8 @@ def install_into_command(
     bundle: Annotated[Path, typer.Option(help="The bundle to install: a folder (dist/demo-digits/android) or its .zip.")],
 ) -> None:
     """Copy a bundle (artifacts, manifest.json, manifest.sig, golden/) into a demo app, where the app reads it."""
-    from .bundle_check import opened_bundle
-    from .install import install_bundle
+    from .bundle.verify import opened_bundle
+    from .bundle.install import install_bundle
 
     with user_errors(False), opened_bundle(bundle) as bundle_dir:
         installed = install_bundle(app_dir, bundle_dir)

@@ -17,22 +17,22 @@ from typing import Protocol
 import torch
 
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
-from .bundle import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
-from .capture import CaptureError, CapturedModel, capture
-from .capture import check_options as check_capture_options
-from .check_inputs import load_check_inputs
+from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
+from .capture.ladder import CaptureError, CapturedModel, capture
+from .capture.ladder import check_options as check_capture_options
+from .capture.check_inputs import load_check_inputs
 from .errors import EdgepackError, UsageError
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
-from .manifest import build_outcome, write_bundle_manifest
+from .bundle.manifest import build_outcome, write_bundle_manifest
 from .noise import strip_ansi
-from .reproducible import stabilize
+from .bundle.reproducible import stabilize
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
 from .report import ArtifactReport, BudgetCheck, BuildReport
 from .targets import FormatSettings, Target, load_target
-from .verify import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
+from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
 GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import __version__
 from .bench import Footprint, Latency
-from .verify import FAILED, PASSED, SKIPPED, SmokeResult
+from .smoke import FAILED, PASSED, SKIPPED, SmokeResult
 
 REPORT_SCHEMA_VERSION = 1
 

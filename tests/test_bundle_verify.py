@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgepack import bundle_check
-from edgepack.bundle_check import verify_bundle
+from edgepack.bundle import verify as bundle_check
+from edgepack.bundle.verify import verify_bundle
 from edgepack.cli import app
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
-from edgepack.manifest import git_state, read_manifest, schema_problems
-from edgepack.signing import generate_keypair, sign_manifest
+from edgepack.bundle.manifest import git_state, read_manifest, schema_problems
+from edgepack.bundle.signing import generate_keypair, sign_manifest
 from edgepack.targets import FormatSettings
 
 from .conftest import ALL_FORMATS, write_fast_target
@@ -344,7 +344,7 @@ def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_
     import torch
 
     from edgepack.load import LoadedModel
-    from edgepack.manifest import _model_version
+    from edgepack.bundle.manifest import _model_version
 
     from .models import make_small_linear
 

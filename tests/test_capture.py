@@ -12,10 +12,10 @@ import torch
 import torch.jit.mobile as mobile
 from typer.testing import CliRunner
 
-from edgepack.capture import CaptureError
+from edgepack.capture.ladder import CaptureError
 from edgepack.cli import app
 from edgepack.inputs import parse_input_spec
-from edgepack.manifest import read_manifest
+from edgepack.bundle.manifest import read_manifest
 from edgepack.pipeline import BuildRequest, build
 
 from . import seed_models

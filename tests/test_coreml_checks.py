@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.capture import CapturedModel, capture
+from edgepack.capture.ladder import CapturedModel, capture
 from edgepack.compare import cosine_similarity
-from edgepack.coreml_executor import supported_op_types
+from edgepack.formats.coreml.executor import supported_op_types
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
 from edgepack.formats.base import FLOAT_LAYERS, PRECISIONS
-from edgepack.formats.coreml import PROVENANCE_KEYS, _kmeans_lut
+from edgepack.formats.coreml.format import PROVENANCE_KEYS, _kmeans_lut
 from edgepack.inputs import InputSpec, parse_input_spec, sample_inputs
 from edgepack.load import LoadedModel
 from edgepack.noise import quiet_converter
 from edgepack.pipeline import BuildRequest, build
 from edgepack.targets import Budgets, FormatSettings, Tolerance
-from edgepack.verify import smoke_test
+from edgepack.smoke import smoke_test
 
 from .conftest import write_fast_target
 from .coreml_models import CausalAttention, make_small_cnn

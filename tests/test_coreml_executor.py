@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgepack import coreml_executor
-from edgepack.coreml_executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops, program_op_types
+from edgepack.formats.coreml import executor as coreml_executor
+from edgepack.formats.coreml.executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops, program_op_types
 from edgepack.noise import quiet_converter
 
 from .coreml_models import CausalAttention

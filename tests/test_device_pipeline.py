@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.jit.mobile as mobile
 
-from edgepack import capture as capture_module
-from edgepack.capture import CaptureError
+from edgepack.capture import ladder as capture_module
+from edgepack.capture.ladder import CaptureError
 from edgepack.inputs import parse_input_spec
 from edgepack.noise import quiet_converter
 from edgepack.pipeline import BuildRequest, build
-from edgepack.rewrite import pinned_devices
+from edgepack.capture.devices import pinned_devices
 
 from . import models
 from .conftest import write_fast_target

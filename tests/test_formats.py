@@ -11,12 +11,12 @@ import torch
 from torch.jit.mobile import _load_for_lite_interpreter
 from onnx import numpy_helper
 
-from edgepack.capture import capture
+from edgepack.capture.ladder import capture
 from edgepack.formats import FORMATS
 from edgepack.inputs import InputSpec, sample_inputs
 from edgepack.load import LoadedModel
 from edgepack.targets import Budgets, FormatSettings, Tolerance
-from edgepack.verify import smoke_test
+from edgepack.smoke import smoke_test
 
 from .models import make_small_linear
 

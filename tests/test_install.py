@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgepack import install
+from edgepack.bundle import install
 from edgepack.cli import app
 from edgepack.errors import UsageError
-from edgepack.install import ANDROID, IOS, detect_layout, install_bundle
+from edgepack.bundle.install import ANDROID, IOS, detect_layout, install_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_APPS = {"android": (REPO / "android-demo", ANDROID), "ios": (REPO / "ios-demo", IOS)}
@@ -133,7 +133,7 @@ def test_cli_installs_and_exits_2_with_the_reason_on_a_mismatch(tmp_path, demo_r
 
 
 def test_cli_installs_from_the_archive_and_keeps_the_signature(tmp_path, demo_reports):
-    from edgepack.bundle import archive_bundle
+    from edgepack.bundle.staging import archive_bundle
 
     bundle = tmp_path / "android"
     shutil.copytree(bundle_of(demo_reports, "android"), bundle)

@@ -14,18 +14,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgepack import coreml_executor, jsonio
-from edgepack.capture import capture
+from edgepack import jsonio
+from edgepack.formats.coreml import executor as coreml_executor
+from edgepack.capture.ladder import capture
 from edgepack.cli import app
 from edgepack.compare import compare_outputs, merge
-from edgepack.coreml_executor import UnsupportedOp, coremltools_module, run_package
+from edgepack.formats.coreml.executor import UnsupportedOp, coremltools_module, run_package
 from edgepack.formats import FORMATS
 from edgepack.inputs import InputSpec, sample_inputs
 from edgepack.load import LoadedModel
 from edgepack.noise import quiet_converter
 from edgepack.quantize.accuracy import EvalSet, budget_misses, measure
 from edgepack.targets import AccuracyBudget, Budgets, FormatSettings, Tolerance
-from edgepack.verify import FAILED, smoke_test
+from edgepack.smoke import FAILED, smoke_test
 
 from .conftest import write_fast_target
 from .models import SeqFeatures, make_overflow

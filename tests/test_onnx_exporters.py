@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgepack.capture import capture
+from edgepack.capture.ladder import capture
 from edgepack.cli import app
 from edgepack.errors import BuildError
 from edgepack.formats import FORMATS

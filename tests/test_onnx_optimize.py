@@ -17,7 +17,7 @@ from torch import nn
 from edgepack.benchmarks.models import MiniLMEncoder
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
-from edgepack.onnx_optimize import CONTRIB_DOMAIN, optimization_requirements, optimize_onnx
+from edgepack.formats.onnx.optimize import CONTRIB_DOMAIN, optimization_requirements, optimize_onnx
 from edgepack.targets import Budgets, FormatSettings, Tolerance
 
 

@@ -20,6 +20,9 @@ def test_wheel_ships_targets_and_demo_files(tmp_path):
         assert f"edgepack/targets/{target}.toml" in names
     for data in ("weights.pt", "digits.npz", "DATA.md"):
         assert f"edgepack/demo/{data}" in names
-    assert "edgepack/formats/coreml.py" in names
+    # Every package of the source tree ships (a format folder missing from pyproject.toml's list would not).
+    for init in (ROOT / "edgepack").rglob("__init__.py"):
+        assert init.relative_to(ROOT).as_posix() in names
+    assert "edgepack/formats/coreml/format.py" in names
     assert "edgepack/schemas/manifest.schema.json" in names  # verify and inspect read it on users' machines
     assert not any(n.startswith("tests/") for n in names)

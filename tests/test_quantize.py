@@ -14,7 +14,7 @@ import torch
 from edgepack.errors import UsageError
 from edgepack.inputs import parse_input_spec
 from edgepack.load import load_model
-from edgepack.bundle_check import verify_bundle
+from edgepack.bundle.verify import verify_bundle
 from edgepack.pipeline import BuildRequest, build
 from edgepack.quantize.accuracy import Accuracy, EvalSet, budget_misses, measure
 from edgepack.quantize.calibration import load_samples
@@ -246,7 +246,7 @@ def test_budget_ignores_top1_when_not_gated():
 
 @pytest.fixture(scope="module")
 def demo_captured():
-    from edgepack.capture import capture
+    from edgepack.capture.ladder import capture
     from edgepack.quantize.calibration import demo_split
 
     loaded = load_model(None, [])

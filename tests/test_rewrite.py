@@ -23,7 +23,7 @@ from torch import nn
 from . import gpu_imitation
 from .gpu_imitation import CUDA, walk
 from edgepack.noise import quiet_converter
-from edgepack.rewrite import (
+from edgepack.capture.devices import (
     eager_prepass,
     fx_device_kwargs,
     kept_devices,

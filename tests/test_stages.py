@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.bundle import StagedBundle, sha256_of
-from edgepack.flatten import flatten_model
+from edgepack.bundle.staging import StagedBundle, sha256_of
+from edgepack.capture.flatten import flatten_model
 from edgepack.compare import compare_outputs, merge
 from edgepack.errors import UsageError
 from edgepack.formats import known_options
@@ -209,7 +209,7 @@ def test_native_stderr_is_kept_out_of_the_console_only_inside_the_block(capfd):
 
 def test_a_format_that_could_not_be_built_is_not_called_a_failed_smoke_test():
     from edgepack.report import ArtifactReport
-    from edgepack.verify import FAILED, SmokeResult
+    from edgepack.smoke import FAILED, SmokeResult
 
     unbuilt, built = ArtifactReport("onnx", "fp32"), ArtifactReport("coreml", "fp32", path="m.mlpackage")
     unbuilt.smoke = SmokeResult(FAILED, "emitting failed: no ONNX function for linalg_qr")
@@ -220,7 +220,7 @@ def test_a_format_that_could_not_be_built_is_not_called_a_failed_smoke_test():
 
 def test_a_partial_build_with_nothing_left_names_each_formats_failure():
     from edgepack.report import ArtifactReport, BuildReport
-    from edgepack.verify import FAILED, SmokeResult
+    from edgepack.smoke import FAILED, SmokeResult
 
     lite, onnx = ArtifactReport("torchscript_lite", "fp32"), ArtifactReport("onnx", "fp32")
     lite.smoke, onnx.smoke = SmokeResult(FAILED, "emitting failed: A"), SmokeResult(FAILED, "emitting failed: B")

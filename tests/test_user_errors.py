@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgepack.cli import app
-from edgepack.manifest import read_manifest
+from edgepack.bundle.manifest import read_manifest
 from edgepack.pipeline import BuildRequest, build
 
 from .conftest import write_fast_target

@@ -13,7 +13,7 @@ import torch
 
 from ..bench import Footprint, Latency, measure_footprint, time_interleaved, torch_threads
 from ..compare import compare_outputs, merge
-from ..flatten import flatten_model
+from ..capture.flatten import flatten_model
 from ..formats import FORMATS, RuntimeUnavailable, known_options
 from ..errors import EdgepackError
 from ..inputs import parse_input_spec, sample_inputs
@@ -21,7 +21,7 @@ from ..jsonio import finite_or_none
 from ..load import LoadedModel, load_model
 from ..pipeline import BuildRequest, build, golden_samples
 from ..targets import BenchSettings, load_target
-from ..verify import PASSED, SKIPPED
+from ..smoke import PASSED, SKIPPED
 from . import by_hand
 from .models import INPUTS
 

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..capture import CapturedModel
+from ..capture.ladder import CapturedModel
 from ..errors import UsageError, did_you_mean
-from ..rewrite import DeviceFindings
+from ..capture.devices import DeviceFindings
 from ..targets import FormatSettings
 
 # Runs one sample: input arrays in the model's input order -> output arrays in its output order.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..capture import CapturedModel
+from ..capture.ladder import CapturedModel
 from ..compare import cosine_similarity, non_finite_mismatch
 from ..jsonio import finite_or_none
 from ..formats.base import Runner

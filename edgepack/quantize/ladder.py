@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..bundle import remove_path, size_of
-from ..capture import CapturedModel
+from ..bundle.staging import remove_path, size_of
+from ..capture.ladder import CapturedModel
 from ..errors import BuildError, UsageError
 from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
 from ..noise import native_stderr_quiet
-from ..reproducible import stabilize
+from ..bundle.reproducible import stabilize
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure
 from .calibration import Samples

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..capture import CapturedModel
+from ..capture.ladder import CapturedModel
 from ..errors import UsageError
 from ..formats import FORMATS
 from ..inputs import sample_inputs

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import BuildError, UsageError
+from ...errors import BuildError, UsageError
 
 if TYPE_CHECKING:
-    from .capture import CapturedModel
-    from .targets import FormatSettings
+    from ...capture.ladder import CapturedModel
+    from ...targets import FormatSettings
 
 OPTION = "ort_format"
 SUFFIX = ".ort"
@@ -141,6 +141,6 @@ def _write_operators_config(ort_path: Path, config_path: Path) -> None:
 
 
 def _smoke(ort_path: Path, captured: CapturedModel, settings: FormatSettings, threads: int):
-    from .verify import compare_runner  # imported here: verify imports the formats, which import this module
+    from ...smoke import compare_runner  # imported here: verify imports the formats, which import this module
 
     return compare_runner(open_ort(ort_path, threads), captured, settings)[0]

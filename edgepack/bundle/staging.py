@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from . import jsonio
-from .capture import CapturedModel
-from .errors import UsageError
+from .. import jsonio
+from ..capture.ladder import CapturedModel
+from ..errors import UsageError
 from .manifest import source_date_epoch
 
 NOT_ARCHIVED = ("report.json", "report.md")

@@ -24,7 +24,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from . import jsonio
+from .. import jsonio
 from .manifest import source_date_epoch
 
 # Namespace for the Core ML package item identifiers (any fixed UUID would do).

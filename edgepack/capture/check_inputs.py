@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .inputs import InputSpec
-from .load import resolve_reference
-from .user_code import items_from_callable
+from ..errors import UsageError
+from ..inputs import InputSpec
+from ..load import resolve_reference
+from ..user_code import items_from_callable
 
 
 def load_check_inputs(source: str, specs: list[InputSpec], search_dir: Path | None = None) -> list[dict[str, torch.Tensor]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .capture import CapturedModel
+from .capture.ladder import CapturedModel
 from .compare import Comparison, compare_outputs, merge
 from .formats import Emitted, Format, Runner, RuntimeUnavailable
 from .jsonio import finite_or_none

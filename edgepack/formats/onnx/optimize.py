@@ -26,8 +26,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from .errors import UsageError, did_you_mean
-from .noise import quiet_converter, short_reason
+from ...errors import UsageError, did_you_mean
+from ...noise import quiet_converter, short_reason
 
 LEVELS = ("none", "basic", "extended", "transformer")
 CONTRIB_DOMAIN = "com.microsoft"

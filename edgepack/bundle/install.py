@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import sha256_of
-from .errors import UsageError
+from .staging import sha256_of
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

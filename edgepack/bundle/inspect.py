@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .bundle_check import opened_bundle
+from .verify import opened_bundle
 from .manifest import MANIFEST, read_manifest
 
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 import numpy as np
 
-from . import __version__, jsonio
-from .errors import BuildError, UsageError
+from .. import __version__, jsonio
+from ..errors import BuildError, UsageError
 
 if TYPE_CHECKING:  # the verify/inspect commands read manifests without importing torch's stages
-    from .capture import CapturedModel
-    from .load import LoadedModel
-    from .report import ArtifactReport, BuildReport
-    from .targets import Target
+    from ..capture.ladder import CapturedModel
+    from ..load import LoadedModel
+    from ..report import ArtifactReport, BuildReport
+    from ..targets import Target
 
 MANIFEST_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -44,7 +44,7 @@ _LIBRARIES = ("torch", "coremltools", "onnx", "onnxruntime", "numpy")
 def build_manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict,
                    bundle_dir: Path, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest for a staged bundle whose artifacts and golden files are already written."""
-    from .formats import FORMATS
+    from ..formats import FORMATS
 
     loaded = captured.loaded
     settings = {f.name: f for f in target.formats}
@@ -151,7 +151,7 @@ def _git(folder: Path, *args: str) -> str | None:
 
 def list_files(bundle_dir: Path) -> list[dict[str, Any]]:
     """Every file in the bundle the manifest can vouch for, with its sha256 and size, sorted by path."""
-    from .bundle import sha256_of
+    from .staging import sha256_of
 
     files = []
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):

@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .bundle import read_raw, sha256_of
-from .errors import UsageError
+from .staging import read_raw, sha256_of
+from ..errors import UsageError
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
 
 # Zip limits: far above any bundle edgepack writes, far below what would exhaust a build machine.
@@ -272,22 +272,22 @@ def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[s
         if ort_entry["path"] not in intact:
             result.checks.append(Check(f"smoke ort {ort_entry['path']}", SKIP, "not run: the file does not match the manifest"))
             return
-        from .ort_format import open_ort
+        from ..formats.onnx.ort_format import open_ort
 
         _smoke(f"ort {ort_entry['path']}", lambda: open_ort(ort_path, threads), artifact, manifest, golden, result)
 
 
 def _open(artifact: dict[str, Any], path: Path, threads: int):
-    from .formats import get_format
+    from ..formats import get_format
 
     return get_format(artifact["format"]).open(path, threads)
 
 
 def _smoke(name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
     """Run every golden sample and compare with the expected outputs at the artifact's tolerance."""
-    from .formats import RuntimeUnavailable
-    from .targets import Tolerance
-    from .verify import compare_cases  # imported here: verify imports the formats, which are heavy
+    from ..formats import RuntimeUnavailable
+    from ..targets import Tolerance
+    from ..smoke import compare_cases  # imported here: verify imports the formats, which are heavy
 
     input_names = [i["name"] for i in manifest["inputs"]]
     output_names = [o["name"] for o in manifest["outputs"]]

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, jsonio
-from ..capture import CapturedModel
-from ..compare import compare_outputs, merge
-from ..coreml_executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
-from ..errors import BuildError, UsageError, did_you_mean
-from ..noise import quiet_converter, strip_ansi, tail
-from ..targets import FormatSettings
-from .base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
+from ... import __version__, jsonio
+from ...capture.ladder import CapturedModel
+from ...compare import compare_outputs, merge
+from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
+from ...errors import BuildError, UsageError, did_you_mean
+from ...noise import quiet_converter, strip_ansi, tail
+from ...targets import FormatSettings
+from ..base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
 _ct = coremltools_module
 _COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual

@@ -22,9 +22,9 @@ from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight
                                    quantize_dynamic)
 from torch.ao.quantization.quantize_jit import quantize_jit
 
-from ..capture import CapturedModel, capture_again
-from ..errors import BuildError
-from .calibration import Samples
+from ...capture.ladder import CapturedModel, capture_again
+from ...errors import BuildError
+from ...quantize.calibration import Samples
 
 ENGINE = "qnnpack"
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding)

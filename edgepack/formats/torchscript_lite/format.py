@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.jit.mobile as mobile
 
-from ..capture import CapturedModel
-from ..errors import BuildError, UsageError
-from ..noise import quiet_converter, tail
-from ..rewrite import DeviceFindings, pinned_devices
-from ..targets import FormatSettings
-from ..quantize import torch_ao
-from .base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+from ...capture.ladder import CapturedModel
+from ...errors import BuildError, UsageError
+from ...noise import quiet_converter, tail
+from ...capture.devices import DeviceFindings, pinned_devices
+from ...targets import FormatSettings
+from . import quantize as torch_ao
+from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
 NEWEST_BYTECODE = 8

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .load import LoadedModel
-from .noise import short_reason
-from .user_code import at_line, defining_files, definition_site
+from ..errors import UsageError
+from ..load import LoadedModel
+from ..noise import short_reason
+from ..user_code import at_line, defining_files, definition_site
 
 PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
 

@@ -18,14 +18,14 @@ import onnxruntime as ort
 from onnx import numpy_helper
 import torch
 
-from ..capture import CapturedModel
-from ..errors import BuildError, UsageError
-from ..noise import quiet_converter, short_reason, strip_ansi, tail
-from ..onnx_optimize import check_level, optimization_requirements, optimize_onnx
-from .. import ort_format
-from ..targets import FormatSettings
-from ..quantize import ort as ort_quant
-from .base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+from ...capture.ladder import CapturedModel
+from ...errors import BuildError, UsageError
+from ...noise import quiet_converter, short_reason, strip_ansi, tail
+from .optimize import check_level, optimization_requirements, optimize_onnx
+from . import ort_format
+from ...targets import FormatSettings
+from . import quantize as ort_quant
+from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 _MIN_OPSET, _MAX_OPSET = 13, 21
 # The torch.export-based exporter writes opset 18 or newer (it ignores lower requests), and onnx's

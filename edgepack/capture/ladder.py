@@ -27,14 +27,14 @@ import torch
 from torch import nn
 
 from . import hazards as hz
-from . import rewrite
-from .compare import Comparison, compare_outputs
-from .errors import BuildError, UsageError, did_you_mean
+from . import devices as rewrite
+from ..compare import Comparison, compare_outputs
+from ..errors import BuildError, UsageError, did_you_mean
 from .flatten import FlatModel, flatten_model
 from .hazards import Hazard
-from .inputs import dynamic_symbols, resized, sample_inputs
-from .load import LoadedModel
-from .noise import filter_known_warnings
+from ..inputs import dynamic_symbols, resized, sample_inputs
+from ..load import LoadedModel
+from ..noise import filter_known_warnings
 
 MODES = ("auto", "trace", "script")
 _ERROR_LINE = re.compile(r"^\w*(Error|Exception): ")

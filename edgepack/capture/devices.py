@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .noise import filter_known_warnings
+from ..noise import filter_known_warnings
 
 POLICIES = ("agnostic", "target")
 TARGET_DEVICE = "cpu"  # the phone's device under policy "target"

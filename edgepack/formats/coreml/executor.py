@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .noise import quiet_converter
+from ...noise import quiet_converter
 
 __all__ = ["UnsupportedOp", "coremltools_module", "program_op_types", "run_package", "supported_op_types",
            "unsupported_ops"]

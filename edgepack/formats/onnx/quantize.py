@@ -23,9 +23,9 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from ..errors import BuildError
-from ..noise import quiet_converter, tail
-from .calibration import Samples
+from ...errors import BuildError
+from ...noise import quiet_converter, tail
+from ...quantize.calibration import Samples
 
 # Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
