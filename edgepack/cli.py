@@ -22,8 +22,9 @@ from . import __version__, jsonio
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
-from .bundle.manifest import source_date_epoch
+from .bundle.files import source_date_epoch
 from .noise import stdout_to_stderr
+from .progress import Status
 from .inputs import SPEC_SYNTAX, parse_input_spec
 from .pipeline import BuildRequest, build, diagnose
 from .bundle.verify import Verification, verify_bundle
@@ -40,14 +41,14 @@ err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable
 class RichObserver:
     """Progress for people, on stderr: a spinner while a stage runs, one line when it ends."""
 
-    _MARKS = {"done": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    _MARKS = {Status.DONE: "[green]✓[/]", Status.WARN: "[yellow]![/]", Status.FAIL: "[red]✗[/]"}
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.status = console.status("")
 
-    def event(self, stage: str, status: str, detail: str) -> None:
-        if status == "start":
+    def event(self, stage: str, status: Status, detail: str) -> None:
+        if status == Status.START:
             self.status.update(f"{stage}: {detail}")
             self.status.start()
             return
@@ -56,7 +57,7 @@ class RichObserver:
 
 
 class QuietObserver:
-    def event(self, stage: str, status: str, detail: str) -> None:
+    def event(self, stage: str, status: Status, detail: str) -> None:
         pass
 
 

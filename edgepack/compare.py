@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import precisions
+from .errors import RuntimeUnavailable
 from .jsonio import finite_or_none
+
+if TYPE_CHECKING:
+    from .capture.ladder import CapturedModel
+    from .targets import FormatSettings, Tolerance
+
+# One sample through an artifact: input arrays in the model's order -> output arrays in its order.
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -124,3 +135,32 @@ def merge(comparisons: list[Comparison], label: str = "") -> Comparison:
 
 def _worst_cosine(a: float, b: float) -> float:
     return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def compare_runner(run: Runner, captured: CapturedModel, settings: FormatSettings) -> tuple[Comparison, bool]:
+    """Run every check input through `run` and compare with eager, with the tolerance for the precision.
+    A quantized artifact is checked on real samples only: the capture's synthetic check inputs
+    (negated, scaled by 4, zeroed) lie outside the calibrated ranges by construction."""
+    tol = settings.tolerance_for(settings.precision)
+    quantized = precisions.is_quantized(settings.precision)
+    cases = [(f"golden sample {i}", s, e) for i, (s, e) in enumerate(zip(captured.samples, captured.expected))]
+    cases += [] if quantized else [(c.label, c.sample, c.expected) for c in captured.checks]
+    arrays = [(label, [sample[name].numpy() for name in captured.input_names], expected) for label, sample, expected in cases]
+    return compare_cases(run, arrays, tol, captured.output_names), quantized
+
+
+def compare_cases(run: Runner, cases: list[tuple[str, list[np.ndarray], list[np.ndarray]]], tol: Tolerance,
+                  output_names: list[str]) -> Comparison:
+    """Each (label, input arrays, expected outputs) through `run`, compared within `tol`. A case that
+    fails to run is a failed comparison; RuntimeUnavailable (cannot run on this OS) propagates."""
+    comparisons = []
+    for label, inputs, expected in cases:
+        try:
+            got = run(inputs)
+        except RuntimeUnavailable:
+            raise
+        except Exception as exc:
+            comparisons.append(Comparison.error(label, f"running failed: {type(exc).__name__}: {str(exc)[:300]}"))
+            continue
+        comparisons.append(compare_outputs(got, expected, tol.atol, tol.rtol, tol.min_cosine, label, output_names))
+    return merge(comparisons)

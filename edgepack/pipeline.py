@@ -12,7 +12,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
@@ -27,10 +26,10 @@ from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .bundle.manifest import build_outcome, write_bundle_manifest
 from .noise import strip_ansi
-from .bundle.reproducible import stabilize
+from .progress import Observer, SilentObserver, Status
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
-from .report import ArtifactReport, BudgetCheck, BuildReport
+from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
 from .targets import FormatSettings, Target, load_target
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
@@ -68,17 +67,6 @@ class BuildRequest:
     eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
-class Observer(Protocol):
-    """Progress callbacks: status is 'start', 'done', 'warn' or 'fail'."""
-
-    def event(self, stage: str, status: str, detail: str) -> None: ...
-
-
-class SilentObserver:
-    def event(self, stage: str, status: str, detail: str) -> None:
-        pass
-
-
 def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
     """Build every requested target from one load and one capture of the model."""
     _check_options(request)  # every cheap check before the model is loaded
@@ -88,29 +76,29 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
         for settings in target.formats:
             FORMATS[settings.name].validate(settings)
 
-    observer.event("load", "start", request.model or "built-in demo model")
+    observer.event("load", Status.START, request.model or "built-in demo model")
     loaded = _load(request)
     check_out_dir(request.out_dir / loaded.name)
-    observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
+    observer.event("load", Status.DONE, f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
 
-    observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
+    observer.event("capture", Status.START, f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
     for hazard in [h for h in captured.hazards if not h.in_library]:
-        observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+        observer.event("capture", Status.WARN, f"{hazard.location()}: {hazard.message}")
     for unchecked in captured.unchecked_sizes:
-        observer.event("capture", "warn", f"not checked at {unchecked['size']}: eager PyTorch fails there "
+        observer.event("capture", Status.WARN, f"not checked at {unchecked['size']}: eager PyTorch fails there "
                                           f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")
     inside_torch = [h for h in captured.hazards if h.in_library]
     if inside_torch:
-        observer.event("capture", "warn", f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
+        observer.event("capture", Status.WARN, f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
                                           "(shape checks, usually); the trace was checked against eager regardless")
-    observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
+    observer.event("capture", Status.DONE, f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
     data = samples.measured_on(captured) if samples is not None else None
     if samples is not None:
-        observer.event("eval data", "done", f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
+        observer.event("eval data", Status.DONE, f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
     return [build_target(captured, target, request, observer, data) for target in targets]
 
 
@@ -188,8 +176,8 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
     if report.ok:  # the archive must match the bundle now in place: rewrite it, or remove a stale one
         archive = archive_bundle(bundle_dir, request.archive)
         if archive is not None:
-            observer.event("archive", "done", str(archive))
-    observer.event("bundle", "done" if report.ok else "fail", report.bundle_dir)
+            observer.event("archive", Status.DONE, str(archive))
+    observer.event("bundle", Status.DONE if report.ok else Status.FAIL, report.bundle_dir)
     return report
 
 
@@ -205,11 +193,11 @@ def _emit_all(
         report = ArtifactReport(settings.name, settings.precision)
         reports.append(report)
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
-        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name} ({settings.precision})")
+        observer.event(f"emit {fmt.name}", Status.START, f"{target.name}: {path.name} ({settings.precision})")
         try:
             if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
                 result = fmt.emit(captured, replace(settings, precision="fp32"), path)
-                result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
+                result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
@@ -223,7 +211,7 @@ def _emit_all(
         except Exception as exc:  # a converter can fail in any way; the other formats still build
             remove_path(path)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {strip_ansi(str(exc))}")
-            observer.event(f"emit {fmt.name}", "fail", (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
+            observer.event(f"emit {fmt.name}", Status.FAIL, (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.weight_bytes = fmt.weight_bytes(path)
@@ -231,7 +219,7 @@ def _emit_all(
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)
-        status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
+        status = {PASSED: Status.DONE, SKIPPED: Status.WARN}.get(report.smoke.status, Status.FAIL)
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted, baselines
 
@@ -243,7 +231,7 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
     ladder = Ladder(fmt, captured, settings, folder, data, path.name,
-                    lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+                    lambda text: observer.event(f"quantize {fmt.name}", Status.START, text))
     result = ladder.run()
     shipped = ship(result, path)
     report.precision_requested, report.precision = result.requested, result.precision
@@ -252,24 +240,22 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     if result.baseline is not None:
         report.size_before_bytes = size_of(result.baseline.path)
         report.weight_bytes_before = fmt.weight_bytes(result.baseline.path)
-    status = "warn" if result.fell_back else "done"
+    status = Status.WARN if result.fell_back else Status.DONE
     figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
     observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")
     return shipped, result.baseline
 
 
-def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dict:
+def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> ArtifactDevices:
     """The proof on what ships: device literals read back from the saved artifact's own code."""
     devices = captured.devices
     keep = devices.keep if devices else set()
     findings = fmt.saved_devices(emitted.path, keep)
     if findings is None:
         # Nothing to pin, whatever the policy: the artifact runs wherever its runtime puts it.
-        return {"checked": False, "device_agnostic": True, "pinned": [], "kept": [],
-                "note": f"{fmt.name} records no device placement: its runtime places every tensor"}
+        return ArtifactDevices(False, True, [], [], f"{fmt.name} records no device placement: its runtime places every tensor")
     agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
-    return {"checked": True, "device_agnostic": agnostic, "pinned": findings.pinned, "kept": findings.kept,
-            "note": "device literals read back from the saved code"}
+    return ArtifactDevices(True, agnostic, findings.pinned, findings.kept, "device literals read back from the saved code")
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
@@ -290,7 +276,7 @@ def _bench_all(
     sample = captured.samples[0]
     args = tuple(sample[name] for name in captured.input_names)
     arrays = [t.numpy() for t in args]
-    observer.event("bench", "start", f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
+    observer.event("bench", Status.START, f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
     with torch_threads(settings.threads), torch.inference_mode():
         calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
         for report in artifacts:
@@ -324,7 +310,7 @@ def _bench_all(
     for report in artifacts:
         if report.latency is not None:
             _note_if_unsteady(report, eager, load.cores)
-    observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
+    observer.event("bench", Status.DONE, f"eager p50 {eager.p50:.3f} ms")
     return eager
 
 
@@ -384,4 +370,7 @@ def _attempts_text(captured: CapturedModel) -> str:
     return ", ".join(f"{a.strategy} {'ok' if a.ok else 'failed'}" for a in captured.attempts)
 
 
-__all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "EdgepackError"]
+# `edgepack doctor`'s name in the Python API.
+doctor = diagnose
+
+__all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "diagnose", "doctor", "EdgepackError"]

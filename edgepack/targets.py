@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import precisions
 from .errors import UsageError, did_you_mean
 
 _TARGET_KEYS = {"name", "description", "smoke", "quantized_smoke", "accuracy", "budgets", "bench", "formats"}
 _FORMAT_COMMON_KEYS = {"precision", "smoke", "quantized_smoke", "accuracy", "budgets"}
-# Precisions whose artifacts are smoke-tested with the looser [quantized_smoke] tolerance.
-QUANTIZED_PRECISIONS = ("int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class FormatSettings:
 
     def tolerance_for(self, precision: str) -> Tolerance:
         """The smoke tolerance for an artifact built in `precision`."""
-        return self.quantized_tolerance if precision in QUANTIZED_PRECISIONS else self.tolerance
+        return self.quantized_tolerance if precisions.is_quantized(precision) else self.tolerance
 
 
 @dataclass(frozen=True)

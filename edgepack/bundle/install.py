@@ -25,16 +25,15 @@ class AppLayout:
     platform: str
     markers: tuple[str, ...]  # relative paths that must all exist
     bundle_path: str  # the folder the app reads the bundle from, relative to the app
-    required_format: str  # the format the app cannot run without
     build_hint: str
     next_step: str  # what to run in the app folder afterwards
 
 
 ANDROID = AppLayout("android", ("settings.gradle.kts", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml"),
-                    "app/src/main/assets/edgepack", "torchscript_lite", "edgepack build --target android",
+                    "app/src/main/assets/edgepack", "edgepack build --target android",
                     "./gradlew installDebug (and connectedDebugAndroidTest for the golden vectors on a device)")
 IOS = AppLayout("ios", ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
-                "EdgepackDemo/Resources/edgepack", "coreml", "edgepack build --target ios",
+                "EdgepackDemo/Resources/edgepack", "edgepack build --target ios",
                 "xcodegen generate, then build and run EdgepackDemo in Xcode")
 LAYOUTS = (ANDROID, IOS)
 # Copied besides the artifacts (the signature when there is one); report.* stay in dist/.
@@ -86,10 +85,11 @@ def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> No
     """The bundle must carry the app's format, and every artifact must be the one the manifest hashed."""
     formats = [a["format"] for a in manifest.get("artifacts", [])]
     target = manifest.get("target", {}).get("name", "?")
-    if layout.required_format not in formats:
+    required = required_formats(layout)
+    if not set(required) <= set(formats):
         raise UsageError(
             f"The bundle was built for target '{target}' ({', '.join(formats) or 'no artifacts'}); "
-            f"the {layout.platform} demo app runs {layout.required_format}.",
+            f"the {layout.platform} demo app runs {', '.join(required)}.",
             f"Build a bundle for it with `{layout.build_hint}` and install that one.")
     for artifact in manifest["artifacts"]:
         path = bundle_dir / artifact["path"]
@@ -98,6 +98,13 @@ def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> No
         if sha256_of(path) != artifact["sha256"]:
             raise UsageError(f"{path} does not match the sha256 in the bundle's manifest: it changed after the build.",
                              "Rebuild the bundle with edgepack build rather than editing it.")
+
+
+def required_formats(layout: AppLayout) -> list[str]:
+    """The formats the app cannot run without: each format names the demo apps it serves."""
+    from ..formats import FORMATS
+
+    return [name for name, fmt in FORMATS.items() if layout.platform in fmt.app_platforms]
 
 
 def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:

@@ -12,14 +12,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import jsonio
-from ..capture.ladder import CapturedModel
 from ..errors import UsageError
-from .manifest import source_date_epoch
+from .files import sha256_of, size_of, source_date_epoch
+
+if TYPE_CHECKING:  # verify and inspect use this module without torch
+    from ..capture.ladder import CapturedModel
 
 NOT_ARCHIVED = ("report.json", "report.md")
 
@@ -119,30 +121,6 @@ def read_raw(bundle_dir: Path, entry: dict[str, Any]) -> np.ndarray:
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     jsonio.write(path, document, indent=2)
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder (an .mlpackage) as its sorted relative paths and contents."""
-    digest = hashlib.sha256()
-    if path.is_file():
-        _hash_file(digest, path)
-        return digest.hexdigest()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        _hash_file(digest, file)
-    return digest.hexdigest()
-
-
-def size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _hash_file(digest: "hashlib._Hash", path: Path) -> None:
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
 
 
 def remove_path(path: Path) -> None:

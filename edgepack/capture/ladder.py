@@ -20,7 +20,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,13 +50,18 @@ class CaptureError(BuildError):
         self.attempts = attempts
 
 
+CheckKind = Literal["golden", "branch", "size", "user"]
+
+
 @dataclass
-class Check:
-    """An input the capture must handle like eager PyTorch, with eager's outputs for it."""
+class CheckInput:
+    """An input the capture must handle like eager PyTorch, with eager's outputs for it: another golden
+    sample, a branch-flipping variant, another size of a dynamic dimension, or one of the user's."""
 
     label: str
     sample: dict[str, torch.Tensor]
     expected: list[np.ndarray]
+    kind: CheckKind = "golden"
 
 
 @dataclass
@@ -87,7 +92,7 @@ class CapturedModel:
     hazards: list[Hazard]
     samples: list[dict[str, torch.Tensor]] = field(repr=False, default_factory=list)
     expected: list[list[np.ndarray]] = field(repr=False, default_factory=list)
-    checks: list[Check] = field(repr=False, default_factory=list)
+    checks: list[CheckInput] = field(repr=False, default_factory=list)
     devices: DevicePass | None = None
     # Sizes of a dynamic dimension the capture could not be checked at, because eager itself fails there:
     # [{"size": "SEQ=128", "reason": ...}]. The bundle still accepts them; nobody checked what it returns.
@@ -127,6 +132,7 @@ class DevicePass:
     rewrites: list[rewrite.Rewrite]
     findings: rewrite.DeviceFindings
     meta_check: str  # runs_on_meta's verdict: "ok: ...", "device mismatch: ...", "could not check: ..."
+    meta_mismatch: bool = False  # the meta run found a placement still pinned to a real device
 
     @property
     def keep(self) -> set[str]:
@@ -138,7 +144,7 @@ class DevicePass:
         """Placements follow the input's device: policy "agnostic", nothing pinned in the saved code but
         a deliberate `.cpu()` (before a CPU-only op), and nothing collided on `meta`. Under policy
         "target" the bundle is pinned to the phone's CPU on purpose: not agnostic, and not a problem."""
-        return self.policy == "agnostic" and self.findings.clean and not self.meta_check.startswith("device mismatch")
+        return self.policy == "agnostic" and self.findings.clean and not self.meta_mismatch
 
     def to_json(self) -> dict:
         return {"device_policy": self.policy, "trace_device": self.trace_device, "device_agnostic": self.device_agnostic,
@@ -245,7 +251,7 @@ def capture(
     expected = [_eager(flat, sample, names) for sample in samples]
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if not c.label.startswith("golden sample")], devices, unchecked)
+                         [c for c in checks if c.kind != "golden"], devices, unchecked)
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
@@ -261,8 +267,10 @@ def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite
                   example: tuple[torch.Tensor, ...]) -> DevicePass:
     """Read the device literals back from the module's saved code, and run it on `meta`."""
     findings = rewrite.pinned_devices(module, keep=_allowed_devices(rewrites, policy))
-    meta = rewrite.runs_on_meta(module, example)[1] if policy == "agnostic" else "not run: policy target pins to the CPU"
-    return DevicePass(policy, trace_device, rewrites, findings, meta)
+    if policy != "agnostic":
+        return DevicePass(policy, trace_device, rewrites, findings, "not run: policy target pins to the CPU")
+    _, meta = rewrite.runs_on_meta(module, example)
+    return DevicePass(policy, trace_device, rewrites, findings, meta, meta.startswith(rewrite.DEVICE_MISMATCH))
 
 
 def _allowed_devices(rewrites: list[rewrite.Rewrite], policy: str) -> set[str]:
@@ -380,26 +388,25 @@ def _trace_hazards(
     return traced, hz.dedupe(found)
 
 
-def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[Check], list[dict[str, str]]]:
+def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[CheckInput], list[dict[str, str]]]:
     """The inputs every capture attempt is checked on, and the dynamic sizes eager itself fails at."""
     names = [spec.name for spec in loaded.inputs]
-    candidates = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0]
-    candidates += _branch_variants(samples[0])
-    sizes = []
+    candidates: list[tuple[str, dict[str, torch.Tensor], CheckKind]]
+    candidates = [(f"golden sample {i}", s, "golden") for i, s in enumerate(samples) if i > 0]
+    candidates += [(label, s, "branch") for label, s in _branch_variants(samples[0])]
     for symbol, size in dynamic_symbols(loaded.inputs).items():
         for other in sorted({max(1, size // 2), size * 2} - {size}):
             specs = resized(loaded.inputs, {symbol: other})
-            sizes.append(f"{symbol}={other}")
-            candidates.append((sizes[-1], sample_inputs(specs, loaded.module, seed=100 + other)))
-    candidates += [(f"user check input {i}", s) for i, s in enumerate(user_checks)]
+            candidates.append((f"{symbol}={other}", sample_inputs(specs, loaded.module, seed=100 + other), "size"))
+    candidates += [(f"user check input {i}", s, "user") for i, s in enumerate(user_checks)]
     checks, unchecked = [], []
-    for label, sample in candidates:
+    for label, sample, kind in candidates:
         try:
-            checks.append(Check(label, sample, _eager(flat, sample, names)))
+            checks.append(CheckInput(label, sample, _eager(flat, sample, names), kind))
         except Exception as exc:
-            if label.startswith("user"):
+            if kind == "user":
                 raise UsageError(f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input.") from exc
-            if label in sizes:  # the model cannot take a size its input is declared to accept: say so
+            if kind == "size":  # the model cannot take a size its input is declared to accept: say so
                 unchecked.append({"size": label, "reason": _first_lines(exc)})
             # else eager rejects a generated value (all zeros, say): nothing to compare against
     return checks, unchecked
@@ -417,7 +424,7 @@ def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[st
             ("all-zero floats", vary(torch.zeros_like))]
 
 
-def _compare(module: torch.jit.ScriptModule, checks: list[Check], names, output_names) -> list[Comparison]:
+def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, output_names) -> list[Comparison]:
     results = []
     with torch.no_grad():
         for check in checks:

@@ -27,11 +27,12 @@ import torch
 from ... import __version__, jsonio
 from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
+from .reproducible import stabilize_mlpackage
 from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
 from ...errors import BuildError, UsageError, did_you_mean
 from ...noise import quiet_converter, strip_ansi, tail
 from ...targets import FormatSettings
-from ..base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
+from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
 _ct = coremltools_module
 _COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual
@@ -54,7 +55,11 @@ _BLOB_SENTINEL = 0xDEADBEEF
 class CoreML(Format):
     name = "coreml"
     suffix = ".mlpackage"
-    precisions = PRECISIONS
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
+    calibrated_precisions = ()  # int8 here is weights only: no activation ranges to calibrate
+    libraries = ("coremltools",)
+    loggers = ("coremltools",)
+    app_platforms = ("ios",)
     option_defaults = {"minimum_deployment_target": "iOS16"}
 
     def validate(self, settings: FormatSettings) -> None:
@@ -144,6 +149,12 @@ class CoreML(Format):
         if platform.system() != "Darwin":
             raise RuntimeUnavailable(f"Core ML prediction needs macOS (this is {platform.system()})")
         return _predictor(path, "CPU_ONLY")
+
+    def structure_check_description(self) -> str:
+        return "spec version, opset, op availability, inputs, outputs, metadata, weights digest"
+
+    def stabilize(self, path: Path) -> list[str]:
+        return stabilize_mlpackage(path)
 
     def verification_note(self) -> str:
         if platform.system() == "Darwin":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,9 +24,10 @@ from ...errors import BuildError, UsageError
 from ...noise import quiet_converter, short_reason, strip_ansi, tail
 from .optimize import check_level, optimization_requirements, optimize_onnx
 from . import ort_format
+from .session import runner
 from ...targets import FormatSettings
 from . import quantize as ort_quant
-from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, Runner, register_format
 
 _MIN_OPSET, _MAX_OPSET = 13, 21
 # The torch.export-based exporter writes opset 18 or newer (it ignores lower requests), and onnx's
@@ -39,7 +41,8 @@ class Onnx(Format):
     name = "onnx"
     suffix = ".onnx"
     precisions = ("fp32", "int8-dynamic", "int8-static")
-    calibrated_precisions = ("int8-static",)
+    libraries = ("onnx", "onnxruntime")
+    loggers = ("torch.onnx", "onnxscript")
     option_defaults = {"opset": 18, "optimization": "basic", ort_format.OPTION: False}
     # (captured, (id, opset), pre-processed float model bytes, notes): the last float export, reused by the ladder.
     _cache: tuple | None = None
@@ -126,17 +129,12 @@ class Onnx(Format):
     def weight_bytes(self, path: Path) -> int | None:
         return _initializer_bytes(onnx.load(str(path)).graph)
 
+    def companions(self, requirements: dict[str, Any]) -> list[Companion]:
+        entry = requirements.get("ort_format")
+        return [Companion("ort", entry["path"], ort_format.open_ort)] if entry else []
+
     def open(self, path: Path, threads: int) -> Runner:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-
-        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-            return session.run(None, dict(zip(names, inputs)))
-
-        return run
+        return runner(path, threads)
 
     def converter_versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}

@@ -25,7 +25,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ...errors import BuildError
 from ...noise import quiet_converter, tail
-from ...quantize.calibration import Samples
+from ..base import Calibration as Samples
 
 # Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")

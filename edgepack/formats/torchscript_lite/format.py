@@ -21,6 +21,7 @@ from ...noise import quiet_converter, tail
 from ...capture.devices import DeviceFindings, pinned_devices
 from ...targets import FormatSettings
 from . import quantize as torch_ao
+from .reproducible import stabilize_ptl
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
@@ -33,8 +34,9 @@ class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
     precisions = ("fp32", "int8-dynamic", "int8-static")
-    calibrated_precisions = ("int8-static",)
     option_defaults = {"bytecode_version": NEWEST_BYTECODE}
+    libraries = ("torch",)
+    app_platforms = ("android",)
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested.startswith("palettize-"):
@@ -81,6 +83,9 @@ class TorchScriptLite(Format):
             "returns": "a tuple of tensors in the manifest's output order (a 1-tuple for one output)",
         }
         return Emitted(path, requirements, notes)
+
+    def stabilize(self, path: Path) -> list[str]:
+        return stabilize_ptl(path)
 
     def open(self, path: Path, threads: int) -> Runner:
         # Quantized weights are packed for the engine active at load time: qnnpack, as on a phone.
