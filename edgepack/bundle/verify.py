@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .staging import read_raw, sha256_of
+from ..datafiles import loads_json
 from ..errors import UsageError
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
 
@@ -162,7 +163,7 @@ def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | 
         raise UsageError(f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
                          "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         result.add(f"schema {MANIFEST}", False, f"not valid JSON: {exc}")
         return None
@@ -217,7 +218,7 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
     try:
         with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
             arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
-        index = json.loads((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
+        index = loads_json((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
         for kind in ("inputs", "expected"):
             for entry in index[kind]:
                 if entry["file"] not in intact:

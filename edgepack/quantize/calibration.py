@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datafiles import read_npy, read_npz
+from ..paths import missing_file_text
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import LoadedModel, resolve_reference
@@ -34,9 +36,8 @@ def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = Non
     path = Path(source).expanduser()
     if source.endswith(".npz"):
         if not path.is_file():
-            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
-        with np.load(path, allow_pickle=False) as data:
-            return _from_batches([{k: data[k] for k in data.files}], specs, f"{option} {source}")
+            raise UsageError(f"{option} file '{source}' {missing_file_text(path)}.", f"Check the {option} path.")
+        return _from_batches([read_npz(path, option)], specs, f"{option} {source}")
     if path.is_dir():
         return _from_folder(path, loaded, option)
     if ":" not in source:
@@ -114,7 +115,7 @@ def _from_folder(folder: Path, loaded: LoadedModel, option: str) -> Samples:
     arrays = sorted(folder.glob("*.npy"))
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if arrays:
-        return _from_batches((np.load(p, allow_pickle=False) for p in arrays), specs, f"{option} {folder}")
+        return _from_batches((read_npy(p, option) for p in arrays), specs, f"{option} {folder}")
     if images:
         spec = specs[0]
         batch = torch.cat([_image_sample(p, spec, loaded.preprocessing or {}) for p in images])
