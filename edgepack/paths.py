@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from .errors import BuildError, UsageError
+from .errors import UsageError
 
 MAX_NAME = 100  # well under the 255 bytes of common file systems, with room for '.failed', '.zip', staging suffixes
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -57,12 +57,14 @@ def folder_name(value: object, what: str, hint: str = "", target: bool = False) 
 
 def contained(root: Path, path: Path, what: str = "path") -> Path:
     """`path` resolved (symlinks followed), proven to lie inside `root` resolved (or be `root` itself when
-    allowed by the caller). BuildError otherwise: edgepack never writes, renames or removes outside it."""
+    allowed by the caller). UsageError otherwise (a name or a link in the output folder leads out of it):
+    edgepack never writes, renames or removes outside it."""
     base = Path(root).resolve()
     resolved = Path(path).resolve()
     if resolved != base and base not in resolved.parents:
-        raise BuildError(f"Refusing to touch {path}: the {what} resolves to {resolved}, outside {base}.",
-                         "Check the names in the target file, --name and --out; edgepack only writes inside --out.")
+        raise UsageError(f"Refusing to touch {path}: the {what} resolves to {resolved}, outside {base}.",
+                         "Check the names in the target file and --name, and remove links inside --out that lead out "
+                         "of it; edgepack only writes inside --out.")
     return resolved
 
 
@@ -70,7 +72,7 @@ def strictly_inside(root: Path, path: Path, what: str = "path") -> Path:
     """Like `contained`, but `path` may not be `root` itself (a bundle folder is never its own parent)."""
     resolved = contained(root, path, what)
     if resolved == Path(root).resolve():
-        raise BuildError(f"Refusing to touch {path}: the {what} is {resolved} itself, not a folder inside it.",
+        raise UsageError(f"Refusing to touch {path}: the {what} is {resolved} itself, not a folder inside it.",
                          "Check the names in the target file and --name.")
     return resolved
 
@@ -84,7 +86,7 @@ def relative_problem(relative: object) -> str | None:
     pure = PurePosixPath(relative)
     if pure.is_absolute() or relative.startswith("~"):
         return "is absolute"
-    if any(part in ("..", "") for part in relative.split("/")) or any(part == "." for part in pure.parts):
+    if any(part in ("..", ".", "") for part in relative.split("/")):
         return "holds '..', '.' or an empty part"
     return None
 
@@ -134,4 +136,20 @@ def scratch_cwd(prefix: str = "edgepack-scratch-") -> Iterator[Path]:
         yield Path(folder)
     finally:
         os.chdir(previous)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_tempdir(prefix: str = "edgepack-tmp-") -> Iterator[Path]:
+    """Point `tempfile` at a fresh folder while a converter runs and remove it afterwards. coremltools keeps
+    every converted or compressed model as a tmp*.mlpackage in the temporary folder until the process exits
+    (a long-running Python process, or the ladder's many attempts, pile them up): whatever a tool leaves
+    there goes with the folder. Nothing made inside may be used after the block."""
+    previous = tempfile.tempdir
+    folder = tempfile.mkdtemp(prefix=prefix)
+    tempfile.tempdir = folder
+    try:
+        yield Path(folder)
+    finally:
+        tempfile.tempdir = previous
         shutil.rmtree(folder, ignore_errors=True)
