@@ -201,7 +201,7 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
         model=model if from_cli else project.model,
         weights=weights if from_cli else (weights or project.weights),
         inputs=[parse_input_spec(text) for text in (inputs or ([] if from_cli else project.inputs))],
-        name=name or project.name,
+        name=name if name is not None else project.name,  # --name "" is an (empty) name, refused, not the default
         out_dir=out or project.out or Path("dist"),
         trust_weights=trust_weights,
         strict=strict,

@@ -42,11 +42,9 @@ def read_npy(path: Path | str, option: str) -> np.ndarray:
     """One .npy array; UsageError when it is not a readable .npy of a plain array."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            shape, _, dtype = np.lib.format._read_array_header(handle, version)  # header only: no allocation yet
-        _check_size(path, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, option, size)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: nothing read or allocated yet
+        _check_size(path, float(np.prod(mapped.shape, dtype=np.float64)) * mapped.dtype.itemsize, option)
+        del mapped
         array = np.load(path, allow_pickle=False)
     except UsageError:
         raise
@@ -57,7 +55,7 @@ def read_npy(path: Path | str, option: str) -> np.ndarray:
     return array
 
 
-def _check_size(path: Path, expanded: float, option: str, stored: int | None = None) -> None:
+def _check_size(path: Path, expanded: float, option: str) -> None:
     if expanded > MAX_DATA_BYTES:
         raise UsageError(f"{option} file '{path}' expands to {expanded / 2**30:.1f} GiB, over edgepack's limit of "
                          f"{MAX_DATA_BYTES / 2**30:.0f} GiB for a data file.",

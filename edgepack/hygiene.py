@@ -44,7 +44,9 @@ def _remove(folder: str, pid: int) -> None:
 def _is_command_line() -> bool:
     """This process is the `edgepack` command (console script or python -m edgepack), not a library user."""
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return script in ("edgepack", "edgepack.exe") or sys.argv[0].endswith(os.path.join("edgepack", "__main__.py"))
+    original = list(getattr(sys, "orig_argv", []))
+    as_module = any(original[i:i + 2] == ["-m", "edgepack"] for i in range(len(original) - 1))
+    return script in ("edgepack", "edgepack.exe") or as_module
 
 
 def _exit_at_once_on_signals() -> None:
