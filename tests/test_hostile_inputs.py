@@ -384,6 +384,18 @@ def test_install_into_refuses_an_artifact_that_is_a_link_out_of_the_bundle(world
     assert_untouched(world, before)
 
 
+def test_install_into_removes_what_a_killed_install_left_and_touches_nothing_else(world, small_bundle):
+    app_dir = android_app(world)
+    assets = app_dir / "app/src/main/assets"
+    (assets / ".edgepack.staging-killed").mkdir(parents=True)
+    (assets / ".edgepack.staging-killed" / "lin.ptl").write_text("half a copy")
+    outside = {k: v for k, v in world.snapshot().items() if not k.startswith("work/app")}
+    result = invoke("install-into", app_dir, "--bundle", small_bundle)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in assets.iterdir()) == ["edgepack"]
+    assert {k: v for k, v in world.snapshot().items() if not k.startswith("work/app")} == outside
+
+
 def _zip_with(world: World, small_bundle: Path, name: str, attr: int | None = None) -> Path:
     archive = world.work / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .staging import sha256_of
+from .. import interrupts
+from .staging import locked_folder, remove_abandoned, sha256_of, unlock
 from ..datafiles import loads_json
 from .manifest import read_manifest
 from ..errors import UsageError
@@ -118,14 +118,18 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Hidden staging folder beside the destination: same filesystem for the renames, and
     # ignored by the Android asset packager and by the iOS folder reference if left by a crash.
-    staging = Path(tempfile.mkdtemp(prefix=".edgepack.staging-", dir=destination.parent))
+    remove_abandoned(destination.parent)  # left by an install that was killed
+    staging, lock = locked_folder(destination.parent, ".edgepack.staging-")
     try:
         for name in names:  # each already proven a plain relative path inside the bundle; and so inside staging
             _copy(bundle_member(bundle_dir, name), staging / name)
-        _swap_into_place(staging, destination)
+        with interrupts.deferred():
+            _swap_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        unlock(lock)
     return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names),
                      layout.next_step)
 
@@ -142,7 +146,10 @@ def _swap_into_place(staging: Path, destination: Path) -> None:
     if not destination.exists():
         staging.rename(destination)
         return
-    retired = Path(tempfile.mkdtemp(prefix=".edgepack.old-", dir=destination.parent))
-    destination.rename(retired / "bundle")
-    staging.rename(destination)
-    shutil.rmtree(retired, ignore_errors=True)
+    retired, lock = locked_folder(destination.parent, ".edgepack.old-")
+    try:
+        destination.rename(retired / "bundle")
+        staging.rename(destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        unlock(lock)

@@ -146,6 +146,11 @@ def _lock_folder(folder: Path) -> int | None:
     return fd
 
 
+def unlock(lock: int | None) -> None:
+    """Release a lock from `locked_folder` (closing its descriptor); None is a no-op."""
+    _unlock(lock)
+
+
 def _unlock(lock: int | None) -> None:
     if lock is not None:
         with contextlib.suppress(OSError):
