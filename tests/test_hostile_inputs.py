@@ -589,6 +589,17 @@ def test_junk_calibration_data_is_a_usage_error(world, kind):
     assert not world.out.exists()
 
 
+@pytest.mark.parametrize("content", [b"not a png at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_junk_calibration_images_are_a_usage_error(world, content):
+    folder = world.work / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(content)
+    result = invoke(*build_args(world, world.target(), "Lin", "x=1x1x4x4", "--precision", "int8-static",
+                                "--calibration", folder))
+    assert_error(result, 2, "a.png cannot be read")
+    assert not world.out.exists()
+
+
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 

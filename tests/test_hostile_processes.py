@@ -136,3 +136,22 @@ def test_no_telemetry_and_no_temp_litter_from_help_or_a_build(project):
     assert list(project["tmp"].iterdir()) == []  # no .ses, no torchinductor_<user>, no scratch folders
     assert list(project["home"].rglob("*")) == []  # no ~/.cache/Microsoft/DeveloperTools/.onnxruntime
     assert {k: v for k, v in tree(project["work"]).items() if not k.startswith("dist")} == work_before
+
+
+def test_a_write_the_system_refuses_is_an_error_and_keeps_the_previous_bundle(project, first_bundle):
+    """As on a full disk: files beyond a small size limit (ulimit -f) cannot be written (EFBIG)."""
+    import resource
+
+    shutil.copytree(first_bundle, project["out"])
+    bundle_before = tree(project["out"])
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    env = {**project["env"], "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(command(project), cwd=project["work"], env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    assert done.returncode == 1, done.stderr
+    assert "error: Could not write" in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr
+    assert tree(project["out"]) == bundle_before

@@ -28,6 +28,7 @@ from ..user_code import items_from_callable
 
 Samples = list[dict[str, torch.Tensor]]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_MAX_IMAGE_PIXELS = 64_000_000
 
 
 def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration") -> Samples:
@@ -133,8 +134,15 @@ def _image_sample(path: Path, spec: InputSpec, preprocessing: dict) -> torch.Ten
     if len(spec.shape) != 4 or spec.is_integer:
         raise UsageError(f"Images can only feed a float (N, C, H, W) input; '{spec.name}' is {spec}.", "Use .npy files instead.")
     channels, height, width = spec.shape[1:]
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    try:
+        with Image.open(path) as image:
+            if image.size[0] * image.size[1] > _MAX_IMAGE_PIXELS:  # checked before decoding: no decompression bomb
+                raise UsageError(f"Image {path} is {image.size[0]}x{image.size[1]} pixels, over edgepack's limit of "
+                                 f"{_MAX_IMAGE_PIXELS:,}.", "Resize the calibration images to about the model's input size.")
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what Pillow raises on junk
+        raise UsageError(f"Image {path} cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+                         "Give image files Pillow can open (PNG, JPEG, BMP), or .npy arrays.") from exc
     x = torch.from_numpy(pixels.reshape(pixels.shape[0], pixels.shape[1], -1)).permute(2, 0, 1).unsqueeze(0)
     x = x * float(preprocessing.get("scale", 1.0 / 255.0))
     x = F.interpolate(x, size=(height, width), mode=preprocessing.get("resize_mode", "bilinear"),
