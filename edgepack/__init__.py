@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import hygiene as _hygiene  # noqa: E402  (before torch or onnxruntime load: telemetry off, no temp litter)
+# Before torch or onnxruntime load: onnxruntime telemetry off, no temp-folder litter (see edgepack/hygiene.py).
+from . import hygiene as _hygiene
 
 _hygiene.apply()

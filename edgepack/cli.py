@@ -70,7 +70,7 @@ class _ContractGroup(TyperGroup):
 def _fold_long_words_in_help() -> None:
     """Rich cuts a word wider than the help column with '…' (at 80 columns, the --input syntax): fold it
     onto the next line instead, so every character of the help shows at any terminal width."""
-    import typer.rich_utils as rich_utils
+    from typer import rich_utils
 
     original = getattr(rich_utils, "_get_parameter_help", None)
     if original is None or getattr(original, "_edgepack_folds", False):

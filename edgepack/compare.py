@@ -81,7 +81,7 @@ def compare_outputs(
                       tuple(names[:len(expected)]), tuple(unchecked), tuple(empty))
 
 
-def never_checked(comparisons: list["Comparison"]) -> tuple[list[str], list[str]]:
+def never_checked(comparisons: list[Comparison]) -> tuple[list[str], list[str]]:
     """(outputs all inf/NaN in the reference on every case that ran, outputs empty on every case that ran)."""
     ran = [c for c in comparisons if c.outputs]
     if not ran:

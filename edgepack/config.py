@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .paths import missing_file_text
 from .errors import UsageError, did_you_mean
+from .paths import missing_file_text
 
 _KEYS = {"model", "weights", "inputs", "name", "target", "out"}
 

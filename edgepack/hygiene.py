@@ -25,6 +25,9 @@ TELEMETRY_SWITCH = "ORT_DISABLE_TELEMETRY"
 _INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 
 
+_owned: list[str] = []  # folders this process made for others' caches, removed at exit
+
+
 def apply() -> None:
     if _is_command_line():
         _exit_at_once_on_signals()
@@ -33,6 +36,7 @@ def apply() -> None:
         # A name, not a folder yet: torch creates it only if it is imported; removed at exit either way.
         folder = os.path.join(tempfile.gettempdir(), f"edgepack-torchinductor-{os.getpid()}")
         os.environ[_INDUCTOR_CACHE] = folder
+        _owned.append(folder)
         atexit.register(_remove, folder, os.getpid())
 
 
@@ -51,6 +55,8 @@ def _is_command_line() -> bool:
 
 def _exit_at_once_on_signals() -> None:
     def exit_now(signum: int, frame: object) -> None:
+        for folder in _owned:  # os._exit skips atexit
+            _remove(folder, os.getpid())
         os._exit(128 + signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):

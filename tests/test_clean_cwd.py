@@ -10,7 +10,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from edgepack.cli import app

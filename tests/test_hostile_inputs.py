@@ -27,8 +27,8 @@ from edgepack import interrupts
 from edgepack.bundle.manifest import dumps as manifest_dumps
 from edgepack.cli import app
 from edgepack.compare import compare_outputs, merge
-from edgepack.paths import bundle_member, folder_name, scratch_cwd
 from edgepack.errors import UsageError
+from edgepack.paths import bundle_member, folder_name, scratch_cwd
 
 from .conftest import FAST_TARGET_TEXT
 
@@ -739,11 +739,10 @@ def test_ort_preprocess_litter_never_reaches_the_working_folder(world, monkeypat
 
 
 def test_scratch_cwd_always_restores_and_removes(world):
-    with pytest.raises(RuntimeError):
-        with scratch_cwd() as folder:
-            assert Path.cwd() == folder.resolve()
-            (folder / "sym_shape_infer_temp.onnx").write_text("litter")
-            raise RuntimeError("the tool failed")
+    with pytest.raises(RuntimeError), scratch_cwd() as folder:
+        assert Path.cwd() == folder.resolve()
+        (folder / "sym_shape_infer_temp.onnx").write_text("litter")
+        raise RuntimeError("the tool failed")
     assert Path.cwd() == world.work and not folder.exists()
 
 

@@ -70,7 +70,7 @@ def command(project: dict, *extra: str) -> list[str]:
 
 def run(project: dict, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command(project, *extra), cwd=project["work"], env=project["env"], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -91,7 +91,7 @@ def interrupt(project: dict, signum: int, after_line: str | None) -> tuple[int, 
             if after_line in line:
                 break
     process.send_signal(signum)
-    out, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=300)
     return process.returncode, "".join(seen) + err
 
 
@@ -128,7 +128,7 @@ def test_a_killed_build_leaves_a_staging_folder_that_the_next_build_removes(proj
 
 def test_no_telemetry_and_no_temp_litter_from_help_or_a_build(project):
     work_before = tree(project["work"])
-    helped = subprocess.run([str(EDGEPACK), "--help"], cwd=project["work"], env=project["env"], capture_output=True,
+    helped = subprocess.run([str(EDGEPACK), "--help"], cwd=project["work"], env=project["env"], capture_output=True, check=False,
                             text=True, timeout=120)
     assert helped.returncode == 0
     built = run(project, "--quiet")
@@ -151,7 +151,7 @@ def test_a_write_the_system_refuses_is_an_error_and_keeps_the_previous_bundle(pr
 
     env = {**project["env"], "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(command(project), cwd=project["work"], env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=small_files)
+                          preexec_fn=small_files, check=False)
     assert done.returncode == 1, done.stderr
     assert "error: Could not write" in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr
     assert tree(project["out"]) == bundle_before

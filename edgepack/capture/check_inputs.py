@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from ..datafiles import read_npz
-from ..paths import missing_file_text
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import resolve_reference
+from ..paths import missing_file_text
 from ..user_code import items_from_callable
 
 

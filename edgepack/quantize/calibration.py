@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ..datafiles import read_npy, read_npz
-from ..paths import missing_file_text
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import LoadedModel, resolve_reference
+from ..paths import missing_file_text
 from ..user_code import items_from_callable
 
 Samples = list[dict[str, torch.Tensor]]
