@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Before torch or onnxruntime load: onnxruntime telemetry off, no temp-folder litter (see edgepack/hygiene.py).
+from . import hygiene as _hygiene
+
+_hygiene.apply()
+
 # Public name -> the module that defines it.
 _EXPORTS = {
     "build": "pipeline",

@@ -9,16 +9,20 @@ import contextlib
 import linecache
 import sys
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+import typer.core
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, jsonio
+from . import __version__, interrupts, jsonio
+from .failures import disk_error
 from .config import find_config
 from .errors import EdgepackError, UsageError
 from .formats import known_options
@@ -33,7 +37,60 @@ from .report import ArtifactReport, BuildReport
 from .bundle.signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# typer carries its own copy of click (typer._click) in recent versions; its exceptions are the ones raised.
+_click_exceptions = getattr(getattr(typer.core, "_click", None), "exceptions", None) or __import__("click").exceptions
+
+
+class _ContractGroup(TyperGroup):
+    """Command-line mistakes click finds itself (an unknown option, a missing value) keep the contract of
+    every other usage error: one `error:` line, a `hint:`, exit 2, and with --json one JSON document on
+    stdout, instead of a rich error box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except _click_exceptions.NoArgsIsHelpError as exc:  # `edgepack` alone: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _click_exceptions.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "edgepack"
+            json_output = "--json" in argv
+            try:
+                _fail(UsageError(exc.format_message(), f"Run '{command} --help' for the options and their values."),
+                      json_output)
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fold_long_words_in_help() -> None:
+    """Rich cuts a word wider than the help column with '…' (at 80 columns, the --input syntax): fold it
+    onto the next line instead, so every character of the help shows at any terminal width."""
+    from typer import rich_utils
+
+    original = getattr(rich_utils, "_get_parameter_help", None)
+    if original is None or getattr(original, "_edgepack_folds", False):
+        return
+
+    def folded(*args, **kwargs):
+        help_text = original(*args, **kwargs)  # a rich Columns of Text items
+        for item in getattr(help_text, "renderables", [help_text]):
+            if hasattr(item, "overflow"):
+                item.overflow = "fold"
+        return help_text
+
+    folded._edgepack_folds = True  # type: ignore[attr-defined]
+    rich_utils._get_parameter_help = folded
+
+
+_fold_long_words_in_help()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_ContractGroup,
                   help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.")
 err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable: no hard wraps
 
@@ -145,7 +202,7 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
         model=model if from_cli else project.model,
         weights=weights if from_cli else (weights or project.weights),
         inputs=[parse_input_spec(text) for text in (inputs or ([] if from_cli else project.inputs))],
-        name=name or project.name,
+        name=name if name is not None else project.name,  # --name "" is an (empty) name, refused, not the default
         out_dir=out or project.out or Path("dist"),
         trust_weights=trust_weights,
         strict=strict,
@@ -157,23 +214,50 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
 @contextlib.contextmanager
 def user_errors(json_output: bool) -> Iterator[None]:
     """Every command's error handling: an expected failure is an `error:` line, a hint and its exit code;
-    anything else is an edgepack bug, shown with its traceback and exit 1."""
+    anything else is an edgepack bug, shown with its traceback and exit 1. Python warnings raised meanwhile
+    (torch's, the model's) are held back: shown after the error and hint, or at the end on success, so
+    that a failure's first line is always its `error:` line. SIGINT/SIGTERM exit 130/143; the user's code
+    calling sys.exit() is a usage error; a full disk is an error, not a traceback."""
+    caught: list[warnings.WarningMessage] = []
     try:
-        yield
+        with interrupts.guarded(), warnings.catch_warnings(record=True) as caught:
+            yield
     except EdgepackError as exc:
-        _fail(exc, json_output)
+        _fail(exc, json_output, warned=caught)
+    except SystemExit as exc:  # typer.Exit is not one: inside this block, only the user's code exits
+        _fail(interrupts.exit_error(exc), json_output, warned=caught)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: 128 + the signal, the previous bundle in place
+        code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+        name = exc.args[0] if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+        _fail(EdgepackError(f"interrupted ({name}): stopped before finishing; bundles already in place were "
+                            "left as they were", "Run the command again."), json_output, code, caught)
+    except OSError as exc:
+        disk = disk_error(exc)
+        if disk is None:
+            traceback.print_exc()
+            _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
+                  json_output, warned=caught)
+        _fail(disk, json_output, warned=caught)
     except Exception as exc:
         traceback.print_exc()
-        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."), json_output)
+        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
+              json_output, warned=caught)
+    else:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _fail(exc: EdgepackError, json_output: bool) -> None:
+def _fail(exc: EdgepackError, json_output: bool, exit_code: int | None = None,
+          warned: list[warnings.WarningMessage] | None = None) -> None:
     err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
+    for w in warned or []:  # after the error: context for it, never in front of it
+        err_console.print(f"[dim]warning:[/] {escape(f'{w.category.__name__}: {w.message}')} "
+                          f"({escape(str(w.filename))}:{w.lineno})", highlight=False)
     if json_output:
         print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
-    raise typer.Exit(exc.exit_code)
+    raise typer.Exit(exc.exit_code if exit_code is None else exit_code)
 
 
 # Piped to a file or a CI log, rich would wrap at 80 columns and cut "int8-static" to "int8-s…".

@@ -90,7 +90,28 @@ def parse_input_spec(text: str) -> InputSpec:
             raise UsageError(f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded).")
         if dtype not in ("int64", "int32"):
             raise UsageError(f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only.")
-    return InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
+    spec = InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
+    _check_size(text, spec)
+    return spec
+
+
+# Largest sample edgepack makes for one input (checked before allocating): sampling goes through float64, and a
+# dynamic dimension is also checked at double its size.
+MAX_SAMPLE_BYTES = 1 << 30
+
+
+def _check_size(text: str, spec: InputSpec) -> None:
+    values = 1
+    for size in spec.shape:
+        values *= size
+    largest = values * 2 ** len(spec.dynamic_axes())  # every dynamic dimension doubled
+    needed = largest * 8  # numpy samples in float64/int64 before the cast
+    if needed > MAX_SAMPLE_BYTES:
+        raise UsageError(
+            f"Input '{text}' needs {needed / 2**30:.1f} GiB per sample ({largest:,} values"
+            f"{', dynamic dimensions at double size' if spec.dynamic_axes() else ''}), over edgepack's limit of "
+            f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB.",
+            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).")
 
 
 def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:

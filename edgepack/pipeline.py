@@ -17,15 +17,18 @@ import torch
 
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
 from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
-from .capture.ladder import CaptureError, CapturedModel, capture
+from .capture.ladder import CaptureError, CapturedModel, capture, empty_outputs
 from .capture.ladder import check_options as check_capture_options
 from .capture.check_inputs import load_check_inputs
+from . import interrupts
 from .errors import EdgepackError, UsageError
+from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .bundle.manifest import build_outcome, write_bundle_manifest
 from .noise import strip_ansi
+from .paths import MAX_NAME, folder_name, missing_file_text
 from .progress import Observer, SilentObserver, Status
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
@@ -68,16 +71,41 @@ class BuildRequest:
 
 
 def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
-    """Build every requested target from one load and one capture of the model."""
+    """Build every requested target from one load and one capture of the model. SIGINT/SIGTERM stop it
+    (edgepack.interrupts): every stage boundary checks, and nothing is moved into place after one."""
+    with interrupts.guarded():
+        return _build(request, _Checkpoints(observer))
+
+
+class _Checkpoints:
+    """Passes events on; each one is a stage boundary where an interruption swallowed by the code that
+    ran (a converter's `except Exception`) stops the build after all."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+
+    def event(self, stage: str, status: Status, detail: str) -> None:
+        interrupts.checkpoint()
+        self.observer.event(stage, status, detail)
+
+
+def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
     _check_options(request)  # every cheap check before the model is loaded
     check_out_dir(request.out_dir)
     targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
-            FORMATS[settings.name].validate(settings)
+            try:
+                FORMATS[settings.name].validate(settings)
+            except UsageError as exc:  # the format says what is wrong; this says where (file and table, or --precision)
+                where = "--precision" if request.precision and "recision" in exc.message else \
+                    f"Target file {target.path} [formats.{settings.name}]"
+                raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
 
     observer.event("load", Status.START, request.model or "built-in demo model")
     loaded = _load(request)
+    folder_name(loaded.name, "Model name", "Pass --name: the name derived from the model's class "
+                f"cannot be a folder name (letters, digits, '.', '_' and '-', at most {MAX_NAME} characters).")
     check_out_dir(request.out_dir / loaded.name)
     observer.event("load", Status.DONE, f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
@@ -90,6 +118,9 @@ def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[
     for unchecked in captured.unchecked_sizes:
         observer.event("capture", Status.WARN, f"not checked at {unchecked['size']}: eager PyTorch fails there "
                                           f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")
+    for name in empty_outputs(captured.output_names, captured.expected)[1]:
+        observer.event("capture", Status.WARN, f"output '{name}' is empty on every golden sample: it is shipped but "
+                                          "nothing about its values is checked")
     inside_torch = [h for h in captured.hazards if h.in_library]
     if inside_torch:
         observer.event("capture", Status.WARN, f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
@@ -110,10 +141,16 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 def diagnose(request: BuildRequest) -> dict:
     """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    with interrupts.guarded():
+        return _diagnose(request)
+
+
+def _diagnose(request: BuildRequest) -> dict:
     _check_options(request)
     loaded = _load(request)
     try:
         captured = _capture(request, loaded)
+        interrupts.checkpoint()
     except CaptureError as exc:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
                 "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
@@ -121,13 +158,14 @@ def diagnose(request: BuildRequest) -> dict:
 
 
 def _check_options(request: BuildRequest) -> None:
-    if request.name is not None and not _NAME_RE.match(request.name):
-        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    if request.name is not None:
+        folder_name(request.name, "Model name", "Pass --name letters, digits, '.', '_' and '-' "
+                    f"(at most {MAX_NAME} characters); it names the folder under --out.")
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
     for option, source in (("--check-inputs", request.check_inputs), ("--calibration", request.calibration),
                            ("--eval-data", request.eval_data)):
         if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
-            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
+            raise UsageError(f"{option} file '{source}' {missing_file_text(source)}.", f"Check the {option} path.")
 
 
 def _load(request: BuildRequest) -> LoadedModel:
@@ -169,7 +207,8 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        bundle_dir = staged.commit(report.ok)
+        with interrupts.deferred():  # after an interruption nothing moves; during the move none can land
+            bundle_dir = staged.commit(report.ok)
     except BaseException:
         staged.discard()
         raise
@@ -209,7 +248,9 @@ def _emit_all(
         except UsageError:
             raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
-            remove_path(path)
+            if full_disk(exc):  # but not on a full disk: every later write would fail the same way
+                raise
+            remove_path(path, bundle_dir)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {strip_ansi(str(exc))}")
             observer.event(f"emit {fmt.name}", Status.FAIL, (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
             continue
@@ -262,7 +303,7 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
     """--allow-partial: a format that failed leaves the bundle; the report keeps why."""
     for report in artifacts:
         if report.smoke.status == FAILED and report.path is not None:
-            remove_path(bundle_dir / report.path)
+            remove_path(bundle_dir / report.path, bundle_dir)
             emitted.pop(report.format, None)
             report.notes.append(f"excluded from the bundle (--allow-partial): {report.smoke.reason}")
             report.path = report.sha256 = report.size_bytes = None

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .staging import sha256_of
+from .. import interrupts
+from .staging import locked_folder, remove_abandoned, sha256_of, unlock
+from ..datafiles import loads_json
+from .manifest import read_manifest
 from ..errors import UsageError
+from ..paths import bundle_member
 
 
 @dataclass(frozen=True)
@@ -66,19 +69,24 @@ def read_bundle_manifest(bundle_dir: Path) -> dict:
     if not manifest_path.is_file():
         raise UsageError(f"'{bundle_dir}' is not a bundle: it has no manifest.json.",
                          "Pass a folder edgepack build wrote, e.g. dist/demo-digits/android.")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{manifest_path} is not valid JSON: {exc}.", "Rebuild the bundle with edgepack build.") from exc
+    manifest = read_manifest(manifest_path)  # schema-checked: what it names is what this copies
     build = manifest.get("build") if isinstance(manifest, dict) else None
     if isinstance(build, dict) and build.get("ok") is False:  # recorded in what ships: report.json can be dropped
         raise UsageError(f"The bundle at '{bundle_dir}' is from a failed build: {'; '.join(build.get('problems', []))}.",
                          "Fix those problems and rebuild; only passing bundles go into apps.")
     report_path = bundle_dir / "report.json"
-    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("ok") is False:
+    if report_path.is_file() and _report_says_failed(report_path):
         raise UsageError(f"The bundle at '{bundle_dir}' failed its checks (report.json says ok: false).",
                          "Fix the problems listed in its report.md and rebuild; only passing bundles go into apps.")
     return manifest
+
+
+def _report_says_failed(report_path: Path) -> bool:
+    try:
+        report = loads_json(report_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False  # informational only; the manifest's own `build` record is the one that counts
+    return isinstance(report, dict) and report.get("ok") is False
 
 
 def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> None:
@@ -92,7 +100,7 @@ def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> No
             f"the {layout.platform} demo app runs {', '.join(required)}.",
             f"Build a bundle for it with `{layout.build_hint}` and install that one.")
     for artifact in manifest["artifacts"]:
-        path = bundle_dir / artifact["path"]
+        path = bundle_member(bundle_dir, artifact.get("path") if isinstance(artifact, dict) else None, "artifact")
         if not path.exists():
             raise UsageError(f"The bundle lacks {artifact['path']}, which its manifest lists.", "Rebuild the bundle with edgepack build.")
         if sha256_of(path) != artifact["sha256"]:
@@ -117,14 +125,18 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Hidden staging folder beside the destination: same filesystem for the renames, and
     # ignored by the Android asset packager and by the iOS folder reference if left by a crash.
-    staging = Path(tempfile.mkdtemp(prefix=".edgepack.staging-", dir=destination.parent))
+    remove_abandoned(destination.parent)  # left by an install that was killed
+    staging, lock = locked_folder(destination.parent, ".edgepack.staging-")
     try:
-        for name in names:
-            _copy(bundle_dir / name, staging / name)
-        _swap_into_place(staging, destination)
+        for name in names:  # each already proven a plain relative path inside the bundle; and so inside staging
+            _copy(bundle_member(bundle_dir, name), staging / name)
+        with interrupts.deferred():
+            _swap_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        unlock(lock)
     return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names),
                      layout.next_step)
 
@@ -141,7 +153,10 @@ def _swap_into_place(staging: Path, destination: Path) -> None:
     if not destination.exists():
         staging.rename(destination)
         return
-    retired = Path(tempfile.mkdtemp(prefix=".edgepack.old-", dir=destination.parent))
-    destination.rename(retired / "bundle")
-    staging.rename(destination)
-    shutil.rmtree(retired, ignore_errors=True)
+    retired, lock = locked_folder(destination.parent, ".edgepack.old-")
+    try:
+        destination.rename(retired / "bundle")
+        staging.rename(destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        unlock(lock)

@@ -25,6 +25,7 @@ import jsonschema
 import numpy as np
 
 from .. import __version__, jsonio
+from ..datafiles import loads_json
 from ..errors import BuildError, UsageError
 from .files import sha256_of, source_date_epoch
 
@@ -166,7 +167,7 @@ def dumps(document: dict[str, Any]) -> str:
 def read_manifest(path: Path) -> dict[str, Any]:
     """Read and validate a manifest; UsageError saying what is wrong when it is not one."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"{path} does not exist.", "Point at a bundle folder holding manifest.json, or its .zip.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .staging import read_raw, sha256_of
 from ..compare import compare_cases
+from ..datafiles import loads_json
 from ..errors import RuntimeUnavailable, UsageError
 from ..targets import Tolerance
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
@@ -173,7 +174,7 @@ def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | 
         raise UsageError(f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
                          "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         result.add(f"schema {MANIFEST}", False, f"not valid JSON: {exc}")
         return None
@@ -228,17 +229,22 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
     try:
         with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
             arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
-        index = json.loads((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
+        index = loads_json((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
         for kind in ("inputs", "expected"):
             for entry in index[kind]:
                 if entry["file"] not in intact:
                     continue  # already named by its hash check
-                same = entry["name"] in arrays[kind] and np.array_equal(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
+                same = entry["name"] in arrays[kind] and _same_values(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
                 result.add(f"golden {entry['file']}", same, "equals the .npz" if same else "differs from the .npz array of the same name")
     except (OSError, ValueError, KeyError, TypeError) as exc:  # files that hash right but were written wrong
         result.add("golden vectors", False, f"cannot be read: {type(exc).__name__}: {exc}")
         return None
     return arrays if _golden_matches_manifest(manifest, arrays, result) else None
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shapes, dtypes and values, NaN equal to NaN (a NaN golden value is judged by the smoke test)."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
 def _golden_matches_manifest(manifest: dict[str, Any], arrays: dict[str, dict], result: Verification) -> bool:

@@ -223,6 +223,8 @@ def capture(
     example = tuple(samples[0][n] for n in names)
     state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
     checks, unchecked = _checks(loaded, flat, samples, user_checks or [])
+    expected = [_eager(flat, sample, names) for sample in samples]
+    _check_checkable(loaded, output_names, expected)
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
@@ -248,7 +250,6 @@ def capture(
     if accepted is None:
         raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
     module, attempt = accepted
-    expected = [_eager(flat, sample, names) for sample in samples]
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
                          [c for c in checks if c.kind != "golden"], devices, unchecked)
@@ -436,6 +437,35 @@ def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, ou
             results.append(compare_outputs(got, check.expected, _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE,
                                            check.label, output_names))
     return results
+
+
+def _check_checkable(loaded: LoadedModel, output_names: list[str], expected: list[list[np.ndarray]]) -> None:
+    """UsageError when eager's outputs on the golden samples hold nothing a check could compare: an output
+    all inf/NaN (any artifact giving inf/NaN would 'match' it), or every output empty. An output empty
+    on every sample while others hold values is allowed (an intended empty output), and warned about."""
+    unchecked, empty = empty_outputs(output_names, expected)
+    unchecked = [n for n in unchecked if n not in empty]
+    inputs = ", ".join(str(s) for s in loaded.inputs)
+    if unchecked:
+        raise UsageError(
+            f"The model's output(s) {', '.join(repr(n) for n in unchecked)} hold no finite value on any golden sample "
+            f"({inputs}): all inf/NaN, so no smoke test or verify could tell a broken artifact from a good one.",
+            "Check the weights (--weights), the forward for 0/0 or log(0), and the --input values and ranges.")
+    if output_names and len(empty) == len(output_names):
+        raise UsageError(f"Every output of the model is empty on the golden samples ({inputs}): nothing to check.",
+                         "Check the --input shapes: an output with a zero-size dimension holds no values.")
+
+
+def empty_outputs(output_names: list[str], expected: list[list[np.ndarray]]) -> tuple[list[str], list[str]]:
+    """(outputs with no finite value on any sample, outputs with no value at all on any sample)."""
+    no_finite, empty = [], []
+    for index, name in enumerate(output_names):
+        arrays = [np.asarray(e[index]) for e in expected if len(e) > index]
+        if arrays and all(a.size == 0 for a in arrays):
+            empty.append(name)
+        if arrays and all(not np.isfinite(a.astype(np.float64)).any() for a in arrays):
+            no_finite.append(name)
+    return no_finite, empty
 
 
 def _eager(flat: FlatModel, sample: dict[str, torch.Tensor], names: list[str]) -> list[np.ndarray]:

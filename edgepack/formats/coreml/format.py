@@ -29,6 +29,7 @@ from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
 from .reproducible import stabilize_mlpackage
 from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
+from ...paths import scratch_tempdir
 from ...errors import BuildError, UsageError, did_you_mean
 from ...noise import quiet_converter, strip_ansi, tail
 from ...targets import FormatSettings
@@ -81,7 +82,8 @@ class CoreML(Format):
         # calibration is not needed: every Core ML scheme here compresses weights only.
         deployment = _deployment(settings, self)
         float_layers = list(settings.options.get(FLOAT_LAYERS, []))
-        with quiet_converter() as log:
+        # scratch_tempdir: coremltools keeps each converted/compressed model as a tmp*.mlpackage until exit
+        with quiet_converter() as log, scratch_tempdir("edgepack-coreml-"):
             mlmodel = _convert(captured, settings.precision, deployment, log)
             notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"]
             if settings.precision not in _COMPUTE:
@@ -108,7 +110,7 @@ class CoreML(Format):
 
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Names of the weight constants a compressed emit compresses (the names FLOAT_LAYERS takes)."""
-        with quiet_converter() as log:
+        with quiet_converter() as log, scratch_tempdir("edgepack-coreml-"):
             mlmodel = _convert(captured, "fp16", _deployment(settings, self), log)
             return list(_weights(mlmodel))
 

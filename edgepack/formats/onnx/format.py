@@ -64,7 +64,11 @@ class Onnx(Format):
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         opset = self.option(settings, "opset")
-        if not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
+        if isinstance(opset, bool) or not isinstance(opset, int):
+            raise UsageError(f"ONNX opset must be a whole number, got {type(opset).__name__} {opset!r}.",
+                             f"Write opset = {opset if isinstance(opset, str) and opset.isdigit() else 18} "
+                             f"(a number, no quotes), from {_MIN_OPSET} to {_MAX_OPSET}.")
+        if not _MIN_OPSET <= opset <= _MAX_OPSET:
             raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
         check_level(self.option(settings, "optimization"))
         ort_format.validate_option(self.option(settings, ort_format.OPTION))

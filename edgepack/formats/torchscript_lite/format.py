@@ -49,7 +49,11 @@ class TorchScriptLite(Format):
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         version = self.option(settings, "bytecode_version")
-        if not isinstance(version, int) or not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise UsageError(f"bytecode_version must be a whole number, got {type(version).__name__} {version!r}.",
+                             f"Write bytecode_version = {NEWEST_BYTECODE} (a number, no quotes), from "
+                             f"{OLDEST_BYTECODE} to {NEWEST_BYTECODE}.")
+        if not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
             raise UsageError(
                 f"bytecode_version {version!r} cannot be written by torch {torch.__version__}.",
                 f"Choose a version from {OLDEST_BYTECODE} to {NEWEST_BYTECODE} (the one your app's lite runtime reads).",
