@@ -39,6 +39,8 @@ class Emitted:
     path: Path
     requirements: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # The capture the artifact was converted from: "export" (the checked ExportedProgram) or "torchscript".
+    capture: str = "torchscript"
 
 
 class Format(ABC):

@@ -10,6 +10,12 @@ Precisions: fp32 and fp16 are compute precisions. The compressed ones keep fp16 
 compress the weights after conversion (coremltools.optimize.coreml): int8-dynamic and int8-static
 are int8 linear weight quantization (Core ML has no activation quantization on this path), and
 palettize-N is an N-bit k-means lookup table per weight tensor.
+
+Capture: the TorchScript capture by default. With `capture = "export"` in [formats.coreml], the
+checked torch.export capture (an ExportedProgram that matched eager on every check input) is
+converted instead; without one, or when coremltools cannot convert it, the TorchScript capture is,
+and the notes say why. Not the default yet: the program's weight names change ("p_" prefix), and
+they are the names `float_layers` and manifests use.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
 from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
 from ...errors import BuildError, UsageError, did_you_mean
-from ...noise import quiet_converter, strip_ansi, tail
+from ...capture.export import rnn_decompositions
+from ...noise import quiet_converter, short_reason, strip_ansi, tail
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
 
@@ -48,6 +55,7 @@ PROVENANCE_KEYS = ("edgepack.version", "edgepack.torch", "edgepack.coremltools",
                    "edgepack.precision", "edgepack.minimum_deployment_target", "edgepack.metadata_sources",
                    "edgepack.weights_sha256")
 _BLOB_SENTINEL = 0xDEADBEEF
+CAPTURES = ("torchscript", "export")  # the `capture` option: which capture Core ML converts
 
 
 @register_format
@@ -55,7 +63,7 @@ class CoreML(Format):
     name = "coreml"
     suffix = ".mlpackage"
     precisions = PRECISIONS
-    option_defaults = {"minimum_deployment_target": "iOS16"}
+    option_defaults = {"minimum_deployment_target": "iOS16", "capture": "torchscript"}
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -64,6 +72,10 @@ class CoreML(Format):
         if target not in known:
             raise UsageError(f"Core ML minimum_deployment_target '{target}' is not supported.",
                              f"Choose one of {', '.join(known)} (ML programs with fp16 I/O need iOS16 or newer).")
+        chosen = self.option(settings, "capture")
+        if chosen not in CAPTURES:
+            raise UsageError(f"Core ML capture '{chosen}' is not known.{did_you_mean(str(chosen), list(CAPTURES))}",
+                             "Use 'torchscript' (the default) or 'export' (the checked torch.export program).")
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested in _INT8:
@@ -77,8 +89,9 @@ class CoreML(Format):
         deployment = _deployment(settings, self)
         float_layers = list(settings.options.get(FLOAT_LAYERS, []))
         with quiet_converter() as log:
-            mlmodel = _convert(captured, settings.precision, deployment, log)
-            notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"]
+            mlmodel, consumed, capture_notes = _convert(captured, settings.precision, deployment, log,
+                                                        self.option(settings, "capture"))
+            notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"] + capture_notes
             if settings.precision not in _COMPUTE:
                 mlmodel, compressed = _compress(mlmodel, settings.precision, float_layers)
                 notes.append(f"{_scheme(settings.precision)} on {len(compressed)} weight tensor(s)"
@@ -99,12 +112,12 @@ class CoreML(Format):
                          for feature in list(spec.description.input) + list(spec.description.output)},
         }
         notes.append("metadata: " + ", ".join(f"{k} from {v}" for k, v in sources.items()))
-        return Emitted(path, requirements, notes)
+        return Emitted(path, requirements, notes, capture=consumed)
 
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Names of the weight constants a compressed emit compresses (the names FLOAT_LAYERS takes)."""
         with quiet_converter() as log:
-            mlmodel = _convert(captured, "fp16", _deployment(settings, self), log)
+            mlmodel = _convert(captured, "fp16", _deployment(settings, self), log, self.option(settings, "capture"))[0]
             return list(_weights(mlmodel))
 
     def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
@@ -172,17 +185,34 @@ def _scheme(precision: str) -> str:
     return f"{_PALETTE_BITS[precision]}-bit k-means palettization"
 
 
-def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any) -> Any:
+def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
+             capture: str = "torchscript") -> tuple[Any, str, list[str]]:
+    """The ML program, the capture it was converted from ("export" or "torchscript"), and notes: with
+    capture "export", the checked ExportedProgram, else (or when that fails) the TorchScript capture."""
     ct = _ct()
+    options = dict(
+        inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
+        outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
+        convert_to="mlprogram",
+        minimum_deployment_target=deployment,
+        compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
+    )
+    notes: list[str] = []
+    if capture == "export":
+        if captured.exported is None:
+            reason = captured.export.reason if captured.export is not None else "not attempted"
+            notes.append(f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})")
+        else:
+            try:
+                with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
+                    program = captured.exported.run_decompositions({})  # coremltools' documented input
+                return ct.convert(program, **options), "export", [
+                    f"converted the checked torch.export capture ({captured.export.strategy})"]
+            except Exception as exc:  # the converter raises many types; the TorchScript capture is checked too
+                notes.append(f"converted the TorchScript capture ({captured.strategy}): coremltools could not convert "
+                             f"the torch.export capture ({short_reason(exc, 200)})")
     try:
-        return ct.convert(
-            captured.scripted_copy(),  # the torch frontend edits the graphs of the module it converts
-            inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
-            outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
-            convert_to="mlprogram",
-            minimum_deployment_target=deployment,
-            compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
-        )
+        return ct.convert(captured.scripted_copy(), **options), "torchscript", notes  # a copy: the frontend edits graphs
     except Exception as exc:
         raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
                          tail(log.getvalue()) or "The model uses an op coremltools cannot convert.") from exc
