@@ -194,7 +194,7 @@ def _ladder(flat, loaded, example, compare, checked_inputs, dims, shapes, files,
         try:
             program = _export(flat, example, shapes, strict=strategy == "export-strict")
         except Exception as exc:  # torch.export raises many types; the diagnosis is the value
-            found = diagnose(exc, files, definition_site(loaded.module.forward))
+            found = _located(diagnose(exc, files, definition_site(loaded.module.forward)), attempts)
             if scripted and found.kind in ("export_error", "unsupported_python"):  # non-strict fails calling it
                 found = ExportDiagnosis("scripted_submodule", f"TorchScript submodule(s) {', '.join(scripted)} inside "
                                         f"the model ({found.message})", found.file, found.line)
@@ -221,6 +221,18 @@ def _ladder(flat, loaded, example, compare, checked_inputs, dims, shapes, files,
         found = rewrite.fx_device_kwargs(program.graph_module)  # reports literals: the export IR takes no edits
         return ExportCapture(program, strategy, attempts, _dims_json(dims), checked_inputs, found)
     return ExportCapture(None, None, attempts, _dims_json(dims), checked_inputs)
+
+
+def _located(found: ExportDiagnosis, earlier: list[ExportAttempt]) -> ExportDiagnosis:
+    """Non-strict export names no line for a constraint violation (strict does): the earlier attempt's line,
+    for the same failure, is the better one than forward's definition."""
+    if found.kind not in ("dim_specialized", "dim_range"):
+        return found
+    for attempt in earlier:
+        d = attempt.diagnosis
+        if d is not None and d.kind == found.kind and d.message == found.message and d.file:
+            return ExportDiagnosis(found.kind, found.message, d.file, d.line)
+    return found
 
 
 def dynamic_dims(inputs: list[Any]) -> dict[str, torch.export.Dim]:

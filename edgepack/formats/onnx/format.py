@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,9 @@ def _torchscript_capture(captured: CapturedModel) -> str:
 def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
     """The checked ExportedProgram through the torch.export-based exporter. The exporter decomposes the
     program again: recurrent layers must decompose as they did at capture (a loop, not unrolled)."""
-    with quiet_converter(), torch.no_grad(), rnn_decompositions(bool(_dynamic_axes(captured))):
+    with quiet_converter(), torch.no_grad(), rnn_decompositions(bool(_dynamic_axes(captured))), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own decompositions call its deprecated helpers
         torch.onnx.export(
             captured.exported, args, str(path), input_names=captured.input_names, output_names=captured.output_names,
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
