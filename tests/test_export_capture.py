@@ -185,6 +185,7 @@ def test_core_ml_converts_the_checked_program_when_asked(tmp_path):
     captured = _small()
     emitted = FORMATS["coreml"].emit(captured, settings("coreml", capture="export"), tmp_path / "small.mlpackage")
     assert emitted.capture == "export" and any("checked torch.export capture" in n for n in emitted.notes)
+    assert not (emitted.path / "executorch_debug_handle_mapping.json").exists()  # coremltools' ExecuTorch debug map
     default = FORMATS["coreml"].emit(captured, settings("coreml"), tmp_path / "default.mlpackage")
     assert default.capture == "torchscript"
     assert set(emitted.requirements["operators"]) == set(default.requirements["operators"])
@@ -222,3 +223,15 @@ def _small():
     module = test_models.make_small_linear().eval()
     specs = [parse_input_spec("x=1x6")]
     return capture(LoadedModel("small", module, specs, {"kind": "test"}), [sample_inputs(specs, module, s) for s in range(4)])
+
+
+def test_a_declared_dimension_fixed_in_the_program_is_a_failed_attempt():
+    """The guard behind the Dims: a program whose input placeholder holds a plain size for a declared axis."""
+    from edgepack.capture.export import _specialized_dims
+
+    spec = parse_input_spec("x=1xN=3x5")
+    fixed = torch.export.export(seed_models.ListAppendingModel().eval(), (torch.randn(1, 3, 5),))
+    assert _specialized_dims(fixed, [spec]) == "x[1] (N) fixed to 3"
+    dynamic = torch.export.export(test_models.SeqFeatures().eval(), (torch.randn(1, 3),),
+                                  dynamic_shapes=({1: torch.export.Dim("N")},))
+    assert _specialized_dims(dynamic, [parse_input_spec("x=1xN=3")]) == ""

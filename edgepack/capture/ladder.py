@@ -7,7 +7,8 @@ A ladder of strategies, each a small class; every attempt is recorded with what 
 If none is clean, a trace that matches eager everywhere is kept with its hazards reported;
 otherwise the build fails naming the hazards and their lines. Check inputs are the golden
 samples, the traced sample negated, scaled and zeroed (other branches), other sizes for every
-dynamic dimension, and the user's own.
+dynamic dimension, and the user's own. The torch.export capture (export.py) is made after the ladder,
+from the same flattened model, and checked with the same comparison on the same inputs.
 """
 
 from __future__ import annotations

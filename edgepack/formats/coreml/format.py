@@ -98,6 +98,9 @@ class CoreML(Format):
                              + (f"; kept in float: {', '.join(float_layers)}" if float_layers else ""))
             sources = _set_metadata(mlmodel, captured, settings.precision, deployment.name)
             mlmodel.save(str(path))
+        # Written beside a program converted from an ExportedProgram: ExecuTorch's op-to-debug-handle map,
+        # outside the package's Manifest.json; Core ML never reads it, and it is not part of the model.
+        (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
         _seal_weights(path)
         spec = _ct().utils.load_spec(str(path))
         requirements = {
