@@ -29,7 +29,7 @@ from ..compare import Comparison
 from ..noise import quiet_converter, short_reason, strip_ansi
 from ..user_code import _in_library, _resolved, defining_files, definition_site
 from . import devices as rewrite
-from .hazards import Hazard
+from .hazards import FATAL_KINDS, Hazard
 
 STRATEGIES = ("export-strict", "export-nonstrict")
 DIM_MIN = 1  # half of a small example size can be 1: the check inputs go there, so the Dim must too
@@ -179,48 +179,47 @@ def export_capture(
     whose program `compare` finds equal to eager on every check input."""
     dims = dynamic_dims(loaded.inputs)
     shapes = dynamic_shapes(loaded.inputs, dims)
-    files = defining_files(loaded.module)
-    scripted = [name for name, m in loaded.module.named_modules() if isinstance(m, torch.jit.ScriptModule)]
-    fatal = next((h for h in hazards if h.kind in ("python_state", "nondeterministic")), None)
+    fatal = next((h for h in hazards if h.kind in FATAL_KINDS), None)
     attempts: list[ExportAttempt] = []
     with warnings.catch_warnings():  # torch's chatter while exporting and running programs; failures are diagnosed
         warnings.simplefilter("ignore")
-        return _ladder(flat, loaded, example, compare, checked_inputs, dims, shapes, files, scripted, fatal, attempts)
-
-
-def _ladder(flat, loaded, example, compare, checked_inputs, dims, shapes, files, scripted, fatal,
-            attempts: list[ExportAttempt]) -> ExportCapture:
-    for strategy in STRATEGIES:
-        try:
-            program = _export(flat, example, shapes, strict=strategy == "export-strict")
-        except Exception as exc:  # torch.export raises many types; the diagnosis is the value
-            found = _located(diagnose(exc, files, definition_site(loaded.module.forward)), attempts)
-            if scripted and found.kind in ("export_error", "unsupported_python"):  # non-strict fails calling it
-                found = ExportDiagnosis("scripted_submodule", f"TorchScript submodule(s) {', '.join(scripted)} inside "
-                                        f"the model ({found.message})", found.file, found.line)
-            attempts.append(ExportAttempt(strategy, False, short_reason(exc, 300), found))
-            continue
-        specialized = _specialized_dims(program, loaded.inputs)
-        if specialized:
-            attempts.append(ExportAttempt(strategy, False, "a declared dynamic dimension was fixed",
-                                          ExportDiagnosis("dim_specialized", specialized)))
-            continue
-        divergence = [c.to_json() for c in compare(program.module()) if not c.ok]
-        if fatal is not None:  # eager itself cannot be trusted: no check can pass
-            kind = "module_state" if fatal.kind == "python_state" else "nondeterministic"
-            attempts.append(ExportAttempt(strategy, False, fatal.message,
-                                          ExportDiagnosis(kind, fatal.message, fatal.file, fatal.line), divergence))
-            continue
-        if divergence:
-            first = divergence[0]
-            attempts.append(ExportAttempt(strategy, False, "outputs differ from eager PyTorch on a check input",
-                                          ExportDiagnosis("diverges", f"diverges on {first['label']}: {first['reason']}"),
-                                          divergence))
-            continue
-        attempts.append(ExportAttempt(strategy, True))
-        found = rewrite.fx_device_kwargs(program.graph_module)  # reports literals: the export IR takes no edits
-        return ExportCapture(program, strategy, attempts, _dims_json(dims), checked_inputs, found)
+        for strategy in STRATEGIES:
+            program, attempt = _attempt(strategy, flat, loaded, example, shapes, compare, fatal, attempts)
+            attempts.append(attempt)
+            if attempt.ok:
+                found = rewrite.fx_device_kwargs(program.graph_module)  # reports literals: the export IR takes no edits
+                return ExportCapture(program, strategy, attempts, _dims_json(dims), checked_inputs, found)
     return ExportCapture(None, None, attempts, _dims_json(dims), checked_inputs)
+
+
+def _attempt(strategy: str, flat: torch.nn.Module, loaded: Any, example: tuple[torch.Tensor, ...], shapes: tuple | None,
+             compare: Callable[[Callable[..., Any]], list[Comparison]], fatal: Hazard | None,
+             earlier: list[ExportAttempt]) -> tuple[torch.export.ExportedProgram | None, ExportAttempt]:
+    """Export, then check: the program only when it held."""
+    try:
+        program = _export(flat, example, shapes, strict=strategy == "export-strict")
+    except Exception as exc:  # torch.export raises many types; the diagnosis is the value
+        found = _located(diagnose(exc, defining_files(loaded.module), definition_site(loaded.module.forward)), earlier)
+        scripted = [name for name, m in loaded.module.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+        if scripted and found.kind in ("export_error", "unsupported_python"):  # non-strict fails calling it
+            found = ExportDiagnosis("scripted_submodule", f"TorchScript submodule(s) {', '.join(scripted)} inside "
+                                    f"the model ({found.message})", found.file, found.line)
+        return None, ExportAttempt(strategy, False, short_reason(exc, 300), found)
+    specialized = _specialized_dims(program, loaded.inputs)
+    if specialized:
+        return None, ExportAttempt(strategy, False, "a declared dynamic dimension was fixed",
+                                   ExportDiagnosis("dim_specialized", specialized))
+    divergence = [c.to_json() for c in compare(program.module()) if not c.ok]
+    if fatal is not None:  # eager itself cannot be trusted: no check can pass
+        kind = "module_state" if fatal.kind == "python_state" else "nondeterministic"
+        return None, ExportAttempt(strategy, False, fatal.message,
+                                   ExportDiagnosis(kind, fatal.message, fatal.file, fatal.line), divergence)
+    if divergence:
+        first = divergence[0]
+        return None, ExportAttempt(strategy, False, "outputs differ from eager PyTorch on a check input",
+                                   ExportDiagnosis("diverges", f"diverges on {first['label']}: {first['reason']}"),
+                                   divergence)
+    return program, ExportAttempt(strategy, True)
 
 
 def _located(found: ExportDiagnosis, earlier: list[ExportAttempt]) -> ExportDiagnosis:
