@@ -307,8 +307,13 @@ def _print_export(console: Console, export: dict | None) -> None:
         if code:
             console.print(f"      {escape(code)}", highlight=False)
         console.print(escape(f"    what: {d['message']}\n    fix:  {d['fix']}"), highlight=False)
-    verdict = (f"ONNX (opset >= 18) converts the checked {export['strategy']} program" if export["ok"] else
-               "ONNX and Core ML fall back to the TorchScript capture")
+    found = export.get("rewrites", [])
+    if found:
+        sources = ", ".join(sorted({r["source"] or "(no source line)" for r in found}))
+        console.print(f"  {len(found)} device literal(s) in the exported graph (at {escape(sources)}); ONNX and Core ML "
+                      "programs carry no placement", highlight=False)
+    verdict = (f"ONNX at opset >= 18 (and Core ML with capture = \"export\") converts the checked {export['strategy']} "
+               "program" if export["ok"] else "the formats built on torch.export fall back to the TorchScript capture")
     console.print(f"  result: {verdict}", highlight=False)
 
 
