@@ -41,7 +41,10 @@ _EXPORTS = {
     "CaptureError": "capture.ladder",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__", "build", "diagnose", "doctor", "BuildRequest", "BuildReport", "ArtifactReport", "InputSpec",
+    "parse_input_spec", "verify_bundle", "inspect_bundle", "EdgepackError", "UsageError", "BuildError", "CaptureError",
+]
 
 if TYPE_CHECKING:
     from .bundle.inspect import inspect_bundle

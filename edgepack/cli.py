@@ -368,11 +368,38 @@ def _print_diagnosis(result: dict) -> None:
         lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]
         for line, count in Counter(lines).items():  # one line per kind of rewrite: a transformer repeats them per layer
             console.print(f"  {escape(line)}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
+    _print_export(console, result.get("export"))
     if result["ok"]:
         console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
     else:
         console.print(f"\n[red]result:[/] no trustworthy capture. {escape(result['hint'])}", highlight=False)
+
+
+def _print_export(console: Console, export: dict | None) -> None:
+    """The torch.export capture (what ONNX and Core ML can consume): each attempt, and a failure's line and fix."""
+    if not export:
+        return
+    console.print("\n[bold]torch.export capture[/]", highlight=False)
+    for a in export["attempts"]:
+        d = a.get("diagnosis")
+        if a["ok"] or not d:
+            console.print(f"  {a['strategy']:<16} {'ok' if a['ok'] else 'failed'}  {escape(a['error'])}", highlight=False)
+            continue
+        where = f"{d['file']}:{d['line']}" if d["file"] else "(unknown location)"
+        console.print(f"  {a['strategy']:<16} failed  [yellow]{d['kind']}[/] at {escape(where)}", highlight=False)
+        code = linecache.getline(d["file"], d["line"]).strip() if d["file"] else ""
+        if code:
+            console.print(f"      {escape(code)}", highlight=False)
+        console.print(escape(f"    what: {d['message']}\n    fix:  {d['fix']}"), highlight=False)
+    found = export.get("rewrites", [])
+    if found:
+        sources = ", ".join(sorted({r["source"] or "(no source line)" for r in found}))
+        console.print(f"  {len(found)} device literal(s) in the exported graph (at {escape(sources)}); ONNX and Core ML "
+                      "programs carry no placement", highlight=False)
+    verdict = (f"ONNX at opset >= 18 (and Core ML with capture = \"export\") converts the checked {export['strategy']} "
+               "program" if export["ok"] else "the formats built on torch.export fall back to the TorchScript capture")
+    console.print(f"  result: {verdict}", highlight=False)
 
 
 @app.command("targets")

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
-from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
+from .bundle.files import sha256_of, size_of
+from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, write_golden, write_json
 from .capture.ladder import CaptureError, CapturedModel, capture, empty_outputs
 from .capture.ladder import check_options as check_capture_options
 from .capture.check_inputs import load_check_inputs
@@ -140,7 +141,8 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 
 def diagnose(request: BuildRequest) -> dict:
-    """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix, and the
+    torch.export capture's attempts (`export`), each failure with its line and fix."""
     with interrupts.guarded():
         return _diagnose(request)
 
@@ -153,7 +155,8 @@ def _diagnose(request: BuildRequest) -> dict:
         interrupts.checkpoint()
     except CaptureError as exc:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
-                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
+                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts],
+                "export": exc.export.to_json() if exc.export is not None else None}
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
 
 
@@ -257,6 +260,7 @@ def _emit_all(
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.weight_bytes = fmt.weight_bytes(path)
         report.requirements, report.notes = result.requirements, result.notes + report.notes
+        report.capture_consumed = result.capture
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)

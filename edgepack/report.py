@@ -70,6 +70,8 @@ class ArtifactReport:
     latency_before: Latency | None = None
     accuracy: Any = None  # edgepack.quantize.accuracy.Accuracy
     quantization: dict[str, Any] | None = None
+    # Which capture the artifact was converted from: "export" or "torchscript" (None: not emitted).
+    capture_consumed: str | None = None
 
     @property
     def size_ratio(self) -> float | None:
@@ -113,6 +115,7 @@ class ArtifactReport:
             "footprint_method": Footprint.METHOD if self.cold_load_ms is not None else self.footprint_reason,
             "budgets": [b.to_json() for b in self.budgets],
             "requirements": self.requirements,
+            "capture_consumed": self.capture_consumed,
             "devices": self.devices.to_json() if self.devices else None,
             "notes": self.notes,
             "precision_requested": self.precision_requested or self.precision,
@@ -208,6 +211,7 @@ class BuildReport:
         lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
                   for a in self.capture.get("attempts", [])]
         lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
+        lines += _export_markdown(self.capture.get("export"), self.artifacts)
         lines += [f"- not checked at {u['size']}: eager PyTorch fails there ({u['reason']}); the bundle accepts that size "
                   "but nothing checked what it returns" for u in self.capture.get("unchecked_sizes", [])]
         lines += _devices_markdown(self.capture, self.artifacts)
@@ -217,6 +221,24 @@ class BuildReport:
         if self.problems:
             lines += ["", "## Problems", ""] + [f"- {p}" for p in self.problems]
         return "\n".join(lines) + "\n"
+
+
+def _export_markdown(export: dict[str, Any] | None, artifacts: list[ArtifactReport]) -> list[str]:
+    """The torch.export capture: which strategy held (or why none did, with the line and fix), and which
+    capture each artifact was converted from."""
+    if not export:
+        return []
+    if export["ok"]:
+        lines = [f"- torch.export capture: {export['strategy']}, checked on {export['checked_inputs']} inputs."]
+    else:
+        lines = [f"- torch.export capture: none ({export['reason']})."]
+        for attempt in export["attempts"]:
+            d = attempt.get("diagnosis")
+            if d:
+                where = f" at {d['file']}:{d['line']}" if d["file"] else ""
+                lines.append(f"  - {attempt['strategy']}: {d['kind']}{where}: {d['message']}. Fix: {d['fix']}")
+    lines += [f"- {a.format} was converted from the {a.capture_consumed} capture." for a in artifacts if a.capture_consumed]
+    return lines
 
 
 def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) -> list[str]:

@@ -6,14 +6,12 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
 
 from .capture.ladder import CapturedModel
 from .compare import Comparison, compare_runner
-from .formats import Emitted, Format, Runner, RuntimeUnavailable
+from .formats import Emitted, Format, RuntimeUnavailable
 from .jsonio import finite_or_none
-from . import precisions
-from .targets import FormatSettings, Tolerance
+from .targets import FormatSettings
 
 class SmokeStatus(StrEnum):
     PASSED = "passed"

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import interrupts
-from .staging import locked_folder, remove_abandoned, sha256_of, unlock
+from .files import sha256_of
+from .staging import locked_folder, remove_abandoned, unlock
 from ..datafiles import loads_json
 from .manifest import read_manifest
 from ..errors import UsageError

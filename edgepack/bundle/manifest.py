@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -229,7 +228,8 @@ def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str,
         "precision_requested": a.precision_requested or a.precision,
         "float_layers": (a.quantization or {}).get("float_layers", []),
         "accuracy": a.accuracy.to_json() if a.accuracy else None,
-        "capture_strategy": strategy, "requirements": a.requirements, "smoke": a.smoke.status, "devices": a.devices.to_json() if a.devices else None,
+        "capture_strategy": strategy, "capture_consumed": a.capture_consumed, "requirements": a.requirements,
+        "smoke": a.smoke.status, "devices": a.devices.to_json() if a.devices else None,
         "smoke_detail": {key: a.smoke.to_json()[key] for key in ("reason", "max_abs_err", "cosine")},
         "tolerance": vars(settings.tolerance_for(a.precision)),
     }

@@ -5,7 +5,6 @@ dist/<model>/<target>/."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import numpy as np
 from .. import jsonio
 from ..errors import UsageError
 from ..paths import folder_name, strictly_inside
-from .files import sha256_of, size_of, source_date_epoch
+from .files import source_date_epoch
 
 if TYPE_CHECKING:  # verify and inspect use this module without torch
     from ..capture.ladder import CapturedModel

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .staging import read_raw, sha256_of
+from .files import sha256_of
+from .staging import read_raw
 from ..compare import compare_cases
 from ..datafiles import loads_json
 from ..errors import RuntimeUnavailable, UsageError

@@ -7,7 +7,8 @@ A ladder of strategies, each a small class; every attempt is recorded with what 
 If none is clean, a trace that matches eager everywhere is kept with its hazards reported;
 otherwise the build fails naming the hazards and their lines. Check inputs are the golden
 samples, the traced sample negated, scaled and zeroed (other branches), other sizes for every
-dynamic dimension, and the user's own.
+dynamic dimension, and the user's own. The torch.export capture (export.py) is made after the ladder,
+from the same flattened model, and checked with the same comparison on the same inputs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from . import hazards as hz
 from . import devices as rewrite
+from .export import ExportCapture, export_capture
 from ..compare import Comparison, compare_outputs
 from ..errors import BuildError, UsageError, did_you_mean
 from .flatten import FlatModel, flatten_model
@@ -44,10 +46,12 @@ _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE = 1e-5, 1e-4, 0.9999
 class CaptureError(BuildError):
     """No capture can be trusted; carries what was found, for reports and `edgepack doctor`."""
 
-    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"]) -> None:
+    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"],
+                 export: ExportCapture | None = None) -> None:
         super().__init__(message, hint)
         self.hazards = hazards
         self.attempts = attempts
+        self.export = export  # the torch.export capture's attempts, for `edgepack doctor`
 
 
 CheckKind = Literal["golden", "branch", "size", "user"]
@@ -97,6 +101,13 @@ class CapturedModel:
     # Sizes of a dynamic dimension the capture could not be checked at, because eager itself fails there:
     # [{"size": "SEQ=128", "reason": ...}]. The bundle still accepts them; nobody checked what it returns.
     unchecked_sizes: list[dict[str, str]] = field(default_factory=list)
+    # The torch.export capture, checked on the same inputs: what ONNX and Core ML consume when it holds.
+    export: ExportCapture | None = None
+
+    @property
+    def exported(self) -> torch.export.ExportedProgram | None:
+        """The checked ExportedProgram, or None when no export strategy held (see `export.reason`)."""
+        return self.export.program if self.export is not None else None
 
     @property
     def input_names(self) -> list[str]:
@@ -120,6 +131,8 @@ class CapturedModel:
                     "unchecked_sizes": self.unchecked_sizes}
         if self.devices is not None:
             document.update(self.devices.to_json())
+        if self.export is not None:
+            document["export"] = self.export.to_json()
         return document
 
 
@@ -228,8 +241,13 @@ def capture(
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
+
+    def exported() -> ExportCapture:  # after the TorchScript ladder: its captures stay exactly as they were
+        return export_capture(flat, loaded, example, lambda module: _compare(module, checks, names, output_names),
+                              len(checks), found)
+
     if fatal:
-        raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
+        raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [], exported())
 
     yours = [h for h in found if not h.in_library]  # hazards in torch's own code do not rule out the trace
     attempts: list[CaptureAttempt] = []
@@ -248,11 +266,12 @@ def capture(
         if mode == "auto" and attempts[0].ok:
             accepted = fallback
     if accepted is None:
-        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
+        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts,
+                           exported())
     module, attempt = accepted
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if c.kind != "golden"], devices, unchecked)
+                         [c for c in checks if c.kind != "golden"], devices, unchecked, exported())
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import precisions
 from ..compare import Runner
-from ..errors import RuntimeUnavailable, UsageError, did_you_mean
+from ..errors import UsageError, did_you_mean
 from ..noise import quiet_loggers
 from ..targets import FormatSettings
 
@@ -43,6 +43,8 @@ class Emitted:
     path: Path
     requirements: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # The capture the artifact was converted from: "export" (the checked ExportedProgram) or "torchscript".
+    capture: str = "torchscript"
 
 
 class Format(ABC):

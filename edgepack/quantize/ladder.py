@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Literal
 
 from .. import precisions
-from ..bundle.staging import remove_path, size_of
+from ..bundle.files import size_of
+from ..bundle.staging import remove_path
 from ..capture.ladder import CapturedModel
 from ..errors import BuildError, UsageError
-from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
+from ..errors import RuntimeUnavailable
+from ..formats.base import FLOAT_LAYERS, Emitted, Format
 from ..noise import native_stderr_quiet
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure

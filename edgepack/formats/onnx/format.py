@@ -1,15 +1,17 @@
 """ONNX (.onnx) for onnxruntime on Android, iOS and embedded Linux.
 
-A clean trace goes through the torch.export-based exporter (the maintained path; it reads the
-eager model). A scripted or hybrid capture, an opset below 18, or a model torch.export cannot
-handle goes through the TorchScript exporter on the captured module, which keeps its control
-flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic in the graph.
+At opset 18 and up, the checked torch.export capture (`captured.exported`, an ExportedProgram that
+matched eager on every check input) goes through the torch.export-based exporter: what ships is
+what was checked. Without one (the export capture failed: the notes say why), at an opset below
+18, or when that exporter fails, the TorchScript exporter converts the TorchScript capture, which
+keeps its control flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic in the graph.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 import torch
 
+from ...capture.export import rnn_decompositions
 from ...capture.ladder import CapturedModel
 from ...errors import BuildError, UsageError
 from ...noise import quiet_converter, short_reason, strip_ansi, tail
@@ -58,7 +61,7 @@ class Onnx(Format):
         if settings.precision not in ("int8-dynamic", "int8-static"):
             return []
         with tempfile.TemporaryDirectory() as tmp:
-            prepared, _ = self._prepared_float(captured, settings, Path(tmp))
+            prepared, _, _ = self._prepared_float(captured, settings, Path(tmp))
             return ort_quant.quantizable_nodes(prepared, settings.precision)
 
     def validate(self, settings: FormatSettings) -> None:
@@ -77,11 +80,11 @@ class Onnx(Format):
              calibration: Calibration | None = None) -> Emitted:
         opset = self.option(settings, "opset")
         if settings.precision == "fp32":
-            notes = self._export_float(captured, path, opset)
+            notes, consumed = self._export_float(captured, path, opset)
             notes += optimize_onnx(path, self.option(settings, "optimization"))
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                prepared, notes = self._prepared_float(captured, settings, Path(tmp))
+                prepared, notes, consumed = self._prepared_float(captured, settings, Path(tmp))
                 notes = notes + ort_quant.quantize(prepared, path, settings.precision, calibration, captured.input_names,
                                                    list(settings.options.get(FLOAT_LAYERS, [])))
             _strip_debug_metadata(path)
@@ -104,31 +107,34 @@ class Onnx(Format):
             # A quantized graph is prepared by onnxruntime's quant_pre_process instead (fusions would hide ops from it).
             **optimization_requirements(model, self.option(settings, "optimization") if settings.precision == "fp32" else "none"),
         }
-        return Emitted(path, requirements, notes)
+        return Emitted(path, requirements, notes, capture=consumed)
 
     def add_companions(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> None:
         if self.option(settings, ort_format.OPTION):  # also a .ort + required-operators config, checked
             emitted.requirements["ort_format"], notes = ort_format.write_ort(emitted.path, captured, settings)
             emitted.notes += notes
 
-    def _export_float(self, captured: CapturedModel, path: Path, opset: int) -> list[str]:
+    def _export_float(self, captured: CapturedModel, path: Path, opset: int) -> tuple[list[str], str]:
+        """Notes, and the capture the graph was exported from ("export" or "torchscript")."""
         args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in _example_args(captured))
-        notes = _export(captured, args, path, opset)
+        notes, consumed = _export(captured, args, path, opset)
         _strip_debug_metadata(path)
-        return notes
+        return notes, consumed
 
-    def _prepared_float(self, captured: CapturedModel, settings: FormatSettings, folder: Path) -> tuple[Path, list[str]]:
-        """The float model after ORT's pre-processing, in `folder`. The last one is kept in memory: the
-        accuracy ladder quantizes the same capture many times, and exporting is the slow part."""
+    def _prepared_float(self, captured: CapturedModel, settings: FormatSettings,
+                        folder: Path) -> tuple[Path, list[str], str]:
+        """The float model after ORT's pre-processing, in `folder`, its notes and the capture it came from.
+        The last one is kept in memory: the accuracy ladder quantizes the same capture many times, and
+        exporting is the slow part."""
         key = (id(captured), self.option(settings, "opset"))
         if self._cache is None or self._cache[0] is not captured or self._cache[1] != key:
             exported = folder / "float.onnx"
-            notes = self._export_float(captured, exported, key[1])
+            notes, consumed = self._export_float(captured, exported, key[1])
             notes += ort_quant.preprocess(exported, folder / "prepared.onnx")
-            self._cache = (captured, key, (folder / "prepared.onnx").read_bytes(), notes)
+            self._cache = (captured, key, (folder / "prepared.onnx").read_bytes(), notes, consumed)
         prepared = folder / "prepared.onnx"
         prepared.write_bytes(self._cache[2])
-        return prepared, list(self._cache[3])
+        return prepared, list(self._cache[3]), self._cache[4]
 
     def weight_bytes(self, path: Path) -> int | None:
         return _initializer_bytes(onnx.load(str(path)).graph)
@@ -149,27 +155,43 @@ def _example_args(captured: CapturedModel) -> tuple[torch.Tensor, ...]:
     return tuple(sample[name] for name in captured.input_names)
 
 
-def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> list[str]:
-    """Export with the best exporter for the capture and opset; return notes saying which one ran and why."""
-    if captured.strategy != "trace":
-        _export_torchscript(captured, args, path, opset)
-        return [f"exporter: TorchScript-based, on the {captured.strategy} capture (keeps its control flow)"]
+def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> tuple[list[str], str]:
+    """Export with the best exporter for the captures and opset; return notes saying which one ran and why,
+    and which capture it consumed ("export": the checked ExportedProgram; "torchscript")."""
     if opset < _DYNAMO_MIN_OPSET:
         _export_torchscript(captured, args, path, opset)
-        return [f"exporter: TorchScript-based, on the captured module (the torch.export-based one writes opset >= {_DYNAMO_MIN_OPSET})"]
+        return [f"exporter: TorchScript-based, on the {_torchscript_capture(captured)} (the torch.export-based one "
+                f"writes opset >= {_DYNAMO_MIN_OPSET})"], "torchscript"
+    if captured.exported is None:
+        reason = captured.export.reason if captured.export is not None else "not attempted"
+        _export_torchscript(captured, args, path, opset)
+        return [f"exporter: TorchScript-based, on the {_torchscript_capture(captured)}: no checked torch.export "
+                f"capture ({reason})"], "torchscript"
     try:
         _export_dynamo(captured, args, path, opset)
-        return ["exporter: torch.export-based (dynamo)"]
+        return ["exporter: torch.export-based (dynamo)",
+                f"converted the checked torch.export capture ({captured.export.strategy})"], "export"
     except Exception as first:  # the exporter raises many types; the reason goes into the notes
         dynamo_reason = _dynamo_reason(first)
     _export_torchscript(captured, args, path, opset, dynamo_reason)
-    return [f"exporter: TorchScript-based, on the captured module: the torch.export-based exporter failed ({dynamo_reason})"]
+    return [f"exporter: TorchScript-based, on the {_torchscript_capture(captured)}: the torch.export-based exporter "
+            f"failed ({dynamo_reason})"], "torchscript"
+
+
+def _torchscript_capture(captured: CapturedModel) -> str:
+    if captured.strategy == "trace":
+        return "captured module"
+    return f"{captured.strategy} capture (keeps its control flow)"
 
 
 def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
-    with quiet_converter(), torch.no_grad():
+    """The checked ExportedProgram through the torch.export-based exporter. The exporter decomposes the
+    program again: recurrent layers must decompose as they did at capture (a loop, not unrolled)."""
+    with quiet_converter(), torch.no_grad(), rnn_decompositions(bool(_dynamic_axes(captured))), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own decompositions call its deprecated helpers
         torch.onnx.export(
-            captured.eager, args, str(path), input_names=captured.input_names, output_names=captured.output_names,
+            captured.exported, args, str(path), input_names=captured.input_names, output_names=captured.output_names,
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
             dynamic_shapes=_dynamic_shapes(captured),
         )
@@ -231,10 +253,11 @@ def _torchscript_failure(exc: Exception, log: str, captured: CapturedModel, opse
     if captured.strategy == "trace" and opset < _DYNAMO_MIN_OPSET:
         hint = (f"The TorchScript exporter cannot export this model at opset {opset}; set opset = {_DYNAMO_MIN_OPSET} "
                 "in the target's [formats.onnx] to use the torch.export-based exporter")
-    elif captured.strategy != "trace":
-        hint = (f"A {captured.strategy} capture can only take the TorchScript exporter. If the trace is faithful for the "
-                f"inputs you ship (see the capture's hazards), --capture trace with opset >= {_DYNAMO_MIN_OPSET} in the "
-                "target's [formats.onnx] lets the torch.export-based exporter try.")
+    elif captured.exported is None and opset >= _DYNAMO_MIN_OPSET:
+        reason = captured.export.reason if captured.export is not None else "not attempted"
+        hint = (f"The torch.export-based exporter takes only a checked torch.export capture, and there is none: {reason}. "
+                "Fix that (`edgepack doctor` names the line and the fix), or build with --allow-partial to ship the "
+                "other formats.")
     else:
         hint = ("No ONNX exporter here can export this model as it is: change the part named above (an op without an "
                 "ONNX conversion, say), or build with --allow-partial to ship the other formats.")
