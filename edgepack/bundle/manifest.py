@@ -190,14 +190,36 @@ def schema_problems(document: Any) -> list[str]:
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}" for e in errors]
 
 
-@cache
 def manifest_schema() -> dict[str, Any]:
-    return json.loads(resources.files("edgepack.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    """The manifest schema: edgepack/schemas/manifest.schema.json with each registered format's
+    `requirements` schema (formats/<name>/requirements.schema.json) applied to its artifacts."""
+    from ..formats import FORMATS
+
+    return _schema_for(tuple(FORMATS))
 
 
 @cache
+def _schema_for(formats: tuple[str, ...]) -> dict[str, Any]:
+    from ..formats import FORMATS
+
+    schema = json.loads(resources.files("edgepack.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    artifact = schema["$defs"]["artifact"]
+    artifact["properties"]["format"]["enum"] = list(formats)
+    artifact["allOf"] = [{"if": {"properties": {"format": {"const": name}}, "required": ["format"]},
+                          "then": {"properties": {"requirements": FORMATS[name].requirements_schema()}}}
+                         for name in formats]
+    return schema
+
+
 def _validator() -> jsonschema.protocols.Validator:
-    schema = manifest_schema()
+    from ..formats import FORMATS
+
+    return _validator_for(tuple(FORMATS))
+
+
+@cache
+def _validator_for(formats: tuple[str, ...]) -> jsonschema.protocols.Validator:
+    schema = _schema_for(formats)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)

@@ -252,11 +252,22 @@ def _dims_json(dims: dict[str, torch.export.Dim]) -> dict[str, dict[str, int | N
     return {symbol: {"min": DIM_MIN, "max": None} for symbol in dims}
 
 
+@contextlib.contextmanager
+def without_fused_attention() -> Iterator[None]:
+    """nn.MultiheadAttention / TransformerEncoderLayer take a fused "fast path" at inference without
+    grad; traced, it becomes one fused op (`_transformer_encoder_layer_fwd`) that Core ML, the
+    quantizers and older lite runtimes do not know. Trace the plain ops instead."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _export(flat: torch.nn.Module, example: tuple[torch.Tensor, ...], shapes: tuple | None,
             strict: bool) -> torch.export.ExportedProgram:
-    from .ladder import _without_fused_attention  # the same plain attention ops the trace records
-
-    with quiet_converter(), _without_fused_attention(), rnn_decompositions(shapes is not None):
+    with quiet_converter(), without_fused_attention(), rnn_decompositions(shapes is not None):
         return torch.export.export(flat, example, dynamic_shapes=shapes, strict=strict)
 
 

@@ -13,14 +13,12 @@ from the same flattened model, and checked with the same comparison on the same 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import re
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +27,7 @@ from torch import nn
 
 from . import hazards as hz
 from . import devices as rewrite
-from .export import ExportCapture, export_capture
+from .export import ExportCapture, export_capture, without_fused_attention
 from ..compare import Comparison, compare_outputs
 from ..errors import BuildError, UsageError, did_you_mean
 from .flatten import FlatModel, flatten_model
@@ -360,21 +358,8 @@ def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: st
     if torch.device(device).type != "cpu":
         model = copy.deepcopy(model).to(device)
         example = tuple(t.to(device) for t in example)
-    with _without_fused_attention():
+    with without_fused_attention():
         return torch.jit.trace(model, example, check_trace=False)
-
-
-@contextlib.contextmanager
-def _without_fused_attention() -> Iterator[None]:
-    """nn.MultiheadAttention / TransformerEncoderLayer take a fused "fast path" at inference without
-    grad; traced, it becomes one fused op (`_transformer_encoder_layer_fwd`) that Core ML, the
-    quantizers and older lite runtimes do not know. Trace the plain ops instead."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:

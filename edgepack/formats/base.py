@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from importlib import resources
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ if TYPE_CHECKING:  # the contract is read without torch by `edgepack verify` and
 
 # Calibration data for static schemes: samples shaped like CapturedModel.samples (input name -> tensor).
 Calibration = list[dict[str, "torch.Tensor"]]
+# The file in a format's folder holding the JSON Schema of its manifest `requirements`.
+REQUIREMENTS_SCHEMA = "requirements.schema.json"
 # FormatSettings.options key: layer names (from `quantizable_layers`) that a quantized emit keeps in float.
 FLOAT_LAYERS = "float_layers"
 
@@ -140,6 +144,17 @@ class Format(ABC):
         """Rewrite what the converter writes nondeterministically (ids, dates, call stacks) in place, before the
         artifact is hashed; return notes saying what changed. Formats whose converter is stable keep this."""
         return []
+
+    def requirements_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this format's `requirements` in manifest.json: `requirements.schema.json` beside the
+        format's module when it ships one, else `runtime` alone. Closed, so a misspelled key fails `verify`."""
+        package = type(self).__module__.rpartition(".")[0]
+        try:
+            text = resources.files(package).joinpath(REQUIREMENTS_SCHEMA).read_text(encoding="utf-8")
+        except (FileNotFoundError, ModuleNotFoundError, TypeError):
+            return {"type": "object", "additionalProperties": False, "required": ["runtime"],
+                    "properties": {"runtime": {"type": "string"}}}
+        return json.loads(text)
 
     def companions(self, requirements: dict[str, Any]) -> list[Companion]:
         """Files beside the artifact, named in its requirements, that `edgepack verify` checks in their runtime."""
