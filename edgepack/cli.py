@@ -12,7 +12,7 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 import typer.core
@@ -25,17 +25,18 @@ from . import __version__, interrupts, jsonio
 from .failures import disk_error
 from .config import find_config
 from .errors import EdgepackError, UsageError
-from .formats import known_options
 from .bundle.files import source_date_epoch
 from .noise import stdout_to_stderr
 from .progress import Status
 from .inputs import SPEC_SYNTAX, parse_input_spec
-from .pipeline import BuildRequest, build, diagnose
 from .bundle.verify import Verification, verify_bundle
 from .bundle.inspect import inspect_bundle, print_summary
-from .report import ArtifactReport, BuildReport
 from .bundle.signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
+
+if TYPE_CHECKING:  # build and doctor import the pipeline (torch, converters) when they run; verify and inspect never do
+    from .pipeline import BuildRequest
+    from .report import ArtifactReport, BuildReport
 
 # typer carries its own copy of click (typer._click) in recent versions; its exceptions are the ones raised.
 _click_exceptions = getattr(getattr(typer.core, "_click", None), "exceptions", None) or __import__("click").exceptions
@@ -164,6 +165,8 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
+        from .pipeline import build
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             reports = build(request, observer)
     if json_output:
@@ -197,6 +200,8 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
     if "all" in targets:
         targets = builtin_target_names()
     from_cli = model is not None
+    from .pipeline import BuildRequest
+
     return BuildRequest(
         targets=targets,
         model=model if from_cli else project.model,
@@ -334,6 +339,8 @@ def doctor_command(
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
+        from .pipeline import diagnose
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             result = diagnose(request)
     if json_output:
@@ -408,6 +415,8 @@ def targets_command(
 ) -> None:
     """List the built-in targets and what each emits."""
     with user_errors(json_output):
+        from .formats import known_options
+
         targets = [load_target(name, known_options()) for name in builtin_target_names()]
     if json_output:
         print(jsonio.dumps([t.summary() for t in targets], indent=2))

@@ -5,18 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import UsageError
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+if TYPE_CHECKING:  # parsing specs needs no torch: `edgepack verify` and `inspect` import this module's syntax
+    import torch
+
+# The input dtypes a spec may name; each is also the name of its torch dtype.
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
 _DEFAULT_INT_RANGE = (0, 10)
 _SPEC_RE = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<dims>[^:]+)"
@@ -48,6 +47,8 @@ class InputSpec:
 
     def check_finite(self, values: torch.Tensor, where: str) -> None:
         """UsageError for inf/NaN in user-given input values: they make every comparison and range meaningless."""
+        import torch
+
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
             raise UsageError(f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
@@ -55,7 +56,9 @@ class InputSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
     def is_integer(self) -> bool:
@@ -164,6 +167,8 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
     """
     if spec.value_range is not None:
         return spec.value_range
+    import torch
+
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     return (0, min(sizes)) if sizes else _DEFAULT_INT_RANGE
 
@@ -171,6 +176,8 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
 def sample_inputs(specs: list[InputSpec], model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Deterministic sample values for every input (normal floats, uniform integers, random bools)."""
     rng = np.random.default_rng(seed)
+    import torch
+
     values: dict[str, torch.Tensor] = {}
     for spec in specs:
         if spec.is_integer:

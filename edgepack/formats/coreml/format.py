@@ -25,23 +25,24 @@ import platform
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ... import __version__, jsonio
-from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
 from .reproducible import stabilize_mlpackage
 from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
 from ...paths import scratch_tempdir
 from ...errors import BuildError, UsageError, did_you_mean
-from ...capture.export import rnn_decompositions
 from ...noise import quiet_converter, short_reason, strip_ansi, tail
 from ...targets import FormatSettings
 from ...errors import RuntimeUnavailable
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+
+if TYPE_CHECKING:  # the format is read without torch; converting imports it (coremltools does anyway)
+    from ...capture.ladder import CapturedModel
 
 _ct = coremltools_module
 _COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual
@@ -182,7 +183,7 @@ class CoreML(Format):
                 "not Core ML itself (Core ML prediction needs macOS)")
 
     def converter_versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__, "coremltools": _ct().__version__}
+        return {"torch": version("torch"), "coremltools": _ct().__version__}
 
 
 # --- conversion and compression --------------------------------------------------------------
@@ -221,6 +222,8 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
             notes.append(f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})")
         else:
             try:
+                from ...capture.export import rnn_decompositions
+
                 with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
                     program = captured.exported.run_decompositions({})  # coremltools' documented input
                 return ct.convert(program, **options), "export", [
@@ -337,7 +340,7 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel, precision: str, deploym
     mlmodel.short_description = f"{loaded.name} ({type(loaded.module).__name__}), packaged by edgepack {__version__} in {precision}"
     meta = mlmodel.user_defined_metadata
     meta["edgepack.version"] = __version__
-    meta["edgepack.torch"] = torch.__version__
+    meta["edgepack.torch"] = version("torch")
     meta["edgepack.coremltools"] = _ct().__version__
     meta["edgepack.model"] = loaded.name
     meta["edgepack.source"] = str(loaded.source.get("reference", ""))
