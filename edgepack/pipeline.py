@@ -116,6 +116,9 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
     captured = _capture(request, loaded)
     for hazard in [h for h in captured.hazards if not h.in_library]:
         observer.event("capture", Status.WARN, f"{hazard.location()}: {hazard.message}")
+    for cache in captured.caches:
+        observer.event("capture", Status.WARN, f"{cache.file}:{cache.line}: self.{cache.attr} is a cache (filled on the "
+                                          "first call, reused after): captured from its cold value, which recomputes it")
     for unchecked in captured.unchecked_sizes:
         observer.event("capture", Status.WARN, f"not checked at {unchecked['size']}: eager PyTorch fails there "
                                           f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")

@@ -29,8 +29,16 @@ class FlatModel(nn.Module):
         self.input_names = input_names
         self.by_keyword = by_keyword
         self.output_paths = output_paths
+        # ((submodule path, attribute), cold value) of the caches forward fills (hazards.Cache): set back before
+        # every call, so that eager, every capture and every check run the path that computes them.
+        self.caches: list[tuple[tuple[str, str], Any]] = []
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.caches:
+            from .hazards import restore
+
+            for key, cold in self.caches:
+                restore(self.model, key, cold)
         if self.by_keyword:
             result = self.model(**dict(zip(self.input_names, tensors)))
         else:
@@ -39,7 +47,9 @@ class FlatModel(nn.Module):
 
     def around(self, model: nn.Module) -> "FlatModel":
         """The same flattening around another version of the model (scripted, hybrid)."""
-        return FlatModel(model, self.input_names, self.by_keyword, self.output_paths).eval()
+        flat = FlatModel(model, self.input_names, self.by_keyword, self.output_paths).eval()
+        flat.caches = self.caches
+        return flat
 
 
 def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tuple[FlatModel, list[str]]:

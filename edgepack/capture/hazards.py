@@ -152,21 +152,97 @@ def random_ops(graph: torch.Graph) -> list[Hazard]:
     return dedupe(hazards)
 
 
-def state_changes(model: nn.Module, run: Any) -> list[Hazard]:
-    """Attributes and buffers that `run()` (two eager calls) changes, located at the assignment in forward."""
-    before = _snapshot(model)
-    run()
+@dataclass(frozen=True)
+class Cache:
+    """An attribute forward fills on its first call and then only reuses (an anchor grid, an attention-bias
+    table): idempotent, so not state. The capture runs every call from its `cold` value, so what is captured
+    is the path that recomputes it."""
+
+    owner: str
+    attr: str
+    cold: Any
+    warm: str  # what the first call put there, for the report
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.owner}.{self.attr}" if self.owner else self.attr
+
+    def to_json(self) -> dict:
+        return {"attribute": self.where, "file": self.file, "line": self.line,
+                "detail": f"forward fills self.{self.attr} ({_short(self.cold)} -> {self.warm}) and a second call with "
+                          "the same input leaves it and the outputs as they were: a cache, captured from its cold value "
+                          "(the path that recomputes it) and checked against eager"}
+
+
+def snapshot(model: nn.Module) -> dict[tuple[str, str], Any]:
+    """The model's Python attributes and buffers, copied: take it before the model's first call (the cold state)."""
+    return _snapshot(model)
+
+
+def state_changes(model: nn.Module, run: Any, cold: dict[tuple[str, str], Any] | None = None) -> tuple[list[Hazard], list[Cache]]:
+    """Attributes and buffers forward changes: hazards for real state (located at the assignment in forward), and
+    the caches among them. `run()` calls the model once on the example and returns its outputs; `cold` is the
+    snapshot from before the model's first call (default: now). Each changed attribute is set back to its cold
+    value, then the model runs twice: an attribute that the second call leaves as the first left it, with the
+    same outputs both times, is a cache; anything else (a counter, running statistics) is state."""
+    cold = _snapshot(model) if cold is None else cold
+    for key, value in cold.items():
+        if not _same(value, _snapshot_value(model, key)):
+            restore(model, key, value)
+    first = run()
+    filled = _snapshot(model)
+    second = run()
     after = _snapshot(model)
-    hazards = []
-    for key, old in before.items():
-        new = after.get(key)
-        if not _same(old, new):
-            owner, attr = key
-            file, line = _assignment_line(model.get_submodule(owner) if owner else model, attr)
-            where = f"{owner}.{attr}" if owner else attr
-            hazards.append(Hazard("python_state", f"forward changes self.{attr} ({where}: {_short(old)} -> {_short(new)})",
-                                  file, line))
-    return hazards
+    same_outputs = len(first) == len(second) and all(_same(a, b) for a, b in zip(first, second))
+    hazards, caches = [], []
+    for key, old in cold.items():
+        warm, new = filled.get(key), after.get(key)
+        if _same(old, warm) and _same(warm, new):
+            continue
+        owner, attr = key
+        file, line = _assignment_line(model.get_submodule(owner) if owner else model, attr)
+        if same_outputs and _same(warm, new):
+            caches.append(Cache(owner, attr, old, _short(warm), file, line))
+            continue
+        where = f"{owner}.{attr}" if owner else attr
+        hazards.append(Hazard("python_state", f"forward changes self.{attr} ({where}: {_short(old)} -> {_short(new)})",
+                              file, line))
+    return hazards, caches
+
+
+def restore(model: nn.Module, key: tuple[str, str], value: Any) -> None:
+    """Put a copy of `value` back into the attribute or buffer `key` of `model` (skipped in scripted submodules,
+    which keep their attributes in C++)."""
+    owner, attr = key
+    try:
+        module = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return
+    if isinstance(module, torch.jit.ScriptModule):
+        return
+    if attr in module._buffers:
+        module._buffers[attr] = value.clone() if isinstance(value, torch.Tensor) else value
+    elif attr not in module._modules and attr not in module._parameters:
+        setattr(module, attr, _fresh(value))
+
+
+def _fresh(value: Any) -> Any:
+    """A copy made of tensor clones and new containers (torch.export can follow these; not copy.deepcopy)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value  # numbers, strings, None: immutable
+
+
+def _snapshot_value(model: nn.Module, key: tuple[str, str]) -> Any:
+    owner, attr = key
+    module = model.get_submodule(owner) if owner else model
+    return module._buffers[attr] if attr in module._buffers else vars(module).get(attr)
 
 
 def unrolled_loops(graph_at_example: torch.Graph, graph_at_other_size: torch.Graph, symbol: str) -> list[Hazard]:
@@ -241,6 +317,10 @@ def _copy(value: Any) -> Any:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):  # lists of tensors: element by element
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     try:
         return bool(a == b)
     except Exception:
@@ -248,6 +328,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        text = f"{type(value).__name__} of {len(value)} tensors {[list(v.shape) for v in value]}"
+        return text if len(text) <= 60 else text[:57] + "..."
     text = f"tensor{list(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

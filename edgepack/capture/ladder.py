@@ -101,6 +101,8 @@ class CapturedModel:
     unchecked_sizes: list[dict[str, str]] = field(default_factory=list)
     # The torch.export capture, checked on the same inputs: what ONNX and Core ML consume when it holds.
     export: ExportCapture | None = None
+    # Attributes forward fills once and reuses (an anchor grid): captured from their cold value, so recomputed.
+    caches: list[hz.Cache] = field(default_factory=list)
 
     @property
     def exported(self) -> torch.export.ExportedProgram | None:
@@ -126,7 +128,7 @@ class CapturedModel:
     def to_json(self) -> dict:
         document = {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
                     "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks),
-                    "unchecked_sizes": self.unchecked_sizes}
+                    "unchecked_sizes": self.unchecked_sizes, "caches": [c.to_json() for c in self.caches]}
         if self.devices is not None:
             document.update(self.devices.to_json())
         if self.export is not None:
@@ -229,10 +231,12 @@ def capture(
     a capture recorded on `trace_device` must compute the same on the device that runs the bundle."""
     trace_device = check_options(mode, device_policy, trace_device)
     prepass = rewrite.eager_prepass(loaded.module)  # before anything traces it: tensor attributes become buffers
+    cold = hz.snapshot(loaded.module)  # before the model's first call: what a cache holds before it is filled
     flat, output_names = flatten_model(loaded, samples[0])
     names = [spec.name for spec in loaded.inputs]
     example = tuple(samples[0][n] for n in names)
-    state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
+    state, caches = hz.state_changes(loaded.module, lambda: _eager_tensors(flat, example), cold)
+    flat.caches = [((c.owner, c.attr), c.cold) for c in caches]  # every call from here on runs the cold path
     checks, unchecked = _checks(loaded, flat, samples, user_checks or [])
     expected = [_eager(flat, sample, names) for sample in samples]
     _check_checkable(loaded, output_names, expected)
@@ -269,7 +273,12 @@ def capture(
     module, attempt = accepted
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if c.kind != "golden"], devices, unchecked, exported())
+                         [c for c in checks if c.kind != "golden"], devices, unchecked, exported(), caches)
+
+
+def _eager_tensors(flat: FlatModel, example: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [t.detach().clone() for t in flat(*example)]
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:

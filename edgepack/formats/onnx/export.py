@@ -38,7 +38,12 @@ def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> tup
     """Export with the best exporter for the captures and opset; return notes saying which one ran and why,
     and which capture it consumed ("export": the checked ExportedProgram; "torchscript")."""
     if opset < _DYNAMO_MIN_OPSET:
-        _export_torchscript(captured, args, path, opset)
+        try:
+            _export_torchscript(captured, args, path, opset)
+        except BuildError as failure:
+            if captured.exported is None:
+                raise
+            return _export_downgraded(captured, args, path, opset, failure), "export"
         return [f"exporter: TorchScript-based, on the {_torchscript_capture(captured)} (the torch.export-based one "
                 f"writes opset >= {_DYNAMO_MIN_OPSET})"], "torchscript"
     if captured.exported is None:
@@ -75,6 +80,59 @@ def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int)
             dynamic_shapes=_dynamic_shapes(captured),
         )
     _require_dynamic_dims(captured, path)
+
+
+def _export_downgraded(captured: CapturedModel, args: tuple, path: Path, opset: int, failure: BuildError) -> list[str]:
+    """A target's opset below 18 and a model the TorchScript exporter cannot export (nn.TransformerEncoder at
+    opset 17, say): the checked ExportedProgram through the torch.export-based exporter at opset 18, then
+    onnx's version converter down to the target's opset. The result is checked like any ONNX graph (checker,
+    the written opset, the smoke test in onnxruntime); when that path fails too, the error gives both reasons."""
+    torchscript_reason = failure.message.split(": ", 1)[-1]
+    try:
+        _export_dynamo(captured, args, path, _DYNAMO_MIN_OPSET)
+        _downgrade(path, opset)
+    except Exception as exc:  # the exporter and the converter raise many types; both reasons go to the user
+        raise BuildError(f"ONNX export at opset {opset} failed with both exporters: TorchScript-based: "
+                         f"{torchscript_reason}; torch.export-based at opset {_DYNAMO_MIN_OPSET} converted down to "
+                         f"{opset}: {_dynamo_reason(exc)}",
+                         f"If the runtime the target names reads opset {_DYNAMO_MIN_OPSET}, set opset = "
+                         f"{_DYNAMO_MIN_OPSET} in the target's [formats.onnx]; or build with --allow-partial to ship "
+                         "the other formats.") from exc
+    return [f"exporter: torch.export-based at opset {_DYNAMO_MIN_OPSET}, converted to opset {opset} with "
+            f"onnx.version_converter: the TorchScript-based exporter failed ({torchscript_reason[:200]})",
+            f"converted the checked torch.export capture ({captured.export.strategy})"]
+
+
+# Ops whose opset-18 form moved `axes` to an input and added `noop_with_empty_axes`; onnx's version converter
+# moves the axes back to an attribute going down but leaves that attribute, which opset 17 does not know.
+_AXES_INPUT_SINCE_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                        "ReduceLogSumExp", "ReduceSumSquare"}
+
+
+def _downgrade(path: Path, opset: int) -> None:
+    from onnx import version_converter
+
+    model = version_converter.convert_version(onnx.load(str(path)), opset)
+    for node in _all_nodes(model.graph):
+        if node.op_type in _AXES_INPUT_SINCE_18 and node.domain in ("", "ai.onnx"):
+            for attribute in list(node.attribute):
+                if attribute.name == "noop_with_empty_axes":
+                    if attribute.i and not any(a.name == "axes" for a in node.attribute):
+                        raise BuildError(f"{node.op_type} '{node.name}' reduces nothing when given no axes "
+                                         f"(noop_with_empty_axes), which opset {opset} cannot say")
+                    node.attribute.remove(attribute)  # 0 is opset 17's behaviour; with axes given it is moot
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes += _all_nodes(attribute.g)
+    return nodes
 
 
 def _dynamo_reason(exc: Exception) -> str:

@@ -1,0 +1,80 @@
+"""Models as users bring them (issue 16): a target's defaults build the common architectures, caches are not
+state, data-dependent output sizes are refused before any work, and a .ptl fixed to its traced shapes says so
+and refuses the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgepack.capture.ladder import CaptureError
+from edgepack.inputs import parse_input_spec
+from edgepack.pipeline import BuildRequest, build
+
+from .conftest import write_fast_target
+
+PATTERNS = Path(__file__).parent / "pattern_models.py"
+LITE_AND_ONNX = '[formats.torchscript_lite]\nprecision = "fp32"\n[formats.onnx]\nprecision = "fp32"\nopset = 18\n'
+
+
+def _build(tmp_path: Path, target: str, model: str, *specs: str):
+    return build(BuildRequest(targets=[target], model=f"{PATTERNS}:{model}", inputs=[parse_input_spec(s) for s in specs],
+                              out_dir=tmp_path / "dist"))[0]
+
+
+def test_the_iot_target_builds_a_transformer_text_encoder_with_its_defaults(tmp_path):
+    """iot's opset 17 sends nn.TransformerEncoder to the TorchScript exporter, which cannot export it: the
+    torch.export-based graph, converted down to opset 17, ships instead, checked like any ONNX graph (and its .ort)."""
+    report = _build(tmp_path, "iot", "make_text_encoder", "ids=1x8:int64")
+    assert report.ok, report.problems
+    onnx_report = report.artifacts[0]
+    assert onnx_report.smoke.status == "passed" and onnx_report.requirements["opset"] == 17
+    assert "converted to opset 17 with onnx.version_converter" in onnx_report.notes[0]
+    assert onnx_report.requirements["ort_format"]["path"].endswith(".ort")
+
+
+@pytest.fixture(scope="module")
+def yolo_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("yolo")
+    target = write_fast_target(folder, "lite-onnx", LITE_AND_ONNX)
+    return _build(folder, str(target), "make_tiny_yolo", "image=1x3xH=32xW=32")
+
+
+def test_a_yolo_anchor_grid_cache_is_recognised_captured_cold_and_checked(yolo_report):
+    report = yolo_report
+    assert report.ok, report.problems
+    caches = {c["attribute"]: c for c in report.capture["caches"]}
+    assert set(caches) == {"detect.grid", "detect.anchor_grid"}
+    assert caches["detect.grid"]["file"].endswith("pattern_models.py") and caches["detect.grid"]["line"] > 0
+    assert not [h for h in report.capture["hazards"] if h["kind"] == "python_state"]
+    assert all(a.smoke.status == "passed" for a in report.artifacts)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_yolo_head_matches_eager_at_two_input_sizes(yolo_report, size):
+    """What ships recomputes the grid: a warm eager model at another size and the .ptl and ONNX agree."""
+    import onnxruntime as ort
+
+    from .pattern_models import make_tiny_yolo
+
+    bundle = Path(yolo_report.bundle_dir)
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+    eager = make_tiny_yolo()
+    with torch.no_grad():
+        eager(torch.randn(1, 3, 48, 48))  # warm at a third size: the cache must not leak into the answer
+        expected = eager(image)[0].numpy()
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(next(bundle.glob("*.ptl"))))
+    np.testing.assert_allclose(lite(image)[0].numpy(), expected, atol=1e-4, rtol=1e-4)
+    session = ort.InferenceSession(str(next(bundle.glob("*.onnx"))), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": image.numpy()})[0], expected, atol=1e-3, rtol=1e-4)
+
+
+def test_a_counter_is_state_and_stays_refused(tmp_path):
+    target = write_fast_target(tmp_path, "lite-onnx", LITE_AND_ONNX)
+    with pytest.raises(CaptureError) as refused:
+        _build(tmp_path, str(target), "CallCounter", "x=1x4")
+    assert "python_state: forward changes self.calls" in refused.value.message
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").rglob("*.ptl"))
