@@ -78,3 +78,45 @@ def test_a_counter_is_state_and_stays_refused(tmp_path):
         _build(tmp_path, str(target), "CallCounter", "x=1x4")
     assert "python_state: forward changes self.calls" in refused.value.message
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").rglob("*.ptl"))
+
+
+def test_a_data_dependent_output_size_is_refused_before_any_work(tmp_path):
+    """boxes[scores > 0.5]: the output's length follows the values. Refused as a usage error (exit 2) naming the
+    output and the sizes seen, with the fix; nothing written (it used to crash writing the golden vectors)."""
+    from edgepack.errors import UsageError
+
+    target = write_fast_target(tmp_path, "lite-onnx", LITE_AND_ONNX)
+    with pytest.raises(UsageError) as refused:
+        _build(tmp_path, str(target), "make_keep_above_threshold", "boxes=1x16x4")
+    assert refused.value.exit_code == 2
+    assert "Output 'output' changes size with the input's values" in refused.value.message
+    assert "torch.topk" in refused.value.hint
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def anchor_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("anchors")
+    target = write_fast_target(folder, "lite", '[formats.torchscript_lite]\nprecision = "fp32"\n')
+    report = _build(folder, str(target), "make_anchor_boxes", "x=1x3x8x8")
+    assert report.ok, report.problems
+    return report
+
+
+def test_a_ptl_traced_at_fixed_shapes_raises_on_an_undeclared_shape(anchor_bundle):
+    """The anchor table is a trace constant for 8x8: the saved program refuses 16x16 instead of returning numbers."""
+    lite = torch.jit.mobile._load_for_lite_interpreter(str(next(Path(anchor_bundle.bundle_dir).glob("*.ptl"))))
+    assert lite(torch.randn(1, 3, 8, 8))[0].shape == (1, 64, 2)
+    for wrong in (torch.randn(1, 3, 16, 16), torch.randn(2, 3, 8, 8), torch.randn(3, 8, 8)):
+        with pytest.raises(Exception, match="edgepack shape guard: input 'x' must have shape 1x3x8x8"):
+            lite(wrong)
+
+
+def test_the_manifest_says_which_dimensions_are_fixed(anchor_bundle, yolo_report):
+    import json
+
+    manifest = json.loads((Path(anchor_bundle.bundle_dir) / "manifest.json").read_text())
+    assert manifest["artifacts"][0]["requirements"]["shape_guard"] == {"x": [1, 3, 8, 8]}
+    lite = next(a for a in yolo_report.artifacts if a.format == "torchscript_lite")
+    assert lite.requirements["shape_guard"] == {"image": [1, 3, "H", "W"]}
+    assert any(n.startswith("shape guard:") for n in lite.notes)

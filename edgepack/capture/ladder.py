@@ -240,6 +240,7 @@ def capture(
     checks, unchecked = _checks(loaded, flat, samples, user_checks or [])
     expected = [_eager(flat, sample, names) for sample in samples]
     _check_checkable(loaded, output_names, expected)
+    _check_output_sizes(loaded, output_names, samples, expected, checks)
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
@@ -467,6 +468,30 @@ def _check_checkable(loaded: LoadedModel, output_names: list[str], expected: lis
     if output_names and len(empty) == len(output_names):
         raise UsageError(f"Every output of the model is empty on the golden samples ({inputs}): nothing to check.",
                          "Check the --input shapes: an output with a zero-size dimension holds no values.")
+
+
+def _check_output_sizes(loaded: LoadedModel, output_names: list[str], samples, expected, checks) -> None:
+    """UsageError, before anything is traced or written, for an output whose size changes with the input's values
+    (x[mask], nonzero, NMS keep indices): inputs of one shape give it different shapes. Golden vectors, smoke tests
+    and every format here fix an output's shape per input shape, so such a model is refused with what to change."""
+    shape_of = {name: tuple(t.shape) for name, t in samples[0].items()}
+    runs = [(f"golden sample {i}", outputs) for i, outputs in enumerate(expected)]
+    runs += [(c.label, c.expected) for c in checks
+             if c.kind != "size" and {n: tuple(t.shape) for n, t in c.sample.items()} == shape_of]
+    for index, name in enumerate(output_names):
+        shapes: dict[tuple, str] = {}
+        for label, outputs in runs:
+            shapes.setdefault(tuple(np.shape(outputs[index])), label)
+        if len(shapes) > 1:
+            (first, where), (second, other) = list(shapes.items())[:2]
+            inputs = ", ".join(str(spec) for spec in loaded.inputs)
+            raise UsageError(
+                f"Output '{name}' changes size with the input's values, not its shape: {list(first)} on {where}, "
+                f"{list(second)} on {other} (inputs {inputs}). A data-dependent size (x[mask], nonzero, NMS-style "
+                "keep indices) cannot be given golden vectors or checked per shape, and edgepack does not package it.",
+                "Return fixed-size outputs and filter in the app: every candidate with its score or mask (e.g. "
+                "torch.where(keep, x, 0) or scores alongside the boxes), or the top-k by score (torch.topk) with a fixed k; "
+                "or keep the post-processing out of the packaged model.")
 
 
 def empty_outputs(output_names: list[str], expected: list[list[np.ndarray]]) -> tuple[list[str], list[str]]:

@@ -20,6 +20,7 @@ from ...errors import BuildError, UsageError
 from ...noise import quiet_converter, tail
 from ...capture.devices import DeviceFindings, pinned_devices
 from ...targets import FormatSettings
+from . import guard
 from . import quantize as torch_ao
 from .reproducible import stabilize_ptl
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
@@ -63,11 +64,13 @@ class TorchScriptLite(Format):
              calibration: Calibration | None = None) -> Emitted:
         version = self.option(settings, "bytecode_version")
         with quiet_converter() as log, torch_ao.qnnpack_engine():
+            # The shape guard wraps the capture before freezing (a frozen module cannot be a scripted submodule).
             if settings.precision == "fp32":
-                module, notes = _mobile_passes(captured.scripted)
+                module, notes = _mobile_passes(guard.guarded(captured.scripted, captured.loaded.inputs))
             else:  # the quantizer's errors are already BuildErrors that say what to do
                 module, notes = torch_ao.quantize_lite(captured, settings.precision, calibration,
                                                        list(settings.options.get(FLOAT_LAYERS, [])))
+                module = guard.guarded(module, captured.loaded.inputs)
                 if settings.precision == "int8-dynamic":
                     module, passes = _smaller_of_frozen_or_not(module)
                     notes += passes
@@ -85,7 +88,11 @@ class TorchScriptLite(Format):
             "operators": operators,
             # An app calls forward(...).toTuple(): the lite module returns a tuple even for one output.
             "returns": "a tuple of tensors in the manifest's output order (a 1-tuple for one output)",
+            # Checked at these shapes only: the saved program raises for any other rank or fixed size.
+            "shape_guard": guard.declared_shapes(captured.loaded.inputs),
         }
+        notes.append("shape guard: the program raises for an input whose rank or fixed dimensions differ from "
+                     f"{', '.join(f'{k}=' + 'x'.join(map(str, v)) for k, v in requirements['shape_guard'].items())}")
         return Emitted(path, requirements, notes)
 
     def stabilize(self, path: Path) -> list[str]:
