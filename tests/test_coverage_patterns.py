@@ -120,3 +120,25 @@ def test_the_manifest_says_which_dimensions_are_fixed(anchor_bundle, yolo_report
     lite = next(a for a in yolo_report.artifacts if a.format == "torchscript_lite")
     assert lite.requirements["shape_guard"] == {"image": [1, 3, "H", "W"]}
     assert any(n.startswith("shape guard:") for n in lite.notes)
+
+
+def test_a_core_ml_conversion_failure_names_the_op_its_line_and_a_workaround_without_progress_bars(tmp_path):
+    from edgepack.capture.ladder import capture
+    from edgepack.errors import BuildError
+    from edgepack.formats import FORMATS
+    from edgepack.inputs import sample_inputs
+    from edgepack.load import LoadedModel
+
+    from .models import QRHead
+    from .test_formats import settings
+
+    inputs = [parse_input_spec("x=4x4")]
+    module = QRHead().eval()
+    captured = capture(LoadedModel("qr", module, inputs, {"kind": "test"}), [sample_inputs(inputs, module, s) for s in range(2)])
+    with pytest.raises(BuildError) as failure:
+        FORMATS["coreml"].emit(captured, settings("coreml"), tmp_path / "qr.mlpackage")
+    message, hint = failure.value.message, failure.value.hint
+    assert "op aten::linalg_qr, at " in message and "models.py:" in message
+    assert "from the torch.export capture:" in message  # the fallback was tried too
+    assert "%|" not in hint and "Converting PyTorch Frontend" not in hint
+    assert "@register_torch_op" in hint and "--allow-partial" in hint

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import struct
 import sys
 from pathlib import Path
@@ -222,11 +223,7 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
             notes.append(f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})")
         else:
             try:
-                from ...capture.export import rnn_decompositions
-
-                with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
-                    program = captured.exported.run_decompositions({})  # coremltools' documented input
-                return ct.convert(program, **options), "export", [
+                return _convert_exported(ct, captured, options), "export", [
                     f"converted the checked torch.export capture ({captured.export.strategy})"]
             except Exception as exc:  # the converter raises many types; the TorchScript capture is checked too
                 notes.append(f"converted the TorchScript capture ({captured.strategy}): coremltools could not convert "
@@ -234,8 +231,81 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
     try:
         return ct.convert(captured.scripted_copy(), **options), "torchscript", notes  # a copy: the frontend edits graphs
     except Exception as exc:
-        raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
-                         tail(log.getvalue()) or "The model uses an op coremltools cannot convert.") from exc
+        failure = exc
+    # The TorchScript frontend fails on code the export frontend never sees (Python-side shape reads such as
+    # Hugging Face's `pixel_values.shape[1]` check): the checked ExportedProgram is the fallback.
+    if capture != "export" and captured.exported is not None:
+        try:
+            return _convert_exported(ct, captured, options), "export", notes + [
+                f"converted the checked torch.export capture ({captured.export.strategy}): coremltools could not "
+                f"convert the TorchScript capture ({short_reason(failure, 200)})"]
+        except Exception as exc:
+            export_reason = short_reason(exc, 200)
+    else:
+        export_reason = ""
+    raise _conversion_error(failure, log.getvalue(), captured, export_reason) from failure
+
+
+def _convert_exported(ct: Any, captured: CapturedModel, options: dict) -> Any:
+    from ...capture.export import rnn_decompositions
+
+    with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
+        program = captured.exported.run_decompositions({})  # coremltools' documented input
+    return ct.convert(program, **options)
+
+
+_PROGRESS = re.compile(r"(\d+%\||it/s\]|ops/s\]|passes/s\]|^Converting PyTorch Frontend|^Running MIL)")
+_OP_NAMED = re.compile(r"op '?\"?([A-Za-z_][\w:.]*)'?\"?|([A-Za-z_]\w*) not implemented")
+
+
+def _conversion_error(exc: Exception, log: str, captured: CapturedModel, export_reason: str) -> BuildError:
+    """The converter's reason, the op and the line it comes from when they can be found, and what to do; never
+    the converter's progress bars ('Converting PyTorch Frontend ==> MIL Ops: 0%|')."""
+    reason = strip_ansi(str(exc)).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+    op, where = _failing_op(exc, log, captured)
+    message = f"Core ML conversion failed: {type(exc).__name__}: {reason}"
+    if op:
+        message += f" (op {op}{', at ' + where if where else ''})"
+    if export_reason:
+        message += f"; from the torch.export capture: {export_reason}"
+    lines = [line for line in strip_ansi(log).splitlines() if line.strip() and not _PROGRESS.search(line.strip())]
+    export_option = "" if export_reason else ("set capture = \"export\" in the target's [formats.coreml] to convert "
+                                              "the torch.export program (`edgepack doctor` says why there is none); ")
+    hint = ("Workarounds: rewrite that line with ops coremltools converts (or register a conversion with "
+            f"coremltools' @register_torch_op); {export_option}or build with --allow-partial to ship the other formats.")
+    if "Item selection is supported only on python list/tuple" in reason:
+        hint = ("The model reads its input's shape in Python (x.shape[i], e.g. a channel-count check): the TorchScript "
+                "frontend cannot index that. Remove or guard the check (`if not torch.jit.is_tracing()`), or fix the "
+                "torch.export capture so Core ML converts it (`edgepack doctor` says why it failed); or build with "
+                "--allow-partial to ship the other formats.")
+    if lines:
+        hint += "\nThe converter's last output:\n" + "\n".join(line[:200] for line in lines[-4:])
+    return BuildError(message, hint)
+
+
+def _failing_op(exc: Exception, log: str, captured: CapturedModel) -> tuple[str, str]:
+    """The op coremltools names in its error (or the last node it was converting), and that op's source line."""
+    text = strip_ansi(f"{exc}\n{log}")
+    match = _OP_NAMED.search(text)
+    name = (match.group(1) or match.group(2)) if match else ""
+    if not name and "Item selection" in text:
+        name = "__getitem__"
+    if not name:
+        return "", ""
+    kind = name if "::" in name else f"aten::{name}"
+    try:
+        from ...capture.hazards import all_nodes, user_location
+
+        for node in all_nodes(captured.scripted.inlined_graph):
+            if node.kind() == kind:
+                file, line = user_location(node)
+                if not file:
+                    frames = [f.strip() for f in node.sourceRange().splitlines() if f.strip()]
+                    return kind, frames[0][:200] if frames else ""
+                return kind, f"{file}:{line}"
+    except Exception:  # the location is a courtesy; the reason stands without it
+        pass
+    return kind, ""
 
 
 def _weights(mlmodel: Any) -> dict[str, tuple[int, ...]]:
