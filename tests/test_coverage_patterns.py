@@ -142,3 +142,27 @@ def test_a_core_ml_conversion_failure_names_the_op_its_line_and_a_workaround_wit
     assert "from the torch.export capture:" in message  # the fallback was tried too
     assert "%|" not in hint and "Converting PyTorch Frontend" not in hint
     assert "@register_torch_op" in hint and "--allow-partial" in hint
+
+
+def test_an_optimization_whose_graph_fails_the_onnx_checker_is_dropped_and_said_so():
+    """T5's RMSNorm fused into SimplifiedLayerNormalization (an onnxruntime op in the standard domain, which the
+    standard does not define): the step is dropped, the graph before it ships, the notes say why."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepack.formats.onnx.optimize import _step
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    def fuse_badly(m):
+        m.graph.node[0].op_type = "SimplifiedLayerNormalization"
+        return m
+
+    notes: list[str] = []
+    kept = _step(notes, "onnxruntime.transformers fusions", model, fuse_badly)
+    assert [n.op_type for n in kept.graph.node] == ["Relu"]
+    onnx.checker.check_model(kept)
+    assert notes[0].startswith("onnxruntime.transformers fusions dropped: its graph fails the ONNX checker (")

@@ -92,6 +92,12 @@ def _step(notes: list[str], what: str, model: onnx.ModelProto,
     except Exception as exc:  # optimizers fail in many ways; an unoptimized graph is still correct
         notes.append(f"{what} skipped: {short_reason(exc, 240)}")
         return model
+    try:  # an optimization that breaks the model is dropped, never the format (T5's RMSNorm fused into an op
+        onnx.checker.check_model(result)  # in the standard domain that the standard does not define, say)
+    except Exception as exc:
+        notes.append(f"{what} dropped: its graph fails the ONNX checker ({short_reason(exc, 240)}); the graph "
+                     "before it ships")
+        return model
     notes.append(f"{what}: {_node_count(model)} -> {_node_count(result)} nodes")
     return result
 
