@@ -48,7 +48,7 @@ def test_a_yolo_anchor_grid_cache_is_recognised_captured_cold_and_checked(yolo_r
     assert report.ok, report.problems
     caches = {c["attribute"]: c for c in report.capture["caches"]}
     assert set(caches) == {"detect.grid", "detect.anchor_grid"}
-    assert caches["detect.grid"]["file"].endswith("pattern_models.py") and caches["detect.grid"]["line"] > 0
+    assert caches["detect.grid"]["file"].endswith("patterns.py") and caches["detect.grid"]["line"] > 0
     assert not [h for h in report.capture["hazards"] if h["kind"] == "python_state"]
     assert all(a.smoke.status == "passed" for a in report.artifacts)
 
@@ -166,3 +166,21 @@ def test_an_optimization_whose_graph_fails_the_onnx_checker_is_dropped_and_said_
     assert [n.op_type for n in kept.graph.node] == ["Relu"]
     onnx.checker.check_model(kept)
     assert notes[0].startswith("onnxruntime.transformers fusions dropped: its graph fails the ONNX checker (")
+
+
+def test_the_coverage_benchmark_lists_30_architectures_of_every_family_and_tabulates_totals():
+    """Without transformers: the list, the families the issue names, and the table's totals (the builds run in the
+    benchmark, `python -m edgepack.benchmarks.coverage`)."""
+    from edgepack.benchmarks import coverage
+
+    hf = [a for a in coverage.ARCHS.values() if a.family != "pattern"]
+    assert len(hf) >= 30
+    assert {"vision CNN", "vision transformer", "windowed transformer", "segmentation", "text encoder", "decoder LM",
+            "encoder of enc-dec", "audio"} <= {a.family for a in hf}
+    assert {"yolo_detect", "data_dependent_keep", "lstm_kws", "unet"} <= set(coverage.ARCHS)
+    rows = [{"name": "a", "family": "x", "cells": {c: {"status": "passed", "reason": "ok"} for c in coverage.COLUMNS}},
+            {"name": "b", "family": "x", "cells": {c: {"status": "failed", "reason": "op foo at m.py:3"}
+                                                   for c in coverage.COLUMNS}}]
+    assert coverage.totals(rows)["ios/coreml"] == {"passed": 1, "failed": 1}
+    text = coverage.markdown(rows, {"command": "c", "cpu": "cpu", "torch": "t", "transformers": "t"})
+    assert "| b | x | **failed**" in text and "- b android/torchscript_lite (failed): op foo at m.py:3" in text
