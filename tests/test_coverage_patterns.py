@@ -184,3 +184,29 @@ def test_the_coverage_benchmark_lists_30_architectures_of_every_family_and_tabul
     assert coverage.totals(rows)["ios/coreml"] == {"passed": 1, "failed": 1}
     text = coverage.markdown(rows, {"command": "c", "cpu": "cpu", "torch": "t", "transformers": "t"})
     assert "| b | x | **failed**" in text and "- b android/torchscript_lite (failed): op foo at m.py:3" in text
+
+
+def test_a_key_value_cache_output_is_flattened_into_named_present_key_value_tensors():
+    """Decoder LMs with use_cache=True return a DynamicCache: its layers' keys and values become outputs named as
+    the ONNX community does (present.N.key/value, identifier-safe)."""
+    from torch import nn
+
+    from edgepack.capture.flatten import flatten_model
+    from edgepack.load import LoadedModel
+
+    class _Layer:
+        def __init__(self, k, v):
+            self.keys, self.values = k, v
+
+    class DynamicCache:  # the shape of transformers' class, without transformers
+        def __init__(self, layers):
+            self.layers = layers
+
+    class TinyDecoder(nn.Module):
+        def forward(self, x):
+            return {"logits": x * 2, "past_key_values": DynamicCache([_Layer(x + 1, x + 2), _Layer(x + 3, x + 4)])}
+
+    inputs = [parse_input_spec("x=1x3")]
+    flat, names = flatten_model(LoadedModel("d", TinyDecoder(), inputs, {"kind": "test"}), {"x": torch.ones(1, 3)})
+    assert names == ["logits", "present_0_key", "present_0_value", "present_1_key", "present_1_value"]
+    assert [float(t[0, 0]) for t in flat(torch.ones(1, 3))] == [2.0, 2.0, 3.0, 4.0, 5.0]

@@ -143,6 +143,11 @@ def _leaves(value: Any, path: list[PathStep]):
     elif isinstance(value, (tuple, list)):
         for index, item in enumerate(value):
             yield from _leaves(item, path + [("index", index)])
+    elif _is_kv_cache(value):  # Hugging Face's DynamicCache (use_cache=True): present key/value per layer
+        for index, layer in enumerate(value.layers):
+            for part in ("keys", "values"):
+                if isinstance(getattr(layer, part, None), torch.Tensor):
+                    yield path + [("cache", (index, part))], getattr(layer, part)
     else:
         raise UsageError(
             f"The model's output contains a {type(value).__name__}, which no deployment format can carry.",
@@ -150,15 +155,26 @@ def _leaves(value: Any, path: list[PathStep]):
         )
 
 
+def _is_kv_cache(value: Any) -> bool:
+    """A transformers Cache (DynamicCache and kin): `.layers`, each holding `keys` and `values` tensors."""
+    return type(value).__name__.endswith("Cache") and isinstance(getattr(value, "layers", None), list)
+
+
 def _follow(value: Any, path: list[PathStep]) -> torch.Tensor:
     for kind, step in path:
-        value = getattr(value, step) if kind == "attr" else value[step]
+        if kind == "cache":
+            value = getattr(value.layers[step[0]], step[1])
+        else:
+            value = getattr(value, step) if kind == "attr" else value[step]
     return value
 
 
 def _name_of(path: list[PathStep]) -> str:
     if not path:
         return "output"
+    if path[-1][0] == "cache":  # the ONNX community's names: present.N.key / present.N.value, identifier-safe
+        index, part = path[-1][1]
+        return f"present_{index}_{part[:-1]}"
     if all(kind == "index" for kind, _ in path):
         return "output_" + "_".join(str(step) for _, step in path)
     return "_".join(str(step) for _, step in path)
