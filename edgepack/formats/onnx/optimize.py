@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
+import onnx.helper
 import onnxruntime as ort
 
 from ...errors import UsageError, did_you_mean
@@ -92,6 +93,9 @@ def _step(notes: list[str], what: str, model: onnx.ModelProto,
     except Exception as exc:  # optimizers fail in many ways; an unoptimized graph is still correct
         notes.append(f"{what} skipped: {short_reason(exc, 240)}")
         return model
+    imported = {o.domain for o in result.opset_import}
+    for domain in sorted({n.domain for n in _all_nodes(result.graph)} - imported - {"ai.onnx"}):
+        result.opset_import.append(onnx.helper.make_opsetid(domain, 1))  # ORT's fusions use contrib ops unimported
     try:  # an optimization that breaks the model is dropped, never the format (T5's RMSNorm fused into an op
         onnx.checker.check_model(result)  # in the standard domain that the standard does not define, say)
     except Exception as exc:

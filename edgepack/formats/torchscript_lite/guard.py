@@ -53,6 +53,6 @@ def guarded(module: torch.jit.ScriptModule, inputs: list[InputSpec]) -> torch.ji
         sys.modules[_MODULE] = loaded
         try:
             spec.loader.exec_module(loaded)
-            return torch.jit.script(loaded.ShapeGuard(module))
+            return torch.jit.script(loaded.ShapeGuard(module).eval())
         finally:
             sys.modules.pop(_MODULE, None)
