@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgepack.benchmarks.patterns import (  # noqa: F401 (the tests build them by this file's path)
-    Detect, KeepAboveThreshold, TinyYolo, make_keep_above_threshold, make_tiny_yolo)
+from edgepack.benchmarks.patterns import Detect, KeepAboveThreshold, TinyYolo, make_keep_above_threshold, make_tiny_yolo  # noqa: F401 (the tests build them by this file's path)
 
 
 class TextEncoder(nn.Module):

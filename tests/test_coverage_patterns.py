@@ -21,8 +21,14 @@ LITE_AND_ONNX = '[formats.torchscript_lite]\nprecision = "fp32"\n[formats.onnx]\
 
 
 def _build(tmp_path: Path, target: str, model: str, *specs: str):
-    return build(BuildRequest(targets=[target], model=f"{PATTERNS}:{model}", inputs=[parse_input_spec(s) for s in specs],
-                              out_dir=tmp_path / "dist"))[0]
+    return build(
+        BuildRequest(
+            targets=[target],
+            model=f"{PATTERNS}:{model}",
+            inputs=[parse_input_spec(s) for s in specs],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
 
 
 def test_the_iot_target_builds_a_transformer_text_encoder_with_its_defaults(tmp_path):
@@ -134,7 +140,9 @@ def test_a_core_ml_conversion_failure_names_the_op_its_line_and_a_workaround_wit
 
     inputs = [parse_input_spec("x=4x4")]
     module = QRHead().eval()
-    captured = capture(LoadedModel("qr", module, inputs, {"kind": "test"}), [sample_inputs(inputs, module, s) for s in range(2)])
+    captured = capture(
+        LoadedModel("qr", module, inputs, {"kind": "test"}), [sample_inputs(inputs, module, s) for s in range(2)]
+    )
     with pytest.raises(BuildError) as failure:
         FORMATS["coreml"].emit(captured, settings("coreml"), tmp_path / "qr.mlpackage")
     message, hint = failure.value.message, failure.value.hint
@@ -152,9 +160,12 @@ def test_an_optimization_whose_graph_fails_the_onnx_checker_is_dropped_and_said_
 
     from edgepack.formats.onnx.optimize import _step
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
     def fuse_badly(m):
@@ -175,12 +186,25 @@ def test_the_coverage_benchmark_lists_30_architectures_of_every_family_and_tabul
 
     hf = [a for a in coverage.ARCHS.values() if a.family != "pattern"]
     assert len(hf) >= 30
-    assert {"vision CNN", "vision transformer", "windowed transformer", "segmentation", "text encoder", "decoder LM",
-            "encoder of enc-dec", "audio"} <= {a.family for a in hf}
+    assert {
+        "vision CNN",
+        "vision transformer",
+        "windowed transformer",
+        "segmentation",
+        "text encoder",
+        "decoder LM",
+        "encoder of enc-dec",
+        "audio",
+    } <= {a.family for a in hf}
     assert {"yolo_detect", "data_dependent_keep", "lstm_kws", "unet"} <= set(coverage.ARCHS)
-    rows = [{"name": "a", "family": "x", "cells": {c: {"status": "passed", "reason": "ok"} for c in coverage.COLUMNS}},
-            {"name": "b", "family": "x", "cells": {c: {"status": "failed", "reason": "op foo at m.py:3"}
-                                                   for c in coverage.COLUMNS}}]
+    rows = [
+        {"name": "a", "family": "x", "cells": {c: {"status": "passed", "reason": "ok"} for c in coverage.COLUMNS}},
+        {
+            "name": "b",
+            "family": "x",
+            "cells": {c: {"status": "failed", "reason": "op foo at m.py:3"} for c in coverage.COLUMNS},
+        },
+    ]
     assert coverage.totals(rows)["ios/coreml"] == {"passed": 1, "failed": 1}
     text = coverage.markdown(rows, {"command": "c", "cpu": "cpu", "torch": "t", "transformers": "t"})
     assert "| b | x | **failed**" in text and "- b android/torchscript_lite (failed): op foo at m.py:3" in text

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TARGETS = ("android", "ios", "iot")
 FORMATS_OF = {"android": ("torchscript_lite", "onnx"), "ios": ("coreml", "onnx"), "iot": ("onnx",)}
@@ -48,103 +49,378 @@ def _hf(config_class: str, model_class: str, **config: Any) -> Callable[[], Any]
         torch.manual_seed(0)
         model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
         return model.eval()
+
     return make
 
 
-_TXT = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64)
-_LM = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-           max_position_embeddings=64)
-_VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64)
+_TXT = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+_LM = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
 
 
 def _architectures() -> list[Arch]:
     a = Arch
     return [
         # vision CNNs
-        a("resnet", "vision CNN", _hf("ResNetConfig", "ResNetForImageClassification", embedding_size=16,
-                                      hidden_sizes=[16, 32], depths=[1, 1], num_labels=3), (IMAGE,)),
-        a("regnet", "vision CNN", _hf("RegNetConfig", "RegNetForImageClassification", embedding_size=16,
-                                      hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=3), (IMAGE,)),
-        a("convnext", "vision CNN", _hf("ConvNextConfig", "ConvNextForImageClassification", hidden_sizes=[16, 32],
-                                        depths=[1, 1], num_stages=2, num_labels=3), (IMAGE,)),
-        a("convnextv2", "vision CNN", _hf("ConvNextV2Config", "ConvNextV2ForImageClassification", hidden_sizes=[16, 32],
-                                          depths=[1, 1], num_stages=2, num_labels=3), (IMAGE,)),
-        a("mobilenet_v2", "vision CNN", _hf("MobileNetV2Config", "MobileNetV2ForImageClassification",
-                                            depth_multiplier=0.25, image_size=32, num_labels=3), (IMAGE,)),
-        a("mobilenet_v1", "vision CNN", _hf("MobileNetV1Config", "MobileNetV1ForImageClassification",
-                                            depth_multiplier=0.25, image_size=32, num_labels=3), (IMAGE,)),
-        a("efficientnet", "vision CNN", _hf("EfficientNetConfig", "EfficientNetForImageClassification", image_size=32,
-                                            width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64,
-                                            num_labels=3), (IMAGE,)),
+        a(
+            "resnet",
+            "vision CNN",
+            _hf(
+                "ResNetConfig",
+                "ResNetForImageClassification",
+                embedding_size=16,
+                hidden_sizes=[16, 32],
+                depths=[1, 1],
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "regnet",
+            "vision CNN",
+            _hf(
+                "RegNetConfig",
+                "RegNetForImageClassification",
+                embedding_size=16,
+                hidden_sizes=[16, 32],
+                depths=[1, 1],
+                groups_width=8,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "convnext",
+            "vision CNN",
+            _hf(
+                "ConvNextConfig",
+                "ConvNextForImageClassification",
+                hidden_sizes=[16, 32],
+                depths=[1, 1],
+                num_stages=2,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "convnextv2",
+            "vision CNN",
+            _hf(
+                "ConvNextV2Config",
+                "ConvNextV2ForImageClassification",
+                hidden_sizes=[16, 32],
+                depths=[1, 1],
+                num_stages=2,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "mobilenet_v2",
+            "vision CNN",
+            _hf(
+                "MobileNetV2Config",
+                "MobileNetV2ForImageClassification",
+                depth_multiplier=0.25,
+                image_size=32,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "mobilenet_v1",
+            "vision CNN",
+            _hf(
+                "MobileNetV1Config",
+                "MobileNetV1ForImageClassification",
+                depth_multiplier=0.25,
+                image_size=32,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "efficientnet",
+            "vision CNN",
+            _hf(
+                "EfficientNetConfig",
+                "EfficientNetForImageClassification",
+                image_size=32,
+                width_coefficient=0.25,
+                depth_coefficient=0.25,
+                hidden_dim=64,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
         # vision transformers
         a("vit", "vision transformer", _hf("ViTConfig", "ViTForImageClassification", num_labels=3, **_VIT), (IMAGE,)),
-        a("deit", "vision transformer", _hf("DeiTConfig", "DeiTForImageClassification", num_labels=3, **_VIT), (IMAGE,)),
-        a("beit", "vision transformer", _hf("BeitConfig", "BeitForImageClassification", num_labels=3, **_VIT), (IMAGE,)),
+        a(
+            "deit",
+            "vision transformer",
+            _hf("DeiTConfig", "DeiTForImageClassification", num_labels=3, **_VIT),
+            (IMAGE,),
+        ),
+        a(
+            "beit",
+            "vision transformer",
+            _hf("BeitConfig", "BeitForImageClassification", num_labels=3, **_VIT),
+            (IMAGE,),
+        ),
         a("dinov2", "vision transformer", _hf("Dinov2Config", "Dinov2Model", **_VIT), (IMAGE,)),
-        a("levit", "vision transformer", _hf("LevitConfig", "LevitForImageClassification", image_size=32, patch_size=16,
-                                             hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
-                                             key_dim=[8, 8, 8], num_labels=3), (IMAGE,)),
-        a("mobilevit", "vision transformer", _hf("MobileViTConfig", "MobileViTForImageClassification", image_size=32,
-                                                 patch_size=2, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16,
-                                                 24, 24, 48], num_labels=3), (IMAGE,)),
+        a(
+            "levit",
+            "vision transformer",
+            _hf(
+                "LevitConfig",
+                "LevitForImageClassification",
+                image_size=32,
+                patch_size=16,
+                hidden_sizes=[32, 48, 64],
+                num_attention_heads=[1, 2, 2],
+                depths=[1, 1, 1],
+                key_dim=[8, 8, 8],
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "mobilevit",
+            "vision transformer",
+            _hf(
+                "MobileViTConfig",
+                "MobileViTForImageClassification",
+                image_size=32,
+                patch_size=2,
+                hidden_sizes=[16, 24, 32],
+                neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
         # hierarchical / windowed
-        a("swin", "windowed transformer", _hf("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=4,
-                                              embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
-                                              num_labels=3), (IMAGE,)),
-        a("pvt", "hierarchical transformer", _hf("PvtConfig", "PvtForImageClassification", image_size=32,
-                                                  num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
-                                                  hidden_sizes=[16, 32], patch_sizes=[4, 2], strides=[4, 2],
-                                                  num_attention_heads=[1, 2], mlp_ratios=[2, 2], num_labels=3), (IMAGE,)),
+        a(
+            "swin",
+            "windowed transformer",
+            _hf(
+                "SwinConfig",
+                "SwinForImageClassification",
+                image_size=32,
+                patch_size=4,
+                embed_dim=16,
+                depths=[1, 1],
+                num_heads=[1, 2],
+                window_size=4,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "pvt",
+            "hierarchical transformer",
+            _hf(
+                "PvtConfig",
+                "PvtForImageClassification",
+                image_size=32,
+                num_encoder_blocks=2,
+                depths=[1, 1],
+                sequence_reduction_ratios=[2, 1],
+                hidden_sizes=[16, 32],
+                patch_sizes=[4, 2],
+                strides=[4, 2],
+                num_attention_heads=[1, 2],
+                mlp_ratios=[2, 2],
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
         # segmentation
-        a("segformer", "segmentation", _hf("SegformerConfig", "SegformerForSemanticSegmentation", num_encoder_blocks=2,
-                                           depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
-                                           strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                                           decoder_hidden_size=32, num_labels=3), (IMAGE,)),
-        a("mobilevit_seg", "segmentation", _hf("MobileViTConfig", "MobileViTForSemanticSegmentation", image_size=32,
-                                               patch_size=2, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16,
-                                               24, 24, 48], aspp_out_channels=16, num_labels=3), (IMAGE,)),
+        a(
+            "segformer",
+            "segmentation",
+            _hf(
+                "SegformerConfig",
+                "SegformerForSemanticSegmentation",
+                num_encoder_blocks=2,
+                depths=[1, 1],
+                sr_ratios=[2, 1],
+                hidden_sizes=[16, 32],
+                patch_sizes=[7, 3],
+                strides=[4, 2],
+                num_attention_heads=[1, 2],
+                mlp_ratios=[2, 2],
+                decoder_hidden_size=32,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
+        a(
+            "mobilevit_seg",
+            "segmentation",
+            _hf(
+                "MobileViTConfig",
+                "MobileViTForSemanticSegmentation",
+                image_size=32,
+                patch_size=2,
+                hidden_sizes=[16, 24, 32],
+                neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+                aspp_out_channels=16,
+                num_labels=3,
+            ),
+            (IMAGE,),
+        ),
         # encoder-only text
         a("bert", "text encoder", _hf("BertConfig", "BertForSequenceClassification", num_labels=3, **_TXT), (TEXT,)),
-        a("roberta", "text encoder", _hf("RobertaConfig", "RobertaForSequenceClassification", num_labels=3, pad_token_id=1,
-                                         **{**_TXT, "max_position_embeddings": 66}), (TEXT,)),
-        a("distilbert", "text encoder", _hf("DistilBertConfig", "DistilBertForSequenceClassification", vocab_size=100,
-                                            dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
-                                            num_labels=3), (TEXT,)),
-        a("albert", "text encoder", _hf("AlbertConfig", "AlbertForSequenceClassification", embedding_size=16,
-                                        num_labels=3, **_TXT), (TEXT,)),
-        a("electra", "text encoder", _hf("ElectraConfig", "ElectraForSequenceClassification", embedding_size=16,
-                                         num_labels=3, **_TXT), (TEXT,)),
-        a("deberta_v2", "text encoder", _hf("DebertaV2Config", "DebertaV2ForSequenceClassification", num_labels=3,
-                                            **_TXT), (TEXT,)),
+        a(
+            "roberta",
+            "text encoder",
+            _hf(
+                "RobertaConfig",
+                "RobertaForSequenceClassification",
+                num_labels=3,
+                pad_token_id=1,
+                **{**_TXT, "max_position_embeddings": 66},
+            ),
+            (TEXT,),
+        ),
+        a(
+            "distilbert",
+            "text encoder",
+            _hf(
+                "DistilBertConfig",
+                "DistilBertForSequenceClassification",
+                vocab_size=100,
+                dim=32,
+                n_layers=2,
+                n_heads=2,
+                hidden_dim=64,
+                max_position_embeddings=64,
+                num_labels=3,
+            ),
+            (TEXT,),
+        ),
+        a(
+            "albert",
+            "text encoder",
+            _hf("AlbertConfig", "AlbertForSequenceClassification", embedding_size=16, num_labels=3, **_TXT),
+            (TEXT,),
+        ),
+        a(
+            "electra",
+            "text encoder",
+            _hf("ElectraConfig", "ElectraForSequenceClassification", embedding_size=16, num_labels=3, **_TXT),
+            (TEXT,),
+        ),
+        a(
+            "deberta_v2",
+            "text encoder",
+            _hf("DebertaV2Config", "DebertaV2ForSequenceClassification", num_labels=3, **_TXT),
+            (TEXT,),
+        ),
         a("mpnet", "text encoder", _hf("MPNetConfig", "MPNetModel", **_TXT), (TEXT,)),
         # decoder-only text (use_cache left at its default)
-        a("gpt2", "decoder LM", _hf("GPT2Config", "GPT2LMHeadModel", vocab_size=100, n_embd=32, n_layer=2, n_head=2,
-                                    n_positions=64), (TEXT,)),
+        a(
+            "gpt2",
+            "decoder LM",
+            _hf("GPT2Config", "GPT2LMHeadModel", vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+            (TEXT,),
+        ),
         a("llama", "decoder LM", _hf("LlamaConfig", "LlamaForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
         a("qwen2", "decoder LM", _hf("Qwen2Config", "Qwen2ForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
         a("mistral", "decoder LM", _hf("MistralConfig", "MistralForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
-        a("opt", "decoder LM", _hf("OPTConfig", "OPTForCausalLM", vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32,
-                                   max_position_embeddings=64), (TEXT,)),
+        a(
+            "opt",
+            "decoder LM",
+            _hf(
+                "OPTConfig",
+                "OPTForCausalLM",
+                vocab_size=100,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                ffn_dim=64,
+                word_embed_proj_dim=32,
+                max_position_embeddings=64,
+            ),
+            (TEXT,),
+        ),
         a("gpt_neox", "decoder LM", _hf("GPTNeoXConfig", "GPTNeoXForCausalLM", **_LM), (TEXT,)),
         # encoders of encoder-decoders
-        a("t5_encoder", "encoder of enc-dec", _hf("T5Config", "T5EncoderModel", vocab_size=100, d_model=32, d_kv=16,
-                                                  d_ff=64, num_layers=2, num_heads=2), (TEXT,)),
+        a(
+            "t5_encoder",
+            "encoder of enc-dec",
+            _hf("T5Config", "T5EncoderModel", vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2),
+            (TEXT,),
+        ),
         # audio
-        a("wav2vec2", "audio", _hf("Wav2Vec2Config", "Wav2Vec2Model", hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16], conv_stride=[5, 2],
-                                   conv_kernel=[10, 3], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
-           (AUDIO,)),
-        a("hubert", "audio", _hf("HubertConfig", "HubertModel", hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=64, conv_dim=[16, 16], conv_stride=[5, 2],
-                                 conv_kernel=[10, 3], num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
-           (AUDIO,)),
-        a("whisper_encoder", "audio", _hf("WhisperConfig", "WhisperForAudioClassification", num_mel_bins=16,
-                                          d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                                          max_source_positions=32, num_labels=3),
-           ("input_features=1x16x64",)),
+        a(
+            "wav2vec2",
+            "audio",
+            _hf(
+                "Wav2Vec2Config",
+                "Wav2Vec2Model",
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                conv_dim=[16, 16],
+                conv_stride=[5, 2],
+                conv_kernel=[10, 3],
+                num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2,
+            ),
+            (AUDIO,),
+        ),
+        a(
+            "hubert",
+            "audio",
+            _hf(
+                "HubertConfig",
+                "HubertModel",
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                conv_dim=[16, 16],
+                conv_stride=[5, 2],
+                conv_kernel=[10, 3],
+                num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2,
+            ),
+            (AUDIO,),
+        ),
+        a(
+            "whisper_encoder",
+            "audio",
+            _hf(
+                "WhisperConfig",
+                "WhisperForAudioClassification",
+                num_mel_bins=16,
+                d_model=32,
+                encoder_layers=2,
+                encoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                max_source_positions=32,
+                num_labels=3,
+            ),
+            ("input_features=1x16x64",),
+        ),
         # patterns users bring that are not transformers
         a("yolo_detect", "pattern", _pattern("make_tiny_yolo"), ("image=1x3x32x32",)),
         a("data_dependent_keep", "pattern", _pattern("make_keep_above_threshold"), ("boxes=1x16x4",)),
@@ -158,6 +434,7 @@ def _pattern(factory: str) -> Callable[[], Any]:
         from . import patterns
 
         return getattr(patterns, factory)()
+
     return make
 
 
@@ -173,11 +450,16 @@ def __getattr__(name: str) -> Any:
 
 # One architecture, in its own process ----------------------------------------------------------------
 
+
 def _fast_target(name: str, folder: Path) -> Path:
     """The built-in target file with its formats untouched and a short timing protocol."""
     text = _target_text(name)
-    text = re.sub(r"\[bench\][^\[]*", "[bench]\nthreads = 1\nwarmup = 1\nmin_runs = 3\nmax_runs = 3\n"
-                                      "min_seconds = 0.0\nfootprint = false\n\n", text, count=1)
+    text = re.sub(
+        r"\[bench\][^\[]*",
+        "[bench]\nthreads = 1\nwarmup = 1\nmin_runs = 3\nmax_runs = 3\nmin_seconds = 0.0\nfootprint = false\n\n",
+        text,
+        count=1,
+    )
     path = folder / f"{name}.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -208,9 +490,16 @@ def run_one(name: str, folder: Path) -> dict:
     started = time.perf_counter()
     targets = [str(_fast_target(t, folder)) for t in TARGETS]
     try:
-        reports = build(BuildRequest(targets=targets, model=f"edgepack.benchmarks.coverage:zoo_{name}",
-                                     inputs=[parse_input_spec(s) for s in arch.inputs], out_dir=folder / "dist",
-                                     name=name.replace("_", "-"), check_budgets=False))
+        reports = build(
+            BuildRequest(
+                targets=targets,
+                model=f"edgepack.benchmarks.coverage:zoo_{name}",
+                inputs=[parse_input_spec(s) for s in arch.inputs],
+                out_dir=folder / "dist",
+                name=name.replace("_", "-"),
+                check_budgets=False,
+            )
+        )
     except EdgepackError as exc:
         reason = _one_line(exc.message) + (f" -- hint: {_one_line(exc.hint)}" if exc.hint else "")
         status = "refused" if exc.exit_code == 2 else "failed"
@@ -264,8 +553,15 @@ def _fresh_check(arch: Arch, bundle: Path, artifact: Any) -> str | None:
         return None
     except Exception as exc:
         return f"running failed: {_one_line(str(exc))[:200]}"
-    verdict = compare_outputs([np.asarray(g) for g in got], expected, tolerance["atol"], tolerance["rtol"],
-                              tolerance["min_cosine"], "fresh input", names)
+    verdict = compare_outputs(
+        [np.asarray(g) for g in got],
+        expected,
+        tolerance["atol"],
+        tolerance["rtol"],
+        tolerance["min_cosine"],
+        "fresh input",
+        names,
+    )
     return "" if verdict.ok else verdict.reason
 
 
@@ -276,6 +572,7 @@ def _one_line(text: str) -> str:
 
 
 # The table -----------------------------------------------------------------------------------------
+
 
 def _cpu() -> str:
     try:
@@ -300,14 +597,25 @@ def totals(rows: list[dict]) -> dict:
 
 def markdown(rows: list[dict], header: dict) -> str:
     mark = {"passed": "passed", "failed": "**failed**", "skipped": "skipped", "refused": "refused"}
-    lines = [f"Coverage: {len(rows)} architectures, {header['command']}, {header['cpu']}, torch {header['torch']}, "
-             f"transformers {header['transformers']}", "",
-             "| architecture | family | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"Coverage: {len(rows)} architectures, {header['command']}, {header['cpu']}, torch {header['torch']}, "
+        f"transformers {header['transformers']}",
+        "",
+        "| architecture | family | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for row in rows:
         cells = [mark.get(row["cells"].get(c, {}).get("status", "-"), "-") for c in COLUMNS]
         lines.append(f"| {row['name']} | {row['family']} | " + " | ".join(cells) + " |")
-    lines += ["", "| totals | | " + " | ".join(", ".join(f"{k} {v}" for k, v in sorted(t.items()))
-                                           for t in totals(rows).values()) + " |", "", "Reasons (one line each):", ""]
+    lines += [
+        "",
+        "| totals | | "
+        + " | ".join(", ".join(f"{k} {v}" for k, v in sorted(t.items())) for t in totals(rows).values())
+        + " |",
+        "",
+        "Reasons (one line each):",
+        "",
+    ]
     for row in rows:
         seen = set()
         for column in COLUMNS:
@@ -335,18 +643,33 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(name: str) -> dict:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "edgepack.benchmarks.coverage", "--worker", name],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        done = subprocess.run(
+            [sys.executable, "-m", "edgepack.benchmarks.coverage", "--worker", name],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         try:
             row = json.loads(done.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
-            reason = _one_line((done.stderr or done.stdout).strip().splitlines()[-1] if (done.stderr or done.stdout).strip()
-                               else f"exit {done.returncode}")
-            row = {"name": name, "family": ARCHS[name].family, "inputs": list(ARCHS[name].inputs),
-                   "cells": {c: {"status": "failed", "reason": f"crashed: {reason}"} for c in COLUMNS}}
+            reason = _one_line(
+                (done.stderr or done.stdout).strip().splitlines()[-1]
+                if (done.stderr or done.stdout).strip()
+                else f"exit {done.returncode}"
+            )
+            row = {
+                "name": name,
+                "family": ARCHS[name].family,
+                "inputs": list(ARCHS[name].inputs),
+                "cells": {c: {"status": "failed", "reason": f"crashed: {reason}"} for c in COLUMNS},
+            }
         row["seconds"] = round(time.perf_counter() - started, 1)
-        print(f"{name}: " + ", ".join(f"{c} {row['cells'].get(c, {}).get('status', '-')}" for c in COLUMNS)
-              + f" ({row['seconds']} s)", flush=True)
+        print(
+            f"{name}: "
+            + ", ".join(f"{c} {row['cells'].get(c, {}).get('status', '-')}" for c in COLUMNS)
+            + f" ({row['seconds']} s)",
+            flush=True,
+        )
         return row
 
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
@@ -355,15 +678,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         import transformers
+
         tf_version = transformers.__version__
     except ImportError:
         tf_version = "not installed"
-    header = {"command": "python -m edgepack.benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "cpu": _cpu(), "cores": os.cpu_count(), "torch": torch.__version__, "transformers": tf_version}
+    header = {
+        "command": "python -m edgepack.benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": tf_version,
+    }
     text = markdown(rows, header)
     (options.out / "coverage.md").write_text(text, encoding="utf-8")
-    (options.out / "coverage.json").write_text(json.dumps({**header, "rows": rows, "totals": totals(rows)}, indent=1),
-                                               encoding="utf-8")
+    (options.out / "coverage.json").write_text(
+        json.dumps({**header, "rows": rows, "totals": totals(rows)}, indent=1), encoding="utf-8"
+    )
     print(text)
     return 0
 

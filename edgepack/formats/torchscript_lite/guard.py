@@ -30,21 +30,33 @@ def guarded(module: torch.jit.ScriptModule, inputs: list[InputSpec]) -> torch.ji
     for arg, spec in zip(args, inputs):
         shape = declared_shapes([spec])[spec.name]
         text = "x".join(str(d) for d in shape)
-        conditions = [f"{arg}.dim() != {len(shape)}"] + [f"{arg}.size({axis}) != {size}"
-                                                         for axis, size in enumerate(shape) if isinstance(size, int)]
-        message = (f"{MESSAGE}: input '{spec.name}' must have shape {text} (the shape this model was built and checked "
-                   "at; upper-case symbols may vary), got ")
-        lines += [f"        if {' or '.join(conditions)}:",
-                  f"            raise RuntimeError({message!r} + str({arg}.size()))"]
-    source = "\n".join([
-        "import torch", "", "",
-        "class ShapeGuard(torch.nn.Module):",
-        "    def __init__(self, inner):",
-        "        super().__init__()",
-        "        self.inner = inner", "",
-        f"    def forward(self, {', '.join(args)}):",
-        *lines,
-        f"        return self.inner({', '.join(args)})", ""])
+        conditions = [f"{arg}.dim() != {len(shape)}"] + [
+            f"{arg}.size({axis}) != {size}" for axis, size in enumerate(shape) if isinstance(size, int)
+        ]
+        message = (
+            f"{MESSAGE}: input '{spec.name}' must have shape {text} (the shape this model was built and checked "
+            "at; upper-case symbols may vary), got "
+        )
+        lines += [
+            f"        if {' or '.join(conditions)}:",
+            f"            raise RuntimeError({message!r} + str({arg}.size()))",
+        ]
+    source = "\n".join(
+        [
+            "import torch",
+            "",
+            "",
+            "class ShapeGuard(torch.nn.Module):",
+            "    def __init__(self, inner):",
+            "        super().__init__()",
+            "        self.inner = inner",
+            "",
+            f"    def forward(self, {', '.join(args)}):",
+            *lines,
+            f"        return self.inner({', '.join(args)})",
+            "",
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:  # torch.jit.script reads the class's source from its file
         file = Path(tmp) / f"{_MODULE}.py"
         file.write_text(source, encoding="utf-8")
