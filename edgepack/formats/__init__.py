@@ -2,7 +2,7 @@
 
 from ..errors import RuntimeUnavailable
 from .base import FORMATS, Emitted, Format, Runner, get_format, register_format
-from . import coreml, onnx, torchscript_lite  # noqa: F401  (each registers its format)
+from . import coreml, executorch, onnx, torchscript_lite  # noqa: F401  (each registers its format)
 
 __all__ = ["FORMATS", "Emitted", "Format", "Runner", "RuntimeUnavailable", "get_format", "register_format", "known_options"]
 
