@@ -80,8 +80,11 @@ class Delegation:
 
 def op_type(target: Any) -> str:
     """'aten.convolution' for an edge op overload (its overload name dropped), 'getitem' for operator.getitem."""
-    if hasattr(target, "_op"):  # EdgeOpOverload: the ATen (or dim_order_ops) op it wraps
+    kind = type(target).__name__
+    if kind == "EdgeOpOverload":  # the ATen (or dim_order_ops) op it wraps
         name = str(target._op)
+    elif kind == "OpOverload":  # aten.sym_size.int and other ops the edge dialect keeps as they are
+        name = str(target)
     else:
         name = getattr(target, "__name__", None) or str(target)
     return re.sub(r"\.[A-Za-z_]+$", "", name) if name.count(".") >= 2 else name

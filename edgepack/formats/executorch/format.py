@@ -81,7 +81,6 @@ class ExecuTorch(Format):
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
         from . import lower, quantize
-        from .delegation import delegation_of
         from .program import read
 
         backends = self._backends(settings)
@@ -106,13 +105,12 @@ class ExecuTorch(Format):
                 notes += quant_notes
             bounds = lower.symbol_bounds(program, declared)
             try:
-                edge, data = lower.lower(program, backends, precision if precision in COREML_PRECISIONS else "fp32",
+                delegation, data = lower.lower(program, backends, precision if precision in COREML_PRECISIONS else "fp32",
                                          self.option(settings, "minimum_deployment_target"), bounds)
             except Exception as exc:  # the lowering raises many types; say which step and why
                 raise BuildError(f"ExecuTorch lowering ({', '.join(backends)}) failed: {short_reason(exc, 400)}",
                                  (log.getvalue().strip()[-600:] or "An op or shape the backends cannot take.")) from exc
         path.write_bytes(data)
-        delegation = delegation_of(edge.exported_program().graph_module)
         saved = read(data)
         requirements: dict[str, Any] = {
             "runtime": "ExecuTorch (executorch-android on Android, the ExecuTorch Swift package on iOS, the C++ "

@@ -46,7 +46,9 @@ def partitioners(backends: list[str], precision: str, deployment: str) -> list[A
 
 def lower(program: Any, backends: list[str], precision: str, deployment: str,
           bounds: dict[str, int]) -> tuple[Any, bytes]:
-    """The lowered edge program manager and the .pte bytes."""
+    """The delegation of the lowered edge program (read before `to_executorch` rewrites the graph into
+    out-variants and allocations) and the .pte bytes."""
+    from .delegation import delegation_of
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
     from ...paths import scratch_tempdir
@@ -54,8 +56,9 @@ def lower(program: Any, backends: list[str], precision: str, deployment: str,
     # scratch_tempdir: coremltools keeps each converted model as a tmp*.mlpackage until the process exits.
     with scratch_tempdir("edgepack-executorch-"), bounded_dims(program, bounds), stable_coreml_payload():
         edge = to_edge_transform_and_lower(program, partitioner=partitioners(backends, precision, deployment))
+        delegation = delegation_of(edge.exported_program().graph_module)
         manager = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
-    return edge, manager.buffer
+    return delegation, manager.buffer
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ Apple platforms), the embedded ML program through edgepack's Core ML reference e
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from ...noise import quiet_converter
 
 
 def available_backends() -> set[str]:
-    with quiet_converter():
+    with quiet_converter(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         from executorch.runtime import Runtime
 
         return set(Runtime.get().backend_registry.registered_backend_names)
@@ -25,7 +27,8 @@ def available_backends() -> set[str]:
 def executorch_runner(program: Path | bytes, threads: int) -> Runner:
     """The program's `forward` in ExecuTorch's runtime, on a threadpool of `threads` threads. The runtime
     prints cpuinfo lines from C++ when it starts: captured at the file-descriptor level."""
-    with quiet_converter() as log:
+    with quiet_converter() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "This API is experimental": the bindings are ExecuTorch's Python runtime
         import torch
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
