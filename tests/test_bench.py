@@ -62,7 +62,8 @@ def demo_rows(tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
 def test_benchmark_tiny_run_has_every_path(demo_rows):
     labels = {(r.path, r.format, r.precision) for r in demo_rows}
     assert {("eager", "pytorch", "fp32"), ("edgepack", "onnx", "fp32"), ("edgepack", "torchscript_lite", "fp32"),
-            ("by hand", "onnx", "fp32"), ("by hand", "onnx", "int8-dynamic"), ("by hand", "torchscript_lite", "fp32")} <= labels
+            ("by hand", "onnx", "fp32"), ("by hand", "onnx", "int8-dynamic"), ("by hand", "torchscript_lite", "fp32"),
+            ("edgepack", "executorch", "fp32"), ("edgepack", "executorch", "int8-static")} <= labels
     fp32 = [r for r in demo_rows if r.precision == "fp32"]
     assert all(r.p50_ms is not None and r.runs == TINY.max_runs for r in fp32)
     assert all(r.max_abs_err < 1e-4 and r.cosine > 0.9999 for r in fp32)

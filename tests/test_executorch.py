@@ -37,7 +37,8 @@ def _run_pte(path: Path, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """The .pte in ExecuTorch's runtime, called directly (not through edgepack)."""
     from executorch.runtime import Runtime
 
-    return list(Runtime.get().load_program(path.read_bytes()).load_method("forward").execute(inputs))
+    program = Runtime.get().load_program(path.read_bytes())  # kept alive: the method runs in its memory
+    return list(program.load_method("forward").execute(inputs))
 
 
 def _build(tmp_path: Path, name: str, formats: str, **request) -> object:

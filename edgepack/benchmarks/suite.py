@@ -28,7 +28,11 @@ from .models import INPUTS
 # Which built-in target each edgepack ONNX flavour comes from: android (full onnxruntime,
 # transformer fusions) ships the .ptl too; iot is the portable, standard-ops-only level.
 SHIPPED_TARGETS = ("android", "iot")
-TIMED_FORMATS = ("onnx", "torchscript_lite")  # Core ML predicts only on macOS: never timed here
+# Core ML predicts only on macOS: never timed here. ExecuTorch: the XNNPACK .pte (android's and iot's settings).
+TIMED_FORMATS = ("onnx", "torchscript_lite", "executorch")
+# Precisions a format lists that the shipped targets' settings do not build (the XNNPACK .pte has no fp16:
+# fp16 is the Core ML delegate's compute precision).
+NOT_BUILT = {("executorch", "fp16")}
 # Fresh processes per artifact for cold load (median) and peak memory (largest): one sample is noisy.
 FOOTPRINT_REPEATS = 3
 # Quantized and fp16 artifacts are judged by the parity columns, not by the fp32 smoke tolerance.
@@ -159,14 +163,17 @@ def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
     Timing inside the builds is kept short: the benchmark times everything itself, together."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"fp32": []}
+    seen: list[tuple[str, dict]] = []  # a format with the same settings in two targets is built (and timed) once
     for name in SHIPPED_TARGETS:
         target = load_target(name, known_options())
-        formats = [f for f in target.formats if f.name in TIMED_FORMATS]
+        formats = [f for f in target.formats if f.name in TIMED_FORMATS and (f.name, f.options) not in seen]
+        seen += [(f.name, f.options) for f in formats]
         files["fp32"].append(_write_target(folder / f"{name}.toml", name, threads, [(f, "fp32") for f in formats]))
         if name != SHIPPED_TARGETS[0]:
             continue
         for scheme in sorted({p for f in formats for p in other_precisions(f.name)}):
-            chosen = [(f, scheme) for f in formats if scheme in FORMATS[f.name].precisions]
+            chosen = [(f, scheme) for f in formats
+                      if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT]
             files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 
