@@ -42,6 +42,7 @@ def _run_pte(path: Path, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _build(tmp_path: Path, name: str, formats: str, **request) -> object:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     target = write_fast_target(tmp_path, name, formats)
     (report,) = build(BuildRequest(targets=[str(target)], out_dir=tmp_path / "dist", **request))
     return report
@@ -255,7 +256,7 @@ def test_bad_options_are_usage_errors():
     def settings(**options):
         return FormatSettings("executorch", "fp32", Tolerance(), Budgets(), options)
 
-    for options, match in (({"backends": ["xnnpak"]}, "did you mean"), ({"backends": "xnnpack"}, "not a list"),
+    for options, match in (({"backends": ["xnnpak"]}, "Did you mean 'xnnpack'"), ({"backends": "xnnpack"}, "not a list"),
                            ({"minimum_deployment_target": "iOS15"}, "not supported"),
                            ({"dynamic_max": {"SEQ": "big"}}, "whole numbers")):
         with pytest.raises(UsageError, match=match):

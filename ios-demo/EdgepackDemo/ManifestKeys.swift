@@ -55,6 +55,7 @@ enum ManifestKeys {
     static let pteBundledPath = "artifacts[].requirements.bundled_program?.path"
     static let pteBundledCases = "artifacts[].requirements.bundled_program?.test_cases"
     static let pteBundledAtol = "artifacts[].requirements.bundled_program?.atol"
+    static let pteBundledRtol = "artifacts[].requirements.bundled_program?.rtol"
 
     static let golden = "golden"
     static let goldenIndex = "golden.index"
