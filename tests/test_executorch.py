@@ -251,7 +251,7 @@ def test_two_builds_give_identical_pte_bytes(tmp_path, monkeypatch, demo_reports
 
 
 def test_bad_options_are_usage_errors():
-    from edgepack.targets import FormatSettings, Tolerance, Budgets
+    from edgepack.targets import Budgets, FormatSettings, Tolerance
 
     def settings(**options):
         return FormatSettings("executorch", "fp32", Tolerance(), Budgets(), options)

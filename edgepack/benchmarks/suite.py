@@ -12,16 +12,16 @@ import numpy as np
 import torch
 
 from ..bench import Footprint, Latency, measure_footprint, time_interleaved, torch_threads
-from ..compare import compare_outputs, merge
 from ..capture.flatten import flatten_model
-from ..formats import FORMATS, RuntimeUnavailable, known_options
+from ..compare import compare_outputs, merge
 from ..errors import EdgepackError
+from ..formats import FORMATS, RuntimeUnavailable, known_options
 from ..inputs import parse_input_spec, sample_inputs
 from ..jsonio import finite_or_none
 from ..load import LoadedModel, load_model
 from ..pipeline import BuildRequest, build, golden_samples
-from ..targets import BenchSettings, load_target
 from ..smoke import PASSED, SKIPPED
+from ..targets import BenchSettings, load_target
 from . import by_hand
 from .models import INPUTS
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import interrupts
-from .files import sha256_of
-from .staging import locked_folder, remove_abandoned, unlock
 from ..datafiles import loads_json
-from .manifest import read_manifest
 from ..errors import UsageError
 from ..paths import bundle_member
+from .files import sha256_of
+from .manifest import read_manifest
+from .staging import locked_folder, remove_abandoned, unlock
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ class ExecuTorch(Format):
             raise BuildError("fp16 for ExecuTorch is the Core ML delegate's compute precision; the XNNPACK .pte is "
                              "built in fp32 or int8.", 'Use backends = ["coreml"] for fp16, or build in fp32 or int8.')
         declared = self._declared_bounds(captured, settings)
-        program, notes = captured.exported, [f"lowered the checked torch.export capture ({captured.export.strategy})"]
+        strategy = captured.export.strategy if captured.export is not None else "export"
+        program, notes = captured.exported, [f"lowered the checked torch.export capture ({strategy})"]
         with quiet_converter() as log:
             if precision in _INT8:
                 example = tuple(captured.samples[0][name] for name in captured.input_names)
@@ -152,7 +153,7 @@ class ExecuTorch(Format):
         for symbol, bound in declared.values():
             dims[symbol] = torch.export.Dim(symbol, min=1, max=bound)
         per_input = []
-        for index, spec in enumerate(captured.loaded.inputs):
+        for index in range(len(captured.loaded.inputs)):
             axes = {axis: dims[symbol] for (i, axis), (symbol, _) in declared.items() if i == index}
             per_input.append(axes or None)
         return (tuple(per_input),)

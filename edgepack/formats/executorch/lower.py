@@ -48,10 +48,10 @@ def lower(program: Any, backends: list[str], precision: str, deployment: str,
           bounds: dict[str, int]) -> tuple[Any, bytes]:
     """The delegation of the lowered edge program (read before `to_executorch` rewrites the graph into
     out-variants and allocations) and the .pte bytes."""
-    from .delegation import delegation_of
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
     from ...paths import scratch_tempdir
+    from .delegation import delegation_of
 
     # scratch_tempdir: coremltools keeps each converted model as a tmp*.mlpackage until the process exits.
     with scratch_tempdir("edgepack-executorch-"), bounded_dims(program, bounds), stable_coreml_payload():

@@ -17,7 +17,9 @@ from ...errors import BuildError, UsageError, did_you_mean
 
 def _quantizer(precision: str, float_layers: list[str]) -> Any:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
 
     dynamic = precision == "int8-dynamic"
     quantizer = XNNPACKQuantizer()

@@ -85,7 +85,7 @@ def coreml_reference_runner(path: Path) -> Runner:
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         values: dict[int, Any] = dict(zip(saved.inputs, inputs))
         with tempfile.TemporaryDirectory(prefix="edgepack-pte-coreml-") as tmp:
-            for kind, args in saved.instructions:
+            for _, args in saved.instructions:  # delegate calls only (checked above)
                 package, metadata = extract_coreml(payloads[args.delegate_index], Path(tmp) / str(args.delegate_index))
                 names_in, names_out = metadata["inputNames"], metadata["outputNames"]
                 feed = {name: values[index] for name, index in zip(names_in, args.args[:len(names_in)])}
