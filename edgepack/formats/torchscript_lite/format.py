@@ -2,6 +2,10 @@
 
 optimize_for_mobile needs an XNNPACK-enabled build that the stock wheels lack, so the mobile
 passes that matter run here directly, and the report says which ones changed the graph.
+
+The target names the app runtime (`runtime`, default pytorch_android_lite 1.13.1): operators that
+runtime lacks are rewritten to ones it has before saving (rewrites.py), and every saved program is
+checked against its operator table (runtime_ops.py); a .ptl still calling one fails its smoke test.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from ...noise import quiet_converter, tail
 from ...capture.devices import DeviceFindings, pinned_devices
 from ...targets import FormatSettings
 from . import quantize as torch_ao
+from . import rewrites as operator_rewrites
+from .runtime_ops import ADVICE, DEFAULT_RUNTIME, RuntimeCheck, check_program, check_runtime_name, load_table
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
@@ -34,7 +40,7 @@ class TorchScriptLite(Format):
     suffix = ".ptl"
     precisions = ("fp32", "int8-dynamic", "int8-static")
     calibrated_precisions = ("int8-static",)
-    option_defaults = {"bytecode_version": NEWEST_BYTECODE}
+    option_defaults = {"bytecode_version": NEWEST_BYTECODE, "runtime": DEFAULT_RUNTIME}
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested.startswith("palettize-"):
@@ -52,6 +58,7 @@ class TorchScriptLite(Format):
                 f"bytecode_version {version!r} cannot be written by torch {torch.__version__}.",
                 f"Choose a version from {OLDEST_BYTECODE} to {NEWEST_BYTECODE} (the one your app's lite runtime reads).",
             )
+        check_runtime_name(self.option(settings, "runtime"))
 
     def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
              calibration: Calibration | None = None) -> Emitted:
@@ -67,20 +74,37 @@ class TorchScriptLite(Format):
                     notes += passes
                 else:  # freezing a static int8 graph only adds size: its weights are already packed
                     torch._C._jit_pass_remove_dropout(module._c)
+            table = load_table(self.option(settings, "runtime"))
+            rewritten = operator_rewrites.make_runnable(module, table)
+            notes += [_rewrite_note(r) for r in rewritten]
             try:
                 _save(module, path, version)
             except Exception as exc:
                 raise BuildError(f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
             operators = sorted(mobile._export_operator_list(mobile._load_for_lite_interpreter(str(path))))
             written = mobile._get_model_bytecode_version(str(path))
+            check = check_program(path, table, operator_rewrites.operator_sources(module),
+                                  {r.op: r.detail for r in rewritten if r.kind == "no_rewrite"})
         requirements = {
-            "runtime": "PyTorch lite interpreter (pytorch_android_lite / LibTorch-Lite)",
+            "runtime": table.runtime,
             "bytecode_version": written,
             "operators": operators,
             # An app calls forward(...).toTuple(): the lite module returns a tuple even for one output.
             "returns": "a tuple of tensors in the manifest's output order (a 1-tuple for one output)",
+            "runtime_check": check.to_json(),
+            "rewrites": [r.to_json() for r in rewritten],
         }
         return Emitted(path, requirements, notes)
+
+    def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
+        """The saved program against the app runtime's operator table: an operator it lacks fails the
+        artifact, with the user's line that produced it (recorded at emit) and what to do."""
+        recorded = emitted.requirements.get("runtime_check") or {}
+        known = {m["operator"]: m for m in recorded.get("missing", [])}
+        check = check_program(emitted.path, load_table(self.option(settings, "runtime")),
+                              {op: m["source"] for op, m in known.items()},
+                              {op: m["rewrite"] for op, m in known.items()})
+        return _runtime_problems(check)
 
     def open(self, path: Path, threads: int) -> Runner:
         # Quantized weights are packed for the engine active at load time: qnnpack, as on a phone.
@@ -106,6 +130,19 @@ class TorchScriptLite(Format):
 
     def converter_versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
+
+
+def _rewrite_note(rewrite: operator_rewrites.OperatorRewrite) -> str:
+    where = f" at {rewrite.source}" if rewrite.source else ""
+    if rewrite.kind == "no_rewrite":
+        return f"{rewrite.op}{where}: {rewrite.detail}"
+    return f"{rewrite.op}{where} rewritten for the app runtime: {rewrite.detail}"
+
+
+def _runtime_problems(check: RuntimeCheck) -> list[str]:
+    if check.ok:
+        return []
+    return check.problems() + [ADVICE]
 
 
 def _mobile_passes(scripted: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptModule, list[str]]:
