@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepack.bundle.manifest import schema_problems
 from edgepack.capture.ladder import capture
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
@@ -19,10 +20,13 @@ from edgepack.formats.torchscript_lite import rewrites
 from edgepack.formats.torchscript_lite.runtime_ops import (DEFAULT_RUNTIME, check_program, load_table, program_operators,
                                                           table_from_json)
 from edgepack.formats.torchscript_lite.runtimes import derive
-from edgepack.inputs import InputSpec, sample_inputs
+from edgepack.inputs import InputSpec, parse_input_spec, sample_inputs
 from edgepack.load import LoadedModel
+from edgepack.pipeline import BuildRequest, build
 from edgepack.smoke import smoke_test
 from edgepack.targets import Budgets, FormatSettings, Tolerance
+
+from .conftest import write_fast_target
 
 HERE = Path(__file__).resolve()
 TABLE_FILE = Path(derive.__file__).with_name("pytorch_lite_1.13.1.json")
@@ -248,3 +252,24 @@ def test_a_schema_with_fewer_arguments_than_the_program_passes_fails(encoder, tm
     narrower = type(table)(table.runtime, {**table.operators, "aten::layer_norm": {"arguments": passed - 1}})
     (missing,) = check_program(emitted.path, narrower).missing
     assert missing.operator == "aten::layer_norm" and missing.runtime_arguments == passed - 1
+
+
+# Through a build --------------------------------------------------------------------------------------
+
+def test_build_records_the_runtime_check_and_rewrites_in_report_and_manifest(tmp_path):
+    formats = '[formats.torchscript_lite]\nprecision = "fp32"\nruntime = "pytorch_android_lite 1.13.1"\n'
+    target = write_fast_target(tmp_path, "phone", formats)
+    (report,) = build(BuildRequest(targets=[str(target)], model="tests.test_ptl_runtime:Encoder",
+                                   inputs=[parse_input_spec("ids=1xSEQ=12:int64:0..100")], out_dir=tmp_path / "dist",
+                                   search_dir=HERE.parent.parent))
+    assert report.ok, report.to_markdown()
+    manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
+    (artifact,) = manifest["artifacts"]
+    requirements = artifact["requirements"]
+    assert requirements["runtime"] == "pytorch_android_lite 1.13.1"
+    assert requirements["runtime_check"]["missing"] == [] and requirements["runtime_check"]["operators_checked"] > 10
+    assert {r["op"] for r in requirements["rewrites"]} == {SDPA}
+    assert "rewritten for the app runtime" in report.to_markdown()
+    assert schema_problems(manifest) == []
+    del requirements["runtime_check"]["missing"]
+    assert any("missing" in problem for problem in schema_problems(manifest))  # the schema holds the check's shape
