@@ -134,6 +134,8 @@ def test_table_is_the_1_13_1_runtime_derived_from_its_wheel():
     assert table.arguments("aten::_scaled_dot_product_attention") == 7  # the private 1.13 op, another signature
     assert table.arguments("aten::linear") == 3 and table.arguments("quantized::linear_dynamic") == 3
     assert table.arguments("prim::NumToTensor.Scalar") == 1 and table.arguments("aten::size.int") == 2
+    # JIT operators registered as "...) ->str" (no space; scripted nn.TransformerEncoder calls it)
+    assert table.arguments("aten::add.str") == 2 and table.arguments("quantized::matmul") == 4
     assert load_table("LibTorch-Lite 1.13.0.1").operators == table.operators
 
 

@@ -41,7 +41,7 @@ RUNTIME = {
 DECLARATIONS = "torch/include/ATen/RegistrationDeclarations.h"
 NAMESPACES = ("aten", "prim", "quantized", "_quantized", "prepacked", "sparse")
 _DECLARED = re.compile(r'"schema": "([^"]+)"')
-_SCHEMA = re.compile(rb"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z0-9_]+)(\.[A-Za-z0-9_]+)?\(.*\) -> .+$")
+_SCHEMA = re.compile(rb"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z0-9_]+)(\.[A-Za-z0-9_]+)?\(.*\) ?-> ?\S.*$")
 
 
 def parse_schema(schema: str) -> tuple[str, int, int]:
