@@ -85,6 +85,9 @@ class TorchScriptLite(Format):
             written = mobile._get_model_bytecode_version(str(path))
             check = check_program(path, table, operator_rewrites.operator_sources(module),
                                   {r.op: r.detail for r in rewritten if r.kind == "no_rewrite"})
+        notes.append(f"checked for {check.runtime}: {check.operators_checked} operators at bytecode "
+                     f"{check.bytecode_version}, " + (f"missing: {', '.join(m.operator for m in check.missing)}"
+                                                      if check.missing else "all present"))
         requirements = {
             "runtime": table.runtime,
             "bytecode_version": written,
