@@ -197,13 +197,18 @@ def test_hf_style_attention_is_rewritten_and_matches_eager(mask, tmp_path):
     assert [r["op"] for r in emitted.requirements["rewrites"]] == [SDPA]
 
 
-def test_rewritten_attention_zeroes_fully_masked_rows_as_eager_does():
+@pytest.mark.parametrize("kind", ["bool", "float -inf", "bool and causal"])
+def test_rewritten_attention_zeroes_fully_masked_rows_as_eager_does(kind):
     q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
-    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
-    mask[..., 1, :] = False
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    got = rewrites.scaled_dot_product_attention(q, k, v, mask)
-    assert torch.allclose(got, expected, atol=1e-6) and not got.isnan().any()
+    keep = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    keep[..., 1, :] = False  # query 1 sees no key
+    if kind == "bool and causal":
+        keep[..., 2, :3] = False  # query 2 only key 3, which causality hides
+    mask = keep if kind.startswith("bool") else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    causal = kind == "bool and causal"
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    got = rewrites.scaled_dot_product_attention(q, k, v, mask, causal)
+    assert not got.isnan().any() and torch.allclose(got, expected, atol=1e-6)
 
 
 def test_rms_norm_and_squeeze_dims_are_rewritten(tmp_path):
@@ -275,3 +280,13 @@ def test_build_records_the_runtime_check_and_rewrites_in_report_and_manifest(tmp
     assert schema_problems(manifest) == []
     del requirements["runtime_check"]["missing"]
     assert any("missing" in problem for problem in schema_problems(manifest))  # the schema holds the check's shape
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_backported_programs_are_checked_too(encoder, tmp_path, version):
+    """Bytecode before 6 records no argument counts: the program passes every argument of the writer's schema."""
+    fmt = FORMATS["torchscript_lite"]
+    emitted = fmt.emit(encoder, settings(bytecode_version=version), tmp_path / f"v{version}.ptl")
+    check = emitted.requirements["runtime_check"]
+    assert check["bytecode_version"] == version and check["missing"] == [] and check["operators_checked"] > 10
+    assert program_operators(emitted.path)["aten::linear"] == 3

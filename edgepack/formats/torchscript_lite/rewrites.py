@@ -97,18 +97,23 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     else:
         factor = scale
     scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    masked_out: Optional[Tensor] = None  # positions left out, where a row may lose every key
     if is_causal:
-        lower = torch.ones([query.size(-2), key.size(-2)], dtype=torch.bool, device=query.device).tril()
-        scores = scores.masked_fill(lower.logical_not(), float("-inf"))
+        masked_out = torch.ones([query.size(-2), key.size(-2)], dtype=torch.bool, device=query.device).tril().logical_not()
+        scores = scores.masked_fill(masked_out, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(attn_mask.logical_not(), float("-inf"))
+            from_mask = attn_mask.logical_not()
+            scores = scores.masked_fill(from_mask, float("-inf"))
         else:
+            from_mask = attn_mask == float("-inf")
             scores = scores + attn_mask
+        masked_out = from_mask if masked_out is None else torch.logical_or(masked_out, from_mask)
     weights = torch.softmax(scores, -1)
-    if is_causal or attn_mask is not None:
-        # A row with every position masked: eager returns zeros there (a safe softmax), softmax alone NaN.
-        weights = weights.masked_fill((scores == float("-inf")).all(-1, keepdim=True), 0.0)
+    if attn_mask is not None and masked_out is not None:
+        # A row left with no key: eager returns zeros there (a safe softmax), softmax alone NaN. Found on the
+        # mask (1 x keys for padding), not on the scores (heads x queries x keys); causality alone never empties a row.
+        weights = weights.masked_fill(masked_out.all(-1, keepdim=True), 0.0)
     return torch.matmul(weights, value)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import UsageError, did_you_mean
+from ...noise import native_stderr_quiet
 
 # The runtime names a target may give (`runtime = "..."` in [formats.torchscript_lite]) -> table file.
 RUNTIMES = {
@@ -114,8 +115,20 @@ def table_from_json(runtime: str, text: str) -> OperatorTable:
 
 
 def program_operators(path: Path) -> dict[str, int]:
-    """Operator key -> number of arguments the saved lite program passes to it (read from its bytecode)."""
-    return {name: int(info.num_schema_args) for name, info in torch._C._get_model_ops_and_info(str(path)).items()}
+    """Operator key -> number of arguments the saved lite program passes to it (read from its bytecode).
+    Bytecode 6 and newer record that number; older versions pass every argument of the writer's schema."""
+    with native_stderr_quiet():  # "Only models with bytecode version 6 and above contain operator schema information"
+        found = torch._C._get_model_ops_and_info(str(path))
+    return {name: int(info.num_schema_args) if info.num_schema_args is not None else _writer_arguments(name)
+            for name, info in found.items()}
+
+
+def _writer_arguments(operator: str) -> int:
+    name, _, overload = operator.partition(".")
+    for schema in torch._C._jit_get_schemas_for_operator(name):
+        if schema.overload_name == overload:
+            return len(schema.arguments)
+    return 0
 
 
 def check_program(path: Path, table: OperatorTable, sources: dict[str, str] | None = None,
