@@ -80,6 +80,25 @@ class HFStyleAttention(nn.Module):
         return self.o(context.transpose(1, 2).reshape(b, t, w))
 
 
+class TinyViT(nn.Module):
+    """A ViT as vision transformers are built: conv patch embedding, class token, positions, pre-norm GELU
+    nn.TransformerEncoder, head on the class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, 32, kernel_size=8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 32))
+        self.positions = nn.Parameter(torch.randn(1, 17, 32))
+        layer = nn.TransformerEncoderLayer(32, 4, 64, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(image).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.positions
+        return self.head(self.encoder(tokens)[:, 0])
+
+
 class RMSNormNet(nn.Module):
     """LLaMA-style RMSNorm (aten::rms_norm, torch 2.4+) and a multi-dimension squeeze (squeeze.dims, 2.0+)."""
 
@@ -195,6 +214,14 @@ def test_hf_style_attention_is_rewritten_and_matches_eager(mask, tmp_path):
     assert smoke.status == "passed", smoke.reason
     assert emitted.requirements["runtime_check"]["missing"] == []
     assert [r["op"] for r in emitted.requirements["rewrites"]] == [SDPA]
+
+
+def test_vit_style_ptl_is_rewritten_and_matches_eager(tmp_path):
+    captured = captured_model(TinyViT(), [InputSpec("image", (1, 3, 32, 32))])
+    emitted, smoke = emit_and_smoke(captured, tmp_path / "vit.ptl")
+    assert smoke.status == "passed", smoke.reason
+    assert emitted.requirements["runtime_check"]["missing"] == []
+    assert [r["op"] for r in emitted.requirements["rewrites"]] == [SDPA, SDPA]
 
 
 @pytest.mark.parametrize("kind", ["bool", "float -inf", "bool and causal"])
