@@ -165,7 +165,8 @@ def measure_footprint(format_name: str, path: Path, arrays: list[np.ndarray], th
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, *arrays)
-        command = [sys.executable, "-m", "edgepack.bench", format_name, str(path), str(inputs), str(threads)]
+        command = [sys.executable, "-m", "edgepack.bench", format_name, str(path), str(inputs), str(threads),
+                   _defining_module(format_name)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         results = [_probe_once(command, env, timeout_s) for _ in range(max(1, repeats))]
     return Footprint(float(np.median([r["cold_load_ms"] for r in results])), max(r["peak_memory_mb"] for r in results))
@@ -179,9 +180,20 @@ def _probe_once(command: list[str], env: dict[str, str], timeout_s: float) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int) -> dict:
-    """Runs in the fresh process: everything imported first, so only the artifact's own cost is counted."""
+def _defining_module(format_name: str) -> str:
+    """The module that registers the format, for the fresh process to import (a format may live outside edgepack)."""
     from .formats import FORMATS
+
+    return type(FORMATS[format_name]).__module__
+
+
+def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int, module: str) -> dict:
+    """Runs in the fresh process: everything imported first, so only the artifact's own cost is counted."""
+    import importlib
+
+    from .formats import FORMATS
+
+    importlib.import_module(module)  # registers the format
 
     with np.load(inputs_path) as data:
         arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
@@ -219,4 +231,4 @@ def _proc_status_kib(key: str) -> float:
 
 
 if __name__ == "__main__":
-    print(jsonio.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    print(jsonio.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))

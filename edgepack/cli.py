@@ -9,30 +9,89 @@ import contextlib
 import linecache
 import sys
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
+import typer.core
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, jsonio
+from . import __version__, interrupts, jsonio
+from .failures import disk_error
 from .config import find_config
 from .errors import EdgepackError, UsageError
-from .formats import known_options
-from .bundle.manifest import source_date_epoch
+from .bundle.files import source_date_epoch
 from .noise import stdout_to_stderr
+from .progress import Status
 from .inputs import SPEC_SYNTAX, parse_input_spec
-from .pipeline import BuildRequest, build, diagnose
 from .bundle.verify import Verification, verify_bundle
 from .bundle.inspect import inspect_bundle, print_summary
-from .report import ArtifactReport, BuildReport
 from .bundle.signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+if TYPE_CHECKING:  # build and doctor import the pipeline (torch, converters) when they run; verify and inspect never do
+    from .pipeline import BuildRequest
+    from .report import ArtifactReport, BuildReport
+
+# typer carries its own copy of click (typer._click) in recent versions; its exceptions are the ones raised.
+_click_exceptions = getattr(getattr(typer.core, "_click", None), "exceptions", None) or __import__("click").exceptions
+
+
+class _ContractGroup(TyperGroup):
+    """Command-line mistakes click finds itself (an unknown option, a missing value) keep the contract of
+    every other usage error: one `error:` line, a `hint:`, exit 2, and with --json one JSON document on
+    stdout, instead of a rich error box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except _click_exceptions.NoArgsIsHelpError as exc:  # `edgepack` alone: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _click_exceptions.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "edgepack"
+            json_output = "--json" in argv
+            try:
+                _fail(UsageError(exc.format_message(), f"Run '{command} --help' for the options and their values."),
+                      json_output)
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fold_long_words_in_help() -> None:
+    """Rich cuts a word wider than the help column with '…' (at 80 columns, the --input syntax): fold it
+    onto the next line instead, so every character of the help shows at any terminal width."""
+    from typer import rich_utils
+
+    original = getattr(rich_utils, "_get_parameter_help", None)
+    if original is None or getattr(original, "_edgepack_folds", False):
+        return
+
+    def folded(*args, **kwargs):
+        help_text = original(*args, **kwargs)  # a rich Columns of Text items
+        for item in getattr(help_text, "renderables", [help_text]):
+            if hasattr(item, "overflow"):
+                item.overflow = "fold"
+        return help_text
+
+    folded._edgepack_folds = True  # type: ignore[attr-defined]
+    rich_utils._get_parameter_help = folded
+
+
+_fold_long_words_in_help()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_ContractGroup,
                   help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.")
 err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable: no hard wraps
 
@@ -40,14 +99,14 @@ err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable
 class RichObserver:
     """Progress for people, on stderr: a spinner while a stage runs, one line when it ends."""
 
-    _MARKS = {"done": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    _MARKS = {Status.DONE: "[green]✓[/]", Status.WARN: "[yellow]![/]", Status.FAIL: "[red]✗[/]"}
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.status = console.status("")
 
-    def event(self, stage: str, status: str, detail: str) -> None:
-        if status == "start":
+    def event(self, stage: str, status: Status, detail: str) -> None:
+        if status == Status.START:
             self.status.update(f"{stage}: {detail}")
             self.status.start()
             return
@@ -56,7 +115,7 @@ class RichObserver:
 
 
 class QuietObserver:
-    def event(self, stage: str, status: str, detail: str) -> None:
+    def event(self, stage: str, status: Status, detail: str) -> None:
         pass
 
 
@@ -106,6 +165,8 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
+        from .pipeline import build
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             reports = build(request, observer)
     if json_output:
@@ -139,12 +200,14 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
     if "all" in targets:
         targets = builtin_target_names()
     from_cli = model is not None
+    from .pipeline import BuildRequest
+
     return BuildRequest(
         targets=targets,
         model=model if from_cli else project.model,
         weights=weights if from_cli else (weights or project.weights),
         inputs=[parse_input_spec(text) for text in (inputs or ([] if from_cli else project.inputs))],
-        name=name or project.name,
+        name=name if name is not None else project.name,  # --name "" is an (empty) name, refused, not the default
         out_dir=out or project.out or Path("dist"),
         trust_weights=trust_weights,
         strict=strict,
@@ -156,23 +219,50 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
 @contextlib.contextmanager
 def user_errors(json_output: bool) -> Iterator[None]:
     """Every command's error handling: an expected failure is an `error:` line, a hint and its exit code;
-    anything else is an edgepack bug, shown with its traceback and exit 1."""
+    anything else is an edgepack bug, shown with its traceback and exit 1. Python warnings raised meanwhile
+    (torch's, the model's) are held back: shown after the error and hint, or at the end on success, so
+    that a failure's first line is always its `error:` line. SIGINT/SIGTERM exit 130/143; the user's code
+    calling sys.exit() is a usage error; a full disk is an error, not a traceback."""
+    caught: list[warnings.WarningMessage] = []
     try:
-        yield
+        with interrupts.guarded(), warnings.catch_warnings(record=True) as caught:
+            yield
     except EdgepackError as exc:
-        _fail(exc, json_output)
+        _fail(exc, json_output, warned=caught)
+    except SystemExit as exc:  # typer.Exit is not one: inside this block, only the user's code exits
+        _fail(interrupts.exit_error(exc), json_output, warned=caught)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: 128 + the signal, the previous bundle in place
+        code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+        name = exc.args[0] if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+        _fail(EdgepackError(f"interrupted ({name}): stopped before finishing; bundles already in place were "
+                            "left as they were", "Run the command again."), json_output, code, caught)
+    except OSError as exc:
+        disk = disk_error(exc)
+        if disk is None:
+            traceback.print_exc()
+            _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
+                  json_output, warned=caught)
+        _fail(disk, json_output, warned=caught)
     except Exception as exc:
         traceback.print_exc()
-        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."), json_output)
+        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
+              json_output, warned=caught)
+    else:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _fail(exc: EdgepackError, json_output: bool) -> None:
+def _fail(exc: EdgepackError, json_output: bool, exit_code: int | None = None,
+          warned: list[warnings.WarningMessage] | None = None) -> None:
     err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
+    for w in warned or []:  # after the error: context for it, never in front of it
+        err_console.print(f"[dim]warning:[/] {escape(f'{w.category.__name__}: {w.message}')} "
+                          f"({escape(str(w.filename))}:{w.lineno})", highlight=False)
     if json_output:
         print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
-    raise typer.Exit(exc.exit_code)
+    raise typer.Exit(exc.exit_code if exit_code is None else exit_code)
 
 
 # Piped to a file or a CI log, rich would wrap at 80 columns and cut "int8-static" to "int8-s…".
@@ -249,6 +339,8 @@ def doctor_command(
         request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
+        from .pipeline import diagnose
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             result = diagnose(request)
     if json_output:
@@ -283,11 +375,38 @@ def _print_diagnosis(result: dict) -> None:
         lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]
         for line, count in Counter(lines).items():  # one line per kind of rewrite: a transformer repeats them per layer
             console.print(f"  {escape(line)}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
+    _print_export(console, result.get("export"))
     if result["ok"]:
         console.print(f"  devices: {_devices_text(result)}", highlight=False)
         console.print(f"\n[green]result:[/] edgepack will use [bold]{result['strategy']}[/]", highlight=False)
     else:
         console.print(f"\n[red]result:[/] no trustworthy capture. {escape(result['hint'])}", highlight=False)
+
+
+def _print_export(console: Console, export: dict | None) -> None:
+    """The torch.export capture (what ONNX and Core ML can consume): each attempt, and a failure's line and fix."""
+    if not export:
+        return
+    console.print("\n[bold]torch.export capture[/]", highlight=False)
+    for a in export["attempts"]:
+        d = a.get("diagnosis")
+        if a["ok"] or not d:
+            console.print(f"  {a['strategy']:<16} {'ok' if a['ok'] else 'failed'}  {escape(a['error'])}", highlight=False)
+            continue
+        where = f"{d['file']}:{d['line']}" if d["file"] else "(unknown location)"
+        console.print(f"  {a['strategy']:<16} failed  [yellow]{d['kind']}[/] at {escape(where)}", highlight=False)
+        code = linecache.getline(d["file"], d["line"]).strip() if d["file"] else ""
+        if code:
+            console.print(f"      {escape(code)}", highlight=False)
+        console.print(escape(f"    what: {d['message']}\n    fix:  {d['fix']}"), highlight=False)
+    found = export.get("rewrites", [])
+    if found:
+        sources = ", ".join(sorted({r["source"] or "(no source line)" for r in found}))
+        console.print(f"  {len(found)} device literal(s) in the exported graph (at {escape(sources)}); ONNX and Core ML "
+                      "programs carry no placement", highlight=False)
+    verdict = (f"ONNX at opset >= 18 (and Core ML with capture = \"export\") converts the checked {export['strategy']} "
+               "program" if export["ok"] else "the formats built on torch.export fall back to the TorchScript capture")
+    console.print(f"  result: {verdict}", highlight=False)
 
 
 @app.command("targets")
@@ -296,6 +415,8 @@ def targets_command(
 ) -> None:
     """List the built-in targets and what each emits."""
     with user_errors(json_output):
+        from .formats import known_options
+
         targets = [load_target(name, known_options()) for name in builtin_target_names()]
     if json_output:
         print(jsonio.dumps([t.summary() for t in targets], indent=2))

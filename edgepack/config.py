@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, did_you_mean
+from .paths import missing_file_text
 
 _KEYS = {"model", "weights", "inputs", "name", "target", "out"}
 
@@ -34,7 +35,8 @@ def find_config(explicit: Path | None, cwd: Path) -> ProjectConfig:
     """The explicit file, else ./edgepack.toml, else ./pyproject.toml's [tool.edgepack], else nothing."""
     if explicit is not None:
         if not explicit.is_file():
-            raise UsageError(f"Config file '{explicit}' does not exist.", "Check the --config path.")
+            raise UsageError(f"Config file '{explicit}' {missing_file_text(explicit)}.", "Check the --config path: "
+                             "an edgepack.toml or a pyproject.toml file.")
         table = _read(explicit)
         return _parse(table.get("tool", {}).get("edgepack", {}) if explicit.name == "pyproject.toml" else table, explicit)
     if (cwd / "edgepack.toml").is_file():

@@ -38,3 +38,8 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class RuntimeUnavailable(Exception):
+    """The artifact's runtime cannot run on this machine (Core ML prediction off macOS): not a failure of
+    the artifact, and never a pass; the smoke test says 'skipped' and why."""

@@ -5,18 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import UsageError
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+if TYPE_CHECKING:  # parsing specs needs no torch: `edgepack verify` and `inspect` import this module's syntax
+    import torch
+
+# The input dtypes a spec may name; each is also the name of its torch dtype.
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
 _DEFAULT_INT_RANGE = (0, 10)
 _SPEC_RE = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<dims>[^:]+)"
@@ -48,6 +47,8 @@ class InputSpec:
 
     def check_finite(self, values: torch.Tensor, where: str) -> None:
         """UsageError for inf/NaN in user-given input values: they make every comparison and range meaningless."""
+        import torch
+
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
             raise UsageError(f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
@@ -55,7 +56,9 @@ class InputSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
     def is_integer(self) -> bool:
@@ -90,7 +93,28 @@ def parse_input_spec(text: str) -> InputSpec:
             raise UsageError(f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded).")
         if dtype not in ("int64", "int32"):
             raise UsageError(f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only.")
-    return InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
+    spec = InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
+    _check_size(text, spec)
+    return spec
+
+
+# Largest sample edgepack makes for one input (checked before allocating): sampling goes through float64, and a
+# dynamic dimension is also checked at double its size.
+MAX_SAMPLE_BYTES = 1 << 30
+
+
+def _check_size(text: str, spec: InputSpec) -> None:
+    values = 1
+    for size in spec.shape:
+        values *= size
+    largest = values * 2 ** len(spec.dynamic_axes())  # every dynamic dimension doubled
+    needed = largest * 8  # numpy samples in float64/int64 before the cast
+    if needed > MAX_SAMPLE_BYTES:
+        raise UsageError(
+            f"Input '{text}' needs {needed / 2**30:.1f} GiB per sample ({largest:,} values"
+            f"{', dynamic dimensions at double size' if spec.dynamic_axes() else ''}), over edgepack's limit of "
+            f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB.",
+            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).")
 
 
 def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
@@ -143,6 +167,8 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
     """
     if spec.value_range is not None:
         return spec.value_range
+    import torch
+
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     return (0, min(sizes)) if sizes else _DEFAULT_INT_RANGE
 
@@ -150,6 +176,8 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
 def sample_inputs(specs: list[InputSpec], model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Deterministic sample values for every input (normal floats, uniform integers, random bools)."""
     rng = np.random.default_rng(seed)
+    import torch
+
     values: dict[str, torch.Tensor] = {}
     for spec in specs:
         if spec.is_integer:

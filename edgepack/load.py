@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .paths import missing_file_text
 from .errors import UsageError
 from .inputs import InputSpec
 from .user_code import at_line
@@ -138,7 +139,7 @@ def _import_module(dotted: str, search_dir: Path) -> Any:
 def _import_file(path_text: str) -> Any:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
-        raise UsageError(f"Model file '{path_text}' does not exist.", "Check the path before the colon in --model.")
+        raise UsageError(f"Model file '{path_text}' {missing_file_text(path)}.", "Check the path before the colon in --model.")
     module_name = "edgepack_user_" + re.sub(r"\W", "_", path.stem)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
@@ -217,7 +218,7 @@ def check_weights_file(path: Path) -> None:
     """UsageError unless `path` exists and may be a torch.save file: checked before torch.load, whose errors
     on other files are a bare KeyError or a misleading 'objects besides tensors'."""
     if not path.is_file():
-        raise UsageError(f"Weights file '{path}' does not exist.", "Check the --weights path.")
+        raise UsageError(f"Weights file '{path}' {missing_file_text(path)}.", "Check the --weights path: a file saved with torch.save.")
     not_a_checkpoint = _not_a_checkpoint(path)
     if not_a_checkpoint:
         raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): {not_a_checkpoint}.", _CHECKPOINT_HINT)

@@ -24,8 +24,14 @@ KNOWN_WARNINGS = (
     r".*The feature will be removed.*",
     r".*no signature found for <torch.ScriptMethod.*",
 )
-_NOISY_LOGGERS = ("coremltools", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "torch.fx")
+# The capture's own (torch.export and FX); each format adds its converter's (Format.loggers) when registered.
+_NOISY_LOGGERS = {"torch._dynamo", "torch.export", "torch.fx"}
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def quiet_loggers(names: tuple[str, ...]) -> None:
+    """Loggers whose INFO/WARNING chatter `quiet_converter` holds back (errors still show)."""
+    _NOISY_LOGGERS.update(names)
 
 
 def filter_known_warnings() -> None:
@@ -54,7 +60,7 @@ def quiet_converter() -> Iterator[ConverterLog]:
     corrupt `--json` (stdout is the build scripts' channel). The captured text is yielded so a
     failure can quote it.
     """
-    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    saved = {name: logging.getLogger(name).level for name in sorted(_NOISY_LOGGERS)}
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

@@ -12,25 +12,28 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
-from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, sha256_of, size_of, write_golden, write_json
-from .capture.ladder import CaptureError, CapturedModel, capture
+from .bundle.files import sha256_of, size_of
+from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, write_golden, write_json
+from .capture.ladder import CaptureError, CapturedModel, capture, empty_outputs
 from .capture.ladder import check_options as check_capture_options
 from .capture.check_inputs import load_check_inputs
+from . import interrupts
 from .errors import EdgepackError, UsageError
+from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .bundle.manifest import build_outcome, write_bundle_manifest
 from .noise import strip_ansi
-from .bundle.reproducible import stabilize
+from .paths import MAX_NAME, folder_name, missing_file_text
+from .progress import Observer, SilentObserver, Status
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
-from .report import ArtifactReport, BudgetCheck, BuildReport
+from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
 from .targets import FormatSettings, Target, load_target
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 
@@ -68,49 +71,66 @@ class BuildRequest:
     eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
-class Observer(Protocol):
-    """Progress callbacks: status is 'start', 'done', 'warn' or 'fail'."""
-
-    def event(self, stage: str, status: str, detail: str) -> None: ...
-
-
-class SilentObserver:
-    def event(self, stage: str, status: str, detail: str) -> None:
-        pass
-
-
 def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
-    """Build every requested target from one load and one capture of the model."""
+    """Build every requested target from one load and one capture of the model. SIGINT/SIGTERM stop it
+    (edgepack.interrupts): every stage boundary checks, and nothing is moved into place after one."""
+    with interrupts.guarded():
+        return _build(request, _Checkpoints(observer))
+
+
+class _Checkpoints:
+    """Passes events on; each one is a stage boundary where an interruption swallowed by the code that
+    ran (a converter's `except Exception`) stops the build after all."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+
+    def event(self, stage: str, status: Status, detail: str) -> None:
+        interrupts.checkpoint()
+        self.observer.event(stage, status, detail)
+
+
+def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
     _check_options(request)  # every cheap check before the model is loaded
     check_out_dir(request.out_dir)
     targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
     for target in targets:
         for settings in target.formats:
-            FORMATS[settings.name].validate(settings)
+            try:
+                FORMATS[settings.name].validate(settings)
+            except UsageError as exc:  # the format says what is wrong; this says where (file and table, or --precision)
+                where = "--precision" if request.precision and "recision" in exc.message else \
+                    f"Target file {target.path} [formats.{settings.name}]"
+                raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
 
-    observer.event("load", "start", request.model or "built-in demo model")
+    observer.event("load", Status.START, request.model or "built-in demo model")
     loaded = _load(request)
+    folder_name(loaded.name, "Model name", "Pass --name: the name derived from the model's class "
+                f"cannot be a folder name (letters, digits, '.', '_' and '-', at most {MAX_NAME} characters).")
     check_out_dir(request.out_dir / loaded.name)
-    observer.event("load", "done", f"{loaded.name} ({type(loaded.module).__name__}, "
+    observer.event("load", Status.DONE, f"{loaded.name} ({type(loaded.module).__name__}, "
                                    f"{', '.join(str(s) for s in loaded.inputs)})")
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
 
-    observer.event("capture", "start", f"{request.capture_mode}: trace, checked on held-out inputs")
+    observer.event("capture", Status.START, f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
     for hazard in [h for h in captured.hazards if not h.in_library]:
-        observer.event("capture", "warn", f"{hazard.location()}: {hazard.message}")
+        observer.event("capture", Status.WARN, f"{hazard.location()}: {hazard.message}")
     for unchecked in captured.unchecked_sizes:
-        observer.event("capture", "warn", f"not checked at {unchecked['size']}: eager PyTorch fails there "
+        observer.event("capture", Status.WARN, f"not checked at {unchecked['size']}: eager PyTorch fails there "
                                           f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")
+    for name in empty_outputs(captured.output_names, captured.expected)[1]:
+        observer.event("capture", Status.WARN, f"output '{name}' is empty on every golden sample: it is shipped but "
+                                          "nothing about its values is checked")
     inside_torch = [h for h in captured.hazards if h.in_library]
     if inside_torch:
-        observer.event("capture", "warn", f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
+        observer.event("capture", Status.WARN, f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
                                           "(shape checks, usually); the trace was checked against eager regardless")
-    observer.event("capture", "done", f"{captured.strategy} ({_attempts_text(captured)}); "
+    observer.event("capture", Status.DONE, f"{captured.strategy} ({_attempts_text(captured)}); "
                                       f"outputs: {', '.join(captured.output_names)}")
     data = samples.measured_on(captured) if samples is not None else None
     if samples is not None:
-        observer.event("eval data", "done", f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
+        observer.event("eval data", Status.DONE, f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
     return [build_target(captured, target, request, observer, data) for target in targets]
 
 
@@ -121,25 +141,34 @@ def _with_precision(target: Target, precision: str | None) -> Target:
 
 
 def diagnose(request: BuildRequest) -> dict:
-    """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix."""
+    """`edgepack doctor`: load and capture with every check, build nothing; hazards with why and fix, and the
+    torch.export capture's attempts (`export`), each failure with its line and fix."""
+    with interrupts.guarded():
+        return _diagnose(request)
+
+
+def _diagnose(request: BuildRequest) -> dict:
     _check_options(request)
     loaded = _load(request)
     try:
         captured = _capture(request, loaded)
+        interrupts.checkpoint()
     except CaptureError as exc:
         return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
-                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts]}
+                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts],
+                "export": exc.export.to_json() if exc.export is not None else None}
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
 
 
 def _check_options(request: BuildRequest) -> None:
-    if request.name is not None and not _NAME_RE.match(request.name):
-        raise UsageError(f"Model name '{request.name}' cannot be a folder name.", "Use letters, digits, '.', '_' and '-'.")
+    if request.name is not None:
+        folder_name(request.name, "Model name", "Pass --name letters, digits, '.', '_' and '-' "
+                    f"(at most {MAX_NAME} characters); it names the folder under --out.")
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
     for option, source in (("--check-inputs", request.check_inputs), ("--calibration", request.calibration),
                            ("--eval-data", request.eval_data)):
         if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
-            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
+            raise UsageError(f"{option} file '{source}' {missing_file_text(source)}.", f"Check the {option} path.")
 
 
 def _load(request: BuildRequest) -> LoadedModel:
@@ -181,15 +210,16 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        bundle_dir = staged.commit(report.ok)
+        with interrupts.deferred():  # after an interruption nothing moves; during the move none can land
+            bundle_dir = staged.commit(report.ok)
     except BaseException:
         staged.discard()
         raise
     if report.ok:  # the archive must match the bundle now in place: rewrite it, or remove a stale one
         archive = archive_bundle(bundle_dir, request.archive)
         if archive is not None:
-            observer.event("archive", "done", str(archive))
-    observer.event("bundle", "done" if report.ok else "fail", report.bundle_dir)
+            observer.event("archive", Status.DONE, str(archive))
+    observer.event("bundle", Status.DONE if report.ok else Status.FAIL, report.bundle_dir)
     return report
 
 
@@ -205,11 +235,11 @@ def _emit_all(
         report = ArtifactReport(settings.name, settings.precision)
         reports.append(report)
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
-        observer.event(f"emit {fmt.name}", "start", f"{target.name}: {path.name} ({settings.precision})")
+        observer.event(f"emit {fmt.name}", Status.START, f"{target.name}: {path.name} ({settings.precision})")
         try:
             if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
                 result = fmt.emit(captured, replace(settings, precision="fp32"), path)
-                result.notes += stabilize(path)  # before hashing: byte-stable output where the format allows
+                result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
@@ -221,17 +251,20 @@ def _emit_all(
         except UsageError:
             raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build
-            remove_path(path)
+            if full_disk(exc):  # but not on a full disk: every later write would fail the same way
+                raise
+            remove_path(path, bundle_dir)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {strip_ansi(str(exc))}")
-            observer.event(f"emit {fmt.name}", "fail", (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
+            observer.event(f"emit {fmt.name}", Status.FAIL, (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.weight_bytes = fmt.weight_bytes(path)
         report.requirements, report.notes = result.requirements, result.notes + report.notes
+        report.capture_consumed = result.capture
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
         report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)
-        status = {PASSED: "done", SKIPPED: "warn"}.get(report.smoke.status, "fail")
+        status = {PASSED: Status.DONE, SKIPPED: Status.WARN}.get(report.smoke.status, Status.FAIL)
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted, baselines
 
@@ -243,7 +276,7 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
     ladder = Ladder(fmt, captured, settings, folder, data, path.name,
-                    lambda text: observer.event(f"quantize {fmt.name}", "start", text))
+                    lambda text: observer.event(f"quantize {fmt.name}", Status.START, text))
     result = ladder.run()
     shipped = ship(result, path)
     report.precision_requested, report.precision = result.requested, result.precision
@@ -252,31 +285,29 @@ def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSett
     if result.baseline is not None:
         report.size_before_bytes = size_of(result.baseline.path)
         report.weight_bytes_before = fmt.weight_bytes(result.baseline.path)
-    status = "warn" if result.fell_back else "done"
+    status = Status.WARN if result.fell_back else Status.DONE
     figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
     observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")
     return shipped, result.baseline
 
 
-def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> dict:
+def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> ArtifactDevices:
     """The proof on what ships: device literals read back from the saved artifact's own code."""
     devices = captured.devices
     keep = devices.keep if devices else set()
     findings = fmt.saved_devices(emitted.path, keep)
     if findings is None:
         # Nothing to pin, whatever the policy: the artifact runs wherever its runtime puts it.
-        return {"checked": False, "device_agnostic": True, "pinned": [], "kept": [],
-                "note": f"{fmt.name} records no device placement: its runtime places every tensor"}
+        return ArtifactDevices(False, True, [], [], f"{fmt.name} records no device placement: its runtime places every tensor")
     agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
-    return {"checked": True, "device_agnostic": agnostic, "pinned": findings.pinned, "kept": findings.kept,
-            "note": "device literals read back from the saved code"}
+    return ArtifactDevices(True, agnostic, findings.pinned, findings.kept, "device literals read back from the saved code")
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
     """--allow-partial: a format that failed leaves the bundle; the report keeps why."""
     for report in artifacts:
         if report.smoke.status == FAILED and report.path is not None:
-            remove_path(bundle_dir / report.path)
+            remove_path(bundle_dir / report.path, bundle_dir)
             emitted.pop(report.format, None)
             report.notes.append(f"excluded from the bundle (--allow-partial): {report.smoke.reason}")
             report.path = report.sha256 = report.size_bytes = None
@@ -290,7 +321,7 @@ def _bench_all(
     sample = captured.samples[0]
     args = tuple(sample[name] for name in captured.input_names)
     arrays = [t.numpy() for t in args]
-    observer.event("bench", "start", f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
+    observer.event("bench", Status.START, f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
     with torch_threads(settings.threads), torch.inference_mode():
         calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
         for report in artifacts:
@@ -324,7 +355,7 @@ def _bench_all(
     for report in artifacts:
         if report.latency is not None:
             _note_if_unsteady(report, eager, load.cores)
-    observer.event("bench", "done", f"eager p50 {eager.p50:.3f} ms")
+    observer.event("bench", Status.DONE, f"eager p50 {eager.p50:.3f} ms")
     return eager
 
 
@@ -384,4 +415,7 @@ def _attempts_text(captured: CapturedModel) -> str:
     return ", ".join(f"{a.strategy} {'ok' if a.ok else 'failed'}" for a in captured.attempts)
 
 
-__all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "EdgepackError"]
+# `edgepack doctor`'s name in the Python API.
+doctor = diagnose
+
+__all__ = ["BuildRequest", "Observer", "SilentObserver", "build", "diagnose", "doctor", "EdgepackError"]

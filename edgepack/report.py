@@ -27,6 +27,21 @@ class BudgetCheck:
 
 
 @dataclass
+class ArtifactDevices:
+    """The device check on a saved artifact: the placements its code records, read back from the file."""
+
+    checked: bool  # False: the format records no placement (its runtime places every tensor)
+    device_agnostic: bool
+    pinned: list[str]
+    kept: list[str]  # literals the policy keeps on purpose (a deliberate .cpu())
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "device_agnostic": self.device_agnostic, "pinned": self.pinned,
+                "kept": self.kept, "note": self.note}
+
+
+@dataclass
 class ArtifactReport:
     format: str
     precision: str
@@ -43,7 +58,7 @@ class ArtifactReport:
     peak_memory_mb: float | None = None  # peak RSS growth while loading and running once
     footprint_reason: str = ""
     # The device check on the saved artifact: {"checked", "device_agnostic", "pinned", "kept", "note"}.
-    devices: dict[str, Any] | None = None
+    devices: ArtifactDevices | None = None
     # Quantization: what was asked for, the fp32 version's size and latency, accuracy against eager
     # fp32 on the evaluation set, and the ladder's attempts (None when the format was built in fp32 as asked).
     precision_requested: str | None = None
@@ -55,6 +70,8 @@ class ArtifactReport:
     latency_before: Latency | None = None
     accuracy: Any = None  # edgepack.quantize.accuracy.Accuracy
     quantization: dict[str, Any] | None = None
+    # Which capture the artifact was converted from: "export" or "torchscript" (None: not emitted).
+    capture_consumed: str | None = None
 
     @property
     def size_ratio(self) -> float | None:
@@ -78,8 +95,8 @@ class ArtifactReport:
             stage = "" if self.path is None else f"smoke test {self.smoke.status}: "  # not built: the reason says why
             found.append(f"{self.format}: {stage}{self.smoke.reason}")
         found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
-        if self.devices and self.devices["pinned"]:
-            found.append(f"{self.format}: not device-agnostic: the saved code pins {'; '.join(self.devices['pinned'])}")
+        if self.devices and self.devices.pinned:
+            found.append(f"{self.format}: not device-agnostic: the saved code pins {'; '.join(self.devices.pinned)}")
         return found
 
     def to_json(self) -> dict:
@@ -98,7 +115,8 @@ class ArtifactReport:
             "footprint_method": Footprint.METHOD if self.cold_load_ms is not None else self.footprint_reason,
             "budgets": [b.to_json() for b in self.budgets],
             "requirements": self.requirements,
-            "devices": self.devices,
+            "capture_consumed": self.capture_consumed,
+            "devices": self.devices.to_json() if self.devices else None,
             "notes": self.notes,
             "precision_requested": self.precision_requested or self.precision,
             "size_before_bytes": self.size_before_bytes,
@@ -148,7 +166,7 @@ class BuildReport:
         """The capture and every saved artifact that records placements follow the input's device
         (or only the devices the policy keeps)."""
         return bool(self.capture.get("device_agnostic", True)) and all(
-            a.devices["device_agnostic"] for a in self.artifacts if a.devices and a.devices["checked"])
+            a.devices.device_agnostic for a in self.artifacts if a.devices and a.devices.checked)
 
     def to_json(self) -> dict:
         return {
@@ -193,6 +211,7 @@ class BuildReport:
         lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
                   for a in self.capture.get("attempts", [])]
         lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
+        lines += _export_markdown(self.capture.get("export"), self.artifacts)
         lines += [f"- not checked at {u['size']}: eager PyTorch fails there ({u['reason']}); the bundle accepts that size "
                   "but nothing checked what it returns" for u in self.capture.get("unchecked_sizes", [])]
         lines += _devices_markdown(self.capture, self.artifacts)
@@ -204,6 +223,24 @@ class BuildReport:
         return "\n".join(lines) + "\n"
 
 
+def _export_markdown(export: dict[str, Any] | None, artifacts: list[ArtifactReport]) -> list[str]:
+    """The torch.export capture: which strategy held (or why none did, with the line and fix), and which
+    capture each artifact was converted from."""
+    if not export:
+        return []
+    if export["ok"]:
+        lines = [f"- torch.export capture: {export['strategy']}, checked on {export['checked_inputs']} inputs."]
+    else:
+        lines = [f"- torch.export capture: none ({export['reason']})."]
+        for attempt in export["attempts"]:
+            d = attempt.get("diagnosis")
+            if d:
+                where = f" at {d['file']}:{d['line']}" if d["file"] else ""
+                lines.append(f"  - {attempt['strategy']}: {d['kind']}{where}: {d['message']}. Fix: {d['fix']}")
+    lines += [f"- {a.format} was converted from the {a.capture_consumed} capture." for a in artifacts if a.capture_consumed]
+    return lines
+
+
 def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) -> list[str]:
     if "device_policy" not in capture:
         return []
@@ -212,9 +249,9 @@ def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) 
              f"Run on `meta`: {capture['meta_check']}."]
     lines += [f"- {r['kind']} `{r['op'] or '-'}` at {r['source'] or '(no source line)'}: {r['detail']}" for r in capture["rewrites"]]
     for a in artifacts:
-        if a.devices and a.devices["checked"]:
-            found = "; ".join(a.devices["pinned"]) or "nothing pinned"
-            kept = f" (kept on purpose: {'; '.join(a.devices['kept'])})" if a.devices["kept"] else ""
+        if a.devices and a.devices.checked:
+            found = "; ".join(a.devices.pinned) or "nothing pinned"
+            kept = f" (kept on purpose: {'; '.join(a.devices.kept)})" if a.devices.kept else ""
             lines.append(f"- saved {a.format} code: {found}{kept}")
     return lines
 

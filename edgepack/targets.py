@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import precisions
 from .errors import UsageError, did_you_mean
+from .paths import MAX_NAME, folder_name
 
 _TARGET_KEYS = {"name", "description", "smoke", "quantized_smoke", "accuracy", "budgets", "bench", "formats"}
 _FORMAT_COMMON_KEYS = {"precision", "smoke", "quantized_smoke", "accuracy", "budgets"}
-# Precisions whose artifacts are smoke-tested with the looser [quantized_smoke] tolerance.
-QUANTIZED_PRECISIONS = ("int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
+_MAX_THREADS, _MAX_RUNS, _MAX_SECONDS = 1024, 1_000_000, 3600.0
+# (low, high) of each [accuracy] key: agreement and cosine are fractions, errors are not negative.
+_ACCURACY_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "min_top1_agreement": (0.0, 1.0), "min_cosine": (-1.0, 1.0), "min_sqnr_db": (None, None), "max_abs_err": (0.0, None)}
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class FormatSettings:
 
     def tolerance_for(self, precision: str) -> Tolerance:
         """The smoke tolerance for an artifact built in `precision`."""
-        return self.quantized_tolerance if precision in QUANTIZED_PRECISIONS else self.tolerance
+        return self.quantized_tolerance if precisions.is_quantized(precision) else self.tolerance
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ def resolve_target_path(name_or_path: str) -> Path:
     looks_like_path = name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path
     if looks_like_path:
         path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            raise UsageError(f"Target file '{name_or_path}' is a folder, not a target .toml file.",
+                             "Pass the path of a target .toml file, or a built-in target name.")
         if not path.is_file():
             raise UsageError(f"Target file '{name_or_path}' does not exist.", "Check the path, or use a built-in target name.")
         return path
@@ -132,7 +140,10 @@ def resolve_target_path(name_or_path: str) -> Path:
 def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target:
     """Read and validate a target. `known_formats` maps each format name to the option keys it accepts."""
     path = resolve_target_path(name_or_path)
-    raw_bytes = path.read_bytes()
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Target file {path} cannot be read: {exc.strerror or exc}.", "Check the file's permissions.") from exc
     try:
         data = tomllib.loads(raw_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -154,9 +165,17 @@ def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target
         _format_settings(name, table, known_formats, defaults, where)
         for name, table in formats_table.items()
     )
+    name = folder_name(data.get("name", path.stem), f"Target file {path}: 'name'",
+                       f"Write name = \"my-target\" in {path}: letters, digits, '.', '_' and '-' (at most "
+                       f"{MAX_NAME} characters, not ending in .failed or .zip); it names the bundle's folder.",
+                       target=True)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UsageError(f"Target file {path}: 'description' must be a string, got {description!r}.",
+                         'Write description = "...".')
     return Target(
-        name=str(data.get("name", path.stem)),
-        description=str(data.get("description", "")),
+        name=name,
+        description=description,
         path=path.resolve(),
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
         formats=formats,
@@ -180,9 +199,12 @@ def _format_settings(
     _reject_unknown(table, _FORMAT_COMMON_KEYS | known_formats[name], section)
     options = {k: v for k, v in table.items() if k not in _FORMAT_COMMON_KEYS}
     tolerance, quantized_tolerance, accuracy, budgets = defaults
+    precision = table.get("precision", "fp32")
+    if not isinstance(precision, str):
+        raise UsageError(f"{section}: 'precision' must be a string, got {precision!r}.", 'Write precision = "fp32".')
     return FormatSettings(
         name=name,
-        precision=str(table.get("precision", "fp32")),
+        precision=precision,
         tolerance=_tolerance(table.get("smoke", {}), tolerance, f"{section} smoke"),
         budgets=_budgets(table.get("budgets", {}), budgets, f"{section} budgets"),
         options=options,
@@ -194,23 +216,23 @@ def _format_settings(
 def _tolerance(table: dict, base: Tolerance, where: str) -> Tolerance:
     _reject_unknown(table, {"atol", "rtol", "min_cosine"}, where)
     return Tolerance(
-        atol=_number(table, "atol", base.atol, where),
-        rtol=_number(table, "rtol", base.rtol, where),
-        min_cosine=_number(table, "min_cosine", base.min_cosine, where),
+        atol=_number(table, "atol", base.atol, where, low=0.0),
+        rtol=_number(table, "rtol", base.rtol, where, low=0.0),
+        min_cosine=_number(table, "min_cosine", base.min_cosine, where, low=-1.0, high=1.0),
     )
 
 
 def _accuracy(table: dict, base: AccuracyBudget, where: str) -> AccuracyBudget:
     keys = list(base.__dataclass_fields__)
     _reject_unknown(table, set(keys), where)
-    return AccuracyBudget(**{key: _number(table, key, getattr(base, key), where) for key in keys})
+    return AccuracyBudget(**{key: _number(table, key, getattr(base, key), where, *_ACCURACY_RANGES[key]) for key in keys})
 
 
 def _budgets(table: dict, base: Budgets, where: str) -> Budgets:
     _reject_unknown(table, {"max_p50_ms", "max_size_mb"}, where)
     return Budgets(
-        max_p50_ms=_number(table, "max_p50_ms", base.max_p50_ms, where),
-        max_size_mb=_number(table, "max_size_mb", base.max_size_mb, where),
+        max_p50_ms=_number(table, "max_p50_ms", base.max_p50_ms, where, low=0.0, open_low=True),
+        max_size_mb=_number(table, "max_size_mb", base.max_size_mb, where, low=0.0, open_low=True),
     )
 
 
@@ -218,11 +240,11 @@ def _bench(table: dict, where: str) -> BenchSettings:
     base = BenchSettings()
     _reject_unknown(table, set(base.__dataclass_fields__), where)
     settings = BenchSettings(
-        threads=int(_number(table, "threads", base.threads, where)),
-        warmup=int(_number(table, "warmup", base.warmup, where)),
-        min_runs=int(_number(table, "min_runs", base.min_runs, where)),
-        max_runs=int(_number(table, "max_runs", base.max_runs, where)),
-        min_seconds=_number(table, "min_seconds", base.min_seconds, where),
+        threads=_integer(table, "threads", base.threads, where, None, _MAX_THREADS),  # low ends: checked below
+        warmup=_integer(table, "warmup", base.warmup, where, 0, _MAX_RUNS),
+        min_runs=_integer(table, "min_runs", base.min_runs, where, None, _MAX_RUNS),
+        max_runs=_integer(table, "max_runs", base.max_runs, where, None, _MAX_RUNS),
+        min_seconds=_number(table, "min_seconds", base.min_seconds, where, low=0.0, high=_MAX_SECONDS),
         footprint=_flag(table, "footprint", base.footprint, where),
     )
     if settings.threads < 1 or settings.min_runs < 1 or settings.max_runs < settings.min_runs:
@@ -230,11 +252,39 @@ def _bench(table: dict, where: str) -> BenchSettings:
     return settings
 
 
-def _number(table: dict, key: str, default: Any, where: str) -> Any:
+def _number(table: dict, key: str, default: Any, where: str, low: float | None = None, high: float | None = None,
+            open_low: bool = False) -> Any:
+    """A finite number within [low, high] (low excluded when `open_low`); the message names the file and key."""
     value = table.get(key, default)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{where}: '{key}' must be a number, got {value!r}.", "Write a plain number.")
+    if not math.isfinite(value):
+        raise UsageError(f"{where}: '{key}' must be a finite number, got {value!r}.", _range_hint(key, low, high, open_low))
+    if (low is not None and (value < low or (open_low and value == low))) or (high is not None and value > high):
+        raise UsageError(f"{where}: '{key}' = {value!r} is out of range: {_range_text(low, high, open_low)}.",
+                         _range_hint(key, low, high, open_low))
     return value
+
+
+def _integer(table: dict, key: str, default: int, where: str, low: int | None, high: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{where}: '{key}' must be a whole number, got {value!r}.", _range_hint(key, low, high, False))
+    return int(_number(table, key, default, where, low, high))
+
+
+def _range_text(low: float | None, high: float | None, open_low: bool) -> str:
+    if low is not None and high is not None:
+        return f"it must be from {low:g} to {high:g}"
+    if low is not None:
+        return f"it must be {'above' if open_low else 'at least'} {low:g}"
+    return f"it must be at most {high:g}"
+
+
+def _range_hint(key: str, low: float | None, high: float | None, open_low: bool) -> str:
+    return f"Set '{key}' to a number {_range_text(low, high, open_low).removeprefix('it must be ')} (see the targets section of the README)."
 
 
 def _flag(table: dict, key: str, default: bool, where: str) -> bool:

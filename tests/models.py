@@ -230,3 +230,16 @@ class SeqFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x.unsqueeze(-1) * self.scale)
+
+
+class ExportOnlyBranch(nn.Module):
+    """Computes something else while torch.export traces it: an exported program that silently differs from eager."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            return self.linear(x) * 2
+        return self.linear(x)

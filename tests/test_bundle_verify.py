@@ -72,8 +72,11 @@ def test_schema_is_strict_on_what_apps_read_and_open_where_stages_add_fields(dem
     assert schema_problems(manifest) == []
     extended = copy.deepcopy(manifest)
     extended["artifacts"][0]["precision_requested"] = "int8-dynamic"
-    extended["capture"]["rewrites"] = [{"kind": "device_constant", "op": "aten::to", "source": "net.py:3", "detail": "", "x": 1}]
+    extended["capture"]["rewrites"] = [{"kind": "device_constant", "op": "aten::to", "source": "net.py:3", "detail": ""}]
     assert schema_problems(extended) == []
+    # Issue 15: every object is closed, so a key the schema does not name (a misspelling) is rejected and named.
+    extended["capture"]["rewrites"][0]["x"] = 1
+    assert any("'x' was unexpected" in p for p in schema_problems(extended))
     for breaks in (lambda m: m["artifacts"][0].pop("sha256"), lambda m: m["inputs"][0].update(dtype="complex64"),
                    lambda m: m.update(surprise=1), lambda m: m["golden"].pop("index"),
                    lambda m: m["artifacts"][1]["requirements"].pop("opset"),

@@ -90,7 +90,7 @@ def test_the_saved_lite_code_pins_nothing_and_matches_eager_on_the_cpu(gpu_repor
     report = gpu_reports["android"]
     [lite] = [a for a in report.artifacts if a.format == "torchscript_lite"]
     path = Path(report.bundle_dir) / lite.path
-    assert lite.devices == {"checked": True, "device_agnostic": True, "pinned": [], "kept": [],
+    assert lite.devices.to_json() == {"checked": True, "device_agnostic": True, "pinned": [], "kept": [],
                             "note": "device literals read back from the saved code"}
     assert pinned_devices(path).clean
     code = "".join(zipfile.ZipFile(path).read(n).decode() for n in zipfile.ZipFile(path).namelist()
@@ -112,7 +112,7 @@ def test_the_onnx_bundles_run_on_the_cpu_and_match_eager(gpu_reports):
     x = torch.randn(2, 4)
     for report in gpu_reports.values():
         [onnx] = [a for a in report.artifacts if a.format == "onnx"]
-        assert onnx.devices["checked"] is False and "no device placement" in onnx.devices["note"]
+        assert onnx.devices.checked is False and "no device placement" in onnx.devices.note
         session = ort.InferenceSession(str(Path(report.bundle_dir) / onnx.path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"x": x.numpy()})
         with torch.no_grad():
@@ -130,8 +130,8 @@ def test_a_bundle_left_pinned_is_reported_not_device_agnostic(tmp_path):
         [report] = build(_request([str(target)], tmp_path / "dist"))
     [lite] = report.artifacts
     assert lite.smoke.status == "passed"
-    assert lite.devices["checked"] and not lite.devices["device_agnostic"]
-    assert any('torch.device("cpu")' in p for p in lite.devices["pinned"])
+    assert lite.devices.checked and not lite.devices.device_agnostic
+    assert any('torch.device("cpu")' in p for p in lite.devices.pinned)
     assert not report.ok and not report.device_agnostic
     assert any("not device-agnostic" in p for p in report.problems)
     assert Path(report.bundle_dir).name == "lite.failed"
@@ -150,10 +150,10 @@ def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
     assert capture["device_policy"] == "target"
     assert any(r["kind"] == "target_device" and r["device"] == "cuda:0" for r in capture["rewrites"])
     lite, onnx = report.artifacts
-    assert not lite.devices["device_agnostic"] and not lite.devices["pinned"]  # pinned to the CPU on purpose
-    assert onnx.devices["device_agnostic"] and not onnx.devices["checked"]  # an ONNX graph has nothing to pin
+    assert not lite.devices.device_agnostic and not lite.devices.pinned  # pinned to the CPU on purpose
+    assert onnx.devices.device_agnostic and not onnx.devices.checked  # an ONNX graph has nothing to pin
     assert not report.device_agnostic and capture["meta_check"].startswith("not run")
-    assert any('torch.device("cpu")' in kept for kept in lite.devices["kept"]), lite.devices
+    assert any('torch.device("cpu")' in kept for kept in lite.devices.kept), lite.devices
 
 
 def test_trace_device_options_are_checked_before_any_work(tmp_path):
@@ -178,5 +178,5 @@ def test_a_quantized_variant_goes_through_the_same_device_pass(tmp_path):
     [report] = build(request)
     [lite] = report.artifacts
     assert lite.precision == "int8-dynamic", lite.notes
-    assert lite.devices["checked"] and lite.devices["device_agnostic"], lite.devices
+    assert lite.devices.checked and lite.devices.device_agnostic, lite.devices
     assert report.device_agnostic and report.ok, report.problems

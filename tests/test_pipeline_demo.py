@@ -13,7 +13,7 @@ import pytest
 import torch.jit.mobile as mobile
 
 from edgepack import demo
-from edgepack.bundle.staging import sha256_of
+from edgepack.bundle.files import sha256_of
 
 EXPECTED_FORMATS = {"ios": ["coreml", "onnx"], "android": ["torchscript_lite", "onnx"], "iot": ["onnx"]}
 ARTIFACT_KEYS = {"format", "path", "size_bytes", "sha256", "smoke", "latency_ms"}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.bundle.staging import StagedBundle, sha256_of
+from edgepack.bundle.files import sha256_of
+from edgepack.bundle.staging import StagedBundle
 from edgepack.capture.flatten import flatten_model
 from edgepack.compare import compare_outputs, merge
 from edgepack.errors import UsageError

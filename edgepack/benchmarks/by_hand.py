@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 import torch.jit.mobile as mobile
 
+from ..formats.onnx.session import session as onnx_session
 from ..noise import quiet_converter
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -73,7 +74,7 @@ def failed(fmt: str, precision: str, exc: BaseException) -> ByHand:
 def _ort_runner(path: Path, threads: int) -> Runner:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # the one setting changed: the protocol's thread count
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, options)
     names = [i.name for i in session.get_inputs()]
     return lambda arrays: session.run(None, dict(zip(names, arrays)))
 

@@ -135,7 +135,7 @@ def _edgepack(case: Case, workdir: Path, threads: int) -> list[_Candidate]:
 def _candidate(key: str, report, artifact, threads: int) -> _Candidate:
     row = Row(key, "edgepack", artifact.format, artifact.precision, flavour=report.target,
               size_bytes=artifact.size_bytes, notes=[n for n in artifact.notes if "graph optimization:" in n])
-    row.notes += [f"bundle not ok: {p}" for p in report.problems if p.startswith(f"{artifact.format}:")]
+    row.notes += [f"bundle not ok: {p}" for p in artifact.problems(report.strict, report.allow_partial)]
     if artifact.path is None or artifact.smoke.status not in (PASSED, SKIPPED):
         row.notes.append(f"not shipped: {artifact.smoke.reason}")
         return _Candidate(row, None)

@@ -2,7 +2,6 @@
 
 staging.py       staging folder, golden files, hashes, deterministic archives
 manifest.py      manifest.json, provenance, schema validation
-reproducible.py  byte-stable output (each format's own part lives in its folder)
 signing.py       Ed25519 signatures of the manifest
 verify.py        `edgepack verify`
 inspect.py       `edgepack inspect`

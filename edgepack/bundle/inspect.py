@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..datafiles import loads_json
 from .verify import opened_bundle
 from .manifest import MANIFEST, read_manifest
 
@@ -125,7 +126,7 @@ def _latency_by_format(report_path: Path) -> dict[str, dict]:
     if not report_path.is_file():
         return {}
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = loads_json(report_path.read_text(encoding="utf-8"))
+        return {a["format"]: a["latency_ms"] for a in report.get("artifacts", []) if a.get("latency_ms")}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
         return {}  # the report is informational; a damaged one only loses the latency column
-    return {a["format"]: a["latency_ms"] for a in report.get("artifacts", []) if a.get("latency_ms")}

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .staging import sha256_of
+from .. import interrupts
+from .files import sha256_of
+from .staging import locked_folder, remove_abandoned, unlock
+from ..datafiles import loads_json
+from .manifest import read_manifest
 from ..errors import UsageError
+from ..paths import bundle_member
 
 
 @dataclass(frozen=True)
@@ -25,16 +29,15 @@ class AppLayout:
     platform: str
     markers: tuple[str, ...]  # relative paths that must all exist
     bundle_path: str  # the folder the app reads the bundle from, relative to the app
-    required_format: str  # the format the app cannot run without
     build_hint: str
     next_step: str  # what to run in the app folder afterwards
 
 
 ANDROID = AppLayout("android", ("settings.gradle.kts", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml"),
-                    "app/src/main/assets/edgepack", "torchscript_lite", "edgepack build --target android",
+                    "app/src/main/assets/edgepack", "edgepack build --target android",
                     "./gradlew installDebug (and connectedDebugAndroidTest for the golden vectors on a device)")
 IOS = AppLayout("ios", ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
-                "EdgepackDemo/Resources/edgepack", "coreml", "edgepack build --target ios",
+                "EdgepackDemo/Resources/edgepack", "edgepack build --target ios",
                 "xcodegen generate, then build and run EdgepackDemo in Xcode")
 LAYOUTS = (ANDROID, IOS)
 # Copied besides the artifacts (the signature when there is one); report.* stay in dist/.
@@ -67,37 +70,50 @@ def read_bundle_manifest(bundle_dir: Path) -> dict:
     if not manifest_path.is_file():
         raise UsageError(f"'{bundle_dir}' is not a bundle: it has no manifest.json.",
                          "Pass a folder edgepack build wrote, e.g. dist/demo-digits/android.")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{manifest_path} is not valid JSON: {exc}.", "Rebuild the bundle with edgepack build.") from exc
+    manifest = read_manifest(manifest_path)  # schema-checked: what it names is what this copies
     build = manifest.get("build") if isinstance(manifest, dict) else None
     if isinstance(build, dict) and build.get("ok") is False:  # recorded in what ships: report.json can be dropped
         raise UsageError(f"The bundle at '{bundle_dir}' is from a failed build: {'; '.join(build.get('problems', []))}.",
                          "Fix those problems and rebuild; only passing bundles go into apps.")
     report_path = bundle_dir / "report.json"
-    if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("ok") is False:
+    if report_path.is_file() and _report_says_failed(report_path):
         raise UsageError(f"The bundle at '{bundle_dir}' failed its checks (report.json says ok: false).",
                          "Fix the problems listed in its report.md and rebuild; only passing bundles go into apps.")
     return manifest
+
+
+def _report_says_failed(report_path: Path) -> bool:
+    try:
+        report = loads_json(report_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False  # informational only; the manifest's own `build` record is the one that counts
+    return isinstance(report, dict) and report.get("ok") is False
 
 
 def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> None:
     """The bundle must carry the app's format, and every artifact must be the one the manifest hashed."""
     formats = [a["format"] for a in manifest.get("artifacts", [])]
     target = manifest.get("target", {}).get("name", "?")
-    if layout.required_format not in formats:
+    required = required_formats(layout)
+    if not set(required) <= set(formats):
         raise UsageError(
             f"The bundle was built for target '{target}' ({', '.join(formats) or 'no artifacts'}); "
-            f"the {layout.platform} demo app runs {layout.required_format}.",
+            f"the {layout.platform} demo app runs {', '.join(required)}.",
             f"Build a bundle for it with `{layout.build_hint}` and install that one.")
     for artifact in manifest["artifacts"]:
-        path = bundle_dir / artifact["path"]
+        path = bundle_member(bundle_dir, artifact.get("path") if isinstance(artifact, dict) else None, "artifact")
         if not path.exists():
             raise UsageError(f"The bundle lacks {artifact['path']}, which its manifest lists.", "Rebuild the bundle with edgepack build.")
         if sha256_of(path) != artifact["sha256"]:
             raise UsageError(f"{path} does not match the sha256 in the bundle's manifest: it changed after the build.",
                              "Rebuild the bundle with edgepack build rather than editing it.")
+
+
+def required_formats(layout: AppLayout) -> list[str]:
+    """The formats the app cannot run without: each format names the demo apps it serves."""
+    from ..formats import FORMATS
+
+    return [name for name, fmt in FORMATS.items() if layout.platform in fmt.app_platforms]
 
 
 def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
@@ -110,14 +126,18 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Hidden staging folder beside the destination: same filesystem for the renames, and
     # ignored by the Android asset packager and by the iOS folder reference if left by a crash.
-    staging = Path(tempfile.mkdtemp(prefix=".edgepack.staging-", dir=destination.parent))
+    remove_abandoned(destination.parent)  # left by an install that was killed
+    staging, lock = locked_folder(destination.parent, ".edgepack.staging-")
     try:
-        for name in names:
-            _copy(bundle_dir / name, staging / name)
-        _swap_into_place(staging, destination)
+        for name in names:  # each already proven a plain relative path inside the bundle; and so inside staging
+            _copy(bundle_member(bundle_dir, name), staging / name)
+        with interrupts.deferred():
+            _swap_into_place(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        unlock(lock)
     return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names),
                      layout.next_step)
 
@@ -134,7 +154,10 @@ def _swap_into_place(staging: Path, destination: Path) -> None:
     if not destination.exists():
         staging.rename(destination)
         return
-    retired = Path(tempfile.mkdtemp(prefix=".edgepack.old-", dir=destination.parent))
-    destination.rename(retired / "bundle")
-    staging.rename(destination)
-    shutil.rmtree(retired, ignore_errors=True)
+    retired, lock = locked_folder(destination.parent, ".edgepack.old-")
+    try:
+        destination.rename(retired / "bundle")
+        staging.rename(destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        unlock(lock)

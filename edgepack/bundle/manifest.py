@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -25,7 +24,9 @@ import jsonschema
 import numpy as np
 
 from .. import __version__, jsonio
+from ..datafiles import loads_json
 from ..errors import BuildError, UsageError
+from .files import sha256_of, source_date_epoch
 
 if TYPE_CHECKING:  # the verify/inspect commands read manifests without importing torch's stages
     from ..capture.ladder import CapturedModel
@@ -38,7 +39,8 @@ MANIFEST = "manifest.json"
 SCHEMA_RESOURCE = "manifest.schema.json"
 # Written after the manifest (report.*) or over it (manifest.sig), so the manifest cannot list them.
 UNLISTED_FILES = ("manifest.json", "manifest.sig", "report.json", "report.md")
-_LIBRARIES = ("torch", "coremltools", "onnx", "onnxruntime", "numpy")
+# What every build runs on (the capture); each format adds the libraries that write and run it.
+_CORE_LIBRARIES = ("torch", "numpy")
 
 
 def build_manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict,
@@ -101,7 +103,7 @@ def provenance(source: dict[str, Any], target: Target, capture: dict[str, Any]) 
         "source": {**source, "module_file": _display_path(module_file)},
         "git": git_state(module_file),
         "edgepack_version": __version__,
-        "versions": {"python": platform.python_version(), **{lib: _version_of(lib) for lib in _LIBRARIES}},
+        "versions": {"python": platform.python_version(), **{lib: _version_of(lib) for lib in _libraries()}},
         "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
         "capture": {"strategy": capture["strategy"], "device_agnostic": capture.get("device_agnostic"),
                     "rewrites": capture.get("rewrites", [])},
@@ -116,15 +118,6 @@ def build_time() -> tuple[str, str]:
     if epoch is not None:
         return _iso(epoch), "SOURCE_DATE_EPOCH"
     return _iso(int(_dt.datetime.now(_dt.timezone.utc).timestamp())), "clock"
-
-
-def source_date_epoch() -> int | None:
-    text = os.environ.get("SOURCE_DATE_EPOCH")
-    if text is None or text == "":
-        return None
-    if not text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds.", "Set it to e.g. $(git log -1 --format=%ct).")
-    return int(text)
 
 
 def git_state(path: Path | None) -> dict[str, Any] | None:
@@ -151,7 +144,6 @@ def _git(folder: Path, *args: str) -> str | None:
 
 def list_files(bundle_dir: Path) -> list[dict[str, Any]]:
     """Every file in the bundle the manifest can vouch for, with its sha256 and size, sorted by path."""
-    from .staging import sha256_of
 
     files = []
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
@@ -174,7 +166,7 @@ def dumps(document: dict[str, Any]) -> str:
 def read_manifest(path: Path) -> dict[str, Any]:
     """Read and validate a manifest; UsageError saying what is wrong when it is not one."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"{path} does not exist.", "Point at a bundle folder holding manifest.json, or its .zip.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -198,14 +190,36 @@ def schema_problems(document: Any) -> list[str]:
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}" for e in errors]
 
 
-@cache
 def manifest_schema() -> dict[str, Any]:
-    return json.loads(resources.files("edgepack.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    """The manifest schema: edgepack/schemas/manifest.schema.json with each registered format's
+    `requirements` schema (formats/<name>/requirements.schema.json) applied to its artifacts."""
+    from ..formats import FORMATS
+
+    return _schema_for(tuple(FORMATS))
 
 
 @cache
+def _schema_for(formats: tuple[str, ...]) -> dict[str, Any]:
+    from ..formats import FORMATS
+
+    schema = json.loads(resources.files("edgepack.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    artifact = schema["$defs"]["artifact"]
+    artifact["properties"]["format"]["enum"] = list(formats)
+    artifact["allOf"] = [{"if": {"properties": {"format": {"const": name}}, "required": ["format"]},
+                          "then": {"properties": {"requirements": FORMATS[name].requirements_schema()}}}
+                         for name in formats]
+    return schema
+
+
 def _validator() -> jsonschema.protocols.Validator:
-    schema = manifest_schema()
+    from ..formats import FORMATS
+
+    return _validator_for(tuple(FORMATS))
+
+
+@cache
+def _validator_for(formats: tuple[str, ...]) -> jsonschema.protocols.Validator:
+    schema = _schema_for(formats)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
@@ -236,7 +250,8 @@ def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str,
         "precision_requested": a.precision_requested or a.precision,
         "float_layers": (a.quantization or {}).get("float_layers", []),
         "accuracy": a.accuracy.to_json() if a.accuracy else None,
-        "capture_strategy": strategy, "requirements": a.requirements, "smoke": a.smoke.status, "devices": a.devices,
+        "capture_strategy": strategy, "capture_consumed": a.capture_consumed, "requirements": a.requirements,
+        "smoke": a.smoke.status, "devices": a.devices.to_json() if a.devices else None,
         "smoke_detail": {key: a.smoke.to_json()[key] for key in ("reason", "max_abs_err", "cosine")},
         "tolerance": vars(settings.tolerance_for(a.precision)),
     }
@@ -294,6 +309,14 @@ def _display_path(path: Path | None) -> str | None:
         return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def _libraries() -> list[str]:
+    """torch first and numpy last, each registered format's libraries between, in registration order."""
+    from ..formats import FORMATS
+
+    named = [_CORE_LIBRARIES[0]] + [lib for fmt in FORMATS.values() for lib in fmt.libraries] + list(_CORE_LIBRARIES[1:])
+    return list(dict.fromkeys(named))
 
 
 def _version_of(library: str) -> str | None:

@@ -4,22 +4,26 @@ dist/<model>/<target>/."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import jsonio
-from ..capture.ladder import CapturedModel
 from ..errors import UsageError
-from .manifest import source_date_epoch
+from ..paths import folder_name, strictly_inside
+from .files import source_date_epoch
+
+if TYPE_CHECKING:  # verify and inspect use this module without torch
+    from ..capture.ladder import CapturedModel
 
 NOT_ARCHIVED = ("report.json", "report.md")
 
@@ -36,11 +40,22 @@ class StagedBundle:
     stays in place then."""
 
     def __init__(self, out_dir: Path, model_name: str, target_name: str) -> None:
+        # The names come from the user (--name, the model's class, the target file): each is one safe
+        # folder name, and every path below is proven inside --out before anything is created or moved.
+        folder_name(model_name, "Model name")
+        folder_name(target_name, "Target name", target=True)
+        self.out_dir = out_dir
         self.final_dir = out_dir / model_name / target_name
         self.failed_dir = out_dir / model_name / f"{target_name}.failed"
+        model_dir = strictly_inside(out_dir, self.final_dir.parent, "model folder")
+        for path in (self.final_dir, self.failed_dir):
+            strictly_inside(model_dir, path, "bundle folder")
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Same parent as the destination, so the final move is a rename on one filesystem.
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{target_name}.staging-", dir=self.final_dir.parent))
+        strictly_inside(out_dir, self.final_dir.parent, "model folder")  # as created: no link swapped in meanwhile
+        remove_abandoned(self.final_dir.parent)  # staging folders of builds that were killed
+        # Same parent as the destination, so the final move is a rename on one filesystem. Locked while this
+        # process lives, so that a later build can tell an abandoned staging folder from one in use.
+        self.dir, self._lock = locked_folder(self.final_dir.parent, f".{target_name}.staging-")
         self.dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any folder
 
     def destination(self, ok: bool) -> Path:
@@ -48,19 +63,99 @@ class StagedBundle:
 
     def commit(self, ok: bool) -> Path:
         destination = self.destination(ok)
-        if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-            destination.rename(retired / "bundle")
-            self.dir.rename(destination)
-            shutil.rmtree(retired, ignore_errors=True)
+        strictly_inside(self.final_dir.parent, destination, "bundle folder")
+        if destination.exists() or destination.is_symlink():
+            retired, lock = locked_folder(destination.parent, f".{destination.name}.old-")
+            try:
+                destination.rename(retired / "bundle")
+                self.dir.rename(destination)
+                shutil.rmtree(retired, ignore_errors=True)
+            finally:
+                _unlock(lock)
         else:
             self.dir.rename(destination)
-        if ok:
+        _unlock(self._lock)
+        if ok and not self.failed_dir.is_symlink():
             shutil.rmtree(self.failed_dir, ignore_errors=True)  # a stale failure report would mislead
         return destination
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        _unlock(self._lock)
+
+
+# Hidden folders edgepack makes beside bundles: `.new-` while being claimed, then `.staging-` (a bundle being
+# built) or `.old-` (a previous bundle being retired). Each is locked (flock) by the process using it.
+_WORK_FOLDER = re.compile(r"^\..+\.(staging|old|new)-[^/]+$")
+
+
+def locked_folder(parent: Path, prefix: str) -> tuple[Path, int | None]:
+    """A new folder `<parent>/<prefix>XXXX` (prefix `.<name>.staging-` or `.<name>.old-`), locked by this
+    process (the lock is the returned open descriptor). It is made as `.<name>.new-XXXX`, locked, then
+    renamed: the lock follows the folder, so it never shows under its final name unlocked."""
+    stem = prefix[: prefix.rindex(".", 0, len(prefix) - 1)]  # ".<name>"
+    for _ in range(3):
+        claimed = Path(tempfile.mkdtemp(prefix=f"{stem}.new-", dir=parent))
+        lock = _lock_folder(claimed)
+        folder = parent / (prefix + claimed.name.rsplit(".new-", 1)[1])
+        try:
+            claimed.rename(folder)
+            return folder, lock
+        except FileNotFoundError:  # another build's cleanup took it in the instant before the lock
+            _unlock(lock)
+    raise OSError(f"could not claim a working folder in {parent}")
+
+
+def remove_abandoned(parent: Path) -> list[Path]:
+    """Remove the staging and retired folders in `parent` that no live process holds (their build was
+    killed); folders of builds still running are locked and left alone."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _WORK_FOLDER.match(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        lock = _lock_folder(entry)
+        if lock is None:  # in use by a running build (or no locking on this file system): leave it
+            continue
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            _unlock(lock)
+    return removed
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """An exclusive, non-blocking flock on the folder, held by the returned descriptor; None when another
+    process holds it (or the platform cannot lock folders)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no way to tell abandoned folders from live ones; keep them all
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock(lock: int | None) -> None:
+    """Release a lock from `locked_folder` (closing its descriptor); None is a no-op."""
+    _unlock(lock)
+
+
+def _unlock(lock: int | None) -> None:
+    if lock is not None:
+        with contextlib.suppress(OSError):
+            os.close(lock)
 
 
 def check_out_dir(folder: Path) -> None:
@@ -121,32 +216,13 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     jsonio.write(path, document, indent=2)
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder (an .mlpackage) as its sorted relative paths and contents."""
-    digest = hashlib.sha256()
-    if path.is_file():
-        _hash_file(digest, path)
-        return digest.hexdigest()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        _hash_file(digest, file)
-    return digest.hexdigest()
-
-
-def size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _hash_file(digest: "hashlib._Hash", path: Path) -> None:
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir():
+def remove_path(path: Path, root: Path | None = None) -> None:
+    """Remove a file or folder; with `root`, only when it lies inside `root` (else BuildError, nothing removed)."""
+    if root is not None:
+        strictly_inside(root, path, "file to remove")
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         os.remove(path)
@@ -170,14 +246,18 @@ def write_archive(bundle_dir: Path, members: list[str], epoch: int | None) -> Pa
     archive = bundle_dir.with_name(bundle_dir.name + ".zip")
     date_time = _zip_time(epoch)
     staged = archive.with_name(f".{archive.name}.tmp")
-    with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
-        for relative in sorted(members):
-            info = zipfile.ZipInfo(f"{bundle_dir.name}/{relative}", date_time)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = (stat.S_IFREG | 0o644) << 16
-            info.create_system = 3  # unix, whatever the build host
-            zf.writestr(info, (bundle_dir / relative).read_bytes(), compresslevel=9)
-    staged.replace(archive)
+    try:
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
+            for relative in sorted(members):
+                info = zipfile.ZipInfo(f"{bundle_dir.name}/{relative}", date_time)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                info.create_system = 3  # unix, whatever the build host
+                zf.writestr(info, (bundle_dir / relative).read_bytes(), compresslevel=9)
+        staged.replace(archive)
+    except BaseException:  # a full disk or an interruption: no half archive left beside the bundle
+        staged.unlink(missing_ok=True)
+        raise
     return archive
 
 

@@ -15,25 +15,38 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
 
-from .staging import read_raw, sha256_of
-from ..errors import UsageError
+from .files import sha256_of
+from .staging import read_raw
+from ..compare import compare_cases
+from ..datafiles import loads_json
+from ..errors import RuntimeUnavailable, UsageError
+from ..targets import Tolerance
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
 
 # Zip limits: far above any bundle edgepack writes, far below what would exhaust a build machine.
 MAX_MEMBERS = 10_000
 MAX_UNCOMPRESSED_BYTES = 4 << 30
-OK, FAIL, SKIP = "ok", "failed", "skipped"
+
+
+class CheckStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+OK, FAIL, SKIP = CheckStatus.OK, CheckStatus.FAILED, CheckStatus.SKIPPED
 
 
 @dataclass
-class Check:
+class BundleCheck:
     name: str  # what was checked: "schema", "sha256 golden/inputs.npz", "smoke onnx", ...
-    status: str
+    status: CheckStatus
     detail: str = ""
 
     def to_json(self) -> dict[str, str]:
@@ -43,18 +56,18 @@ class Check:
 @dataclass
 class Verification:
     path: str
-    checks: list[Check] = field(default_factory=list)
+    checks: list[BundleCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.status != FAIL for c in self.checks)
 
     @property
-    def failures(self) -> list[Check]:
+    def failures(self) -> list[BundleCheck]:
         return [c for c in self.checks if c.status == FAIL]
 
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(name, OK if ok else FAIL, detail))
+        self.checks.append(BundleCheck(name, OK if ok else FAIL, detail))
         return ok
 
     def to_json(self) -> dict[str, Any]:
@@ -75,7 +88,7 @@ def verify_bundle(path: Path, public_key: Path | None = None, threads: int = 1) 
             problem = signature_problem(bundle_dir, public_key)
             result.add("signature manifest.sig", problem is None, problem or "signed by the holder of this key")
         elif (bundle_dir / "manifest.sig").exists():
-            result.checks.append(Check("signature manifest.sig", SKIP, "present but not checked: pass --public-key"))
+            result.checks.append(BundleCheck("signature manifest.sig", SKIP, "present but not checked: pass --public-key"))
         _check_build(manifest, result)
         intact = _check_files(bundle_dir, manifest, result)
         golden = _check_golden(bundle_dir, manifest, intact, result)
@@ -162,7 +175,7 @@ def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | 
         raise UsageError(f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
                          "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         result.add(f"schema {MANIFEST}", False, f"not valid JSON: {exc}")
         return None
@@ -175,7 +188,7 @@ def _check_build(manifest: dict[str, Any], result: Verification) -> None:
     """A bundle from a failed build (a renamed <target>.failed folder) must not verify, however intact."""
     build = manifest.get("build")
     if build is None:
-        result.checks.append(Check("build", SKIP, "not recorded (a manifest written before edgepack recorded the build's outcome)"))
+        result.checks.append(BundleCheck("build", SKIP, "not recorded (a manifest written before edgepack recorded the build's outcome)"))
         return
     left_out = "; ".join(f"{e['format']} left out: {e['reason']}" for e in build["left_out"])
     if build["ok"]:
@@ -212,22 +225,27 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
     golden = manifest["golden"]
     paths = [golden["inputs"], golden["expected"], golden["index"]]
     if not all(p in intact for p in paths):
-        result.checks.append(Check("golden vectors", SKIP, "not read: a golden file does not match the manifest"))
+        result.checks.append(BundleCheck("golden vectors", SKIP, "not read: a golden file does not match the manifest"))
         return None
     try:
         with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
             arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
-        index = json.loads((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
+        index = loads_json((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
         for kind in ("inputs", "expected"):
             for entry in index[kind]:
                 if entry["file"] not in intact:
                     continue  # already named by its hash check
-                same = entry["name"] in arrays[kind] and np.array_equal(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
+                same = entry["name"] in arrays[kind] and _same_values(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
                 result.add(f"golden {entry['file']}", same, "equals the .npz" if same else "differs from the .npz array of the same name")
     except (OSError, ValueError, KeyError, TypeError) as exc:  # files that hash right but were written wrong
         result.add("golden vectors", False, f"cannot be read: {type(exc).__name__}: {exc}")
         return None
     return arrays if _golden_matches_manifest(manifest, arrays, result) else None
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shapes, dtypes and values, NaN equal to NaN (a NaN golden value is judged by the smoke test)."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
 def _golden_matches_manifest(manifest: dict[str, Any], arrays: dict[str, dict], result: Verification) -> bool:
@@ -257,37 +275,36 @@ def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[s
     digest = sha256_of(path)
     if not result.add(f"artifact {name}", digest == artifact["sha256"],
                       "sha256 matches" if digest == artifact["sha256"] else f"changed: sha256 {digest}, the manifest says {artifact['sha256']}"):
-        result.checks.append(Check(f"smoke {name}", SKIP, "not run: the artifact does not match the manifest"))
+        result.checks.append(BundleCheck(f"smoke {name}", SKIP, "not run: the artifact does not match the manifest"))
         return
     if golden is None:
-        result.checks.append(Check(f"smoke {name}", SKIP, "not run: the golden vectors do not match the manifest"))
+        result.checks.append(BundleCheck(f"smoke {name}", SKIP, "not run: the golden vectors do not match the manifest"))
         return
-    _smoke(name, lambda: _open(artifact, path, threads), artifact, manifest, golden, result)
-    ort_entry = artifact["requirements"].get("ort_format")
-    if ort_entry:
-        ort_path = bundle_dir / ort_entry["path"]
-        if ort_entry["path"] not in {entry["path"] for entry in manifest["files"]}:
-            result.add(f"file {ort_entry['path']}", False, "named in the artifact's requirements but not among the manifest's files")
-            return
-        if ort_entry["path"] not in intact:
-            result.checks.append(Check(f"smoke ort {ort_entry['path']}", SKIP, "not run: the file does not match the manifest"))
-            return
-        from ..formats.onnx.ort_format import open_ort
-
-        _smoke(f"ort {ort_entry['path']}", lambda: open_ort(ort_path, threads), artifact, manifest, golden, result)
-
-
-def _open(artifact: dict[str, Any], path: Path, threads: int):
     from ..formats import get_format
 
-    return get_format(artifact["format"]).open(path, threads)
+    fmt = get_format(artifact["format"])
+    _smoke(name, lambda: fmt.open(path, threads), artifact, manifest, golden, result)
+    listed = {entry["path"] for entry in manifest["files"]}
+    for companion in fmt.companions(artifact["requirements"]):
+        _check_companion(bundle_dir, companion, listed, intact, threads, artifact, manifest, golden, result)
+
+
+def _check_companion(bundle_dir: Path, companion, listed: set[str], intact: set[str], threads: int,
+                     artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
+    """A file the artifact's requirements name (ONNX's .ort): listed, intact, and passing in its runtime."""
+    if companion.path not in listed:
+        result.add(f"file {companion.path}", False, "named in the artifact's requirements but not among the manifest's files")
+        return
+    name = f"{companion.label} {companion.path}"
+    if companion.path not in intact:
+        result.checks.append(BundleCheck(f"smoke {name}", SKIP, "not run: the file does not match the manifest"))
+        return
+    path = bundle_dir / companion.path
+    _smoke(name, lambda: companion.open(path, threads), artifact, manifest, golden, result)
 
 
 def _smoke(name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
     """Run every golden sample and compare with the expected outputs at the artifact's tolerance."""
-    from ..formats import RuntimeUnavailable
-    from ..targets import Tolerance
-    from ..smoke import compare_cases  # imported here: verify imports the formats, which are heavy
 
     input_names = [i["name"] for i in manifest["inputs"]]
     output_names = [o["name"] for o in manifest["outputs"]]
@@ -297,7 +314,7 @@ def _smoke(name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any]
     try:
         verdict = compare_cases(opener(), cases, Tolerance(tol["atol"], tol["rtol"], tol["min_cosine"]), output_names)
     except RuntimeUnavailable as exc:
-        result.checks.append(Check(f"smoke {name}", SKIP, f"numerics not verified on this OS: {exc}"))
+        result.checks.append(BundleCheck(f"smoke {name}", SKIP, f"numerics not verified on this OS: {exc}"))
         return
     except Exception as exc:  # a runtime can fail in any way on a bad file; that is a failed check
         result.add(f"smoke {name}", False, f"the runtime failed: {type(exc).__name__}: {str(exc)[:300]}")

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datafiles import read_npz
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import resolve_reference
+from ..paths import missing_file_text
 from ..user_code import items_from_callable
 
 
@@ -29,16 +31,16 @@ def load_check_inputs(source: str, specs: list[InputSpec], search_dir: Path | No
 
 def _from_npz(path: Path, specs: list[InputSpec]) -> list[dict[str, torch.Tensor]]:
     if not path.is_file():
-        raise UsageError(f"Check inputs file '{path}' does not exist.", "Check the --check-inputs path.")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [s.name for s in specs if s.name not in data.files]
-        if missing:
-            raise UsageError(f"{path} has no array for input(s) {', '.join(missing)} (it has {', '.join(data.files)}).",
-                             "Store one array per input name, with the samples along axis 0.")
-        counts = {len(data[s.name]) for s in specs}
-        if len(counts) != 1:
-            raise UsageError(f"{path}: inputs have different sample counts {sorted(counts)}.", "Give every input the same number of samples.")
-        return [_as_sample({s.name: data[s.name][i] for s in specs}, specs, f"{path} sample {i}") for i in range(counts.pop())]
+        raise UsageError(f"Check inputs file '{path}' {missing_file_text(path)}.", "Check the --check-inputs path.")
+    data = read_npz(path, "--check-inputs")  # a junk or oversized file is a usage error, read before anything runs
+    missing = [s.name for s in specs if s.name not in data]
+    if missing:
+        raise UsageError(f"{path} has no array for input(s) {', '.join(missing)} (it has {', '.join(data)}).",
+                         "Store one array per input name, with the samples along axis 0.")
+    counts = {len(data[s.name]) for s in specs}
+    if len(counts) != 1:
+        raise UsageError(f"{path}: inputs have different sample counts {sorted(counts)}.", "Give every input the same number of samples.")
+    return [_as_sample({s.name: data[s.name][i] for s in specs}, specs, f"{path} sample {i}") for i in range(counts.pop())]
 
 
 def _as_sample(item: object, specs: list[InputSpec], where: str) -> dict[str, torch.Tensor]:

@@ -75,6 +75,8 @@ _CODE_DEVICE = re.compile(r'torch\.device\("(?P<device>[^"]*)"\)|device="(?P<kw>
 _CODE_CUDA_CALL = re.compile(r"torch\.cuda\(|ops\.aten\.cuda\(")
 _CODE_CPU_CALL = re.compile(r"torch\.cpu\(|ops\.aten\.cpu\(")
 _CODE_COMPARISON = re.compile(r"torch\.(eq|ne)\(|==|!=")
+# The words runs_on_meta's reason starts with when a placement is still pinned to a real device.
+DEVICE_MISMATCH = "device mismatch"
 # How runs_on_meta tells a device collision from a missing meta kernel.
 _DEVICE_ERROR = re.compile(
     r"not on the expected device|Expected all tensors to be on the same device|not compiled with CUDA"
@@ -644,8 +646,8 @@ def runs_on_meta(module: torch.jit.ScriptModule, example: tuple[torch.Tensor, ..
             expected = _shapes(module(*example))
     except Exception as exc:  # no CPU reference: pinned to another device, or broken on the CPU
         reason = _classify(exc)
-        if reason.startswith("device mismatch"):
-            return False, f"device mismatch: fails on the CPU already: {reason.split(': ', 1)[1]}"
+        if reason.startswith(DEVICE_MISMATCH):
+            return False, f"{DEVICE_MISMATCH}: fails on the CPU already: {reason.split(': ', 1)[1]}"
         return False, f"could not check: the module fails on the CPU too ({_reason_line(exc, None)})"
     copy = _reload(module, "cpu")
     _parameters_to_meta(copy)
@@ -700,7 +702,7 @@ def _shapes(result: Any) -> list[tuple[int, ...]]:
 def _classify(exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if _DEVICE_ERROR.search(text):
-        return f"device mismatch: {_reason_line(exc, _DEVICE_ERROR)}"
+        return f"{DEVICE_MISMATCH}: {_reason_line(exc, _DEVICE_ERROR)}"
     if _META_ERROR.search(text) or isinstance(exc, NotImplementedError):
         return f"could not check: {_reason_line(exc, _META_ERROR)}"
     return f"failed on meta: {_reason_line(exc, None)}"

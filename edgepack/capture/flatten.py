@@ -70,9 +70,31 @@ def forward_failed(loaded: LoadedModel, exc: Exception) -> UsageError:
     inputs = ", ".join(str(spec) for spec in loaded.inputs)
     return UsageError(
         f"The model's forward failed on the example inputs ({inputs}): {short_reason(exc, 520)}{where}",
-        f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
+        _range_hint(loaded, exc) or f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
         f"{_signature_text(module.forward)}, in forward's order.",
     )
+
+
+def _range_hint(loaded: LoadedModel, exc: Exception) -> str | None:
+    """When an integer input's values overran an index (an embedding table, say): the hint is about the
+    :LOW..HIGH range the values were sampled from, not about names and shapes."""
+    if "out of range" not in str(exc) and "out of bounds" not in str(exc):
+        return None
+    from ..inputs import integer_range
+
+    sizes = [m.num_embeddings for m in loaded.module.modules() if isinstance(m, nn.Embedding)]
+    for spec in loaded.inputs:
+        if not spec.is_integer:
+            continue
+        low, high = integer_range(spec, loaded.module)
+        dims = "x".join(str(d) for d in spec.shape)
+        if sizes and (high > min(sizes) or low < 0):
+            return (f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range), but the model's "
+                    f"smallest nn.Embedding has {min(sizes)} rows: give a range inside it, e.g. "
+                    f"--input {spec.name}={dims}:{spec.dtype}:0..{min(sizes)}.")
+        return (f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range) and an index went out "
+                f"of range: give the range of values the model accepts, e.g. --input {spec.name}={dims}:{spec.dtype}:0..N.")
+    return None
 
 
 def _signature_text(function: Any) -> str:

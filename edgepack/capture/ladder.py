@@ -7,20 +7,19 @@ A ladder of strategies, each a small class; every attempt is recorded with what 
 If none is clean, a trace that matches eager everywhere is kept with its hazards reported;
 otherwise the build fails naming the hazards and their lines. Check inputs are the golden
 samples, the traced sample negated, scaled and zeroed (other branches), other sizes for every
-dynamic dimension, and the user's own.
+dynamic dimension, and the user's own. The torch.export capture (export.py) is made after the ladder,
+from the same flattened model, and checked with the same comparison on the same inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import re
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from . import hazards as hz
 from . import devices as rewrite
+from .export import ExportCapture, export_capture, without_fused_attention
 from ..compare import Comparison, compare_outputs
 from ..errors import BuildError, UsageError, did_you_mean
 from .flatten import FlatModel, flatten_model
@@ -44,19 +44,26 @@ _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE = 1e-5, 1e-4, 0.9999
 class CaptureError(BuildError):
     """No capture can be trusted; carries what was found, for reports and `edgepack doctor`."""
 
-    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"]) -> None:
+    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"],
+                 export: ExportCapture | None = None) -> None:
         super().__init__(message, hint)
         self.hazards = hazards
         self.attempts = attempts
+        self.export = export  # the torch.export capture's attempts, for `edgepack doctor`
+
+
+CheckKind = Literal["golden", "branch", "size", "user"]
 
 
 @dataclass
-class Check:
-    """An input the capture must handle like eager PyTorch, with eager's outputs for it."""
+class CheckInput:
+    """An input the capture must handle like eager PyTorch, with eager's outputs for it: another golden
+    sample, a branch-flipping variant, another size of a dynamic dimension, or one of the user's."""
 
     label: str
     sample: dict[str, torch.Tensor]
     expected: list[np.ndarray]
+    kind: CheckKind = "golden"
 
 
 @dataclass
@@ -87,11 +94,18 @@ class CapturedModel:
     hazards: list[Hazard]
     samples: list[dict[str, torch.Tensor]] = field(repr=False, default_factory=list)
     expected: list[list[np.ndarray]] = field(repr=False, default_factory=list)
-    checks: list[Check] = field(repr=False, default_factory=list)
+    checks: list[CheckInput] = field(repr=False, default_factory=list)
     devices: DevicePass | None = None
     # Sizes of a dynamic dimension the capture could not be checked at, because eager itself fails there:
     # [{"size": "SEQ=128", "reason": ...}]. The bundle still accepts them; nobody checked what it returns.
     unchecked_sizes: list[dict[str, str]] = field(default_factory=list)
+    # The torch.export capture, checked on the same inputs: what ONNX and Core ML consume when it holds.
+    export: ExportCapture | None = None
+
+    @property
+    def exported(self) -> torch.export.ExportedProgram | None:
+        """The checked ExportedProgram, or None when no export strategy held (see `export.reason`)."""
+        return self.export.program if self.export is not None else None
 
     @property
     def input_names(self) -> list[str]:
@@ -115,6 +129,8 @@ class CapturedModel:
                     "unchecked_sizes": self.unchecked_sizes}
         if self.devices is not None:
             document.update(self.devices.to_json())
+        if self.export is not None:
+            document["export"] = self.export.to_json()
         return document
 
 
@@ -127,6 +143,7 @@ class DevicePass:
     rewrites: list[rewrite.Rewrite]
     findings: rewrite.DeviceFindings
     meta_check: str  # runs_on_meta's verdict: "ok: ...", "device mismatch: ...", "could not check: ..."
+    meta_mismatch: bool = False  # the meta run found a placement still pinned to a real device
 
     @property
     def keep(self) -> set[str]:
@@ -138,7 +155,7 @@ class DevicePass:
         """Placements follow the input's device: policy "agnostic", nothing pinned in the saved code but
         a deliberate `.cpu()` (before a CPU-only op), and nothing collided on `meta`. Under policy
         "target" the bundle is pinned to the phone's CPU on purpose: not agnostic, and not a problem."""
-        return self.policy == "agnostic" and self.findings.clean and not self.meta_check.startswith("device mismatch")
+        return self.policy == "agnostic" and self.findings.clean and not self.meta_mismatch
 
     def to_json(self) -> dict:
         return {"device_policy": self.policy, "trace_device": self.trace_device, "device_agnostic": self.device_agnostic,
@@ -217,11 +234,18 @@ def capture(
     example = tuple(samples[0][n] for n in names)
     state = hz.state_changes(loaded.module, lambda: [flat(*example) for _ in range(2)])
     checks, unchecked = _checks(loaded, flat, samples, user_checks or [])
+    expected = [_eager(flat, sample, names) for sample in samples]
+    _check_checkable(loaded, output_names, expected)
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
+
+    def exported() -> ExportCapture:  # after the TorchScript ladder: its captures stay exactly as they were
+        return export_capture(flat, loaded, example, lambda module: _compare(module, checks, names, output_names),
+                              len(checks), found)
+
     if fatal:
-        raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [])
+        raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [], exported())
 
     yours = [h for h in found if not h.in_library]  # hazards in torch's own code do not rule out the trace
     attempts: list[CaptureAttempt] = []
@@ -240,12 +264,12 @@ def capture(
         if mode == "auto" and attempts[0].ok:
             accepted = fallback
     if accepted is None:
-        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts)
+        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts,
+                           exported())
     module, attempt = accepted
-    expected = [_eager(flat, sample, names) for sample in samples]
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
     return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if not c.label.startswith("golden sample")], devices, unchecked)
+                         [c for c in checks if c.kind != "golden"], devices, unchecked, exported())
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
@@ -261,8 +285,10 @@ def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite
                   example: tuple[torch.Tensor, ...]) -> DevicePass:
     """Read the device literals back from the module's saved code, and run it on `meta`."""
     findings = rewrite.pinned_devices(module, keep=_allowed_devices(rewrites, policy))
-    meta = rewrite.runs_on_meta(module, example)[1] if policy == "agnostic" else "not run: policy target pins to the CPU"
-    return DevicePass(policy, trace_device, rewrites, findings, meta)
+    if policy != "agnostic":
+        return DevicePass(policy, trace_device, rewrites, findings, "not run: policy target pins to the CPU")
+    _, meta = rewrite.runs_on_meta(module, example)
+    return DevicePass(policy, trace_device, rewrites, findings, meta, meta.startswith(rewrite.DEVICE_MISMATCH))
 
 
 def _allowed_devices(rewrites: list[rewrite.Rewrite], policy: str) -> set[str]:
@@ -332,21 +358,8 @@ def trace_module(model: nn.Module, example: tuple[torch.Tensor, ...], device: st
     if torch.device(device).type != "cpu":
         model = copy.deepcopy(model).to(device)
         example = tuple(t.to(device) for t in example)
-    with _without_fused_attention():
+    with without_fused_attention():
         return torch.jit.trace(model, example, check_trace=False)
-
-
-@contextlib.contextmanager
-def _without_fused_attention() -> Iterator[None]:
-    """nn.MultiheadAttention / TransformerEncoderLayer take a fused "fast path" at inference without
-    grad; traced, it becomes one fused op (`_transformer_encoder_layer_fwd`) that Core ML, the
-    quantizers and older lite runtimes do not know. Trace the plain ops instead."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _trace(flat: FlatModel, example: tuple[torch.Tensor, ...], device: str = "cpu") -> torch.jit.ScriptModule:
@@ -380,26 +393,25 @@ def _trace_hazards(
     return traced, hz.dedupe(found)
 
 
-def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[Check], list[dict[str, str]]]:
+def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[CheckInput], list[dict[str, str]]]:
     """The inputs every capture attempt is checked on, and the dynamic sizes eager itself fails at."""
     names = [spec.name for spec in loaded.inputs]
-    candidates = [(f"golden sample {i}", s) for i, s in enumerate(samples) if i > 0]
-    candidates += _branch_variants(samples[0])
-    sizes = []
+    candidates: list[tuple[str, dict[str, torch.Tensor], CheckKind]]
+    candidates = [(f"golden sample {i}", s, "golden") for i, s in enumerate(samples) if i > 0]
+    candidates += [(label, s, "branch") for label, s in _branch_variants(samples[0])]
     for symbol, size in dynamic_symbols(loaded.inputs).items():
         for other in sorted({max(1, size // 2), size * 2} - {size}):
             specs = resized(loaded.inputs, {symbol: other})
-            sizes.append(f"{symbol}={other}")
-            candidates.append((sizes[-1], sample_inputs(specs, loaded.module, seed=100 + other)))
-    candidates += [(f"user check input {i}", s) for i, s in enumerate(user_checks)]
+            candidates.append((f"{symbol}={other}", sample_inputs(specs, loaded.module, seed=100 + other), "size"))
+    candidates += [(f"user check input {i}", s, "user") for i, s in enumerate(user_checks)]
     checks, unchecked = [], []
-    for label, sample in candidates:
+    for label, sample, kind in candidates:
         try:
-            checks.append(Check(label, sample, _eager(flat, sample, names)))
+            checks.append(CheckInput(label, sample, _eager(flat, sample, names), kind))
         except Exception as exc:
-            if label.startswith("user"):
+            if kind == "user":
                 raise UsageError(f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input.") from exc
-            if label in sizes:  # the model cannot take a size its input is declared to accept: say so
+            if kind == "size":  # the model cannot take a size its input is declared to accept: say so
                 unchecked.append({"size": label, "reason": _first_lines(exc)})
             # else eager rejects a generated value (all zeros, say): nothing to compare against
     return checks, unchecked
@@ -417,7 +429,7 @@ def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[st
             ("all-zero floats", vary(torch.zeros_like))]
 
 
-def _compare(module: torch.jit.ScriptModule, checks: list[Check], names, output_names) -> list[Comparison]:
+def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, output_names) -> list[Comparison]:
     results = []
     with torch.no_grad():
         for check in checks:
@@ -429,6 +441,35 @@ def _compare(module: torch.jit.ScriptModule, checks: list[Check], names, output_
             results.append(compare_outputs(got, check.expected, _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE,
                                            check.label, output_names))
     return results
+
+
+def _check_checkable(loaded: LoadedModel, output_names: list[str], expected: list[list[np.ndarray]]) -> None:
+    """UsageError when eager's outputs on the golden samples hold nothing a check could compare: an output
+    all inf/NaN (any artifact giving inf/NaN would 'match' it), or every output empty. An output empty
+    on every sample while others hold values is allowed (an intended empty output), and warned about."""
+    unchecked, empty = empty_outputs(output_names, expected)
+    unchecked = [n for n in unchecked if n not in empty]
+    inputs = ", ".join(str(s) for s in loaded.inputs)
+    if unchecked:
+        raise UsageError(
+            f"The model's output(s) {', '.join(repr(n) for n in unchecked)} hold no finite value on any golden sample "
+            f"({inputs}): all inf/NaN, so no smoke test or verify could tell a broken artifact from a good one.",
+            "Check the weights (--weights), the forward for 0/0 or log(0), and the --input values and ranges.")
+    if output_names and len(empty) == len(output_names):
+        raise UsageError(f"Every output of the model is empty on the golden samples ({inputs}): nothing to check.",
+                         "Check the --input shapes: an output with a zero-size dimension holds no values.")
+
+
+def empty_outputs(output_names: list[str], expected: list[list[np.ndarray]]) -> tuple[list[str], list[str]]:
+    """(outputs with no finite value on any sample, outputs with no value at all on any sample)."""
+    no_finite, empty = [], []
+    for index, name in enumerate(output_names):
+        arrays = [np.asarray(e[index]) for e in expected if len(e) > index]
+        if arrays and all(a.size == 0 for a in arrays):
+            empty.append(name)
+        if arrays and all(not np.isfinite(a.astype(np.float64)).any() for a in arrays):
+            no_finite.append(name)
+    return no_finite, empty
 
 
 def _eager(flat: FlatModel, sample: dict[str, torch.Tensor], names: list[str]) -> list[np.ndarray]:

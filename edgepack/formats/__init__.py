@@ -1,6 +1,7 @@
 """Deployment formats. Adding one means adding a folder here (formats/<name>/) and naming it in a target file."""
 
-from .base import FORMATS, Emitted, Format, Runner, RuntimeUnavailable, get_format, register_format
+from ..errors import RuntimeUnavailable
+from .base import FORMATS, Emitted, Format, Runner, get_format, register_format
 from . import coreml, onnx, torchscript_lite  # noqa: F401  (each registers its format)
 
 __all__ = ["FORMATS", "Emitted", "Format", "Runner", "RuntimeUnavailable", "get_format", "register_format", "known_options"]

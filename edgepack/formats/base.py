@@ -2,34 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from importlib import resources
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
-
-from ..capture.ladder import CapturedModel
+from .. import precisions
+from ..compare import Runner
 from ..errors import UsageError, did_you_mean
-from ..capture.devices import DeviceFindings
+from ..noise import quiet_loggers
 from ..targets import FormatSettings
 
-# Runs one sample: input arrays in the model's input order -> output arrays in its output order.
-Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+if TYPE_CHECKING:  # the contract is read without torch by `edgepack verify` and `inspect`
+    import torch
 
-# Every precision name a target file or `--precision` may ask for. A format implements some of
-# them (`Format.precisions`) and maps the rest to its nearest scheme (`Format.nearest_precision`).
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
+    from ..capture.devices import DeviceFindings
+    from ..capture.ladder import CapturedModel
+
+
 # Calibration data for static schemes: samples shaped like CapturedModel.samples (input name -> tensor).
-Calibration = list[dict[str, torch.Tensor]]
+Calibration = list[dict[str, "torch.Tensor"]]
+# The file in a format's folder holding the JSON Schema of its manifest `requirements`.
+REQUIREMENTS_SCHEMA = "requirements.schema.json"
 # FormatSettings.options key: layer names (from `quantizable_layers`) that a quantized emit keeps in float.
 FLOAT_LAYERS = "float_layers"
 
 
-class RuntimeUnavailable(Exception):
-    """The artifact's runtime cannot run on this machine (Core ML prediction off macOS)."""
+@dataclass(frozen=True)
+class Companion:
+    """A file shipped beside an artifact that its own runtime loads too (ONNX's .ort): checked like the artifact."""
+
+    label: str  # how checks name it: "ort"
+    path: str  # relative to the bundle
+    open: Callable[[Path, int], Runner]  # (path, threads) -> runner
 
 
 @dataclass
@@ -39,6 +47,8 @@ class Emitted:
     path: Path
     requirements: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # The capture the artifact was converted from: "export" (the checked ExportedProgram) or "torchscript".
+    capture: str = "torchscript"
 
 
 class Format(ABC):
@@ -46,18 +56,30 @@ class Format(ABC):
 
     name: ClassVar[str]
     suffix: ClassVar[str]
+    # The names of edgepack/precisions.py this format implements; it maps the others to its nearest scheme.
     precisions: ClassVar[tuple[str, ...]]
-    # The precisions whose emit needs calibration samples (activation ranges); weight-only schemes need none.
-    calibrated_precisions: ClassVar[tuple[str, ...]] = ()
     # Option keys a target may set in [formats.<name>], with their defaults.
     option_defaults: ClassVar[dict[str, Any]] = {}
+    # The Python distributions that write and run this format, recorded in every manifest's provenance.
+    libraries: ClassVar[tuple[str, ...]] = ()
+    # The demo apps (`edgepack install-into`) that cannot run without this format: "android", "ios".
+    app_platforms: ClassVar[tuple[str, ...]] = ()
+    # The converter's loggers, kept quiet below ERROR while it converts (noise.quiet_converter).
+    loggers: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def calibrated_precisions(self) -> tuple[str, ...]:
+        """The precisions whose emit needs calibration samples (activation ranges), per the precision table;
+        a format whose scheme of that name is weight-only overrides this."""
+        return tuple(p for p in self.precisions if (entry := precisions.get(p)) is not None and entry.calibrated)
 
     def validate(self, settings: FormatSettings) -> None:
         """Reject settings this format cannot honour, before any work starts."""
-        if settings.precision not in PRECISIONS:
+        known = precisions.names()
+        if settings.precision not in known:
             raise UsageError(
-                f"Unknown precision '{settings.precision}' for format '{self.name}'.{did_you_mean(settings.precision, list(PRECISIONS))}",
-                f"Precisions: {', '.join(PRECISIONS)} ({self.name} implements {', '.join(self.precisions)}; "
+                f"Unknown precision '{settings.precision}' for format '{self.name}'.{did_you_mean(settings.precision, known)}",
+                f"Precisions: {', '.join(known)} ({self.name} implements {', '.join(self.precisions)}; "
                 "it builds the others in its nearest scheme and the report says so).",
             )
 
@@ -114,6 +136,30 @@ class Format(ABC):
         """How the numerics were checked, when not in the format's own runtime."""
         return ""
 
+    def structure_check_description(self) -> str:
+        """What `check_structure` reads back, for the smoke reason of an artifact whose numerics cannot run here."""
+        return ""
+
+    def stabilize(self, path: Path) -> list[str]:
+        """Rewrite what the converter writes nondeterministically (ids, dates, call stacks) in place, before the
+        artifact is hashed; return notes saying what changed. Formats whose converter is stable keep this."""
+        return []
+
+    def requirements_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this format's `requirements` in manifest.json: `requirements.schema.json` beside the
+        format's module when it ships one, else `runtime` alone. Closed, so a misspelled key fails `verify`."""
+        package = type(self).__module__.rpartition(".")[0]
+        try:
+            text = resources.files(package).joinpath(REQUIREMENTS_SCHEMA).read_text(encoding="utf-8")
+        except (FileNotFoundError, ModuleNotFoundError, TypeError):
+            return {"type": "object", "additionalProperties": False, "required": ["runtime"],
+                    "properties": {"runtime": {"type": "string"}}}
+        return json.loads(text)
+
+    def companions(self, requirements: dict[str, Any]) -> list[Companion]:
+        """Files beside the artifact, named in its requirements, that `edgepack verify` checks in their runtime."""
+        return []
+
     @abstractmethod
     def converter_versions(self) -> dict[str, str]:
         """Versions of the libraries that wrote and run this format, for the manifest."""
@@ -124,6 +170,7 @@ FORMATS: dict[str, Format] = {}
 
 def register_format(cls: type[Format]) -> type[Format]:
     FORMATS[cls.name] = cls()
+    quiet_loggers(cls.loggers)
     return cls
 
 

@@ -19,13 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datafiles import read_npy, read_npz
 from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import LoadedModel, resolve_reference
+from ..paths import missing_file_text
 from ..user_code import items_from_callable
 
 Samples = list[dict[str, torch.Tensor]]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_MAX_IMAGE_PIXELS = 64_000_000
 
 
 def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration") -> Samples:
@@ -34,9 +37,8 @@ def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = Non
     path = Path(source).expanduser()
     if source.endswith(".npz"):
         if not path.is_file():
-            raise UsageError(f"{option} file '{source}' does not exist.", f"Check the {option} path.")
-        with np.load(path, allow_pickle=False) as data:
-            return _from_batches([{k: data[k] for k in data.files}], specs, f"{option} {source}")
+            raise UsageError(f"{option} file '{source}' {missing_file_text(path)}.", f"Check the {option} path.")
+        return _from_batches([read_npz(path, option)], specs, f"{option} {source}")
     if path.is_dir():
         return _from_folder(path, loaded, option)
     if ":" not in source:
@@ -114,7 +116,7 @@ def _from_folder(folder: Path, loaded: LoadedModel, option: str) -> Samples:
     arrays = sorted(folder.glob("*.npy"))
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if arrays:
-        return _from_batches((np.load(p, allow_pickle=False) for p in arrays), specs, f"{option} {folder}")
+        return _from_batches((read_npy(p, option) for p in arrays), specs, f"{option} {folder}")
     if images:
         spec = specs[0]
         batch = torch.cat([_image_sample(p, spec, loaded.preprocessing or {}) for p in images])
@@ -132,8 +134,15 @@ def _image_sample(path: Path, spec: InputSpec, preprocessing: dict) -> torch.Ten
     if len(spec.shape) != 4 or spec.is_integer:
         raise UsageError(f"Images can only feed a float (N, C, H, W) input; '{spec.name}' is {spec}.", "Use .npy files instead.")
     channels, height, width = spec.shape[1:]
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    try:
+        with Image.open(path) as image:
+            if image.size[0] * image.size[1] > _MAX_IMAGE_PIXELS:  # checked before decoding: no decompression bomb
+                raise UsageError(f"Image {path} is {image.size[0]}x{image.size[1]} pixels, over edgepack's limit of "
+                                 f"{_MAX_IMAGE_PIXELS:,}.", "Resize the calibration images to about the model's input size.")
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what Pillow raises on junk
+        raise UsageError(f"Image {path} cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+                         "Give image files Pillow can open (PNG, JPEG, BMP), or .npy arrays.") from exc
     x = torch.from_numpy(pixels.reshape(pixels.shape[0], pixels.shape[1], -1)).permute(2, 0, 1).unsqueeze(0)
     x = x * float(preprocessing.get("scale", 1.0 / 255.0))
     x = F.interpolate(x, size=(height, width), mode=preprocessing.get("resize_mode", "bilinear"),

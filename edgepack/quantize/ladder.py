@@ -13,28 +13,30 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
-from ..bundle.staging import remove_path, size_of
+from .. import precisions
+from ..bundle.files import size_of
+from ..bundle.staging import remove_path
 from ..capture.ladder import CapturedModel
 from ..errors import BuildError, UsageError
-from ..formats.base import FLOAT_LAYERS, Emitted, Format, RuntimeUnavailable
+from ..errors import RuntimeUnavailable
+from ..formats.base import FLOAT_LAYERS, Emitted, Format
 from ..noise import native_stderr_quiet
-from ..bundle.reproducible import stabilize
 from ..targets import FormatSettings
 from .accuracy import Accuracy, EvalSet, budget_misses, measure
 from .calibration import Samples
 
-# Mildest last. A format maps each name to its nearest scheme; the ladder walks the distinct ones.
-LADDER = ("palettize-4", "palettize-6", "palettize-8", "int8-static", "int8-dynamic", "fp16", "fp32")
 # Accuracy does not depend on the thread count; one thread avoids thread-pool contention on busy hosts.
 MEASURE_THREADS = 1
 # Per-layer sensitivity builds one artifact per layer on a subset of the data: cap its cost.
 MAX_PROBED_LAYERS = 32
 PROBE_EVAL_SAMPLES = 64
 PROBE_CALIBRATION_SAMPLES = 32
-
-UNMEASURED_OK = ("fp32", "fp16")
 Progress = Callable[[str], None]
+# The step an attempt did not get past: built, run, or measured (its runtime cannot run on this machine).
+Failure = Literal["build", "run", "measure"]
+_WHY_NOT = {"build": "could not be built", "run": "could not be run here", "measure": "could not be measured on this machine"}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Attempt:
     reason: str
     size_bytes: int | None = None
     accuracy: Accuracy | None = None
+    failure: Failure | None = None  # for an attempt that was not measured: the step that failed
 
     @property
     def verdict(self) -> str:
@@ -97,7 +100,8 @@ def rungs(fmt: Format, requested: str) -> tuple[list[str], list[str]]:
     name maps to another scheme."""
     first, note = fmt.nearest_precision(requested)
     schemes, notes = [first], [note] if note else []
-    for name in LADDER[LADDER.index(first) + 1:] if first in LADDER else ["fp32"]:
+    # A format maps each milder name to its nearest scheme; the ladder walks the distinct ones.
+    for name in precisions.ladder_after(first):
         scheme, _ = fmt.nearest_precision(name)
         if scheme not in schemes:
             schemes.append(scheme)
@@ -153,7 +157,7 @@ class Ladder:
         else:
             emitted, error = self._emit(scheme, float_layers, self.data.calibration)
             if emitted is None:
-                attempt = Attempt(scheme, float_layers, False, f"building failed: {error}")
+                attempt = Attempt(scheme, float_layers, False, f"building failed: {error}", failure="build")
                 self.progress(f"{scheme}: {attempt.reason}")
                 return attempt, None
         attempt = self._judge(scheme, float_layers, emitted, self.data.eval)
@@ -169,14 +173,15 @@ class Ladder:
             # Float schemes are accepted unmeasured (their smoke test says 'skipped', --strict fails it), so
             # a host that cannot run the format builds the same artifact as one that can. int8 and
             # palettized weights are never shipped unmeasured.
-            if scheme in UNMEASURED_OK:
+            if not precisions.is_quantized(scheme):
                 return Attempt(scheme, float_layers, True, f"{scheme} accepted; accuracy not measurable here: {exc}", size)
-            return Attempt(scheme, float_layers, False, f"accuracy cannot be measured on this machine: {exc}", size)
+            return Attempt(scheme, float_layers, False, f"accuracy cannot be measured on this machine: {exc}", size,
+                           failure="measure")
         except Exception as exc:  # a runtime can fail in any way on a quantized graph
             failure = f"running it failed here: {type(exc).__name__}: {exc}"
             if scheme == "fp32":  # the reference precision ends the ladder; its smoke test gives the verdict
                 return Attempt(scheme, float_layers, True, f"fp32 accepted (the reference precision); {failure}", size)
-            return Attempt(scheme, float_layers, False, failure, size)
+            return Attempt(scheme, float_layers, False, failure, size, failure="run")
         misses = budget_misses(accuracy, self.settings.accuracy, gate_top1=data.real)
         if scheme == "fp32":  # the reference precision ends the ladder; its smoke test is its gate
             return Attempt(scheme, float_layers, True, accuracy.summary() + ("; misses: " + "; ".join(misses) if misses else ""),
@@ -239,7 +244,7 @@ class Ladder:
         try:
             with native_stderr_quiet():
                 emitted = self.fmt.emit(self.captured, settings, path, calibration)
-            emitted.notes += stabilize(path)
+            emitted.notes += self.fmt.stabilize(path)
             return emitted, ""
         except UsageError:
             raise
@@ -253,12 +258,8 @@ class Ladder:
 
 def _why_not(attempt: Attempt) -> str:
     """Why the first rung did not ship, for the note: built, run, or within budget."""
-    if attempt.reason.startswith("building failed"):
-        return "could not be built"
-    if attempt.reason.startswith("running it failed"):
-        return "could not be run here"
-    if attempt.reason.startswith("accuracy cannot be measured"):
-        return "could not be measured on this machine"
+    if attempt.failure is not None:
+        return _WHY_NOT[attempt.failure]
     if attempt.accuracy is not None and attempt.accuracy.non_finite:
         return f"missed the accuracy budget ({attempt.accuracy.non_finite_text()})"
     return "missed the accuracy budget"

@@ -10,6 +10,12 @@ Precisions: fp32 and fp16 are compute precisions. The compressed ones keep fp16 
 compress the weights after conversion (coremltools.optimize.coreml): int8-dynamic and int8-static
 are int8 linear weight quantization (Core ML has no activation quantization on this path), and
 palettize-N is an N-bit k-means lookup table per weight tensor.
+
+Capture: the TorchScript capture by default. With `capture = "export"` in [formats.coreml], the
+checked torch.export capture (an ExportedProgram that matched eager on every check input) is
+converted instead; without one, or when coremltools cannot convert it, the TorchScript capture is,
+and the notes say why. Not the default yet: the program's weight names change ("p_" prefix), and
+they are the names `float_layers` and manifests use.
 """
 
 from __future__ import annotations
@@ -19,19 +25,24 @@ import platform
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ... import __version__, jsonio
-from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
+from .reproducible import stabilize_mlpackage
 from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
+from ...paths import scratch_tempdir
 from ...errors import BuildError, UsageError, did_you_mean
-from ...noise import quiet_converter, strip_ansi, tail
+from ...noise import quiet_converter, short_reason, strip_ansi, tail
 from ...targets import FormatSettings
-from ..base import FLOAT_LAYERS, PRECISIONS, Calibration, Emitted, Format, Runner, RuntimeUnavailable, register_format
+from ...errors import RuntimeUnavailable
+from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+
+if TYPE_CHECKING:  # the format is read without torch; converting imports it (coremltools does anyway)
+    from ...capture.ladder import CapturedModel
 
 _ct = coremltools_module
 _COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual
@@ -48,14 +59,19 @@ PROVENANCE_KEYS = ("edgepack.version", "edgepack.torch", "edgepack.coremltools",
                    "edgepack.precision", "edgepack.minimum_deployment_target", "edgepack.metadata_sources",
                    "edgepack.weights_sha256")
 _BLOB_SENTINEL = 0xDEADBEEF
+CAPTURES = ("torchscript", "export")  # the `capture` option: which capture Core ML converts
 
 
 @register_format
 class CoreML(Format):
     name = "coreml"
     suffix = ".mlpackage"
-    precisions = PRECISIONS
-    option_defaults = {"minimum_deployment_target": "iOS16"}
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static", "palettize-4", "palettize-6", "palettize-8")
+    calibrated_precisions = ()  # int8 here is weights only: no activation ranges to calibrate
+    libraries = ("coremltools",)
+    loggers = ("coremltools",)
+    app_platforms = ("ios",)
+    option_defaults = {"minimum_deployment_target": "iOS16", "capture": "torchscript"}
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
@@ -64,6 +80,10 @@ class CoreML(Format):
         if target not in known:
             raise UsageError(f"Core ML minimum_deployment_target '{target}' is not supported.",
                              f"Choose one of {', '.join(known)} (ML programs with fp16 I/O need iOS16 or newer).")
+        chosen = self.option(settings, "capture")
+        if chosen not in CAPTURES:
+            raise UsageError(f"Core ML capture '{chosen}' is not known.{did_you_mean(str(chosen), list(CAPTURES))}",
+                             "Use 'torchscript' (the default) or 'export' (the checked torch.export program).")
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested in _INT8:
@@ -76,15 +96,20 @@ class CoreML(Format):
         # calibration is not needed: every Core ML scheme here compresses weights only.
         deployment = _deployment(settings, self)
         float_layers = list(settings.options.get(FLOAT_LAYERS, []))
-        with quiet_converter() as log:
-            mlmodel = _convert(captured, settings.precision, deployment, log)
-            notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"]
+        # scratch_tempdir: coremltools keeps each converted/compressed model as a tmp*.mlpackage until exit
+        with quiet_converter() as log, scratch_tempdir("edgepack-coreml-"):
+            mlmodel, consumed, capture_notes = _convert(captured, settings.precision, deployment, log,
+                                                        self.option(settings, "capture"))
+            notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"] + capture_notes
             if settings.precision not in _COMPUTE:
                 mlmodel, compressed = _compress(mlmodel, settings.precision, float_layers)
                 notes.append(f"{_scheme(settings.precision)} on {len(compressed)} weight tensor(s)"
                              + (f"; kept in float: {', '.join(float_layers)}" if float_layers else ""))
             sources = _set_metadata(mlmodel, captured, settings.precision, deployment.name)
             mlmodel.save(str(path))
+        # Written beside a program converted from an ExportedProgram: ExecuTorch's op-to-debug-handle map,
+        # outside the package's Manifest.json; Core ML never reads it, and it is not part of the model.
+        (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
         _seal_weights(path)
         spec = _ct().utils.load_spec(str(path))
         requirements = {
@@ -99,12 +124,12 @@ class CoreML(Format):
                          for feature in list(spec.description.input) + list(spec.description.output)},
         }
         notes.append("metadata: " + ", ".join(f"{k} from {v}" for k, v in sources.items()))
-        return Emitted(path, requirements, notes)
+        return Emitted(path, requirements, notes, capture=consumed)
 
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Names of the weight constants a compressed emit compresses (the names FLOAT_LAYERS takes)."""
-        with quiet_converter() as log:
-            mlmodel = _convert(captured, "fp16", _deployment(settings, self), log)
+        with quiet_converter() as log, scratch_tempdir("edgepack-coreml-"):
+            mlmodel = _convert(captured, "fp16", _deployment(settings, self), log, self.option(settings, "capture"))[0]
             return list(_weights(mlmodel))
 
     def check_structure(self, emitted: Emitted, captured: CapturedModel, settings: FormatSettings) -> list[str]:
@@ -145,6 +170,12 @@ class CoreML(Format):
             raise RuntimeUnavailable(f"Core ML prediction needs macOS (this is {platform.system()})")
         return _predictor(path, "CPU_ONLY")
 
+    def structure_check_description(self) -> str:
+        return "spec version, opset, op availability, inputs, outputs, metadata, weights digest"
+
+    def stabilize(self, path: Path) -> list[str]:
+        return stabilize_mlpackage(path)
+
     def verification_note(self) -> str:
         if platform.system() == "Darwin":
             return "Core ML predictions with CPU_ONLY; ALL compute units compared in the notes"
@@ -152,7 +183,7 @@ class CoreML(Format):
                 "not Core ML itself (Core ML prediction needs macOS)")
 
     def converter_versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__, "coremltools": _ct().__version__}
+        return {"torch": version("torch"), "coremltools": _ct().__version__}
 
 
 # --- conversion and compression --------------------------------------------------------------
@@ -172,17 +203,36 @@ def _scheme(precision: str) -> str:
     return f"{_PALETTE_BITS[precision]}-bit k-means palettization"
 
 
-def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any) -> Any:
+def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
+             capture: str = "torchscript") -> tuple[Any, str, list[str]]:
+    """The ML program, the capture it was converted from ("export" or "torchscript"), and notes: with
+    capture "export", the checked ExportedProgram, else (or when that fails) the TorchScript capture."""
     ct = _ct()
+    options = dict(
+        inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
+        outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
+        convert_to="mlprogram",
+        minimum_deployment_target=deployment,
+        compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
+    )
+    notes: list[str] = []
+    if capture == "export":
+        if captured.exported is None:
+            reason = captured.export.reason if captured.export is not None else "not attempted"
+            notes.append(f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})")
+        else:
+            try:
+                from ...capture.export import rnn_decompositions
+
+                with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
+                    program = captured.exported.run_decompositions({})  # coremltools' documented input
+                return ct.convert(program, **options), "export", [
+                    f"converted the checked torch.export capture ({captured.export.strategy})"]
+            except Exception as exc:  # the converter raises many types; the TorchScript capture is checked too
+                notes.append(f"converted the TorchScript capture ({captured.strategy}): coremltools could not convert "
+                             f"the torch.export capture ({short_reason(exc, 200)})")
     try:
-        return ct.convert(
-            captured.scripted_copy(),  # the torch frontend edits the graphs of the module it converts
-            inputs=[_input_type(ct, spec) for spec in captured.loaded.inputs],
-            outputs=[_output_type(ct, name, tensor) for name, tensor in zip(captured.output_names, captured.expected[0])],
-            convert_to="mlprogram",
-            minimum_deployment_target=deployment,
-            compute_precision=ct.precision.FLOAT32 if _compute_precision(precision) == "fp32" else ct.precision.FLOAT16,
-        )
+        return ct.convert(captured.scripted_copy(), **options), "torchscript", notes  # a copy: the frontend edits graphs
     except Exception as exc:
         raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
                          tail(log.getvalue()) or "The model uses an op coremltools cannot convert.") from exc
@@ -290,7 +340,7 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel, precision: str, deploym
     mlmodel.short_description = f"{loaded.name} ({type(loaded.module).__name__}), packaged by edgepack {__version__} in {precision}"
     meta = mlmodel.user_defined_metadata
     meta["edgepack.version"] = __version__
-    meta["edgepack.torch"] = torch.__version__
+    meta["edgepack.torch"] = version("torch")
     meta["edgepack.coremltools"] = _ct().__version__
     meta["edgepack.model"] = loaded.name
     meta["edgepack.source"] = str(loaded.source.get("reference", ""))

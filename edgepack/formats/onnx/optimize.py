@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from ...errors import UsageError, did_you_mean
 from ...noise import quiet_converter, short_reason
+from .session import session
 
 LEVELS = ("none", "basic", "extended", "transformer")
 CONTRIB_DOMAIN = "com.microsoft"
@@ -110,7 +111,7 @@ def _ort_offline(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
         options.graph_optimization_level = _ORT_LEVELS[level]
         options.optimized_model_filepath = str(optimized)
         options.log_severity_level = 3
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        session(source, options)
         _check_reloads(optimized)
         return onnx.load(str(optimized))
 
@@ -122,7 +123,7 @@ def _check_reloads(path: Path) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the failure is expected and reported in the notes: keep it off stderr
     try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session(path, options)
     except Exception as exc:
         raise RuntimeError(f"the saved graph does not reload with onnxruntime's default optimizations "
                            f"({str(exc).strip().splitlines()[-1][-160:]})") from exc

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...errors import BuildError, UsageError
+from .session import PROVIDERS, runner
 
 if TYPE_CHECKING:
     from ...capture.ladder import CapturedModel
@@ -63,12 +64,7 @@ def write_ort(onnx_path: Path, captured: CapturedModel, settings: FormatSettings
 
 def open_ort(path: Path, threads: int) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """A runner for a .ort file in onnxruntime (inputs in the model's order -> outputs)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.load_model_format", "ORT")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return lambda inputs: session.run(None, dict(zip(names, inputs)))
+    return runner(path, threads, ort_format=True)
 
 
 def _convert(onnx_path: Path, ort_path: Path) -> str:
@@ -98,12 +94,12 @@ options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 options.optimized_model_filepath = sys.argv[2]
 options.add_session_config_entry("session.save_model_format", "ORT")
-ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
+ort.InferenceSession(sys.argv[1], options, providers=%r, disabled_optimizers=["NchwcTransformer"])
 try:
     print(open("/proc/self/personality").read().strip())
 except OSError:
     print("unknown")
-"""
+""" % (PROVIDERS,)
 _ADDR_NO_RANDOMIZE = 0x0040000
 _PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
 _ASLR_OFF_WORKS = sys.platform.startswith("linux")
@@ -141,6 +137,6 @@ def _write_operators_config(ort_path: Path, config_path: Path) -> None:
 
 
 def _smoke(ort_path: Path, captured: CapturedModel, settings: FormatSettings, threads: int):
-    from ...smoke import compare_runner  # imported here: verify imports the formats, which import this module
+    from ...compare import compare_runner
 
     return compare_runner(open_ort(ort_path, threads), captured, settings)[0]

@@ -24,8 +24,9 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ...errors import BuildError
+from ...paths import scratch_cwd
 from ...noise import quiet_converter, tail
-from ...quantize.calibration import Samples
+from ..base import Calibration as Samples
 
 # Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
@@ -48,11 +49,14 @@ class SamplesReader(CalibrationDataReader):
 
 def preprocess(float_model: Path, out: Path) -> list[str]:
     """The pre-processed float model ORT quantizes, written to `out`; notes on what ran."""
+    float_model, out = Path(float_model).resolve(), Path(out).resolve()  # absolute: ORT runs in a scratch folder
     model = onnx.load(str(float_model))
     del model.graph.value_info[:]
     cleared = out.with_name(out.stem + ".cleared.onnx")
     onnx.save(model, str(cleared))
-    with quiet_converter() as log, _quiet_ort_logging():
+    # quant_pre_process writes sym_shape_infer_temp.onnx and a <uuid>.data (the weights) into the working
+    # folder, and leaves them when it fails: it runs in a scratch folder that is always removed.
+    with quiet_converter() as log, _quiet_ort_logging(), scratch_cwd("edgepack-ort-"):
         try:
             quant_pre_process(str(cleared), str(out))
             return ["quant_pre_process: symbolic shape inference and graph optimization"]
@@ -76,6 +80,7 @@ def quantizable_nodes(model_path: Path, scheme: str) -> list[str]:
 def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None, input_names: list[str],
              float_layers: list[str]) -> list[str]:
     """Write the int8 model to `out`; notes on the scheme and what stayed float."""
+    prepared, out = Path(prepared).resolve(), Path(out).resolve()  # absolute: ORT runs in a scratch folder
     graph = onnx.load(str(prepared)).graph
     candidates = quantizable_nodes(prepared, scheme)
     kept = [name for name in float_layers if name in candidates]
@@ -85,7 +90,7 @@ def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None
     if not candidates:
         notes.append(f"no {'/'.join(DYNAMIC_OPS if scheme == 'int8-dynamic' else STATIC_OPS)} node with weights at the top "
                      "level of the graph: weights stay float (layers inside If/Loop bodies are not quantized)")
-    with quiet_converter() as log, _quiet_ort_logging():
+    with quiet_converter() as log, _quiet_ort_logging(), scratch_cwd("edgepack-ort-"):  # its temp files too
         try:
             if scheme == "int8-dynamic":
                 quantize_dynamic(str(prepared), str(out), op_types_to_quantize=list(DYNAMIC_OPS),

@@ -27,6 +27,7 @@ from ...targets import FormatSettings
 from . import quantize as torch_ao
 from . import rewrites as operator_rewrites
 from .runtime_ops import ADVICE, DEFAULT_RUNTIME, RuntimeCheck, check_program, check_runtime_name, load_table
+from .reproducible import stabilize_ptl
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
@@ -39,8 +40,9 @@ class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
     precisions = ("fp32", "int8-dynamic", "int8-static")
-    calibrated_precisions = ("int8-static",)
     option_defaults = {"bytecode_version": NEWEST_BYTECODE, "runtime": DEFAULT_RUNTIME}
+    libraries = ("torch",)
+    app_platforms = ("android",)
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested.startswith("palettize-"):
@@ -53,7 +55,11 @@ class TorchScriptLite(Format):
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         version = self.option(settings, "bytecode_version")
-        if not isinstance(version, int) or not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise UsageError(f"bytecode_version must be a whole number, got {type(version).__name__} {version!r}.",
+                             f"Write bytecode_version = {NEWEST_BYTECODE} (a number, no quotes), from "
+                             f"{OLDEST_BYTECODE} to {NEWEST_BYTECODE}.")
+        if not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
             raise UsageError(
                 f"bytecode_version {version!r} cannot be written by torch {torch.__version__}.",
                 f"Choose a version from {OLDEST_BYTECODE} to {NEWEST_BYTECODE} (the one your app's lite runtime reads).",
@@ -108,6 +114,9 @@ class TorchScriptLite(Format):
                               {op: m["source"] for op, m in known.items()},
                               {op: m["rewrite"] for op, m in known.items()})
         return _runtime_problems(check)
+
+    def stabilize(self, path: Path) -> list[str]:
+        return stabilize_ptl(path)
 
     def open(self, path: Path, threads: int) -> Runner:
         # Quantized weights are packed for the engine active at load time: qnnpack, as on a phone.

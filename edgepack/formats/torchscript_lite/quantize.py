@@ -24,7 +24,7 @@ from torch.ao.quantization.quantize_jit import quantize_jit
 
 from ...capture.ladder import CapturedModel, capture_again
 from ...errors import BuildError
-from ...quantize.calibration import Samples
+from ..base import Calibration as Samples
 
 ENGINE = "qnnpack"
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.Embedding)
