@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +20,10 @@ _SPEC_RE = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<dims>[^:]+)"
     r"(?::(?P<dtype>[a-z0-9]+))?(?::(?P<low>-?\d+)\.\.(?P<high>-?\d+))?$"
 )
-SPEC_SYNTAX = ("NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224, ids=1x128:int64:0..30522, "
-               "or with dynamic dimensions x=1x3xH=224xW=224")
+SPEC_SYNTAX = (
+    "NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224, ids=1x128:int64:0..30522, "
+    "or with dynamic dimensions x=1x3xH=224xW=224"
+)
 _DYNAMIC_DIM_RE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?:=(?P<size>\d+))?$")
 
 
@@ -43,7 +44,8 @@ class InputSpec:
         """Same rank, and the same size on every dimension not declared dynamic."""
         dynamic = self.dynamic_axes()
         return len(shape) == len(self.shape) and all(
-            shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic)
+            shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic
+        )
 
     def check_finite(self, values: torch.Tensor, where: str) -> None:
         """UsageError for inf/NaN in user-given input values: they make every comparison and range meaningless."""
@@ -51,8 +53,10 @@ class InputSpec:
 
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
-            raise UsageError(f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
-                             "Give finite values (NaN often means a preprocessing step divided by zero).")
+            raise UsageError(
+                f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
+                "Give finite values (NaN often means a preprocessing step divided by zero).",
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -73,7 +77,9 @@ class InputSpec:
         return out
 
     def __str__(self) -> str:
-        dims = [f"{d}={size}" if d else str(size) for d, size in zip(self.dynamic or [None] * len(self.shape), self.shape)]
+        dims = [
+            f"{d}={size}" if d else str(size) for d, size in zip(self.dynamic or [None] * len(self.shape), self.shape)
+        ]
         return f"{self.name}={'x'.join(dims)}:{self.dtype}"
 
 
@@ -90,9 +96,13 @@ def parse_input_spec(text: str) -> InputSpec:
     if match["low"] is not None:
         value_range = (int(match["low"]), int(match["high"]))
         if value_range[0] >= value_range[1]:
-            raise UsageError(f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded).")
+            raise UsageError(
+                f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded)."
+            )
         if dtype not in ("int64", "int32"):
-            raise UsageError(f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only.")
+            raise UsageError(
+                f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only."
+            )
     spec = InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
     _check_size(text, spec)
     return spec
@@ -114,7 +124,8 @@ def _check_size(text: str, spec: InputSpec) -> None:
             f"Input '{text}' needs {needed / 2**30:.1f} GiB per sample ({largest:,} values"
             f"{', dynamic dimensions at double size' if spec.dynamic_axes() else ''}), over edgepack's limit of "
             f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB.",
-            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).")
+            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).",
+        )
 
 
 def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
@@ -127,8 +138,10 @@ def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str |
             continue
         symbol = _DYNAMIC_DIM_RE.match(token)
         if symbol and symbol["size"] is None:
-            raise UsageError(f"Dynamic dimension '{token}' in input '{text}' has no example size.",
-                             f"Write {token}=SIZE, e.g. {token}=224: edgepack traces with that size and checks others.")
+            raise UsageError(
+                f"Dynamic dimension '{token}' in input '{text}' has no example size.",
+                f"Write {token}=SIZE, e.g. {token}=224: edgepack traces with that size and checks others.",
+            )
         if not symbol or int(symbol["size"]) < 1:
             raise UsageError(
                 f"Input '{text}' has a dimension that is neither a positive integer nor SYMBOL=SIZE: '{token}'.",
@@ -144,8 +157,10 @@ def resized(specs: list[InputSpec], sizes: dict[str, int]) -> list[InputSpec]:
     """The specs with their dynamic dimensions set to `sizes` (symbol -> size)."""
     out = []
     for spec in specs:
-        shape = tuple(sizes.get(symbol, size) if symbol else size
-                      for symbol, size in zip(spec.dynamic or [None] * len(spec.shape), spec.shape))
+        shape = tuple(
+            sizes.get(symbol, size) if symbol else size
+            for symbol, size in zip(spec.dynamic or [None] * len(spec.shape), spec.shape)
+        )
         out.append(InputSpec(spec.name, shape, spec.dtype, spec.value_range, spec.dynamic))
     return out
 

@@ -153,4 +153,4 @@ def short_reason(exc: BaseException, limit: int = 300) -> str:
     """'Type: first line of the message', colourless and at most `limit` characters, for notes and errors."""
     lines = [line.strip() for line in strip_ansi(str(exc)).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

@@ -13,16 +13,25 @@ import sys
 import sysconfig
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .noise import short_reason
 
-_LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (
-    Path(torch.__file__).parent, Path(__file__).parent,
-    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])})
+_LIBRARY_DIRS = tuple(
+    {
+        str(Path(p).resolve())
+        for p in (
+            Path(torch.__file__).parent,
+            Path(__file__).parent,
+            sysconfig.get_paths()["stdlib"],
+            sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"],
+        )
+    }
+)
 
 
 def user_location(exc: BaseException, files: Iterable[str | Path] = ()) -> str | None:

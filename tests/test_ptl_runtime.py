@@ -17,8 +17,13 @@ from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
 from edgepack.formats.torchscript_lite import format as lite_format
 from edgepack.formats.torchscript_lite import rewrites
-from edgepack.formats.torchscript_lite.runtime_ops import (DEFAULT_RUNTIME, check_program, load_table, program_operators,
-                                                          table_from_json)
+from edgepack.formats.torchscript_lite.runtime_ops import (
+    DEFAULT_RUNTIME,
+    check_program,
+    load_table,
+    program_operators,
+    table_from_json,
+)
 from edgepack.formats.torchscript_lite.runtimes import derive
 from edgepack.inputs import InputSpec, parse_input_spec, sample_inputs
 from edgepack.load import LoadedModel
@@ -34,8 +39,9 @@ SDPA = "aten::scaled_dot_product_attention"
 
 
 def settings(precision: str = "fp32", **options) -> FormatSettings:
-    return FormatSettings("torchscript_lite", precision, Tolerance(1e-4, 1e-4, 0.9999), Budgets(),
-                          {"runtime": DEFAULT_RUNTIME, **options})
+    return FormatSettings(
+        "torchscript_lite", precision, Tolerance(1e-4, 1e-4, 0.9999), Budgets(), {"runtime": DEFAULT_RUNTIME, **options}
+    )
 
 
 class Encoder(nn.Module):
@@ -144,6 +150,7 @@ def emit_and_smoke(captured, path: Path, precision: str = "fp32"):
 
 # The table ------------------------------------------------------------------------------------------
 
+
 def test_table_is_the_1_13_1_runtime_derived_from_its_wheel():
     table = load_table("pytorch_android_lite 1.13.1")
     data = json.loads(TABLE_FILE.read_text())
@@ -159,10 +166,15 @@ def test_table_is_the_1_13_1_runtime_derived_from_its_wheel():
 
 
 def test_schema_parser_counts_arguments_and_defaults():
-    assert derive.parse_schema("aten::add.Tensor(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor") == \
-        ("aten::add.Tensor", 3, 1)
-    assert derive.parse_schema("aten::max_pool2d(Tensor self, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
-                               "int[2] dilation=1, bool ceil_mode=False) -> Tensor") == ("aten::max_pool2d", 6, 4)
+    assert derive.parse_schema("aten::add.Tensor(Tensor self, Tensor other, *, Scalar alpha=1) -> Tensor") == (
+        "aten::add.Tensor",
+        3,
+        1,
+    )
+    assert derive.parse_schema(
+        "aten::max_pool2d(Tensor self, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
+        "int[2] dilation=1, bool ceil_mode=False) -> Tensor"
+    ) == ("aten::max_pool2d", 6, 4)
     assert derive.parse_schema("aten::gelu(Tensor self, *, str approximate='none') -> Tensor") == ("aten::gelu", 2, 1)
     assert derive.parse_schema("prim::TupleUnpack(Any tup) -> ...") == ("prim::TupleUnpack", 1, 0)
 
@@ -173,6 +185,7 @@ def test_an_unknown_runtime_is_a_usage_error_with_a_suggestion():
 
 
 # The rewrite ----------------------------------------------------------------------------------------
+
 
 def test_transformer_encoder_ptl_runs_on_the_1_13_1_runtime_and_matches_eager(encoder, tmp_path):
     before = str(encoder.scripted.graph)
@@ -254,6 +267,7 @@ def test_int8_dynamic_encoder_is_rewritten_too(encoder, tmp_path):
 
 # The check can fail ---------------------------------------------------------------------------------
 
+
 def test_an_operator_newer_than_the_runtime_without_rewrite_fails_with_operator_line_and_advice(tmp_path):
     captured = captured_model(NewerOperatorNet(), [InputSpec("x", (6,))])
     emitted, smoke = emit_and_smoke(captured, tmp_path / "newer.ptl")
@@ -290,12 +304,19 @@ def test_a_schema_with_fewer_arguments_than_the_program_passes_fails(encoder, tm
 
 # Through a build --------------------------------------------------------------------------------------
 
+
 def test_build_records_the_runtime_check_and_rewrites_in_report_and_manifest(tmp_path):
     formats = '[formats.torchscript_lite]\nprecision = "fp32"\nruntime = "pytorch_android_lite 1.13.1"\n'
     target = write_fast_target(tmp_path, "phone", formats)
-    (report,) = build(BuildRequest(targets=[str(target)], model="tests.test_ptl_runtime:Encoder",
-                                   inputs=[parse_input_spec("ids=1xSEQ=12:int64:0..100")], out_dir=tmp_path / "dist",
-                                   search_dir=HERE.parent.parent))
+    (report,) = build(
+        BuildRequest(
+            targets=[str(target)],
+            model="tests.test_ptl_runtime:Encoder",
+            inputs=[parse_input_spec("ids=1xSEQ=12:int64:0..100")],
+            out_dir=tmp_path / "dist",
+            search_dir=HERE.parent.parent,
+        )
+    )
     assert report.ok, report.to_markdown()
     manifest = json.loads((Path(report.bundle_dir) / "manifest.json").read_text())
     (artifact,) = manifest["artifacts"]

@@ -46,8 +46,9 @@ class TransformerEncoderModel(nn.Module):
     def __init__(self, layers: int = 6, width: int = 384, heads: int = 12, ffn: int = 1536, vocab: int = 30522) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(width, heads, ffn, activation="gelu",
-                                                                        batch_first=True), layers)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(width, heads, ffn, activation="gelu", batch_first=True), layers
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.embed(input_ids)).mean(dim=1)
@@ -70,8 +71,9 @@ class HFStyleLayer(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
 
-        context = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                                 attn_mask=additive_mask)
+        context = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=additive_mask
+        )
         x = self.norm1(x + self.out(context.transpose(1, 2).reshape(batch, tokens, width)))
         return self.norm2(x + self.ffn(x))
 
@@ -114,14 +116,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_case(name: str, model: nn.Module, specs: list[InputSpec], settings: BenchSettings, workdir: Path) -> list[Result]:
+def run_case(
+    name: str, model: nn.Module, specs: list[InputSpec], settings: BenchSettings, workdir: Path
+) -> list[Result]:
     model = model.eval()
     samples = [sample_inputs(specs, model, seed) for seed in range(2)]
     if len(specs) > 1:  # right padding: the last quarter of the tokens masked out
         for sample in samples:
             sample["attention_mask"] = torch.ones(1, TOKENS, dtype=torch.int64)
-            sample["attention_mask"][:, -TOKENS // 4:] = 0
-    captured = capture(LoadedModel(re.sub(r"[^A-Za-z0-9._-]+", "_", name), model, specs, {"kind": "benchmark"}), samples)
+            sample["attention_mask"][:, -TOKENS // 4 :] = 0
+    captured = capture(
+        LoadedModel(re.sub(r"[^A-Za-z0-9._-]+", "_", name), model, specs, {"kind": "benchmark"}), samples
+    )
     fmt = FORMATS["torchscript_lite"]
     options = FormatSettings("torchscript_lite", "fp32", Tolerance(), Budgets(), {})
     emitted = {"ptl rewritten (ships)": fmt.emit(captured, options, workdir / f"{captured.loaded.name}-rewritten.ptl")}
@@ -133,8 +139,10 @@ def run_case(name: str, model: nn.Module, specs: list[InputSpec], settings: Benc
         rewrites.RULES.update(saved_rules)
     inputs = [samples[0][spec.name].numpy() for spec in specs]
     runners = {label: fmt.open(e.path, settings.threads) for label, e in emitted.items()}
-    errors = {label: float(max(np.abs(got - want).max() for got, want in zip(run(inputs), captured.expected[0])))
-              for label, run in runners.items()}
+    errors = {
+        label: float(max(np.abs(got - want).max() for got, want in zip(run(inputs), captured.expected[0])))
+        for label, run in runners.items()
+    }
     tensors = tuple(samples[0][spec.name] for spec in specs)
     calls = {"eager": lambda: captured.eager(*tensors)}
     calls.update({label: (lambda run=run: run(inputs)) for label, run in runners.items()})
@@ -143,48 +151,84 @@ def run_case(name: str, model: nn.Module, specs: list[InputSpec], settings: Benc
     results = []
     for label, latency in timed.items():
         check = emitted[label].requirements["runtime_check"] if label in emitted else None
-        results.append(Result(name, label, latency.p50, latency.p90, latency.runs, errors.get(label),
-                              [m["operator"] for m in check["missing"]] if check else [], captured.strategy))
+        results.append(
+            Result(
+                name,
+                label,
+                latency.p50,
+                latency.p90,
+                latency.runs,
+                errors.get(label),
+                [m["operator"] for m in check["missing"]] if check else [],
+                captured.strategy,
+            )
+        )
     return results
 
 
 def markdown(results: list[Result], threads: int) -> str:
-    lines = [f"Host: {cpu_model()}, {threads} threads, batch 1, torch {torch.__version__} (its lite interpreter runs both .ptl)",
-             "", "| model (capture) | candidate | p50 ms | p90 ms | vs native .ptl | max abs err vs eager | loads on pytorch_android_lite 1.13.1 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Host: {cpu_model()}, {threads} threads, batch 1, torch {torch.__version__} (its lite interpreter runs both .ptl)",
+        "",
+        "| model (capture) | candidate | p50 ms | p90 ms | vs native .ptl | max abs err vs eager | loads on pytorch_android_lite 1.13.1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for result in results:
         native = next(r for r in results if r.case == result.case and r.candidate == "ptl native sdpa")
-        loads = "" if result.candidate == "eager" else (
-            "yes" if not result.missing_in_runtime else "no: lacks " + ", ".join(result.missing_in_runtime))
+        loads = (
+            ""
+            if result.candidate == "eager"
+            else ("yes" if not result.missing_in_runtime else "no: lacks " + ", ".join(result.missing_in_runtime))
+        )
         error = "" if result.max_abs_err is None else f"{result.max_abs_err:.2e}"
-        lines.append(f"| {result.case} ({result.capture}) | {result.candidate} | {result.p50_ms:.2f} | {result.p90_ms:.2f} | "
-                     f"{result.p50_ms / native.p50_ms:.2f}x | {error} | {loads} |")
+        lines.append(
+            f"| {result.case} ({result.capture}) | {result.candidate} | {result.p50_ms:.2f} | {result.p90_ms:.2f} | "
+            f"{result.p50_ms / native.p50_ms:.2f}x | {error} | {loads} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgepack.benchmarks.attention", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m edgepack.benchmarks.attention",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="fewer timed runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     options = parser.parse_args(argv)
     base = QUICK if options.quick else FULL
-    settings = BenchSettings(threads=options.threads, warmup=base.warmup, min_runs=base.min_runs,
-                             max_runs=base.max_runs, min_seconds=base.min_seconds)
+    settings = BenchSettings(
+        threads=options.threads,
+        warmup=base.warmup,
+        min_runs=base.min_runs,
+        max_runs=base.max_runs,
+        min_seconds=base.min_seconds,
+    )
     ids = InputSpec("input_ids", (1, TOKENS), dtype="int64", value_range=(0, 30522))
     mask = InputSpec("attention_mask", (1, TOKENS), dtype="int64", value_range=(0, 2))
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="edgepack-attention-") as tmp:
-        for name, make, specs in (("nn.TransformerEncoder", TransformerEncoderModel, [ids]),
-                                  ("HF-style SDPA + padding mask", HFStyleEncoder, [ids, mask])):
+        for name, make, specs in (
+            ("nn.TransformerEncoder", TransformerEncoderModel, [ids]),
+            ("HF-style SDPA + padding mask", HFStyleEncoder, [ids, mask]),
+        ):
             print(f"{name}: capturing, emitting and timing...", file=sys.stderr, flush=True)
             torch.manual_seed(0)
             results += run_case(name, make(), specs, settings, Path(tmp))
     print(markdown(results, settings.threads))
     if options.json:
-        jsonio.write(options.json, {"host": cpu_model(), "threads": settings.threads, "torch": torch.__version__,
-                                    "results": [vars(r) for r in results]}, indent=2)
+        jsonio.write(
+            options.json,
+            {
+                "host": cpu_model(),
+                "threads": settings.threads,
+                "torch": torch.__version__,
+                "results": [vars(r) for r in results],
+            },
+            indent=2,
+        )
     return 0
 
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
-from typing import TYPE_CHECKING
 
 from ...errors import BuildError, UsageError
-from .optimize import check_level, optimization_requirements, optimize_onnx
-from . import ort_format
-from .session import runner
 from ...targets import FormatSettings
-from . import quantize as ort_quant
 from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, Runner, register_format
+from . import ort_format
+from . import quantize as ort_quant
+from .optimize import check_level, optimization_requirements, optimize_onnx
+from .session import runner
 
 if TYPE_CHECKING:  # the format is read without torch by `edgepack verify`; emitting imports export.py
     from ...capture.ladder import CapturedModel
@@ -61,16 +60,21 @@ class Onnx(Format):
         super().validate(settings)
         opset = self.option(settings, "opset")
         if isinstance(opset, bool) or not isinstance(opset, int):
-            raise UsageError(f"ONNX opset must be a whole number, got {type(opset).__name__} {opset!r}.",
-                             f"Write opset = {opset if isinstance(opset, str) and opset.isdigit() else 18} "
-                             f"(a number, no quotes), from {_MIN_OPSET} to {_MAX_OPSET}.")
+            raise UsageError(
+                f"ONNX opset must be a whole number, got {type(opset).__name__} {opset!r}.",
+                f"Write opset = {opset if isinstance(opset, str) and opset.isdigit() else 18} "
+                f"(a number, no quotes), from {_MIN_OPSET} to {_MAX_OPSET}.",
+            )
         if not _MIN_OPSET <= opset <= _MAX_OPSET:
-            raise UsageError(f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}.")
+            raise UsageError(
+                f"ONNX opset {opset!r} is not supported.", f"Choose an opset from {_MIN_OPSET} to {_MAX_OPSET}."
+            )
         check_level(self.option(settings, "optimization"))
         ort_format.validate_option(self.option(settings, ort_format.OPTION))
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
-             calibration: Calibration | None = None) -> Emitted:
+    def emit(
+        self, captured: CapturedModel, settings: FormatSettings, path: Path, calibration: Calibration | None = None
+    ) -> Emitted:
         opset = self.option(settings, "opset")
         if settings.precision == "fp32":
             notes, consumed = self._export_float(captured, path, opset)
@@ -78,27 +82,39 @@ class Onnx(Format):
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 prepared, notes, consumed = self._prepared_float(captured, settings, Path(tmp))
-                notes = notes + ort_quant.quantize(prepared, path, settings.precision, calibration, captured.input_names,
-                                                   list(settings.options.get(FLOAT_LAYERS, [])))
+                notes = notes + ort_quant.quantize(
+                    prepared,
+                    path,
+                    settings.precision,
+                    calibration,
+                    captured.input_names,
+                    list(settings.options.get(FLOAT_LAYERS, [])),
+                )
             _strip_debug_metadata(path)
             notes += ort_quant.tidy(path)
         model = onnx.load(str(path))
         if _default_domain_opset(model) != opset:
-            raise BuildError(f"The exporter wrote opset {_default_domain_opset(model)}, not the requested {opset}.",
-                             "Choose the opset the exporter writes, or report this.")
+            raise BuildError(
+                f"The exporter wrote opset {_default_domain_opset(model)}, not the requested {opset}.",
+                "Choose the opset the exporter writes, or report this.",
+            )
         try:
             # No full_check: its shape inference rejects valid Loop bodies that onnxruntime runs;
             # the smoke test in onnxruntime is the judge of numerics.
             onnx.checker.check_model(model)
         except Exception as exc:
-            raise BuildError(f"The exported ONNX model is invalid: {exc}", "Report this with the model that produced it.") from exc
+            raise BuildError(
+                f"The exported ONNX model is invalid: {exc}", "Report this with the model that produced it."
+            ) from exc
         requirements = {
             "runtime": "onnxruntime",
             "opset": _default_domain_opset(model),
             "ir_version": model.ir_version,
             "operators": sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}),
             # A quantized graph is prepared by onnxruntime's quant_pre_process instead (fusions would hide ops from it).
-            **optimization_requirements(model, self.option(settings, "optimization") if settings.precision == "fp32" else "none"),
+            **optimization_requirements(
+                model, self.option(settings, "optimization") if settings.precision == "fp32" else "none"
+            ),
         }
         return Emitted(path, requirements, notes, capture=consumed)
 
@@ -115,8 +131,9 @@ class Onnx(Format):
         _strip_debug_metadata(path)
         return notes, consumed
 
-    def _prepared_float(self, captured: CapturedModel, settings: FormatSettings,
-                        folder: Path) -> tuple[Path, list[str], str]:
+    def _prepared_float(
+        self, captured: CapturedModel, settings: FormatSettings, folder: Path
+    ) -> tuple[Path, list[str], str]:
         """The float model after ORT's pre-processing, in `folder`, its notes and the capture it came from.
         The last one is kept in memory: the accuracy ladder quantizes the same capture many times, and
         exporting is the slow part."""
@@ -160,11 +177,16 @@ def _strip_debug_metadata(path: Path) -> None:
 
 def _initializer_bytes(graph: onnx.GraphProto) -> int:
     """Bytes of the graph's initializers and Constant tensors, If/Loop bodies included."""
-    tensors = list(graph.initializer) + [attr.t for node in graph.node for attr in node.attribute
-                                         if attr.type == onnx.AttributeProto.TENSOR]
+    tensors = list(graph.initializer) + [
+        attr.t for node in graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR
+    ]
     total = sum(numpy_helper.to_array(tensor).nbytes for tensor in tensors)
-    return total + sum(_initializer_bytes(attr.g) for node in graph.node for attr in node.attribute
-                       if attr.type == onnx.AttributeProto.GRAPH)
+    return total + sum(
+        _initializer_bytes(attr.g)
+        for node in graph.node
+        for attr in node.attribute
+        if attr.type == onnx.AttributeProto.GRAPH
+    )
 
 
 def _default_domain_opset(model: onnx.ModelProto) -> int:

@@ -19,16 +19,16 @@ import numpy as np
 import torch
 import torch.jit.mobile as mobile
 
+from ...capture.devices import DeviceFindings, pinned_devices
 from ...capture.ladder import CapturedModel
 from ...errors import BuildError, UsageError
 from ...noise import quiet_converter, tail
-from ...capture.devices import DeviceFindings, pinned_devices
 from ...targets import FormatSettings
+from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
 from . import quantize as torch_ao
 from . import rewrites as operator_rewrites
-from .runtime_ops import ADVICE, DEFAULT_RUNTIME, RuntimeCheck, check_program, check_runtime_name, load_table
 from .reproducible import stabilize_ptl
-from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+from .runtime_ops import ADVICE, DEFAULT_RUNTIME, RuntimeCheck, check_program, check_runtime_name, load_table
 
 # Lite bytecode v8 is what torch 2.x writes; v4..v7 are reachable by backporting for older app runtimes.
 NEWEST_BYTECODE = 8
@@ -56,9 +56,11 @@ class TorchScriptLite(Format):
         super().validate(settings)
         version = self.option(settings, "bytecode_version")
         if isinstance(version, bool) or not isinstance(version, int):
-            raise UsageError(f"bytecode_version must be a whole number, got {type(version).__name__} {version!r}.",
-                             f"Write bytecode_version = {NEWEST_BYTECODE} (a number, no quotes), from "
-                             f"{OLDEST_BYTECODE} to {NEWEST_BYTECODE}.")
+            raise UsageError(
+                f"bytecode_version must be a whole number, got {type(version).__name__} {version!r}.",
+                f"Write bytecode_version = {NEWEST_BYTECODE} (a number, no quotes), from "
+                f"{OLDEST_BYTECODE} to {NEWEST_BYTECODE}.",
+            )
         if not OLDEST_BYTECODE <= version <= NEWEST_BYTECODE:
             raise UsageError(
                 f"bytecode_version {version!r} cannot be written by torch {torch.__version__}.",
@@ -66,15 +68,17 @@ class TorchScriptLite(Format):
             )
         check_runtime_name(self.option(settings, "runtime"))
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
-             calibration: Calibration | None = None) -> Emitted:
+    def emit(
+        self, captured: CapturedModel, settings: FormatSettings, path: Path, calibration: Calibration | None = None
+    ) -> Emitted:
         version = self.option(settings, "bytecode_version")
         with quiet_converter() as log, torch_ao.qnnpack_engine():
             if settings.precision == "fp32":
                 module, notes = _mobile_passes(captured.scripted)
             else:  # the quantizer's errors are already BuildErrors that say what to do
-                module, notes = torch_ao.quantize_lite(captured, settings.precision, calibration,
-                                                       list(settings.options.get(FLOAT_LAYERS, [])))
+                module, notes = torch_ao.quantize_lite(
+                    captured, settings.precision, calibration, list(settings.options.get(FLOAT_LAYERS, []))
+                )
                 if settings.precision == "int8-dynamic":
                     module, passes = _smaller_of_frozen_or_not(module)
                     notes += passes
@@ -86,14 +90,22 @@ class TorchScriptLite(Format):
             try:
                 _save(module, path, version)
             except Exception as exc:
-                raise BuildError(f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
+                raise BuildError(
+                    f"Writing the lite model failed: {type(exc).__name__}: {exc}", tail(log.getvalue())
+                ) from exc
             operators = sorted(mobile._export_operator_list(mobile._load_for_lite_interpreter(str(path))))
             written = mobile._get_model_bytecode_version(str(path))
-            check = check_program(path, table, operator_rewrites.operator_sources(module),
-                                  {r.op: r.detail for r in rewritten if r.kind == "no_rewrite"})
-        notes.append(f"checked for {check.runtime}: {check.operators_checked} operators at bytecode "
-                     f"{check.bytecode_version}, " + (f"missing: {', '.join(m.operator for m in check.missing)}"
-                                                      if check.missing else "all present"))
+            check = check_program(
+                path,
+                table,
+                operator_rewrites.operator_sources(module),
+                {r.op: r.detail for r in rewritten if r.kind == "no_rewrite"},
+            )
+        notes.append(
+            f"checked for {check.runtime}: {check.operators_checked} operators at bytecode "
+            f"{check.bytecode_version}, "
+            + (f"missing: {', '.join(m.operator for m in check.missing)}" if check.missing else "all present")
+        )
         requirements = {
             "runtime": table.runtime,
             "bytecode_version": written,
@@ -110,9 +122,12 @@ class TorchScriptLite(Format):
         artifact, with the user's line that produced it (recorded at emit) and what to do."""
         recorded = emitted.requirements.get("runtime_check") or {}
         known = {m["operator"]: m for m in recorded.get("missing", [])}
-        check = check_program(emitted.path, load_table(self.option(settings, "runtime")),
-                              {op: m["source"] for op, m in known.items()},
-                              {op: m["rewrite"] for op, m in known.items()})
+        check = check_program(
+            emitted.path,
+            load_table(self.option(settings, "runtime")),
+            {op: m["source"] for op, m in known.items()},
+            {op: m["rewrite"] for op, m in known.items()},
+        )
         return _runtime_problems(check)
 
     def stabilize(self, path: Path) -> list[str]:
@@ -134,8 +149,11 @@ class TorchScriptLite(Format):
     def weight_bytes(self, path: Path) -> int | None:
         # Tensor storages are the archive's data/ and constants/ records; the rest is code and pickles.
         with zipfile.ZipFile(path) as archive:
-            return sum(info.file_size for info in archive.infolist()
-                       if {"data", "constants"} & set(info.filename.split("/")[1:-1]) and not info.filename.endswith(".pkl"))
+            return sum(
+                info.file_size
+                for info in archive.infolist()
+                if {"data", "constants"} & set(info.filename.split("/")[1:-1]) and not info.filename.endswith(".pkl")
+            )
 
     def saved_devices(self, path: Path, keep: set[str]) -> DeviceFindings:
         return pinned_devices(path, keep=keep)
@@ -182,8 +200,10 @@ def _smaller_of_frozen_or_not(module: torch.jit.ScriptModule) -> tuple[torch.jit
             sizes.append((Path(tmp) / f"{name}.ptl").stat().st_size)
     if sizes[0] <= sizes[1]:
         return frozen, notes
-    return module, [f"not frozen: the frozen version is larger ({sizes[0]} vs {sizes[1]} bytes; "
-                    "frozen int8 weights are stored twice)"]
+    return module, [
+        f"not frozen: the frozen version is larger ({sizes[0]} vs {sizes[1]} bytes; "
+        "frozen int8 weights are stored twice)"
+    ]
 
 
 def _op_counts(graph: torch.Graph) -> Counter:
@@ -205,5 +225,7 @@ def _save(module: torch.jit.ScriptModule, path: Path, version: int) -> None:
         newest = Path(tmp) / "newest.ptl"
         module._save_for_lite_interpreter(str(newest))
         if not mobile._backport_for_mobile(str(newest), str(path), version):
-            raise BuildError(f"Backporting the lite model to bytecode version {version} failed.",
-                             "Choose a newer bytecode_version in the target, if the app's runtime allows it.")
+            raise BuildError(
+                f"Backporting the lite model to bytecode version {version} failed.",
+                "Choose a newer bytecode_version in the target, if the app's runtime allows it.",
+            )

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,13 +58,16 @@ RULES: dict[str, _Rule] = {}
 def register(op: str, detail: str, prepare: Callable[[torch.Node], list[int]]) -> Callable:
     """Decorator: the TorchScript function that replaces `op`'s nodes; `prepare` refuses a node or picks
     which of its inputs the function takes, in the function's argument order."""
+
     def decorate(function: Callable) -> Callable:
         RULES[op] = _Rule(torch.jit.script(function), prepare, detail)
         return function
+
     return decorate
 
 
 # Rewrites -------------------------------------------------------------------------------------------
+
 
 def _sdpa_inputs(node: torch.Node) -> list[int]:
     """(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa): all but dropout_p, which must be 0."""
@@ -73,20 +76,30 @@ def _sdpa_inputs(node: torch.Node) -> list[int]:
         raise Refused(f"{len(inputs)} arguments, the rewrite knows the 8 of torch 2.5+")
     dropout = _constant(inputs[4])
     if dropout is _NOT_CONSTANT or dropout:
-        raise Refused(f"dropout_p is {'computed at run time' if dropout is _NOT_CONSTANT else dropout}: attention "
-                      "dropout is random, the lite program would not compute what eager does (export in eval mode)")
+        raise Refused(
+            f"dropout_p is {'computed at run time' if dropout is _NOT_CONSTANT else dropout}: attention "
+            "dropout is random, the lite program would not compute what eager does (export in eval mode)"
+        )
     for index, name in ((5, "is_causal"), (6, "scale"), (7, "enable_gqa")):
         if _constant(inputs[index]) is _NOT_CONSTANT:
             raise Refused(f"{name} is computed at run time; the rewrite needs it fixed when the model is captured")
     return [0, 1, 2, 3, 5, 6, 7]
 
 
-@register("aten::scaled_dot_product_attention",
-          "scaled dot-product attention as matmul, scale, mask, softmax and matmul (operators of torch 1.x)",
-          _sdpa_inputs)
-def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
-                                 is_causal: bool = False, scale: Optional[float] = None,
-                                 enable_gqa: bool = False) -> Tensor:
+@register(
+    "aten::scaled_dot_product_attention",
+    "scaled dot-product attention as matmul, scale, mask, softmax and matmul (operators of torch 1.x)",
+    _sdpa_inputs,
+)
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor:
     """torch's math reference of F.scaled_dot_product_attention (dropout_p = 0): a boolean mask keeps the
     True positions, a float mask is added to the scores; is_causal keeps the lower triangle."""
     if enable_gqa:
@@ -97,9 +110,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     else:
         factor = scale
     scores = torch.matmul(query, key.transpose(-2, -1)) * factor
-    masked_out: Optional[Tensor] = None  # positions left out, where a row may lose every key
+    masked_out: Tensor | None = None  # positions left out, where a row may lose every key
     if is_causal:
-        masked_out = torch.ones([query.size(-2), key.size(-2)], dtype=torch.bool, device=query.device).tril().logical_not()
+        masked_out = (
+            torch.ones([query.size(-2), key.size(-2)], dtype=torch.bool, device=query.device).tril().logical_not()
+        )
         scores = scores.masked_fill(masked_out, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -122,8 +137,9 @@ def _all_inputs(node: torch.Node) -> list[int]:
 
 
 @register("aten::rms_norm", "RMS normalization as pow, mean, add, rsqrt and mul (operators of torch 1.x)", _all_inputs)
-def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor] = None,
-             eps: Optional[float] = None) -> Tensor:
+def rms_norm(
+    input: Tensor, normalized_shape: list[int], weight: Tensor | None = None, eps: float | None = None
+) -> Tensor:
     """F.rms_norm (torch 2.4+): eps None is the machine epsilon of the input's dtype, as eager takes it."""
     if eps is None:
         if input.dtype == torch.float16:
@@ -136,7 +152,7 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
             epsilon = 1.1920928955078125e-07
     else:
         epsilon = eps
-    dims: List[int] = []
+    dims: list[int] = []
     for i in range(len(normalized_shape)):
         dims.append(-1 - i)
     result = input * torch.rsqrt(input.pow(2).mean(dims, keepdim=True) + epsilon)
@@ -146,10 +162,10 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
 
 
 @register("aten::squeeze.dims", "squeeze of several dimensions as one squeeze per dimension", _all_inputs)
-def squeeze_dims(self: Tensor, dim: List[int]) -> Tensor:
+def squeeze_dims(self: Tensor, dim: list[int]) -> Tensor:
     """Tensor.squeeze((d1, d2)) (torch 2.0+): dimensions not of size 1 stay, as eager leaves them."""
     rank = self.dim()
-    normalized: List[int] = []
+    normalized: list[int] = []
     for d in dim:
         normalized.append(d + rank if d < 0 else d)
     normalized.sort(reverse=True)
@@ -159,6 +175,7 @@ def squeeze_dims(self: Tensor, dim: List[int]) -> Tensor:
 
 
 # The pass -------------------------------------------------------------------------------------------
+
 
 def make_runnable(module: torch.jit.ScriptModule, table: OperatorTable) -> list[OperatorRewrite]:
     """Rewrite, in place, every node of `module` (all its methods' graphs) that `table`'s runtime cannot run

@@ -25,11 +25,13 @@ from ...noise import native_stderr_quiet
 # The runtime names a target may give (`runtime = "..."` in [formats.torchscript_lite]) -> table file.
 RUNTIMES = {
     "pytorch_android_lite 1.13.1": "pytorch_lite_1.13.1.json",  # org.pytorch:pytorch_android_lite (Maven)
-    "LibTorch-Lite 1.13.0.1": "pytorch_lite_1.13.1.json",       # the iOS pod, built from the same 1.13 sources
+    "LibTorch-Lite 1.13.0.1": "pytorch_lite_1.13.1.json",  # the iOS pod, built from the same 1.13 sources
 }
 DEFAULT_RUNTIME = "pytorch_android_lite 1.13.1"
-ADVICE = ("Choose another runtime version in the target's [formats.torchscript_lite] runtime (one that has the "
-          "operator), ship the model in the ExecuTorch format, or replace the operator at the line named.")
+ADVICE = (
+    "Choose another runtime version in the target's [formats.torchscript_lite] runtime (one that has the "
+    "operator), ship the model in the ExecuTorch format, or replace the operator at the line named."
+)
 NO_RULE = "edgepack has no rewrite for it"
 
 
@@ -45,7 +47,7 @@ class OperatorTable:
         entry = self.operators.get(operator)
         return None if entry is None else int(entry["arguments"])
 
-    def without(self, *operators: str) -> "OperatorTable":
+    def without(self, *operators: str) -> OperatorTable:
         """The same table with `operators` removed (what a check must fail on)."""
         return OperatorTable(self.runtime, {k: v for k, v in self.operators.items() if k not in operators}, self.source)
 
@@ -67,8 +69,14 @@ class Missing:
         return f"the program passes {self.arguments} arguments, the runtime's schema takes {self.runtime_arguments}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"operator": self.operator, "arguments": self.arguments, "runtime_arguments": self.runtime_arguments,
-                "reason": self.reason, "source": self.source, "rewrite": self.rewrite}
+        return {
+            "operator": self.operator,
+            "arguments": self.arguments,
+            "runtime_arguments": self.runtime_arguments,
+            "reason": self.reason,
+            "source": self.source,
+            "rewrite": self.rewrite,
+        }
 
     def problem(self, runtime: str) -> str:
         where = f" (produced at {self.source})" if self.source else ""
@@ -87,8 +95,12 @@ class RuntimeCheck:
         return not self.missing
 
     def to_json(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "bytecode_version": self.bytecode_version,
-                "operators_checked": self.operators_checked, "missing": [m.to_json() for m in self.missing]}
+        return {
+            "runtime": self.runtime,
+            "bytecode_version": self.bytecode_version,
+            "operators_checked": self.operators_checked,
+            "missing": [m.to_json() for m in self.missing],
+        }
 
     def problems(self) -> list[str]:
         return [m.problem(self.runtime) for m in self.missing]
@@ -96,8 +108,10 @@ class RuntimeCheck:
 
 def check_runtime_name(runtime: Any) -> str:
     if runtime not in RUNTIMES:
-        raise UsageError(f"Unknown TorchScript Lite runtime {runtime!r}.{did_you_mean(str(runtime), list(RUNTIMES))}",
-                         f"Name the app's runtime in [formats.torchscript_lite] runtime: one of {', '.join(RUNTIMES)}.")
+        raise UsageError(
+            f"Unknown TorchScript Lite runtime {runtime!r}.{did_you_mean(str(runtime), list(RUNTIMES))}",
+            f"Name the app's runtime in [formats.torchscript_lite] runtime: one of {', '.join(RUNTIMES)}.",
+        )
     return runtime
 
 
@@ -119,8 +133,10 @@ def program_operators(path: Path) -> dict[str, int]:
     Bytecode 6 and newer record that number; older versions pass every argument of the writer's schema."""
     with native_stderr_quiet():  # "Only models with bytecode version 6 and above contain operator schema information"
         found = torch._C._get_model_ops_and_info(str(path))
-    return {name: int(info.num_schema_args) if info.num_schema_args is not None else _writer_arguments(name)
-            for name, info in found.items()}
+    return {
+        name: int(info.num_schema_args) if info.num_schema_args is not None else _writer_arguments(name)
+        for name, info in found.items()
+    }
 
 
 def _writer_arguments(operator: str) -> int:
@@ -131,8 +147,9 @@ def _writer_arguments(operator: str) -> int:
     return 0
 
 
-def check_program(path: Path, table: OperatorTable, sources: dict[str, str] | None = None,
-                  refused: dict[str, str] | None = None) -> RuntimeCheck:
+def check_program(
+    path: Path, table: OperatorTable, sources: dict[str, str] | None = None, refused: dict[str, str] | None = None
+) -> RuntimeCheck:
     """Every operator the saved program at `path` calls, against `table`. `sources` maps an operator
     (bare "ns::name" is enough) to the user's "file:line" that produced it, `refused` to why a rewrite
     declined it, for the report."""
@@ -143,7 +160,14 @@ def check_program(path: Path, table: OperatorTable, sources: dict[str, str] | No
         available = table.arguments(operator)
         if available is None or passed > available:
             bare = operator.split(".")[0]
-            missing.append(Missing(operator, passed, available, sources.get(operator) or sources.get(bare, ""),
-                                   refused.get(operator) or refused.get(bare) or NO_RULE))
+            missing.append(
+                Missing(
+                    operator,
+                    passed,
+                    available,
+                    sources.get(operator) or sources.get(bare, ""),
+                    refused.get(operator) or refused.get(bare) or NO_RULE,
+                )
+            )
     version = torch.jit.mobile._get_model_bytecode_version(str(path))
     return RuntimeCheck(table.runtime, version, len(used), missing)

@@ -88,11 +88,18 @@ def derive(wheel: Path) -> dict:
                 operators[name] = {"schema": schema, "arguments": arguments, "defaults": defaults, "from": origin}
     return {
         **RUNTIME,
-        "source": {"wheel": wheel.name, "sha256": digest, "url": f"https://pypi.org/project/torch/1.13.1/#files",
-                   "files": [DECLARATIONS, library]},
+        "source": {
+            "wheel": wheel.name,
+            "sha256": digest,
+            "url": "https://pypi.org/project/torch/1.13.1/#files",
+            "files": [DECLARATIONS, library],
+        },
         "derived_by": "edgepack/formats/torchscript_lite/runtimes/derive.py",
-        "counts": {"native_schemas": len(schemas["native"]), "library_schemas": len(schemas["library"]),
-                   "operators": len(operators)},
+        "counts": {
+            "native_schemas": len(schemas["native"]),
+            "library_schemas": len(schemas["library"]),
+            "operators": len(operators),
+        },
         "operators": dict(sorted(operators.items())),
     }
 
