@@ -42,8 +42,21 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "__version__", "build", "diagnose", "doctor", "BuildRequest", "BuildReport", "ArtifactReport", "InputSpec",
-    "parse_input_spec", "verify_bundle", "inspect_bundle", "EdgepackError", "UsageError", "BuildError", "CaptureError",
+    "__version__",
+    "build",
+    "diagnose",
+    "doctor",
+    "BuildRequest",
+    "BuildReport",
+    "ArtifactReport",
+    "InputSpec",
+    "parse_input_spec",
+    "verify_bundle",
+    "inspect_bundle",
+    "EdgepackError",
+    "UsageError",
+    "BuildError",
+    "CaptureError",
 ]
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ class OtherProcessesLoad:
 
     cores: float | None = None
 
-    def __enter__(self) -> "OtherProcessesLoad":
+    def __enter__(self) -> OtherProcessesLoad:
         self._start = (_busy_cpu_seconds(), time.process_time(), time.perf_counter())
         return self
 
@@ -114,8 +114,9 @@ def _busy_cpu_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5,
-                     settle_s: float = 0.02) -> dict[str, Latency]:
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5, settle_s: float = 0.02
+) -> dict[str, Latency]:
     """The same protocol for several calls at once, in round-robin blocks of `block` timed runs, so
     that load from other processes on a shared machine falls on every candidate alike. Before each
     block: a pause, so the previous runtime's spinning worker threads (onnxruntime's and OpenMP's
@@ -135,7 +136,9 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], settings: BenchSetting
                 call()
                 samples[name].append((time.perf_counter_ns() - t0) / 1e6)
         runs = min(len(s) for s in samples.values())
-        if runs >= settings.max_runs or (runs >= settings.min_runs and time.perf_counter() - started >= settings.min_seconds):
+        if runs >= settings.max_runs or (
+            runs >= settings.min_runs and time.perf_counter() - started >= settings.min_seconds
+        ):
             break
     return {name: summarize(s) for name, s in samples.items()}
 
@@ -158,15 +161,24 @@ class Footprint:
     METHOD = "a fresh process per artifact, runtime imported first: load + first run timed; peak memory = peak RSS (VmHWM, reset after the imports) minus RSS before loading"
 
 
-def measure_footprint(format_name: str, path: Path, arrays: list[np.ndarray], threads: int,
-                      repeats: int = 1, timeout_s: float = 300.0) -> Footprint:
+def measure_footprint(
+    format_name: str, path: Path, arrays: list[np.ndarray], threads: int, repeats: int = 1, timeout_s: float = 300.0
+) -> Footprint:
     """Load and run the artifact in `repeats` new Python processes (one sample each: the median cold
     load and the largest peak are kept); RuntimeError with the probe's last stderr line when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, *arrays)
-        command = [sys.executable, "-m", "edgepack.bench", format_name, str(path), str(inputs), str(threads),
-                   _defining_module(format_name)]
+        command = [
+            sys.executable,
+            "-m",
+            "edgepack.bench",
+            format_name,
+            str(path),
+            str(inputs),
+            str(threads),
+            _defining_module(format_name),
+        ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         results = [_probe_once(command, env, timeout_s) for _ in range(max(1, repeats))]
     return Footprint(float(np.median([r["cold_load_ms"] for r in results])), max(r["peak_memory_mb"] for r in results))

@@ -11,31 +11,33 @@ import sys
 import traceback
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import typer.core
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__, interrupts, jsonio
-from .failures import disk_error
+from .bundle.files import source_date_epoch
+from .bundle.inspect import inspect_bundle, print_summary
+from .bundle.signing import check_private_key, generate_keypair
+from .bundle.verify import Verification, verify_bundle
 from .config import find_config
 from .errors import EdgepackError, UsageError
-from .formats import known_options
-from .bundle.files import source_date_epoch
+from .failures import disk_error
+from .inputs import SPEC_SYNTAX, parse_input_spec
 from .noise import stdout_to_stderr
 from .progress import Status
-from .inputs import SPEC_SYNTAX, parse_input_spec
-from .pipeline import BuildRequest, build, diagnose
-from .bundle.verify import Verification, verify_bundle
-from .bundle.inspect import inspect_bundle, print_summary
-from .report import ArtifactReport, BuildReport
-from .bundle.signing import check_private_key, generate_keypair
 from .targets import builtin_target_names, load_target
+
+if TYPE_CHECKING:  # build and doctor import the pipeline (torch, converters) when they run; verify and inspect never do
+    from .pipeline import BuildRequest
+    from .report import ArtifactReport, BuildReport
 
 # typer carries its own copy of click (typer._click) in recent versions; its exceptions are the ones raised.
 _click_exceptions = getattr(getattr(typer.core, "_click", None), "exceptions", None) or __import__("click").exceptions
@@ -46,7 +48,7 @@ class _ContractGroup(TyperGroup):
     every other usage error: one `error:` line, a `hint:`, exit 2, and with --json one JSON document on
     stdout, instead of a rich error box."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         argv = list(sys.argv[1:] if args is None else args)
@@ -59,8 +61,10 @@ class _ContractGroup(TyperGroup):
             command = exc.ctx.command_path if exc.ctx is not None else "edgepack"
             json_output = "--json" in argv
             try:
-                _fail(UsageError(exc.format_message(), f"Run '{command} --help' for the options and their values."),
-                      json_output)
+                _fail(
+                    UsageError(exc.format_message(), f"Run '{command} --help' for the options and their values."),
+                    json_output,
+                )
             except typer.Exit as done:
                 sys.exit(done.exit_code)
         except typer.Abort:
@@ -90,8 +94,13 @@ def _fold_long_words_in_help() -> None:
 
 _fold_long_words_in_help()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_ContractGroup,
-                  help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=_ContractGroup,
+    help="Package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles.",
+)
 err_console = Console(stderr=True, soft_wrap=True)  # error text stays greppable: no hard wraps
 
 
@@ -126,35 +135,89 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
 ) -> None:
     """edgepack: trace, convert, smoke-test and benchmark a PyTorch model for ios, android and iot targets."""
 
 
 @app.command("build")
 def build_command(
-    target: Annotated[list[str], typer.Option("--target", "-t", help="Target name (ios, android, iot, all) or a .toml path; repeatable.")] = [],
-    model: Annotated[Optional[str], typer.Option(help="pkg.module:attr or path/file.py:attr (an nn.Module, class or factory). Default: the built-in demo model.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="State dict to load (read with weights_only=True).")] = None,
+    target: Annotated[
+        list[str],
+        typer.Option("--target", "-t", help="Target name (ios, android, iot, all) or a .toml path; repeatable."),
+    ] = [],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="pkg.module:attr or path/file.py:attr (an nn.Module, class or factory). Default: the built-in demo model."
+        ),
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict to load (read with weights_only=True).")] = None,
     input: Annotated[list[str], typer.Option("--input", "-i", help=f"Model input, repeatable: {SPEC_SYNTAX}.")] = [],
-    name: Annotated[Optional[str], typer.Option(help="Bundle name (default: from the model's class).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where bundles go (default: dist/).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack] in ./pyproject.toml).")] = None,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: from the model's class).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where bundles go (default: dist/).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack] in ./pyproject.toml)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print only one JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    strict: Annotated[bool, typer.Option(help="Count artifacts whose numerics could not be verified on this OS as failures.")] = False,
-    allow_partial: Annotated[bool, typer.Option(help="Ship the formats that passed; leave out (and report) those that could not be built or failed their smoke test.")] = False,
-    capture: Annotated[str, typer.Option(help="Capture strategy: auto (trace, falling back to script, then hybrid), trace or script.")] = "auto",
-    check_inputs: Annotated[Optional[str], typer.Option(help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts.")] = None,
-    no_budgets: Annotated[bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")] = False,
-    trust_weights: Annotated[bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Count artifacts whose numerics could not be verified on this OS as failures.")
+    ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            help="Ship the formats that passed; leave out (and report) those that could not be built or failed their smoke test."
+        ),
+    ] = False,
+    capture: Annotated[
+        str, typer.Option(help="Capture strategy: auto (trace, falling back to script, then hybrid), trace or script.")
+    ] = "auto",
+    check_inputs: Annotated[
+        str | None,
+        typer.Option(
+            help="Extra inputs the capture and every artifact must match eager on: a .npz (one array per input, samples on axis 0) or a module:attr callable yielding dicts."
+        ),
+    ] = None,
+    no_budgets: Annotated[
+        bool, typer.Option("--no-budgets", help="Do not fail on the target's size and latency budgets.")
+    ] = False,
+    trust_weights: Annotated[
+        bool, typer.Option(help="Allow --weights files that need full unpickling (runs code from the file).")
+    ] = False,
     device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
     trace_device: Annotated[str, typer.Option(help=TRACE_DEVICE_HELP)] = "cpu",
-    sign_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`.")] = None,
-    archive: Annotated[bool, typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out).")] = False,
-    precision: Annotated[Optional[str], typer.Option(help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's.")] = None,
-    calibration: Annotated[Optional[str], typer.Option(help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own.")] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="Evaluation set accuracy is measured on against eager fp32, in the same forms as --calibration. Default: the demo's held-out split, else seeded random inputs (said in the report).")] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 private key (PEM) to sign manifest.json with; writes manifest.sig. Make one with `edgepack keygen`."
+        ),
+    ] = None,
+    archive: Annotated[
+        bool,
+        typer.Option(help="Also write a deterministic <bundle>.zip beside each passing bundle (reports left out)."),
+    ] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's."
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own."
+        ),
+    ] = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluation set accuracy is measured on against eager fp32, in the same forms as --calibration. Default: the demo's held-out split, else seeded random inputs (said in the report)."
+        ),
+    ] = None,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
@@ -164,21 +227,30 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
+        from .pipeline import build
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             reports = build(request, observer)
     if json_output:
-        document = reports[0].to_json() if len(reports) == 1 else {
-            "ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
+        document = (
+            reports[0].to_json()
+            if len(reports) == 1
+            else {"ok": all(r.ok for r in reports), "builds": [r.to_json() for r in reports]}
+        )
         print(jsonio.dumps(document, indent=2))
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
 
 
-DEVICE_POLICY_HELP = ("agnostic: every placement the trace recorded follows the input's device; target: pin "
-                      "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way.")
-TRACE_DEVICE_HELP = ("Device to trace on: cpu, cuda, cuda:N, or auto (cuda when available). The bundle is made "
-                     "device-agnostic and checked on the CPU either way.")
+DEVICE_POLICY_HELP = (
+    "agnostic: every placement the trace recorded follows the input's device; target: pin "
+    "everything to the phone's CPU. A deliberate .cpu() is kept and reported either way."
+)
+TRACE_DEVICE_HELP = (
+    "Device to trace on: cpu, cuda, cuda:N, or auto (cuda when available). The bundle is made "
+    "device-agnostic and checked on the CPU either way."
+)
 
 
 def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: bool) -> None:
@@ -188,8 +260,9 @@ def _add_bundle_options(request: BuildRequest, sign_key: Path | None, archive: b
     request.sign_key, request.archive = sign_key, archive
 
 
-def _request(target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights,
-             need_target: bool = True) -> BuildRequest:
+def _request(
+    target, model, weights, inputs, name, out, config, strict, no_budgets, trust_weights, need_target: bool = True
+) -> BuildRequest:
     project = find_config(config, Path.cwd())
     targets = list(target) or project.targets
     if not targets and need_target:
@@ -197,6 +270,8 @@ def _request(target, model, weights, inputs, name, out, config, strict, no_budge
     if "all" in targets:
         targets = builtin_target_names()
     from_cli = model is not None
+    from .pipeline import BuildRequest
+
     return BuildRequest(
         targets=targets,
         model=model if from_cli else project.model,
@@ -229,32 +304,55 @@ def user_errors(json_output: bool) -> Iterator[None]:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: 128 + the signal, the previous bundle in place
         code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
         name = exc.args[0] if isinstance(exc, interrupts.Interrupted) else "SIGINT"
-        _fail(EdgepackError(f"interrupted ({name}): stopped before finishing; bundles already in place were "
-                            "left as they were", "Run the command again."), json_output, code, caught)
+        _fail(
+            EdgepackError(
+                f"interrupted ({name}): stopped before finishing; bundles already in place were left as they were",
+                "Run the command again.",
+            ),
+            json_output,
+            code,
+            caught,
+        )
     except OSError as exc:
         disk = disk_error(exc)
         if disk is None:
             traceback.print_exc()
-            _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
-                  json_output, warned=caught)
+            _fail(
+                EdgepackError(
+                    f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."
+                ),
+                json_output,
+                warned=caught,
+            )
         _fail(disk, json_output, warned=caught)
     except Exception as exc:
         traceback.print_exc()
-        _fail(EdgepackError(f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."),
-              json_output, warned=caught)
+        _fail(
+            EdgepackError(
+                f"internal error: {type(exc).__name__}: {exc}", "Please report this with the command you ran."
+            ),
+            json_output,
+            warned=caught,
+        )
     else:
         for w in caught:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _fail(exc: EdgepackError, json_output: bool, exit_code: int | None = None,
-          warned: list[warnings.WarningMessage] | None = None) -> None:
+def _fail(
+    exc: EdgepackError,
+    json_output: bool,
+    exit_code: int | None = None,
+    warned: list[warnings.WarningMessage] | None = None,
+) -> NoReturn:
     err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
     for w in warned or []:  # after the error: context for it, never in front of it
-        err_console.print(f"[dim]warning:[/] {escape(f'{w.category.__name__}: {w.message}')} "
-                          f"({escape(str(w.filename))}:{w.lineno})", highlight=False)
+        err_console.print(
+            f"[dim]warning:[/] {escape(f'{w.category.__name__}: {w.message}')} ({escape(str(w.filename))}:{w.lineno})",
+            highlight=False,
+        )
     if json_output:
         print(jsonio.dumps({"ok": False, "error": exc.message, "hint": exc.hint}, indent=2))
     raise typer.Exit(exc.exit_code if exit_code is None else exit_code)
@@ -289,11 +387,15 @@ def _print_summary(reports: list[BuildReport]) -> None:
         console.print(table)
         for a in report.artifacts:
             if a.path is None and report.allow_partial:
-                console.print(f"  [yellow]{a.format}[/] left out of the bundle: {escape(a.smoke.reason)}", highlight=False)
+                console.print(
+                    f"  [yellow]{a.format}[/] left out of the bundle: {escape(a.smoke.reason)}", highlight=False
+                )
             elif a.smoke.status != "passed":
                 console.print(f"  [yellow]{a.format}[/]: {escape(a.smoke.reason)}", highlight=False)
             if a.accuracy is not None:
-                console.print(f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False)
+                console.print(
+                    f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False
+                )
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
@@ -318,12 +420,18 @@ def _devices_text(capture: dict) -> str:
 
 @app.command("doctor")
 def doctor_command(
-    model: Annotated[Optional[str], typer.Option(help="pkg.module:attr or path/file.py:attr. Default: the built-in demo model.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="State dict to load (read with weights_only=True).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="pkg.module:attr or path/file.py:attr. Default: the built-in demo model.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict to load (read with weights_only=True).")] = None,
     input: Annotated[list[str], typer.Option("--input", "-i", help=f"Model input, repeatable: {SPEC_SYNTAX}.")] = [],
-    config: Annotated[Optional[Path], typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack]).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Settings file (default: ./edgepack.toml or [tool.edgepack]).")
+    ] = None,
     capture: Annotated[str, typer.Option(help="auto, trace or script.")] = "auto",
-    check_inputs: Annotated[Optional[str], typer.Option(help="Extra check inputs: a .npz or a module:attr callable.")] = None,
+    check_inputs: Annotated[
+        str | None, typer.Option(help="Extra check inputs: a .npz or a module:attr callable.")
+    ] = None,
     trust_weights: Annotated[bool, typer.Option(help="Allow weights files that need full unpickling.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
     device_policy: Annotated[str, typer.Option(help=DEVICE_POLICY_HELP)] = "agnostic",
@@ -331,9 +439,13 @@ def doctor_command(
 ) -> None:
     """Find where tracing the model goes wrong, without building: each hazard with its line, why it matters and the fix."""
     with user_errors(json_output):
-        request = _request([], model, weights, input, None, None, config, False, False, trust_weights, need_target=False)
+        request = _request(
+            [], model, weights, input, None, None, config, False, False, trust_weights, need_target=False
+        )
         request.capture_mode, request.check_inputs = capture, check_inputs
         request.device_policy, request.trace_device = device_policy, trace_device
+        from .pipeline import diagnose
+
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             result = diagnose(request)
     if json_output:
@@ -361,11 +473,17 @@ def _print_diagnosis(result: dict) -> None:
             detail = f"diverges on {a['divergence'][0]['label']}: {a['divergence'][0]['reason']}"
         console.print(f"  {a['strategy']:<7} {'ok' if a['ok'] else 'failed'}  {escape(detail)}", highlight=False)
     for unchecked in result.get("unchecked_sizes", []):
-        console.print(f"  [yellow]not checked at {unchecked['size']}[/]: eager PyTorch fails there ({escape(unchecked['reason'])}); "
-                      "the bundle's dynamic dimension would be wider than the model", highlight=False)
+        console.print(
+            f"  [yellow]not checked at {unchecked['size']}[/]: eager PyTorch fails there ({escape(unchecked['reason'])}); "
+            "the bundle's dynamic dimension would be wider than the model",
+            highlight=False,
+        )
     if result.get("rewrites"):
         console.print("\n[bold]device pass[/]", highlight=False)
-        lines = [f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}" for r in result["rewrites"]]
+        lines = [
+            f"{r['kind']:<17} {r['op']:<18} {r['source'] or '(no source line)'}  {r['detail']}"
+            for r in result["rewrites"]
+        ]
         for line, count in Counter(lines).items():  # one line per kind of rewrite: a transformer repeats them per layer
             console.print(f"  {escape(line)}" + (f"  (x{count})" if count > 1 else ""), highlight=False)
     _print_export(console, result.get("export"))
@@ -384,7 +502,9 @@ def _print_export(console: Console, export: dict | None) -> None:
     for a in export["attempts"]:
         d = a.get("diagnosis")
         if a["ok"] or not d:
-            console.print(f"  {a['strategy']:<16} {'ok' if a['ok'] else 'failed'}  {escape(a['error'])}", highlight=False)
+            console.print(
+                f"  {a['strategy']:<16} {'ok' if a['ok'] else 'failed'}  {escape(a['error'])}", highlight=False
+            )
             continue
         where = f"{d['file']}:{d['line']}" if d["file"] else "(unknown location)"
         console.print(f"  {a['strategy']:<16} failed  [yellow]{d['kind']}[/] at {escape(where)}", highlight=False)
@@ -395,10 +515,16 @@ def _print_export(console: Console, export: dict | None) -> None:
     found = export.get("rewrites", [])
     if found:
         sources = ", ".join(sorted({r["source"] or "(no source line)" for r in found}))
-        console.print(f"  {len(found)} device literal(s) in the exported graph (at {escape(sources)}); ONNX and Core ML "
-                      "programs carry no placement", highlight=False)
-    verdict = (f"ONNX at opset >= 18 (and Core ML with capture = \"export\") converts the checked {export['strategy']} "
-               "program" if export["ok"] else "the formats built on torch.export fall back to the TorchScript capture")
+        console.print(
+            f"  {len(found)} device literal(s) in the exported graph (at {escape(sources)}); ONNX and Core ML "
+            "programs carry no placement",
+            highlight=False,
+        )
+    verdict = (
+        f'ONNX at opset >= 18 (and Core ML with capture = "export") converts the checked {export["strategy"]} program'
+        if export["ok"]
+        else "the formats built on torch.export fall back to the TorchScript capture"
+    )
     console.print(f"  result: {verdict}", highlight=False)
 
 
@@ -408,6 +534,8 @@ def targets_command(
 ) -> None:
     """List the built-in targets and what each emits."""
     with user_errors(json_output):
+        from .formats import known_options
+
         targets = [load_target(name, known_options()) for name in builtin_target_names()]
     if json_output:
         print(jsonio.dumps([t.summary() for t in targets], indent=2))
@@ -427,22 +555,31 @@ def _option_text(options: dict) -> str:
 
 @app.command("install-into")
 def install_into_command(
-    app_dir: Annotated[Path, typer.Argument(metavar="APP_DIR", help="The demo app's folder: android-demo/ or ios-demo/.")],
-    bundle: Annotated[Path, typer.Option(help="The bundle to install: a folder (dist/demo-digits/android) or its .zip.")],
+    app_dir: Annotated[
+        Path, typer.Argument(metavar="APP_DIR", help="The demo app's folder: android-demo/ or ios-demo/.")
+    ],
+    bundle: Annotated[
+        Path, typer.Option(help="The bundle to install: a folder (dist/demo-digits/android) or its .zip.")
+    ],
 ) -> None:
     """Copy a bundle (artifacts, manifest.json, manifest.sig, golden/) into a demo app, where the app reads it."""
-    from .bundle.verify import opened_bundle
     from .bundle.install import install_bundle
+    from .bundle.verify import opened_bundle
 
     with user_errors(False), opened_bundle(bundle) as bundle_dir:
         installed = install_bundle(app_dir, bundle_dir)
-    print(f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
-          f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}")
+    print(
+        f"installed {installed.model} ({installed.target} bundle: {', '.join(installed.files)}) "
+        f"into the {installed.platform} app at {installed.destination}\nnext, in {app_dir}: {installed.next_step}"
+    )
+
 
 @app.command("verify")
 def verify_command(
-    path: Annotated[Path, typer.Argument(help="A bundle folder (dist/<model>/<target>) or the .zip written by --archive.")],
-    public_key: Annotated[Optional[Path], typer.Option(help="Ed25519 public key (PEM): also check manifest.sig.")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="A bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
+    ],
+    public_key: Annotated[Path | None, typer.Option(help="Ed25519 public key (PEM): also check manifest.sig.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Check a bundle: manifest schema, every sha256, the signature, and each artifact's smoke test on the golden vectors."""
@@ -480,15 +617,24 @@ def inspect_command(
 
 @app.command("keygen")
 def keygen_command(
-    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM); keep it secret. Its folder must exist (as with ssh-keygen).")] = Path("edgepack.key"),
-    public_key: Annotated[Optional[Path], typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")] = None,
+    private_key: Annotated[
+        Path,
+        typer.Argument(
+            help="Where to write the private key (PEM); keep it secret. Its folder must exist (as with ssh-keygen)."
+        ),
+    ] = Path("edgepack.key"),
+    public_key: Annotated[
+        Path | None, typer.Option(help="Where to write the public key (default: PRIVATE_KEY with .pub).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
 ) -> None:
     """Make an Ed25519 key pair for `build --sign-key` and `verify --public-key`."""
     public_key = public_key or private_key.with_suffix(".pub")
     with user_errors(False):
         generate_keypair(private_key, public_key, force)
-    err_console.print(f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False)
+    err_console.print(
+        f"private key: {private_key} (mode 600, keep it secret)\npublic key:  {public_key}", highlight=False
+    )
 
 
 def run() -> None:

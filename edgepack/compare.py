@@ -36,12 +36,18 @@ class Comparison:
     empty: tuple[str, ...] = ()
 
     @staticmethod
-    def error(label: str, reason: str) -> "Comparison":
+    def error(label: str, reason: str) -> Comparison:
         return Comparison(False, reason, label=label)
 
     def to_json(self) -> dict:
-        return {"label": self.label, "ok": self.ok, "reason": self.reason, "max_abs_err": finite_or_none(self.max_abs_err),
-                "cosine": finite_or_none(self.cosine), "non_finite": self.non_finite}
+        return {
+            "label": self.label,
+            "ok": self.ok,
+            "reason": self.reason,
+            "max_abs_err": finite_or_none(self.max_abs_err),
+            "cosine": finite_or_none(self.cosine),
+            "non_finite": self.non_finite,
+        }
 
 
 def compare_outputs(
@@ -59,7 +65,8 @@ def compare_outputs(
     if len(got) != len(expected):
         return Comparison.error(label, f"{len(got)} outputs, expected {len(expected)}")
     worst_err, worst_cos, failures, non_finite = 0.0, 1.0, [], 0
-    unchecked, empty = [], []
+    unchecked: list[str] = []
+    empty: list[str] = []
     for name, g, e in zip(names, got, expected):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape:  # np broadcasting would hide a wrong shape
@@ -84,12 +91,23 @@ def compare_outputs(
             failures.append(f"'{name}' max abs error {err:.3g} > {limit:.3g}")
         if cos < min_cosine:
             failures.append(f"'{name}' cosine {cos:.6f} < {min_cosine}")
-    reason = "; ".join(failures) if failures else f"within tolerance (max abs error {worst_err:.3g}, cosine {worst_cos:.6f})"
+    reason = (
+        "; ".join(failures) if failures else f"within tolerance (max abs error {worst_err:.3g}, cosine {worst_cos:.6f})"
+    )
     if len(unchecked) + len(empty) == len(names) and not failures:
         worst_err, worst_cos = math.nan, math.nan  # nothing measured: no figures to show
         reason = "nothing checkable: " + ", ".join(f"'{n}' {'empty' if n in empty else 'all inf/NaN'}" for n in names)
-    return Comparison(not failures, reason, worst_err, worst_cos, label, non_finite,
-                      tuple(names[:len(expected)]), tuple(unchecked), tuple(empty))
+    return Comparison(
+        not failures,
+        reason,
+        worst_err,
+        worst_cos,
+        label,
+        non_finite,
+        tuple(names[: len(expected)]),
+        tuple(unchecked),
+        tuple(empty),
+    )
 
 
 def never_checked(comparisons: list[Comparison]) -> tuple[list[str], list[str]]:
@@ -106,8 +124,10 @@ def never_checked(comparisons: list[Comparison]) -> tuple[list[str], list[str]]:
 def uncheckable_text(unchecked: list[str], empty: list[str], outputs: tuple[str, ...] | list[str]) -> str | None:
     """The failure when an output could never be checked (or nothing at all could), else None."""
     if unchecked:
-        return (f"nothing checkable: output(s) {', '.join(repr(n) for n in unchecked)} hold no finite value on any "
-                "input (all inf/NaN in eager PyTorch's output too), so any artifact giving inf/NaN would pass")
+        return (
+            f"nothing checkable: output(s) {', '.join(repr(n) for n in unchecked)} hold no finite value on any "
+            "input (all inf/NaN in eager PyTorch's output too), so any artifact giving inf/NaN would pass"
+        )
     if outputs and len(empty) == len(outputs):
         return "nothing checkable: every output is empty on every input"
     return None
@@ -168,8 +188,13 @@ def merge(comparisons: list[Comparison], label: str = "") -> Comparison:
             reason += f" (and {len(failed) - 1} more of {len(comparisons)} samples)"
         return Comparison(False, reason, worst_err, worst_cos, label, non_finite)
     note = f"; output(s) {', '.join(repr(n) for n in empty)} empty on every input: not checked" if empty else ""
-    return Comparison(True, f"{len(comparisons)} inputs within tolerance "
-                            f"(max abs error {worst_err:.3g}, cosine {worst_cos:.6f}){note}", worst_err, worst_cos, label)
+    return Comparison(
+        True,
+        f"{len(comparisons)} inputs within tolerance (max abs error {worst_err:.3g}, cosine {worst_cos:.6f}){note}",
+        worst_err,
+        worst_cos,
+        label,
+    )
 
 
 def _worst_cosine(a: float, b: float) -> float:
@@ -184,12 +209,15 @@ def compare_runner(run: Runner, captured: CapturedModel, settings: FormatSetting
     quantized = precisions.is_quantized(settings.precision)
     cases = [(f"golden sample {i}", s, e) for i, (s, e) in enumerate(zip(captured.samples, captured.expected))]
     cases += [] if quantized else [(c.label, c.sample, c.expected) for c in captured.checks]
-    arrays = [(label, [sample[name].numpy() for name in captured.input_names], expected) for label, sample, expected in cases]
+    arrays = [
+        (label, [sample[name].numpy() for name in captured.input_names], expected) for label, sample, expected in cases
+    ]
     return compare_cases(run, arrays, tol, captured.output_names), quantized
 
 
-def compare_cases(run: Runner, cases: list[tuple[str, list[np.ndarray], list[np.ndarray]]], tol: Tolerance,
-                  output_names: list[str]) -> Comparison:
+def compare_cases(
+    run: Runner, cases: list[tuple[str, list[np.ndarray], list[np.ndarray]]], tol: Tolerance, output_names: list[str]
+) -> Comparison:
     """Each (label, input arrays, expected outputs) through `run`, compared within `tol`. A case that
     fails to run is a failed comparison; RuntimeUnavailable (cannot run on this OS) propagates."""
     comparisons = []

@@ -35,10 +35,14 @@ def find_config(explicit: Path | None, cwd: Path) -> ProjectConfig:
     """The explicit file, else ./edgepack.toml, else ./pyproject.toml's [tool.edgepack], else nothing."""
     if explicit is not None:
         if not explicit.is_file():
-            raise UsageError(f"Config file '{explicit}' {missing_file_text(explicit)}.", "Check the --config path: "
-                             "an edgepack.toml or a pyproject.toml file.")
+            raise UsageError(
+                f"Config file '{explicit}' {missing_file_text(explicit)}.",
+                "Check the --config path: an edgepack.toml or a pyproject.toml file.",
+            )
         table = _read(explicit)
-        return _parse(table.get("tool", {}).get("edgepack", {}) if explicit.name == "pyproject.toml" else table, explicit)
+        return _parse(
+            table.get("tool", {}).get("edgepack", {}) if explicit.name == "pyproject.toml" else table, explicit
+        )
     if (cwd / "edgepack.toml").is_file():
         return _parse(_read(cwd / "edgepack.toml"), cwd / "edgepack.toml")
     if (cwd / "pyproject.toml").is_file():
@@ -58,8 +62,10 @@ def _read(path: Path) -> dict[str, Any]:
 def _parse(table: dict[str, Any], path: Path) -> ProjectConfig:
     for key in table:
         if key not in _KEYS:
-            raise UsageError(f"{path} has an unknown edgepack setting '{key}'.{did_you_mean(key, sorted(_KEYS))}",
-                             f"Allowed settings: {', '.join(sorted(_KEYS))}.")
+            raise UsageError(
+                f"{path} has an unknown edgepack setting '{key}'.{did_you_mean(key, sorted(_KEYS))}",
+                f"Allowed settings: {', '.join(sorted(_KEYS))}.",
+            )
     root = path.parent
     model = _string(table, "model", path)
     if model and ".py:" in model and not Path(model.rpartition(":")[0]).is_absolute():
@@ -71,8 +77,10 @@ def _parse(table: dict[str, Any], path: Path) -> ProjectConfig:
     targets = table.get("target", [])
     targets = [targets] if isinstance(targets, str) else targets
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise UsageError(f"{path}: 'target' must be a target name or a list of them, got {table['target']!r}.",
-                         'Write target = "ios" or target = ["android", "iot"].')
+        raise UsageError(
+            f"{path}: 'target' must be a target name or a list of them, got {table['target']!r}.",
+            'Write target = "ios" or target = ["android", "iot"].',
+        )
     weights, out = _string(table, "weights", path), _string(table, "out", path)
     return ProjectConfig(
         path=path,

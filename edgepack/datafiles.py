@@ -7,6 +7,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,24 +50,30 @@ def read_npy(path: Path | str, option: str) -> np.ndarray:
     except UsageError:
         raise
     except _UNREADABLE as exc:
-        raise UsageError(f"{option} file '{path}' cannot be read as an array: {_reason(exc)}.",
-                         f"Give {option} .npy files written by numpy.save.") from exc
+        raise UsageError(
+            f"{option} file '{path}' cannot be read as an array: {_reason(exc)}.",
+            f"Give {option} .npy files written by numpy.save.",
+        ) from exc
     _check_array(path, path.stem, array, option)
     return array
 
 
 def _check_size(path: Path, expanded: float, option: str) -> None:
     if expanded > MAX_DATA_BYTES:
-        raise UsageError(f"{option} file '{path}' expands to {expanded / 2**30:.1f} GiB, over edgepack's limit of "
-                         f"{MAX_DATA_BYTES / 2**30:.0f} GiB for a data file.",
-                         "Use fewer samples: a few hundred are enough for calibration, evaluation or checks.")
+        raise UsageError(
+            f"{option} file '{path}' expands to {expanded / 2**30:.1f} GiB, over edgepack's limit of "
+            f"{MAX_DATA_BYTES / 2**30:.0f} GiB for a data file.",
+            "Use fewer samples: a few hundred are enough for calibration, evaluation or checks.",
+        )
 
 
 def _check_array(path: Path, name: str, array: np.ndarray, option: str) -> None:
     if array.dtype.kind not in "biuf" or array.ndim == 0:
-        raise UsageError(f"{option} file '{path}': array '{name}' is {array.dtype} with shape {list(array.shape)}, "
-                         "not a numeric array with a sample axis.",
-                         "Store numbers (float, int or bool), samples along axis 0.")
+        raise UsageError(
+            f"{option} file '{path}': array '{name}' is {array.dtype} with shape {list(array.shape)}, "
+            "not a numeric array with a sample axis.",
+            "Store numbers (float, int or bool), samples along axis 0.",
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -77,7 +84,7 @@ def _reason(exc: BaseException) -> str:
 MAX_JSON_DEPTH = 64  # a manifest nests about 8 deep; validators and printers recurse per level
 
 
-def loads_json(text: str) -> object:
+def loads_json(text: str) -> Any:
     """json.loads for documents from outside (manifest.json, report.json, index.json): one nested too deeply
     for the parser or for the validators that walk it is a JSONDecodeError, like any malformed document."""
     import json
@@ -91,8 +98,9 @@ def loads_json(text: str) -> object:
         value, level = stack.pop()
         depth = max(depth, level)
         if depth > MAX_JSON_DEPTH:
-            raise json.JSONDecodeError(f"nested more than {MAX_JSON_DEPTH} levels deep, which no edgepack document is",
-                                       text[:64], 0)
+            raise json.JSONDecodeError(
+                f"nested more than {MAX_JSON_DEPTH} levels deep, which no edgepack document is", text[:64], 0
+            )
         if isinstance(value, dict):
             stack.extend((v, level + 1) for v in value.values())
         elif isinstance(value, list):

@@ -9,8 +9,18 @@ import errno
 from .errors import BuildError
 
 # errno values that mean "the file system would not take the write", whatever edgepack was writing.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
-               errno.EMFILE, errno.ENFILE, errno.EIO}
+DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EFBIG,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EIO,
+}
 
 
 def disk_error(exc: OSError) -> BuildError | None:
@@ -25,10 +35,14 @@ def disk_error(exc: OSError) -> BuildError | None:
         errno.ENAMETOOLONG: "Use a shorter --out folder or --name.",
         errno.EROFS: "Pass --out a folder on a writable file system.",
     }
-    return BuildError(f"Could not write{where}: {exc.strerror or exc} (errno {errno.errorcode.get(exc.errno, exc.errno)}); "
-                      "nothing half-written was left in the output folder",
-                      hints.get(exc.errno, "Check the permissions and free space of the folders edgepack writes to "
-                                           "(--out and the temporary folder)."))
+    return BuildError(
+        f"Could not write{where}: {exc.strerror or exc} (errno {errno.errorcode.get(exc.errno, exc.errno)}); "
+        "nothing half-written was left in the output folder",
+        hints.get(
+            exc.errno,
+            "Check the permissions and free space of the folders edgepack writes to (--out and the temporary folder).",
+        ),
+    )
 
 
 FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

@@ -49,7 +49,7 @@ def _is_command_line() -> bool:
     """This process is the `edgepack` command (console script or python -m edgepack), not a library user."""
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     original = list(getattr(sys, "orig_argv", []))
-    as_module = any(original[i:i + 2] == ["-m", "edgepack"] for i in range(len(original) - 1))
+    as_module = any(original[i : i + 2] == ["-m", "edgepack"] for i in range(len(original) - 1))
     return script in ("edgepack", "edgepack.exe") or as_module
 
 

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import UsageError
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "bool": torch.bool,
-}
+if TYPE_CHECKING:  # parsing specs needs no torch: `edgepack verify` and `inspect` import this module's syntax
+    import torch
+
+# The input dtypes a spec may name; each is also the name of its torch dtype.
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
 _DEFAULT_INT_RANGE = (0, 10)
 _SPEC_RE = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<dims>[^:]+)"
     r"(?::(?P<dtype>[a-z0-9]+))?(?::(?P<low>-?\d+)\.\.(?P<high>-?\d+))?$"
 )
-SPEC_SYNTAX = ("NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224, ids=1x128:int64:0..30522, "
-               "or with dynamic dimensions x=1x3xH=224xW=224")
+SPEC_SYNTAX = (
+    "NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=1x3x224x224, ids=1x128:int64:0..30522, "
+    "or with dynamic dimensions x=1x3xH=224xW=224"
+)
 _DYNAMIC_DIM_RE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)(?:=(?P<size>\d+))?$")
 
 
@@ -44,18 +44,25 @@ class InputSpec:
         """Same rank, and the same size on every dimension not declared dynamic."""
         dynamic = self.dynamic_axes()
         return len(shape) == len(self.shape) and all(
-            shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic)
+            shape[axis] == size for axis, size in enumerate(self.shape) if axis not in dynamic
+        )
 
     def check_finite(self, values: torch.Tensor, where: str) -> None:
         """UsageError for inf/NaN in user-given input values: they make every comparison and range meaningless."""
+        import torch
+
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
-            raise UsageError(f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
-                             "Give finite values (NaN often means a preprocessing step divided by zero).")
+            raise UsageError(
+                f"{where}: input '{self.name}' has inf/NaN in {bad} of {values.numel()} values.",
+                "Give finite values (NaN often means a preprocessing step divided by zero).",
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
     def is_integer(self) -> bool:
@@ -70,7 +77,9 @@ class InputSpec:
         return out
 
     def __str__(self) -> str:
-        dims = [f"{d}={size}" if d else str(size) for d, size in zip(self.dynamic or [None] * len(self.shape), self.shape)]
+        dims = [
+            f"{d}={size}" if d else str(size) for d, size in zip(self.dynamic or [None] * len(self.shape), self.shape)
+        ]
         return f"{self.name}={'x'.join(dims)}:{self.dtype}"
 
 
@@ -87,9 +96,13 @@ def parse_input_spec(text: str) -> InputSpec:
     if match["low"] is not None:
         value_range = (int(match["low"]), int(match["high"]))
         if value_range[0] >= value_range[1]:
-            raise UsageError(f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded).")
+            raise UsageError(
+                f"Input '{text}' has an empty range.", "Write LOW..HIGH with LOW < HIGH (HIGH is excluded)."
+            )
         if dtype not in ("int64", "int32"):
-            raise UsageError(f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only.")
+            raise UsageError(
+                f"Input '{text}' gives a range for a {dtype} input.", "Ranges apply to int64/int32 inputs only."
+            )
     spec = InputSpec(match["name"], shape, dtype, value_range, dynamic if any(dynamic) else ())
     _check_size(text, spec)
     return spec
@@ -111,12 +124,14 @@ def _check_size(text: str, spec: InputSpec) -> None:
             f"Input '{text}' needs {needed / 2**30:.1f} GiB per sample ({largest:,} values"
             f"{', dynamic dimensions at double size' if spec.dynamic_axes() else ''}), over edgepack's limit of "
             f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB.",
-            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).")
+            "Declare a smaller example size (a dynamic dimension, SEQ=128, is checked at half and double its size).",
+        )
 
 
 def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
     """`1x3xH=224xW=224` -> ((1, 3, 224, 224), (None, None, "H", "W"))."""
-    shape, dynamic = [], []
+    shape: list[int] = []
+    dynamic: list[str | None] = []
     for token in dims_text.split("x"):
         if token.isdigit() and int(token) > 0:
             shape.append(int(token))
@@ -124,8 +139,10 @@ def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str |
             continue
         symbol = _DYNAMIC_DIM_RE.match(token)
         if symbol and symbol["size"] is None:
-            raise UsageError(f"Dynamic dimension '{token}' in input '{text}' has no example size.",
-                             f"Write {token}=SIZE, e.g. {token}=224: edgepack traces with that size and checks others.")
+            raise UsageError(
+                f"Dynamic dimension '{token}' in input '{text}' has no example size.",
+                f"Write {token}=SIZE, e.g. {token}=224: edgepack traces with that size and checks others.",
+            )
         if not symbol or int(symbol["size"]) < 1:
             raise UsageError(
                 f"Input '{text}' has a dimension that is neither a positive integer nor SYMBOL=SIZE: '{token}'.",
@@ -141,8 +158,10 @@ def resized(specs: list[InputSpec], sizes: dict[str, int]) -> list[InputSpec]:
     """The specs with their dynamic dimensions set to `sizes` (symbol -> size)."""
     out = []
     for spec in specs:
-        shape = tuple(sizes.get(symbol, size) if symbol else size
-                      for symbol, size in zip(spec.dynamic or [None] * len(spec.shape), spec.shape))
+        shape = tuple(
+            sizes.get(symbol, size) if symbol else size
+            for symbol, size in zip(spec.dynamic or [None] * len(spec.shape), spec.shape)
+        )
         out.append(InputSpec(spec.name, shape, spec.dtype, spec.value_range, spec.dynamic))
     return out
 
@@ -164,6 +183,8 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
     """
     if spec.value_range is not None:
         return spec.value_range
+    import torch
+
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     return (0, min(sizes)) if sizes else _DEFAULT_INT_RANGE
 
@@ -171,8 +192,11 @@ def integer_range(spec: InputSpec, model: torch.nn.Module) -> tuple[int, int]:
 def sample_inputs(specs: list[InputSpec], model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Deterministic sample values for every input (normal floats, uniform integers, random bools)."""
     rng = np.random.default_rng(seed)
+    import torch
+
     values: dict[str, torch.Tensor] = {}
     for spec in specs:
+        array: np.ndarray
         if spec.is_integer:
             low, high = integer_range(spec, model)
             array = rng.integers(low, high, size=spec.shape)

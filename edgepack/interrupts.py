@@ -93,7 +93,7 @@ def exit_error(exc: SystemExit) -> UsageError:
     where = at_line(exc)
     called = f"sys.exit({code!r})" if code is not None else "sys.exit()"
     return UsageError(
-        f"The model's code (or a callable it named) called {called} while edgepack ran it; "
-        f"nothing was built{where}",
+        f"The model's code (or a callable it named) called {called} while edgepack ran it; nothing was built{where}",
         "A model, its factory and data callables must return (or raise), not exit: remove the exit call, or put "
-        "script code under `if __name__ == \"__main__\":`.")
+        'script code under `if __name__ == "__main__":`.',
+    )

@@ -6,21 +6,21 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-from importlib import resources
 import pickle
 import re
 import sys
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .paths import missing_file_text
 from .errors import UsageError
 from .inputs import InputSpec
+from .paths import missing_file_text
 from .user_code import at_line
 
 DEMO_REFERENCE = "edgepack.demo:make_model"
@@ -80,8 +80,12 @@ def _load_demo(name: str | None) -> LoadedModel:
         name=name or "demo-digits",
         module=demo.make_model(),
         inputs=[InputSpec(demo.INPUT_NAME, tuple(demo.INPUT_SHAPE), "float32")],
-        source={"kind": "builtin-demo", "reference": DEMO_REFERENCE, "weights": "edgepack/demo/weights.pt",
-                "weights_sha256": hashlib.sha256(resources.files(demo).joinpath("weights.pt").read_bytes()).hexdigest()},
+        source={
+            "kind": "builtin-demo",
+            "reference": DEMO_REFERENCE,
+            "weights": "edgepack/demo/weights.pt",
+            "weights_sha256": hashlib.sha256(resources.files(demo).joinpath("weights.pt").read_bytes()).hexdigest(),
+        },
         labels=list(demo.LABELS),
         preprocessing=dict(demo.PREPROCESSING),
         output_names=[demo.OUTPUT_NAME],
@@ -130,16 +134,22 @@ def _import_module(dotted: str, search_dir: Path) -> Any:
                 f"Cannot import module '{dotted}' ({exc}).",
                 "Run edgepack from your project's root, install your package, or give a file path: path/to/file.py:attr.",
             ) from exc
-        raise UsageError(f"Importing '{dotted}' failed: {exc}.{at_line(exc, [])}", "Install what your model module imports.") from exc
+        raise UsageError(
+            f"Importing '{dotted}' failed: {exc}.{at_line(exc, [])}", "Install what your model module imports."
+        ) from exc
     except Exception as exc:  # the module itself raised while it was imported
-        raise UsageError(f"Importing '{dotted}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
-                         "Fix the error in that module.") from exc
+        raise UsageError(
+            f"Importing '{dotted}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
+            "Fix the error in that module.",
+        ) from exc
 
 
 def _import_file(path_text: str) -> Any:
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
-        raise UsageError(f"Model file '{path_text}' {missing_file_text(path)}.", "Check the path before the colon in --model.")
+        raise UsageError(
+            f"Model file '{path_text}' {missing_file_text(path)}.", "Check the path before the colon in --model."
+        )
     module_name = "edgepack_user_" + re.sub(r"\W", "_", path.stem)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
@@ -149,8 +159,10 @@ def _import_file(path_text: str) -> Any:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise UsageError(f"Running model file {path} failed: {type(exc).__name__}: {exc}{at_line(exc, [path])}",
-                         "Fix the error in that file.") from exc
+        raise UsageError(
+            f"Running model file {path} failed: {type(exc).__name__}: {exc}{at_line(exc, [path])}",
+            "Fix the error in that file.",
+        ) from exc
     return module
 
 
@@ -158,11 +170,19 @@ def _instantiate(obj: Any, reference: str) -> nn.Module:
     if isinstance(obj, nn.Module):
         return obj
     if not callable(obj):
-        raise UsageError(f"'{reference}' is a {type(obj).__name__}, not an nn.Module or a factory.", "Point --model at a module, class or function.")
-    required = [
-        p for p in inspect.signature(obj).parameters.values()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ] if _has_signature(obj) else []
+        raise UsageError(
+            f"'{reference}' is a {type(obj).__name__}, not an nn.Module or a factory.",
+            "Point --model at a module, class or function.",
+        )
+    required = (
+        [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        if _has_signature(obj)
+        else []
+    )
     if required:
         raise UsageError(
             f"'{reference}' needs arguments ({', '.join(p.name for p in required)}).",
@@ -171,10 +191,14 @@ def _instantiate(obj: Any, reference: str) -> nn.Module:
     try:
         module = obj()
     except Exception as exc:
-        raise UsageError(f"Calling '{reference}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
-                         "Fix the factory or the class.") from exc
+        raise UsageError(
+            f"Calling '{reference}' failed: {type(exc).__name__}: {exc}{at_line(exc, [])}",
+            "Fix the factory or the class.",
+        ) from exc
     if not isinstance(module, nn.Module):
-        raise UsageError(f"'{reference}' returned a {type(module).__name__}, not an nn.Module.", "Return the model from the factory.")
+        raise UsageError(
+            f"'{reference}' returned a {type(module).__name__}, not an nn.Module.", "Return the model from the factory."
+        )
     return module
 
 
@@ -199,8 +223,11 @@ def _load_weights(module: nn.Module, path: Path, trust: bool) -> None:
         ) from exc
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): torch.load failed with "
-                         f"{type(exc).__name__}: {reason} (a truncated or damaged file?)", _CHECKPOINT_HINT) from exc
+        raise UsageError(
+            f"{path} is not a PyTorch checkpoint (torch.save file): torch.load failed with "
+            f"{type(exc).__name__}: {reason} (a truncated or damaged file?)",
+            _CHECKPOINT_HINT,
+        ) from exc
     state = _state_dict_of(loaded, path)
     try:
         module.load_state_dict(state, strict=True)
@@ -218,7 +245,10 @@ def check_weights_file(path: Path) -> None:
     """UsageError unless `path` exists and may be a torch.save file: checked before torch.load, whose errors
     on other files are a bare KeyError or a misleading 'objects besides tensors'."""
     if not path.is_file():
-        raise UsageError(f"Weights file '{path}' {missing_file_text(path)}.", "Check the --weights path: a file saved with torch.save.")
+        raise UsageError(
+            f"Weights file '{path}' {missing_file_text(path)}.",
+            "Check the --weights path: a file saved with torch.save.",
+        )
     not_a_checkpoint = _not_a_checkpoint(path)
     if not_a_checkpoint:
         raise UsageError(f"{path} is not a PyTorch checkpoint (torch.save file): {not_a_checkpoint}.", _CHECKPOINT_HINT)
@@ -234,8 +264,10 @@ def _not_a_checkpoint(path: Path) -> str:
     if zipfile.is_zipfile(path) or head[:1] == b"\x80":
         return ""
     if len(head) > 9 and head[8:10] == b'{"':  # 8-byte header length, then a JSON header
-        return ("it looks like a safetensors file; load it with safetensors.torch.load_file(path) and "
-                "torch.save the resulting dict")
+        return (
+            "it looks like a safetensors file; load it with safetensors.torch.load_file(path) and "
+            "torch.save the resulting dict"
+        )
     if head.startswith(b"PK"):
         return "it starts like a zip archive but is not a readable one (truncated or damaged?)"
     text = head.decode("utf-8", errors="replace")
@@ -253,7 +285,10 @@ def _state_dict_of(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
                 return loaded[key]  # a training checkpoint wrapping the state dict
         if loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
             return loaded
-    raise UsageError(f"{path} is not a state dict (found {type(loaded).__name__}).", "Save it with torch.save(model.state_dict(), path).")
+    raise UsageError(
+        f"{path} is not a state dict (found {type(loaded).__name__}).",
+        "Save it with torch.save(model.state_dict(), path).",
+    )
 
 
 def _mismatch_summary(exc: RuntimeError) -> str:

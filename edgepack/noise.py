@@ -105,7 +105,8 @@ def _flush_all() -> None:
     """Flush Python's and C's stdio buffers, so that buffered text lands where it was written."""
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(Exception):
-            stream.flush()
+            if stream is not None:
+                stream.flush()
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).fflush(None)  # C++ std::cout/cerr write through C stdio
 
@@ -153,4 +154,4 @@ def short_reason(exc: BaseException, limit: int = 300) -> str:
     """'Type: first line of the message', colourless and at most `limit` characters, for notes and errors."""
     lines = [line.strip() for line in strip_ansi(str(exc)).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

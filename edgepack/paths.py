@@ -50,8 +50,10 @@ def folder_name(value: object, what: str, hint: str = "", target: bool = False) 
     problem = name_problem(value, _RESERVED_SUFFIXES if target else ())
     if problem:
         shown = repr(value) if not isinstance(value, str) else f"'{value[:120]}{'...' if len(value) > 120 else ''}'"
-        raise UsageError(f"{what} {shown} {problem}.",
-                         hint or f"Use letters, digits, '.', '_' and '-' (at most {MAX_NAME} characters).")
+        raise UsageError(
+            f"{what} {shown} {problem}.",
+            hint or f"Use letters, digits, '.', '_' and '-' (at most {MAX_NAME} characters).",
+        )
     return value  # type: ignore[return-value]
 
 
@@ -62,9 +64,11 @@ def contained(root: Path, path: Path, what: str = "path") -> Path:
     base = Path(root).resolve()
     resolved = Path(path).resolve()
     if resolved != base and base not in resolved.parents:
-        raise UsageError(f"Refusing to touch {path}: the {what} resolves to {resolved}, outside {base}.",
-                         "Check the names in the target file and --name, and remove links inside --out that lead out "
-                         "of it; edgepack only writes inside --out.")
+        raise UsageError(
+            f"Refusing to touch {path}: the {what} resolves to {resolved}, outside {base}.",
+            "Check the names in the target file and --name, and remove links inside --out that lead out "
+            "of it; edgepack only writes inside --out.",
+        )
     return resolved
 
 
@@ -72,8 +76,10 @@ def strictly_inside(root: Path, path: Path, what: str = "path") -> Path:
     """Like `contained`, but `path` may not be `root` itself (a bundle folder is never its own parent)."""
     resolved = contained(root, path, what)
     if resolved == Path(root).resolve():
-        raise UsageError(f"Refusing to touch {path}: the {what} is {resolved} itself, not a folder inside it.",
-                         "Check the names in the target file and --name.")
+        raise UsageError(
+            f"Refusing to touch {path}: the {what} is {resolved} itself, not a folder inside it.",
+            "Check the names in the target file and --name.",
+        )
     return resolved
 
 
@@ -104,8 +110,10 @@ def bundle_member(root: Path, relative: object, what: str = "file") -> Path:
         elif _links_on_the_way(Path(root), str(relative)):
             problem = "goes through a symbolic link"
     if problem:
-        raise UsageError(f"The bundle's {what} path {relative!r} {problem}.",
-                         "A bundle lists only plain relative paths inside it; rebuild it with edgepack build.")
+        raise UsageError(
+            f"The bundle's {what} path {relative!r} {problem}.",
+            "A bundle lists only plain relative paths inside it; rebuild it with edgepack build.",
+        )
     return Path(root) / str(relative)
 
 

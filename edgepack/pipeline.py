@@ -15,27 +15,27 @@ from pathlib import Path
 
 import torch
 
+from . import interrupts
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
 from .bundle.files import sha256_of, size_of
+from .bundle.manifest import build_outcome, write_bundle_manifest
 from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, write_golden, write_json
-from .capture.ladder import CaptureError, CapturedModel, capture, empty_outputs
-from .capture.ladder import check_options as check_capture_options
 from .capture.check_inputs import load_check_inputs
-from . import interrupts
+from .capture.ladder import CapturedModel, CaptureError, capture, empty_outputs
+from .capture.ladder import check_options as check_capture_options
 from .errors import EdgepackError, UsageError
 from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
-from .bundle.manifest import build_outcome, write_bundle_manifest
 from .noise import strip_ansi
 from .paths import MAX_NAME, folder_name, missing_file_text
 from .progress import Observer, SilentObserver, Status
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
 from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
-from .targets import FormatSettings, Target, load_target
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
+from .targets import FormatSettings, Target, load_target
 
 GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
@@ -71,11 +71,11 @@ class BuildRequest:
     eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
-def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
+def build(request: BuildRequest, observer: Observer | None = None) -> list[BuildReport]:
     """Build every requested target from one load and one capture of the model. SIGINT/SIGTERM stop it
     (edgepack.interrupts): every stage boundary checks, and nothing is moved into place after one."""
     with interrupts.guarded():
-        return _build(request, _Checkpoints(observer))
+        return _build(request, _Checkpoints(observer or SilentObserver()))
 
 
 class _Checkpoints:
@@ -99,17 +99,27 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             try:
                 FORMATS[settings.name].validate(settings)
             except UsageError as exc:  # the format says what is wrong; this says where (file and table, or --precision)
-                where = "--precision" if request.precision and "recision" in exc.message else \
-                    f"Target file {target.path} [formats.{settings.name}]"
+                where = (
+                    "--precision"
+                    if request.precision and "recision" in exc.message
+                    else f"Target file {target.path} [formats.{settings.name}]"
+                )
                 raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
 
     observer.event("load", Status.START, request.model or "built-in demo model")
     loaded = _load(request)
-    folder_name(loaded.name, "Model name", "Pass --name: the name derived from the model's class "
-                f"cannot be a folder name (letters, digits, '.', '_' and '-', at most {MAX_NAME} characters).")
+    folder_name(
+        loaded.name,
+        "Model name",
+        "Pass --name: the name derived from the model's class "
+        f"cannot be a folder name (letters, digits, '.', '_' and '-', at most {MAX_NAME} characters).",
+    )
     check_out_dir(request.out_dir / loaded.name)
-    observer.event("load", Status.DONE, f"{loaded.name} ({type(loaded.module).__name__}, "
-                                   f"{', '.join(str(s) for s in loaded.inputs)})")
+    observer.event(
+        "load",
+        Status.DONE,
+        f"{loaded.name} ({type(loaded.module).__name__}, {', '.join(str(s) for s in loaded.inputs)})",
+    )
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
 
     observer.event("capture", Status.START, f"{request.capture_mode}: trace, checked on held-out inputs")
@@ -117,20 +127,38 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
     for hazard in [h for h in captured.hazards if not h.in_library]:
         observer.event("capture", Status.WARN, f"{hazard.location()}: {hazard.message}")
     for unchecked in captured.unchecked_sizes:
-        observer.event("capture", Status.WARN, f"not checked at {unchecked['size']}: eager PyTorch fails there "
-                                          f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model")
+        observer.event(
+            "capture",
+            Status.WARN,
+            f"not checked at {unchecked['size']}: eager PyTorch fails there "
+            f"({unchecked['reason']}); the bundle's dynamic dimension is wider than the model",
+        )
     for name in empty_outputs(captured.output_names, captured.expected)[1]:
-        observer.event("capture", Status.WARN, f"output '{name}' is empty on every golden sample: it is shipped but "
-                                          "nothing about its values is checked")
+        observer.event(
+            "capture",
+            Status.WARN,
+            f"output '{name}' is empty on every golden sample: it is shipped but nothing about its values is checked",
+        )
     inside_torch = [h for h in captured.hazards if h.in_library]
     if inside_torch:
-        observer.event("capture", Status.WARN, f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
-                                          "(shape checks, usually); the trace was checked against eager regardless")
-    observer.event("capture", Status.DONE, f"{captured.strategy} ({_attempts_text(captured)}); "
-                                      f"outputs: {', '.join(captured.output_names)}")
+        observer.event(
+            "capture",
+            Status.WARN,
+            f"{len(inside_torch)} tracer warning(s) inside PyTorch's own code "
+            "(shape checks, usually); the trace was checked against eager regardless",
+        )
+    observer.event(
+        "capture",
+        Status.DONE,
+        f"{captured.strategy} ({_attempts_text(captured)}); outputs: {', '.join(captured.output_names)}",
+    )
     data = samples.measured_on(captured) if samples is not None else None
     if samples is not None:
-        observer.event("eval data", Status.DONE, f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}")
+        observer.event(
+            "eval data",
+            Status.DONE,
+            f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}",
+        )
     return [build_target(captured, target, request, observer, data) for target in targets]
 
 
@@ -154,33 +182,51 @@ def _diagnose(request: BuildRequest) -> dict:
         captured = _capture(request, loaded)
         interrupts.checkpoint()
     except CaptureError as exc:
-        return {"model": loaded.name, "ok": False, "strategy": None, "error": exc.message, "hint": exc.hint,
-                "hazards": [h.to_json() for h in exc.hazards], "attempts": [a.to_json() for a in exc.attempts],
-                "export": exc.export.to_json() if exc.export is not None else None}
+        return {
+            "model": loaded.name,
+            "ok": False,
+            "strategy": None,
+            "error": exc.message,
+            "hint": exc.hint,
+            "hazards": [h.to_json() for h in exc.hazards],
+            "attempts": [a.to_json() for a in exc.attempts],
+            "export": exc.export.to_json() if exc.export is not None else None,
+        }
     return {"model": loaded.name, "ok": True, "error": "", "hint": "", **captured.to_json()}
 
 
 def _check_options(request: BuildRequest) -> None:
     if request.name is not None:
-        folder_name(request.name, "Model name", "Pass --name letters, digits, '.', '_' and '-' "
-                    f"(at most {MAX_NAME} characters); it names the folder under --out.")
+        folder_name(
+            request.name,
+            "Model name",
+            "Pass --name letters, digits, '.', '_' and '-' "
+            f"(at most {MAX_NAME} characters); it names the folder under --out.",
+        )
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
-    for option, source in (("--check-inputs", request.check_inputs), ("--calibration", request.calibration),
-                           ("--eval-data", request.eval_data)):
+    for option, source in (
+        ("--check-inputs", request.check_inputs),
+        ("--calibration", request.calibration),
+        ("--eval-data", request.eval_data),
+    ):
         if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
             raise UsageError(f"{option} file '{source}' {missing_file_text(source)}.", f"Check the {option} path.")
 
 
 def _load(request: BuildRequest) -> LoadedModel:
-    return load_model(request.model, request.inputs, request.weights, request.name, request.trust_weights,
-                      request.search_dir)
+    return load_model(
+        request.model, request.inputs, request.weights, request.name, request.trust_weights, request.search_dir
+    )
 
 
 def _capture(request: BuildRequest, loaded: LoadedModel) -> CapturedModel:
     """The capture `build` and `diagnose` share: golden samples, the user's check inputs, the chosen mode."""
-    user_checks = load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
-    return capture(loaded, golden_samples(loaded), request.capture_mode, user_checks, request.device_policy,
-                   request.trace_device)
+    user_checks = (
+        load_check_inputs(request.check_inputs, loaded.inputs, request.search_dir) if request.check_inputs else []
+    )
+    return capture(
+        loaded, golden_samples(loaded), request.capture_mode, user_checks, request.device_policy, request.trace_device
+    )
 
 
 def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
@@ -190,8 +236,9 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
     return [sample_inputs(loaded.inputs, loaded.module, seed) for seed in range(GOLDEN_SAMPLES)]
 
 
-def build_target(captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer,
-                 data: QuantData | None = None) -> BuildReport:
+def build_target(
+    captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer, data: QuantData | None = None
+) -> BuildReport:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
@@ -202,8 +249,17 @@ def build_target(captured: CapturedModel, target: Target, request: BuildRequest,
             eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
         if request.check_budgets:
             _check_budgets(target, artifacts)
-        report = BuildReport(target.name, captured.loaded.name, "", artifacts, captured.to_json(), eager,
-                             target.bench.threads, request.strict, request.allow_partial)
+        report = BuildReport(
+            target.name,
+            captured.loaded.name,
+            "",
+            artifacts,
+            captured.to_json(),
+            eager,
+            target.bench.threads,
+            request.strict,
+            request.allow_partial,
+        )
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
         write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key, build_outcome(report))
@@ -244,7 +300,9 @@ def _emit_all(
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
             else:  # the ladder stabilizes every attempt, so that the sizes it compares are the shipped ones
-                result, baseline = _emit_with_ladder(fmt, captured, settings, path, data, workdir, target, report, observer)
+                result, baseline = _emit_with_ladder(
+                    fmt, captured, settings, path, data, workdir, target, report, observer
+                )
                 if baseline is not None:
                     baselines[settings.name] = baseline
             fmt.add_companions(result, captured, replace(settings, precision=report.precision))
@@ -255,7 +313,9 @@ def _emit_all(
                 raise
             remove_path(path, bundle_dir)
             report.smoke = SmokeResult(FAILED, f"emitting failed: {strip_ansi(str(exc))}")
-            observer.event(f"emit {fmt.name}", Status.FAIL, (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0])
+            observer.event(
+                f"emit {fmt.name}", Status.FAIL, (strip_ansi(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+            )
             continue
         report.path, report.size_bytes, report.sha256 = path.name, size_of(path), sha256_of(path)
         report.weight_bytes = fmt.weight_bytes(path)
@@ -263,20 +323,37 @@ def _emit_all(
         report.capture_consumed = result.capture
         report.devices = _device_check(fmt, result, captured)
         emitted[settings.name] = result
-        report.smoke = smoke_test(fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads)
+        report.smoke = smoke_test(
+            fmt, result, captured, replace(settings, precision=report.precision), target.bench.threads
+        )
         status = {PASSED: Status.DONE, SKIPPED: Status.WARN}.get(report.smoke.status, Status.FAIL)
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted, baselines
 
 
-def _emit_with_ladder(fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, data: QuantData,
-                      workdir: Path, target: Target, report: ArtifactReport,
-                      observer: Observer) -> tuple[Emitted, Emitted | None]:
+def _emit_with_ladder(
+    fmt: Format,
+    captured: CapturedModel,
+    settings: FormatSettings,
+    path: Path,
+    data: QuantData,
+    workdir: Path,
+    target: Target,
+    report: ArtifactReport,
+    observer: Observer,
+) -> tuple[Emitted, Emitted | None]:
     """The ladder's choice moved into the bundle, and the fp32 baseline (None when fp32 shipped)."""
     folder = workdir / target.name
     folder.mkdir(exist_ok=True)
-    ladder = Ladder(fmt, captured, settings, folder, data, path.name,
-                    lambda text: observer.event(f"quantize {fmt.name}", Status.START, text))
+    ladder = Ladder(
+        fmt,
+        captured,
+        settings,
+        folder,
+        data,
+        path.name,
+        lambda text: observer.event(f"quantize {fmt.name}", Status.START, text),
+    )
     result = ladder.run()
     shipped = ship(result, path)
     report.precision_requested, report.precision = result.requested, result.precision
@@ -298,9 +375,13 @@ def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> Art
     findings = fmt.saved_devices(emitted.path, keep)
     if findings is None:
         # Nothing to pin, whatever the policy: the artifact runs wherever its runtime puts it.
-        return ArtifactDevices(False, True, [], [], f"{fmt.name} records no device placement: its runtime places every tensor")
+        return ArtifactDevices(
+            False, True, [], [], f"{fmt.name} records no device placement: its runtime places every tensor"
+        )
     agnostic = findings.clean and (devices is None or devices.policy == "agnostic")
-    return ArtifactDevices(True, agnostic, findings.pinned, findings.kept, "device literals read back from the saved code")
+    return ArtifactDevices(
+        True, agnostic, findings.pinned, findings.kept, "device literals read back from the saved code"
+    )
 
 
 def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted], bundle_dir: Path) -> None:
@@ -314,7 +395,11 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
 
 
 def _bench_all(
-    captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], emitted: dict[str, Emitted], observer: Observer,
+    captured: CapturedModel,
+    target: Target,
+    artifacts: list[ArtifactReport],
+    emitted: dict[str, Emitted],
+    observer: Observer,
     baselines: dict[str, Emitted] | None = None,
 ) -> Latency:
     settings = target.bench
@@ -335,8 +420,9 @@ def _bench_all(
                 load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
                 calls[report.format] = _bound(run, arrays)
                 if baselines and report.format in baselines:  # the fp32 artifact a quantized one replaced
-                    calls[_BEFORE + report.format] = _bound(fmt.open_for_timing(baselines[report.format].path,
-                                                                                settings.threads), arrays)
+                    calls[_BEFORE + report.format] = _bound(
+                        fmt.open_for_timing(baselines[report.format].path, settings.threads), arrays
+                    )
             except RuntimeUnavailable as exc:
                 report.latency_reason = f"not measured: {exc}"
         # Interleaved, so that load from other processes falls on eager and every artifact alike.
@@ -378,22 +464,28 @@ def _note_if_slower(report: ArtifactReport) -> None:
     if after.p50 > before.p90:
         report.notes.append(f"{report.precision} is slower than fp32 on this host: {figures}")
     else:
-        report.notes.append(f"{report.precision} is no faster than fp32 on this host: {figures}, within the fp32 "
-                            f"timings' spread (p90 {before.p90:.3f} ms)")
+        report.notes.append(
+            f"{report.precision} is no faster than fp32 on this host: {figures}, within the fp32 "
+            f"timings' spread (p90 {before.p90:.3f} ms)"
+        )
 
 
 def _note_if_unsteady(report: ArtifactReport, eager: Latency, other_cores: float | None = None) -> None:
     """Other processes busy on the host, or a p90 far above the p50 (the same, seen from the timings):
     the latencies and ratios of this run are not to be trusted."""
     if other_cores is not None and other_cores >= BUSY_HOST_CORES:
-        report.notes.append(f"timings taken on a busy host: other processes kept {other_cores:.1f} of {os.cpu_count()} "
-                            "cores busy while timing; eager PyTorch and the lite interpreter (OpenMP thread pools) slow "
-                            "down far more than onnxruntime then: compare latencies from a quiet machine")
+        report.notes.append(
+            f"timings taken on a busy host: other processes kept {other_cores:.1f} of {os.cpu_count()} "
+            "cores busy while timing; eager PyTorch and the lite interpreter (OpenMP thread pools) slow "
+            "down far more than onnxruntime then: compare latencies from a quiet machine"
+        )
         return
     for label, latency in (("eager PyTorch", eager), (report.format, report.latency)):
         if latency is not None and latency.p90 > UNSTEADY_SPREAD * latency.p50:
-            report.notes.append(f"timings unsteady: {label}'s p90 is {latency.p90 / latency.p50:.0f}x its p50 "
-                                "(the host was busy); compare latencies from a quiet machine")
+            report.notes.append(
+                f"timings unsteady: {label}'s p90 is {latency.p90 / latency.p50:.0f}x its p50 "
+                "(the host was busy); compare latencies from a quiet machine"
+            )
             return
 
 

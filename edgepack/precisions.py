@@ -53,4 +53,4 @@ def is_quantized(name: str) -> bool:
 def ladder_after(name: str) -> list[str]:
     """The milder precisions a scheme steps down to when it misses the budget, in order (fp32 last)."""
     order = [p.name for p in TABLE]
-    return order[order.index(name) + 1:] if name in order else [REFERENCE]
+    return order[order.index(name) + 1 :] if name in order else [REFERENCE]

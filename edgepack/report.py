@@ -37,8 +37,13 @@ class ArtifactDevices:
     note: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"checked": self.checked, "device_agnostic": self.device_agnostic, "pinned": self.pinned,
-                "kept": self.kept, "note": self.note}
+        return {
+            "checked": self.checked,
+            "device_agnostic": self.device_agnostic,
+            "pinned": self.pinned,
+            "kept": self.kept,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -85,16 +90,22 @@ class ArtifactReport:
     @property
     def latency_ratio(self) -> float | None:
         """p50 over the fp32 version's p50, timed in the same run."""
-        return _ratio(self.latency.p50 if self.latency else None, self.latency_before.p50 if self.latency_before else None)
+        return _ratio(
+            self.latency.p50 if self.latency else None, self.latency_before.p50 if self.latency_before else None
+        )
 
     def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
-        found = []
+        found: list[str] = []
         if self.path is None and allow_partial:
             return found  # not emitted, and the user accepts a partial bundle
         if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
             stage = "" if self.path is None else f"smoke test {self.smoke.status}: "  # not built: the reason says why
             found.append(f"{self.format}: {stage}{self.smoke.reason}")
-        found += [f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}" for b in self.budgets if not b.ok]
+        found += [
+            f"{self.format}: {b.metric} {b.value:.3g} exceeds the budget {b.limit:.3g}"
+            for b in self.budgets
+            if not b.ok
+        ]
         if self.devices and self.devices.pinned:
             found.append(f"{self.format}: not device-agnostic: the saved code pins {'; '.join(self.devices.pinned)}")
         return found
@@ -166,7 +177,8 @@ class BuildReport:
         """The capture and every saved artifact that records placements follow the input's device
         (or only the devices the policy keeps)."""
         return bool(self.capture.get("device_agnostic", True)) and all(
-            a.devices.device_agnostic for a in self.artifacts if a.devices and a.devices.checked)
+            a.devices.device_agnostic for a in self.artifacts if a.devices and a.devices.checked
+        )
 
     def to_json(self) -> dict:
         return {
@@ -187,33 +199,52 @@ class BuildReport:
         }
 
     def to_markdown(self) -> str:
-        lines = [f"# {self.model} for {self.target}", "",
-                 f"Result: **{'OK' if self.ok else 'NOT OK'}** · edgepack {__version__} · {self.threads} threads", ""]
+        lines = [
+            f"# {self.model} for {self.target}",
+            "",
+            f"Result: **{'OK' if self.ok else 'NOT OK'}** · edgepack {__version__} · {self.threads} threads",
+            "",
+        ]
         eager = self.eager_latency
-        lines += ["| format | precision | size | smoke | max abs err | cosine | p50 ms | p90 ms | p99 ms | p50 vs eager |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| format | precision | size | smoke | max abs err | cosine | p50 ms | p90 ms | p99 ms | p50 vs eager |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         if eager:
-            lines.append(f"| eager PyTorch | fp32 | | | | | {eager.p50:.3f} | {eager.p90:.3f} | {eager.p99:.3f} | 1.00x |")
+            lines.append(
+                f"| eager PyTorch | fp32 | | | | | {eager.p50:.3f} | {eager.p90:.3f} | {eager.p99:.3f} | 1.00x |"
+            )
         for a in self.artifacts:
             lines.append(_markdown_row(a, eager))
         lines += _precision_section(self.artifacts)
-        lines += ["", "## Smoke tests", ""] + [f"- **{a.format}** {a.smoke.status}: {a.smoke.reason}" for a in self.artifacts]
+        lines += ["", "## Smoke tests", ""] + [
+            f"- **{a.format}** {a.smoke.status}: {a.smoke.reason}" for a in self.artifacts
+        ]
         skipped_latency = [a for a in self.artifacts if a.latency is None and a.latency_reason]
         if skipped_latency:
-            lines += ["", "## Latency not measured", ""] + [f"- **{a.format}**: {a.latency_reason}" for a in skipped_latency]
+            lines += ["", "## Latency not measured", ""] + [
+                f"- **{a.format}**: {a.latency_reason}" for a in skipped_latency
+            ]
         measured = [a for a in self.artifacts if a.cold_load_ms is not None]
         if measured:
             lines += ["", "## Cold start and memory", "", f"Method: {Footprint.METHOD}.", ""]
-            lines += [f"- **{a.format}**: cold load + first run {a.cold_load_ms:.1f} ms, peak memory +{a.peak_memory_mb:.1f} MiB"
-                      for a in measured]
+            lines += [
+                f"- **{a.format}**: cold load + first run {a.cold_load_ms:.1f} ms, peak memory +{a.peak_memory_mb:.1f} MiB"
+                for a in measured
+            ]
         hazards = self.capture.get("hazards", [])
         lines += ["", "## Capture", "", f"Strategy: {self.capture.get('strategy')}."]
-        lines += [f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
-                  for a in self.capture.get("attempts", [])]
+        lines += [
+            f"- attempt {a['strategy']}: {'ok' if a['ok'] else 'failed'} {a['error']}".rstrip()
+            for a in self.capture.get("attempts", [])
+        ]
         lines += [f"- hazard at {h['file']}:{h['line']}: {h['kind']}: {h['message']}. Fix: {h['fix']}" for h in hazards]
         lines += _export_markdown(self.capture.get("export"), self.artifacts)
-        lines += [f"- not checked at {u['size']}: eager PyTorch fails there ({u['reason']}); the bundle accepts that size "
-                  "but nothing checked what it returns" for u in self.capture.get("unchecked_sizes", [])]
+        lines += [
+            f"- not checked at {u['size']}: eager PyTorch fails there ({u['reason']}); the bundle accepts that size "
+            "but nothing checked what it returns"
+            for u in self.capture.get("unchecked_sizes", [])
+        ]
         lines += _devices_markdown(self.capture, self.artifacts)
         notes = [(a.format, n) for a in self.artifacts for n in a.notes]
         if notes:
@@ -237,7 +268,9 @@ def _export_markdown(export: dict[str, Any] | None, artifacts: list[ArtifactRepo
             if d:
                 where = f" at {d['file']}:{d['line']}" if d["file"] else ""
                 lines.append(f"  - {attempt['strategy']}: {d['kind']}{where}: {d['message']}. Fix: {d['fix']}")
-    lines += [f"- {a.format} was converted from the {a.capture_consumed} capture." for a in artifacts if a.capture_consumed]
+    lines += [
+        f"- {a.format} was converted from the {a.capture_consumed} capture." for a in artifacts if a.capture_consumed
+    ]
     return lines
 
 
@@ -245,9 +278,17 @@ def _devices_markdown(capture: dict[str, Any], artifacts: list[ArtifactReport]) 
     if "device_policy" not in capture:
         return []
     verdict = "device-agnostic" if capture["device_agnostic"] else "**not device-agnostic**"
-    lines = ["", "## Devices", "", f"Policy {capture['device_policy']}, traced on {capture['trace_device']}: {verdict}. "
-             f"Run on `meta`: {capture['meta_check']}."]
-    lines += [f"- {r['kind']} `{r['op'] or '-'}` at {r['source'] or '(no source line)'}: {r['detail']}" for r in capture["rewrites"]]
+    lines = [
+        "",
+        "## Devices",
+        "",
+        f"Policy {capture['device_policy']}, traced on {capture['trace_device']}: {verdict}. "
+        f"Run on `meta`: {capture['meta_check']}.",
+    ]
+    lines += [
+        f"- {r['kind']} `{r['op'] or '-'}` at {r['source'] or '(no source line)'}: {r['detail']}"
+        for r in capture["rewrites"]
+    ]
     for a in artifacts:
         if a.devices and a.devices.checked:
             found = "; ".join(a.devices.pinned) or "nothing pinned"
@@ -265,27 +306,54 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
     quantized = [a for a in artifacts if a.quantization is not None]
     if not quantized:
         return []
-    lines = ["", "## Precision", "",
-             f"Accuracy against eager fp32 on {quantized[0].quantization['eval_set']}.", "",
-             "| format | requested | shipped | size fp32 | size | ratio | weights ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Precision",
+        "",
+        f"Accuracy against eager fp32 on {(quantized[0].quantization or {}).get('eval_set')}.",
+        "",
+        "| format | requested | shipped | size fp32 | size | ratio | weights ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in quantized:
         acc = a.accuracy
-        lines.append("| " + " | ".join([
-            a.format, a.precision_requested or a.precision, a.precision, _kib(a.size_before_bytes), _kib(a.size_bytes),
-            _fmt(a.size_ratio, "{:.2f}x"), _fmt(a.weight_ratio, "{:.2f}x"),
-            _fmt(acc.top1_agreement if acc else None, "{:.4f}"), _fmt(acc.cosine if acc else None, "{:.5f}"),
-            _fmt(acc.max_abs_err if acc else None, "{:.3g}"), _fmt(acc.sqnr_db if acc else None, "{:.1f}"),
-            _fmt(a.latency_before.p50 if a.latency_before else None, "{:.3f}"), _fmt(a.latency.p50 if a.latency else None, "{:.3f}"),
-            _fmt(a.latency_ratio, "{:.2f}x"),
-        ]) + " |")
-    lines += ["", "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
-              "quantization scales) is a fixed cost that weighs more the smaller the model.", "", "Ladder attempts:", ""]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    a.format,
+                    a.precision_requested or a.precision,
+                    a.precision,
+                    _kib(a.size_before_bytes),
+                    _kib(a.size_bytes),
+                    _fmt(a.size_ratio, "{:.2f}x"),
+                    _fmt(a.weight_ratio, "{:.2f}x"),
+                    _fmt(acc.top1_agreement if acc else None, "{:.4f}"),
+                    _fmt(acc.cosine if acc else None, "{:.5f}"),
+                    _fmt(acc.max_abs_err if acc else None, "{:.3g}"),
+                    _fmt(acc.sqnr_db if acc else None, "{:.1f}"),
+                    _fmt(a.latency_before.p50 if a.latency_before else None, "{:.3f}"),
+                    _fmt(a.latency.p50 if a.latency else None, "{:.3f}"),
+                    _fmt(a.latency_ratio, "{:.2f}x"),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
+        "quantization scales) is a fixed cost that weighs more the smaller the model.",
+        "",
+        "Ladder attempts:",
+        "",
+    ]
     for a in quantized:
-        for attempt in a.quantization["attempts"]:
+        for attempt in (a.quantization or {}).get("attempts", []):
             kept = f" (float: {', '.join(attempt['float_layers'])})" if attempt["float_layers"] else ""
-            lines.append(f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "
-                         f"{_kib(attempt['size_bytes'])}: {attempt['reason']}")
+            lines.append(
+                f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "
+                f"{_kib(attempt['size_bytes'])}: {attempt['reason']}"
+            )
     return lines
 
 

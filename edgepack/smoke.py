@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-
 from .capture.ladder import CapturedModel
 from .compare import Comparison, compare_runner
 from .formats import Emitted, Format, RuntimeUnavailable
 from .jsonio import finite_or_none
 from .targets import FormatSettings
+
 
 class SmokeStatus(StrEnum):
     PASSED = "passed"
@@ -33,11 +33,17 @@ class SmokeResult:
     cosine: float | None = None
 
     def to_json(self) -> dict:
-        return {"status": self.status, "reason": self.reason, "max_abs_err": finite_or_none(self.max_abs_err),
-                "cosine": finite_or_none(self.cosine)}
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "max_abs_err": finite_or_none(self.max_abs_err),
+            "cosine": finite_or_none(self.cosine),
+        }
 
 
-def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings: FormatSettings, threads: int) -> SmokeResult:
+def smoke_test(
+    fmt: Format, emitted: Emitted, captured: CapturedModel, settings: FormatSettings, threads: int
+) -> SmokeResult:
     """Structure first (reading the saved file back), then numerics in the format's runtime on the golden
     samples and on every input the capture was checked with (other branches, other sizes)."""
     problems = fmt.check_structure(emitted, captured, settings)
@@ -53,8 +59,12 @@ def smoke_test(fmt: Format, emitted: Emitted, captured: CapturedModel, settings:
         verdict, quantized = compare_runner(run, captured, settings)
     except RuntimeUnavailable as exc:
         return _not_verified(fmt, exc)
-    note = "; ".join(filter(None, [f"{settings.precision} tolerance (golden samples only)" if quantized else "",
-                                   fmt.verification_note()]))
+    note = "; ".join(
+        filter(
+            None,
+            [f"{settings.precision} tolerance (golden samples only)" if quantized else "", fmt.verification_note()],
+        )
+    )
     return SmokeResult(
         PASSED if verdict.ok else FAILED,
         f"{verdict.reason}; {note}" if note else verdict.reason,
@@ -66,8 +76,10 @@ def _figures(verdict: Comparison) -> tuple[float | None, float | None]:
     """Max abs error and cosine as measured; nan is 'not measured' (None) unless inf/NaN outputs made it."""
     if verdict.non_finite:
         return math.inf, math.nan
-    return (None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
-            None if math.isnan(verdict.cosine) else verdict.cosine)
+    return (
+        None if math.isnan(verdict.max_abs_err) else verdict.max_abs_err,
+        None if math.isnan(verdict.cosine) else verdict.cosine,
+    )
 
 
 def _not_verified(fmt: Format, exc: RuntimeUnavailable) -> SmokeResult:

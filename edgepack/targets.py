@@ -18,7 +18,11 @@ _FORMAT_COMMON_KEYS = {"precision", "smoke", "quantized_smoke", "accuracy", "bud
 _MAX_THREADS, _MAX_RUNS, _MAX_SECONDS = 1024, 1_000_000, 3600.0
 # (low, high) of each [accuracy] key: agreement and cosine are fractions, errors are not negative.
 _ACCURACY_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "min_top1_agreement": (0.0, 1.0), "min_cosine": (-1.0, 1.0), "min_sqnr_db": (None, None), "max_abs_err": (0.0, None)}
+    "min_top1_agreement": (0.0, 1.0),
+    "min_cosine": (-1.0, 1.0),
+    "min_sqnr_db": (None, None),
+    "max_abs_err": (0.0, None),
+}
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,14 @@ def resolve_target_path(name_or_path: str) -> Path:
     if looks_like_path:
         path = Path(name_or_path).expanduser()
         if path.is_dir():
-            raise UsageError(f"Target file '{name_or_path}' is a folder, not a target .toml file.",
-                             "Pass the path of a target .toml file, or a built-in target name.")
+            raise UsageError(
+                f"Target file '{name_or_path}' is a folder, not a target .toml file.",
+                "Pass the path of a target .toml file, or a built-in target name.",
+            )
         if not path.is_file():
-            raise UsageError(f"Target file '{name_or_path}' does not exist.", "Check the path, or use a built-in target name.")
+            raise UsageError(
+                f"Target file '{name_or_path}' does not exist.", "Check the path, or use a built-in target name."
+            )
         return path
     names = builtin_target_names()
     if name_or_path not in names:
@@ -143,7 +151,9 @@ def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target
     try:
         raw_bytes = path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"Target file {path} cannot be read: {exc.strerror or exc}.", "Check the file's permissions.") from exc
+        raise UsageError(
+            f"Target file {path} cannot be read: {exc.strerror or exc}.", "Check the file's permissions."
+        ) from exc
     try:
         data = tomllib.loads(raw_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -160,19 +170,24 @@ def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target
     )
     formats_table = data.get("formats", {})
     if not formats_table:
-        raise UsageError(f"Target file {path} names no formats.", "Add a [formats.onnx] (or coreml, torchscript_lite) table.")
+        raise UsageError(
+            f"Target file {path} names no formats.", "Add a [formats.onnx] (or coreml, torchscript_lite) table."
+        )
     formats = tuple(
-        _format_settings(name, table, known_formats, defaults, where)
-        for name, table in formats_table.items()
+        _format_settings(name, table, known_formats, defaults, where) for name, table in formats_table.items()
     )
-    name = folder_name(data.get("name", path.stem), f"Target file {path}: 'name'",
-                       f"Write name = \"my-target\" in {path}: letters, digits, '.', '_' and '-' (at most "
-                       f"{MAX_NAME} characters, not ending in .failed or .zip); it names the bundle's folder.",
-                       target=True)
+    name = folder_name(
+        data.get("name", path.stem),
+        f"Target file {path}: 'name'",
+        f"Write name = \"my-target\" in {path}: letters, digits, '.', '_' and '-' (at most "
+        f"{MAX_NAME} characters, not ending in .failed or .zip); it names the bundle's folder.",
+        target=True,
+    )
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise UsageError(f"Target file {path}: 'description' must be a string, got {description!r}.",
-                         'Write description = "...".')
+        raise UsageError(
+            f"Target file {path}: 'description' must be a string, got {description!r}.", 'Write description = "...".'
+        )
     return Target(
         name=name,
         description=description,
@@ -208,7 +223,9 @@ def _format_settings(
         tolerance=_tolerance(table.get("smoke", {}), tolerance, f"{section} smoke"),
         budgets=_budgets(table.get("budgets", {}), budgets, f"{section} budgets"),
         options=options,
-        quantized_tolerance=_tolerance(table.get("quantized_smoke", {}), quantized_tolerance, f"{section} quantized_smoke"),
+        quantized_tolerance=_tolerance(
+            table.get("quantized_smoke", {}), quantized_tolerance, f"{section} quantized_smoke"
+        ),
         accuracy=_accuracy(table.get("accuracy", {}), accuracy, f"{section} accuracy"),
     )
 
@@ -225,7 +242,9 @@ def _tolerance(table: dict, base: Tolerance, where: str) -> Tolerance:
 def _accuracy(table: dict, base: AccuracyBudget, where: str) -> AccuracyBudget:
     keys = list(base.__dataclass_fields__)
     _reject_unknown(table, set(keys), where)
-    return AccuracyBudget(**{key: _number(table, key, getattr(base, key), where, *_ACCURACY_RANGES[key]) for key in keys})
+    return AccuracyBudget(
+        **{key: _number(table, key, getattr(base, key), where, *_ACCURACY_RANGES[key]) for key in keys}
+    )
 
 
 def _budgets(table: dict, base: Budgets, where: str) -> Budgets:
@@ -252,8 +271,15 @@ def _bench(table: dict, where: str) -> BenchSettings:
     return settings
 
 
-def _number(table: dict, key: str, default: Any, where: str, low: float | None = None, high: float | None = None,
-            open_low: bool = False) -> Any:
+def _number(
+    table: dict,
+    key: str,
+    default: Any,
+    where: str,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+) -> Any:
     """A finite number within [low, high] (low excluded when `open_low`); the message names the file and key."""
     value = table.get(key, default)
     if value is None:
@@ -261,10 +287,14 @@ def _number(table: dict, key: str, default: Any, where: str, low: float | None =
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{where}: '{key}' must be a number, got {value!r}.", "Write a plain number.")
     if not math.isfinite(value):
-        raise UsageError(f"{where}: '{key}' must be a finite number, got {value!r}.", _range_hint(key, low, high, open_low))
+        raise UsageError(
+            f"{where}: '{key}' must be a finite number, got {value!r}.", _range_hint(key, low, high, open_low)
+        )
     if (low is not None and (value < low or (open_low and value == low))) or (high is not None and value > high):
-        raise UsageError(f"{where}: '{key}' = {value!r} is out of range: {_range_text(low, high, open_low)}.",
-                         _range_hint(key, low, high, open_low))
+        raise UsageError(
+            f"{where}: '{key}' = {value!r} is out of range: {_range_text(low, high, open_low)}.",
+            _range_hint(key, low, high, open_low),
+        )
     return value
 
 

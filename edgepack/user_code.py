@@ -13,16 +13,25 @@ import sys
 import sysconfig
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .noise import short_reason
 
-_LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (
-    Path(torch.__file__).parent, Path(__file__).parent,
-    sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])})
+_LIBRARY_DIRS = tuple(
+    {
+        str(Path(p).resolve())
+        for p in (
+            Path(torch.__file__).parent,
+            Path(__file__).parent,
+            sysconfig.get_paths()["stdlib"],
+            sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"],
+        )
+    }
+)
 
 
 def user_location(exc: BaseException, files: Iterable[str | Path] = ()) -> str | None:
@@ -33,10 +42,10 @@ def user_location(exc: BaseException, files: Iterable[str | Path] = ()) -> str |
     wanted = {_resolved(f) for f in files if f}
     for frame in reversed(frames):
         if _resolved(frame.filename) in wanted:
-            return _describe(frame.filename, frame.lineno)
+            return _describe(frame.filename, frame.lineno or 0)
     for frame in reversed(frames):
         if not _in_library(frame.filename):
-            return _describe(frame.filename, frame.lineno)
+            return _describe(frame.filename, frame.lineno or 0)
     return None
 
 

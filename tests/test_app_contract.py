@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 KOTLIN_KEYS = REPO / "android-demo/app/src/main/java/dev/edgepack/demo/ManifestKeys.kt"
 SWIFT_KEYS = REPO / "ios-demo/EdgepackDemo/ManifestKeys.swift"
 GOLDEN_INDEX = "golden.index"  # written by edgepack once raw golden vectors ship
-PREPROCESS_CASES = [REPO / "android-demo/app/src/test/resources/preprocess_case.json",
-                    REPO / "ios-demo/EdgepackDemoTests/preprocess_case.json"]
+PREPROCESS_CASES = [
+    REPO / "android-demo/app/src/test/resources/preprocess_case.json",
+    REPO / "ios-demo/EdgepackDemoTests/preprocess_case.json",
+]
 
 # (language, keys file, declaration regex, pattern-constant regex, bundle whose manifest the app reads)
 APPS = {
@@ -129,8 +131,10 @@ def _deref(root: dict, node: dict) -> dict:
 
 def app_keys(language: str) -> tuple[list[str], list[str]]:
     source, declaration, _, _ = APPS[language]
-    return (list(declared_keys(source, declaration, "ManifestKeys").values()),
-            list(declared_keys(source, declaration, "GoldenKeys").values()))
+    return (
+        list(declared_keys(source, declaration, "ManifestKeys").values()),
+        list(declared_keys(source, declaration, "GoldenKeys").values()),
+    )
 
 
 def read_manifest(demo_reports, target: str) -> tuple[Path, dict]:
@@ -222,26 +226,55 @@ def test_manifest_schema_declares_the_keys_the_apps_read(language):
 
 def test_schema_check_follows_refs_and_conditionals_and_reports_renames():
     """The schema walk on a small schema shaped like edgepack's: $ref, if/then per format, an open object."""
-    tolerance = {"type": "object", "required": ["atol", "min_cosine"],
-                 "properties": {"atol": {"type": "number"}, "min_cosine": {"type": "number"}}}
+    tolerance = {
+        "type": "object",
+        "required": ["atol", "min_cosine"],
+        "properties": {"atol": {"type": "number"}, "min_cosine": {"type": "number"}},
+    }
     schema = {
-        "type": "object", "required": ["artifacts", "preprocessing"],
+        "type": "object",
+        "required": ["artifacts", "preprocessing"],
         "properties": {
             "preprocessing": {"type": ["object", "null"]},
-            "artifacts": {"type": "array", "items": {"$ref": "#/$defs/artifact"}}},
-        "$defs": {"tolerance": tolerance, "artifact": {
-            "type": "object", "required": ["tolerance", "requirements"],
-            "properties": {"tolerance": {"$ref": "#/$defs/tolerance"}, "requirements": {"type": "object", "properties": {}}},
-            "allOf": [{"if": {"properties": {"format": {"const": "coreml"}}}, "then": {"properties": {"requirements": {
-                "properties": {"minimum_deployment_target": {"type": "string"}}}}}}]}}}
-    paths = ["artifacts[].tolerance.min_cosine", "artifacts[].requirements.minimum_deployment_target?", "preprocessing?.mean"]
+            "artifacts": {"type": "array", "items": {"$ref": "#/$defs/artifact"}},
+        },
+        "$defs": {
+            "tolerance": tolerance,
+            "artifact": {
+                "type": "object",
+                "required": ["tolerance", "requirements"],
+                "properties": {
+                    "tolerance": {"$ref": "#/$defs/tolerance"},
+                    "requirements": {"type": "object", "properties": {}},
+                },
+                "allOf": [
+                    {
+                        "if": {"properties": {"format": {"const": "coreml"}}},
+                        "then": {
+                            "properties": {
+                                "requirements": {"properties": {"minimum_deployment_target": {"type": "string"}}}
+                            }
+                        },
+                    }
+                ],
+            },
+        },
+    }
+    paths = [
+        "artifacts[].tolerance.min_cosine",
+        "artifacts[].requirements.minimum_deployment_target?",
+        "preprocessing?.mean",
+    ]
     assert schema_problems(schema, paths) == []
     tolerance["properties"]["minimum_cosine"] = tolerance["properties"].pop("min_cosine")
-    assert schema_problems(schema, paths) == ["artifacts[].tolerance.min_cosine: the schema has no property 'min_cosine'"]
+    assert schema_problems(schema, paths) == [
+        "artifacts[].tolerance.min_cosine: the schema has no property 'min_cosine'"
+    ]
     tolerance["properties"]["min_cosine"] = {"type": "number"}
     tolerance["required"] = ["atol"]
     assert schema_problems(schema, paths) == [
-        "artifacts[].tolerance.min_cosine: the apps need 'min_cosine', but the schema does not require it"]
+        "artifacts[].tolerance.min_cosine: the apps need 'min_cosine', but the schema does not require it"
+    ]
 
 
 @pytest.mark.parametrize("language", APPS)
@@ -249,13 +282,18 @@ def test_golden_index_and_files_are_laid_out_as_the_apps_read_them(demo_reports,
     bundle, manifest = read_manifest(demo_reports, APPS[language][3])
     index_path = manifest["golden"].get("index")
     if index_path is None or not (bundle / index_path).exists():
-        pytest.skip("this edgepack writes no golden/index.json with raw .bin files yet; the apps need it for their golden checks")
+        pytest.skip(
+            "this edgepack writes no golden/index.json with raw .bin files yet; the apps need it for their golden checks"
+        )
     _, golden_paths = app_keys(language)
     index = json.loads((bundle / index_path).read_text(encoding="utf-8"))
     assert missing_paths(index, golden_paths) == []
     assert index["byte_order"] == "little"
     names = {"inputs": [i["name"] for i in manifest["inputs"]], "expected": [o["name"] for o in manifest["outputs"]]}
-    npz = {"inputs": np.load(bundle / manifest["golden"]["inputs"]), "expected": np.load(bundle / manifest["golden"]["expected"])}
+    npz = {
+        "inputs": np.load(bundle / manifest["golden"]["inputs"]),
+        "expected": np.load(bundle / manifest["golden"]["expected"]),
+    }
     for kind in ("inputs", "expected"):
         assert [entry["name"] for entry in index[kind]] == names[kind]  # the apps pair them by position
         for entry in index[kind]:
@@ -271,10 +309,12 @@ def write_preprocess_cases() -> None:
 
     with files("edgepack.demo").joinpath("digits.npz").open("rb") as handle, np.load(handle) as data:
         image = data["images"][data["eval_idx"][0]]
-    case = {"comment": "an 8x8 digit (values 0..16) and edgepack.demo.preprocess's output for it; "
-                       "checked by edgepack's tests/test_app_contract.py",
-            "source": [int(v) for v in image.ravel()],
-            "expected": [round(float(v), 7) for v in preprocess(image[None]).numpy().ravel()]}
+    case = {
+        "comment": "an 8x8 digit (values 0..16) and edgepack.demo.preprocess's output for it; "
+        "checked by edgepack's tests/test_app_contract.py",
+        "source": [int(v) for v in image.ravel()],
+        "expected": [round(float(v), 7) for v in preprocess(image[None]).numpy().ravel()],
+    }
     for path in PREPROCESS_CASES:
         path.write_text(json.dumps(case) + "\n", encoding="utf-8")
 

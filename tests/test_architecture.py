@@ -78,8 +78,10 @@ def test_a_precision_added_to_the_table_alone_reaches_targets_ladder_and_smoke_t
     int4 = precisions.Precision("int4-weights", quantized=True, calibrated=False)
     monkeypatch.setattr(precisions, "TABLE", (int4, *precisions.TABLE))
     monkeypatch.setattr(FORMATS["coreml"], "precisions", (*FORMATS["coreml"].precisions, "int4-weights"), raising=False)
-    target = load_target(str(write_fast_target(tmp_path, "int4", '[formats.coreml]\nprecision = "int4-weights"\n')),
-                         {name: set(fmt.option_defaults) for name, fmt in FORMATS.items()})
+    target = load_target(
+        str(write_fast_target(tmp_path, "int4", '[formats.coreml]\nprecision = "int4-weights"\n')),
+        {name: set(fmt.option_defaults) for name, fmt in FORMATS.items()},
+    )
     (settings,) = target.formats
     FORMATS["coreml"].validate(settings)  # the targets' validation knows it
     assert rungs(FORMATS["coreml"], "int4-weights")[0][:2] == ["int4-weights", "palettize-4"]  # the ladder orders it
@@ -88,8 +90,10 @@ def test_a_precision_added_to_the_table_alone_reaches_targets_ladder_and_smoke_t
 
 
 def test_a_precision_missing_from_the_table_is_refused(tmp_path):
-    target = load_target(str(write_fast_target(tmp_path, "int9", '[formats.onnx]\nprecision = "int9"\n')),
-                         {name: set(fmt.option_defaults) for name, fmt in FORMATS.items()})
+    target = load_target(
+        str(write_fast_target(tmp_path, "int9", '[formats.onnx]\nprecision = "int9"\n')),
+        {name: set(fmt.option_defaults) for name, fmt in FORMATS.items()},
+    )
     with pytest.raises(UsageError, match="Unknown precision 'int9'"):
         FORMATS["onnx"].validate(target.formats[0])
 
@@ -118,8 +122,12 @@ def _imports(path: Path) -> set[str]:
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     tree = ast.parse(path.read_text())
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                 for n in ast.walk(node)}
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in type_only:
@@ -145,7 +153,7 @@ def test_the_package_has_no_import_cycles():
     def visit(node: str, stack: list[str], done: set[str]) -> None:
         for nxt in sorted(graph[node]):
             if nxt in stack:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, stack + [nxt], done)
         done.add(node)
@@ -158,8 +166,10 @@ def test_the_package_has_no_import_cycles():
 
 
 # Runtime constants and file suffixes that only formats/<name>/ may use; user-facing text and targets may name them.
-_FORMAT_WORDS = re.compile(r"CPUExecutionProvider|\.mlpackage|\.ptl\b|\.onnx\b|\.ort\b|coremltools|onnxruntime"
-                           r"|\"(onnx|coreml|torchscript_lite)\"")
+_FORMAT_WORDS = re.compile(
+    r"CPUExecutionProvider|\.mlpackage|\.ptl\b|\.onnx\b|\.ort\b|coremltools|onnxruntime"
+    r"|\"(onnx|coreml|torchscript_lite)\""
+)
 # Outside formats/: the benchmarks (they compare formats by name with by-hand baselines), the demo, and the schema.
 _ALLOWED = ("formats/", "benchmarks/", "demo/", "schemas/")
 
@@ -188,7 +198,9 @@ def test_nothing_outside_formats_names_a_format_or_its_runtime():
         relative = path.relative_to(PACKAGE).as_posix()
         if relative.startswith(_ALLOWED):
             continue
-        found += [f"{relative}:{n}: {code.strip()}" for n, code in _code_outside_strings(path) if _FORMAT_WORDS.search(code)]
+        found += [
+            f"{relative}:{n}: {code.strip()}" for n, code in _code_outside_strings(path) if _FORMAT_WORDS.search(code)
+        ]
     assert not found, "\n".join(found)
 
 
@@ -212,11 +224,13 @@ def onnx_bundle(tmp_path_factory) -> Path:
 
 def test_verify_and_inspect_of_an_onnx_bundle_do_not_import_torch(onnx_bundle):
     bundle = str(onnx_bundle)
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom edgepack.cli import app\n"
-            f"for command in (['verify', {bundle!r}], ['inspect', {bundle!r}]):\n"
-            "    result = CliRunner().invoke(app, command)\n"
-            "    assert result.exit_code == 0, result.output\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'executorch')))\n")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom edgepack.cli import app\n"
+        f"for command in (['verify', {bundle!r}], ['inspect', {bundle!r}]):\n"
+        "    result = CliRunner().invoke(app, command)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'executorch')))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -225,6 +239,17 @@ def test_verify_and_inspect_of_an_onnx_bundle_do_not_import_torch(onnx_bundle):
 def test_the_public_api_is_exported():
     import edgepack
 
-    for name in ("build", "diagnose", "verify_bundle", "inspect_bundle", "BuildRequest", "BuildReport", "InputSpec",
-                 "EdgepackError", "UsageError", "BuildError", "CaptureError"):
+    for name in (
+        "build",
+        "diagnose",
+        "verify_bundle",
+        "inspect_bundle",
+        "BuildRequest",
+        "BuildReport",
+        "InputSpec",
+        "EdgepackError",
+        "UsageError",
+        "BuildError",
+        "CaptureError",
+    ):
         assert hasattr(edgepack, name), name

@@ -61,9 +61,16 @@ def demo_rows(tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
 
 def test_benchmark_tiny_run_has_every_path(demo_rows):
     labels = {(r.path, r.format, r.precision) for r in demo_rows}
-    assert {("eager", "pytorch", "fp32"), ("edgepack", "onnx", "fp32"), ("edgepack", "torchscript_lite", "fp32"),
-            ("by hand", "onnx", "fp32"), ("by hand", "onnx", "int8-dynamic"), ("by hand", "torchscript_lite", "fp32"),
-            ("edgepack", "executorch", "fp32"), ("edgepack", "executorch", "int8-static")} <= labels
+    assert {
+        ("eager", "pytorch", "fp32"),
+        ("edgepack", "onnx", "fp32"),
+        ("edgepack", "torchscript_lite", "fp32"),
+        ("by hand", "onnx", "fp32"),
+        ("by hand", "onnx", "int8-dynamic"),
+        ("by hand", "torchscript_lite", "fp32"),
+        ("edgepack", "executorch", "fp32"),
+        ("edgepack", "executorch", "int8-static"),
+    } <= labels
     fp32 = [r for r in demo_rows if r.precision == "fp32"]
     assert all(r.p50_ms is not None and r.runs == TINY.max_runs for r in fp32)
     assert all(r.max_abs_err < 1e-4 and r.cosine > 0.9999 for r in fp32)
@@ -83,10 +90,12 @@ def _row(model: str, path: str, fmt: str, precision: str, p50: float) -> Row:
 
 
 def test_targets_met_not_met_and_missing():
-    rows = [_row("resnet_style", "eager", "pytorch", "fp32", 10.0),
-            _row("resnet_style", "edgepack", "onnx", "fp32", 3.0),
-            _row("resnet_style", "by hand", "onnx", "fp32", 5.0),
-            _row("resnet_style", "edgepack", "torchscript_lite", "fp32", 6.0)]
+    rows = [
+        _row("resnet_style", "eager", "pytorch", "fp32", 10.0),
+        _row("resnet_style", "edgepack", "onnx", "fp32", 3.0),
+        _row("resnet_style", "by hand", "onnx", "fp32", 5.0),
+        _row("resnet_style", "edgepack", "torchscript_lite", "fp32", 6.0),
+    ]
     checks = {c.what: c for c in check_targets(rows)}
     assert len(checks) == len([t for t in TARGETS if t[0] == "resnet_style"])
     onnx = checks["ONNX fp32 vs eager"]
@@ -94,7 +103,9 @@ def test_targets_met_not_met_and_missing():
     assert checks[".ptl vs eager"].status == "not met" and "1.20x the target" in checks[".ptl vs eager"].distance
     int8 = checks["ONNX int8 vs ONNX fp32"]
     assert int8.status == "not measured" and "no onnx int8" in int8.distance
-    assert "| resnet_style | ONNX fp32 vs eager | <= 0.40x | 0.30x | 0.50x |" in markdown(rows, list(checks.values()), 2)
+    assert "| resnet_style | ONNX fp32 vs eager | <= 0.40x | 0.30x | 0.50x |" in markdown(
+        rows, list(checks.values()), 2
+    )
 
 
 def _latency(p50: float, p90: float) -> Latency:

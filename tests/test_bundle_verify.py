@@ -19,12 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from edgepack.bundle import verify as bundle_check
+from edgepack.bundle.manifest import git_state, read_manifest, schema_problems
+from edgepack.bundle.signing import generate_keypair, sign_manifest
 from edgepack.bundle.verify import verify_bundle
 from edgepack.cli import app
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
-from edgepack.bundle.manifest import git_state, read_manifest, schema_problems
-from edgepack.bundle.signing import generate_keypair, sign_manifest
 from edgepack.targets import FormatSettings
 
 from .conftest import ALL_FORMATS, write_fast_target
@@ -53,6 +53,7 @@ def signed_bundles(demo_reports, keys, tmp_path_factory) -> dict[str, Path]:
 
 # Schema -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", ["ios", "android", "iot"])
 def test_every_demo_manifest_matches_the_schema(demo_reports, target):
     manifest = read_manifest(Path(demo_reports[target].bundle_dir) / "manifest.json")  # raises if invalid
@@ -72,21 +73,28 @@ def test_schema_is_strict_on_what_apps_read_and_open_where_stages_add_fields(dem
     assert schema_problems(manifest) == []
     extended = copy.deepcopy(manifest)
     extended["artifacts"][0]["precision_requested"] = "int8-dynamic"
-    extended["capture"]["rewrites"] = [{"kind": "device_constant", "op": "aten::to", "source": "net.py:3", "detail": ""}]
+    extended["capture"]["rewrites"] = [
+        {"kind": "device_constant", "op": "aten::to", "source": "net.py:3", "detail": ""}
+    ]
     assert schema_problems(extended) == []
     # Issue 15: every object is closed, so a key the schema does not name (a misspelling) is rejected and named.
     extended["capture"]["rewrites"][0]["x"] = 1
     assert any("'x' was unexpected" in p for p in schema_problems(extended))
-    for breaks in (lambda m: m["artifacts"][0].pop("sha256"), lambda m: m["inputs"][0].update(dtype="complex64"),
-                   lambda m: m.update(surprise=1), lambda m: m["golden"].pop("index"),
-                   lambda m: m["artifacts"][1]["requirements"].pop("opset"),
-                   lambda m: m["files"].append({"path": "../etc/passwd", "sha256": "0" * 64, "size_bytes": 1})):
+    for breaks in (
+        lambda m: m["artifacts"][0].pop("sha256"),
+        lambda m: m["inputs"][0].update(dtype="complex64"),
+        lambda m: m.update(surprise=1),
+        lambda m: m["golden"].pop("index"),
+        lambda m: m["artifacts"][1]["requirements"].pop("opset"),
+        lambda m: m["files"].append({"path": "../etc/passwd", "sha256": "0" * 64, "size_bytes": 1}),
+    ):
         broken = copy.deepcopy(manifest)
         breaks(broken)
         assert schema_problems(broken), "the schema must reject this change"
 
 
 # Golden vectors for apps without NumPy --------------------------------------------------------------
+
 
 def test_golden_bin_files_hold_the_npz_arrays_in_plain_little_endian(demo_reports):
     bundle = Path(demo_reports["android"].bundle_dir)
@@ -108,6 +116,7 @@ def test_golden_bin_files_hold_the_npz_arrays_in_plain_little_endian(demo_report
 
 # ORT format -----------------------------------------------------------------------------------------
 
+
 def test_iot_bundle_ships_an_ort_model_and_its_required_operators(demo_reports):
     bundle = Path(demo_reports["iot"].bundle_dir)
     onnx_artifact = read_manifest(bundle / "manifest.json")["artifacts"][0]
@@ -127,6 +136,7 @@ def test_ort_format_option_must_be_a_bool():
 
 
 # verify ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("target", ["ios", "android", "iot"])
 def test_verify_passes_on_a_fresh_bundle_and_reruns_every_smoke_test(demo_reports, target):
@@ -190,6 +200,7 @@ def test_verify_cli_exit_codes_and_json(demo_reports, tmp_path):
 
 # Signing ----------------------------------------------------------------------------------------------
 
+
 def test_signature_round_trip_and_failures(signed_bundles, keys, tmp_path):
     bundle = signed_bundles["iot"]
     assert verify_bundle(bundle, public_key=keys[1]).ok
@@ -215,6 +226,7 @@ def test_keygen_command_writes_a_private_key_only_its_owner_reads(tmp_path):
 
 # Zip safety -------------------------------------------------------------------------------------------
 
+
 def _zip_with(path: Path, name: str, data: bytes = b"x", mode: int = stat.S_IFREG | 0o644) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         info = zipfile.ZipInfo(name)
@@ -223,12 +235,15 @@ def _zip_with(path: Path, name: str, data: bytes = b"x", mode: int = stat.S_IFRE
     return path
 
 
-@pytest.mark.parametrize("name,mode,message", [
-    ("../evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
-    ("bundle/../../evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
-    ("/tmp/evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
-    ("bundle/link", stat.S_IFLNK | 0o777, "symbolic link"),
-])
+@pytest.mark.parametrize(
+    "name,mode,message",
+    [
+        ("../evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
+        ("bundle/../../evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
+        ("/tmp/evil.txt", stat.S_IFREG | 0o644, "unsafe entry"),
+        ("bundle/link", stat.S_IFLNK | 0o777, "symbolic link"),
+    ],
+)
 def test_unsafe_zip_entries_are_refused(tmp_path, name, mode, message):
     archive = _zip_with(tmp_path / "bad.zip", name, b"/etc/passwd", mode)
     with pytest.raises(UsageError, match=message):
@@ -252,15 +267,33 @@ def test_zip_limits_on_members_and_expanded_size(tmp_path, monkeypatch):
 
 # Reproducible builds ------------------------------------------------------------------------------------
 
+
 def test_two_builds_with_the_same_source_date_epoch_give_identical_archives(tmp_path):
     """Two CLI builds (run side by side) with different hash seeds and output folders; every format,
     the .ort included. (Separate processes: TorchScript numbers the classes it compiles per process,
     so a .ptl built after other models in one Python process names its class differently.)"""
     target = write_fast_target(tmp_path, "repro", ALL_FORMATS.replace("opset = 18", "opset = 18\nort_format = true"))
-    builds = [subprocess.Popen([sys.executable, "-m", "edgepack", "build", "--target", str(target), "--out", str(tmp_path / out),
-                                "--archive", "--no-budgets", "-q"], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "PYTHONHASHSEED": seed})
-              for out, seed in (("first", "1"), ("second-build-folder", "2"))]
+    builds = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgepack",
+                "build",
+                "--target",
+                str(target),
+                "--out",
+                str(tmp_path / out),
+                "--archive",
+                "--no-budgets",
+                "-q",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "PYTHONHASHSEED": seed},
+        )
+        for out, seed in (("first", "1"), ("second-build-folder", "2"))
+    ]
     for process in builds:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
@@ -269,8 +302,13 @@ def test_two_builds_with_the_same_source_date_epoch_give_identical_archives(tmp_
     assert first.read_bytes() == second.read_bytes()
     names = zipfile.ZipFile(first).namelist()
     assert names == sorted(names) and "repro/report.json" not in names
-    assert {"repro/demo-digits.ptl", "repro/demo-digits.onnx", "repro/demo-digits.ort",
-            "repro/demo-digits.mlpackage/Manifest.json", "repro/manifest.json"} <= set(names)
+    assert {
+        "repro/demo-digits.ptl",
+        "repro/demo-digits.onnx",
+        "repro/demo-digits.ort",
+        "repro/demo-digits.mlpackage/Manifest.json",
+        "repro/manifest.json",
+    } <= set(names)
     assert {i.date_time for i in zipfile.ZipFile(first).infolist()} == {(2023, 11, 14, 22, 13, 20)}
     manifest = json.loads(zipfile.ZipFile(first).read("repro/manifest.json"))
     assert manifest["provenance"]["build_time"] == "2023-11-14T22:13:20Z"
@@ -279,13 +317,22 @@ def test_two_builds_with_the_same_source_date_epoch_give_identical_archives(tmp_
 
 # inspect and provenance ----------------------------------------------------------------------------------
 
+
 def test_inspect_shows_provenance_and_latency(demo_reports):
     bundle = demo_reports["android"].bundle_dir
     done = CliRunner().invoke(app, ["inspect", bundle], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     manifest = read_manifest(Path(bundle) / "manifest.json")
-    for text in ("provenance", manifest["model"]["source"]["weights_sha256"], "android.toml", "torch 2.",
-                 "edgepack.demo:make_model", "torchscript_lite", "bytecode_version 8", "NCHW"):
+    for text in (
+        "provenance",
+        manifest["model"]["source"]["weights_sha256"],
+        "android.toml",
+        "torch 2.",
+        "edgepack.demo:make_model",
+        "torchscript_lite",
+        "bytecode_version 8",
+        "NCHW",
+    ):
         assert text in done.output, text
     summary = json.loads(CliRunner().invoke(app, ["inspect", bundle, "--json"]).output)
     assert summary["provenance"] == manifest["provenance"]
@@ -294,8 +341,11 @@ def test_inspect_shows_provenance_and_latency(demo_reports):
 
 def test_git_state_records_the_commit_and_whether_the_checkout_differs(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *args], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q")
     (tmp_path / "README").write_text("project\n")
@@ -307,7 +357,9 @@ def test_git_state_records_the_commit_and_whether_the_checkout_differs(tmp_path)
     git("add", "net.py")
     git("commit", "-qm", "net")
     state = git_state(model)
-    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert state == {"commit": head, "dirty": False}
     model.write_text("x = 2\n")
     assert git_state(model)["dirty"] is True
@@ -319,10 +371,18 @@ def test_build_refuses_a_bad_signing_key_before_building(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     (tmp_path / "rsa.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-    (tmp_path / "enc.key").write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")))
-    for key, message in ((tmp_path / "missing.key", "Cannot read key file"), (tmp_path / "rsa.key", "not a PEM key"),
-                         (tmp_path / "enc.key", "is an encrypted private key")):
+    (tmp_path / "enc.key").write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    for key, message in (
+        (tmp_path / "missing.key", "Cannot read key file"),
+        (tmp_path / "rsa.key", "not a PEM key"),
+        (tmp_path / "enc.key", "is an encrypted private key"),
+    ):
         done = runner.invoke(app, ["build", "--target", "iot", "--out", str(tmp_path / "dist"), "--sign-key", str(key)])
         assert done.exit_code == 2 and message in done.output, done.output
     assert not (tmp_path / "dist").exists()
@@ -333,21 +393,29 @@ def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_
     from edgepack.inputs import parse_input_spec
     from edgepack.pipeline import BuildRequest, build
 
-    target = write_fast_target(tmp_path, "onnx-only", "[formats.onnx]\nprecision = \"fp32\"\nopset = 18\n")
+    target = write_fast_target(tmp_path, "onnx-only", '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
     models = Path(__file__).parent / "models.py"
-    (report,) = build(BuildRequest(targets=[str(target)], model=f"{models}:make_small_linear",
-                                   inputs=[parse_input_spec("x=N=2x6")], out_dir=tmp_path / "dist"))
+    (report,) = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{models}:make_small_linear",
+            inputs=[parse_input_spec("x=N=2x6")],
+            out_dir=tmp_path / "dist",
+        )
+    )
     assert report.ok, report.problems
     manifest = read_manifest(Path(report.bundle_dir) / "manifest.json")
     assert manifest["inputs"][0]["dynamic_axes"] == {"0": "N"} and manifest["inputs"][0]["layout"] is None
     assert manifest["outputs"] == [{"name": "output", "shape": [2, 2], "dtype": "float32", "dynamic_axes": {"0": "N"}}]
     source = manifest["provenance"]["source"]
-    assert source["reference"].endswith("models.py:make_small_linear") and source["module_file"].endswith("tests/models.py")
+    assert source["reference"].endswith("models.py:make_small_linear") and source["module_file"].endswith(
+        "tests/models.py"
+    )
     # No weights file: the version is the parameters' own hash, the same for the same weights, another for others.
     import torch
 
-    from edgepack.load import LoadedModel
     from edgepack.bundle.manifest import _model_version
+    from edgepack.load import LoadedModel
 
     from .models import make_small_linear
 
@@ -365,5 +433,7 @@ def test_manifest_marks_dynamic_dimensions_and_records_a_user_models_source(tmp_
 
 
 def test_a_malformed_source_date_epoch_is_a_usage_error(tmp_path):
-    done = runner.invoke(app, ["build", "--target", "iot", "--out", str(tmp_path)], env={"SOURCE_DATE_EPOCH": "yesterday"})
+    done = runner.invoke(
+        app, ["build", "--target", "iot", "--out", str(tmp_path)], env={"SOURCE_DATE_EPOCH": "yesterday"}
+    )
     assert done.exit_code == 2 and "SOURCE_DATE_EPOCH" in done.output

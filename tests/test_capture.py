@@ -12,10 +12,10 @@ import torch
 import torch.jit.mobile as mobile
 from typer.testing import CliRunner
 
+from edgepack.bundle.manifest import read_manifest
 from edgepack.capture.ladder import CaptureError
 from edgepack.cli import app
 from edgepack.inputs import parse_input_spec
-from edgepack.bundle.manifest import read_manifest
 from edgepack.pipeline import BuildRequest, build
 
 from . import seed_models
@@ -28,8 +28,9 @@ def line_of(text: str) -> int:
 
 
 def android(tmp_path: Path, model: str, spec: str, **options):
-    request = BuildRequest(targets=["android"], model=f"{SEEDS}:{model}", inputs=[parse_input_spec(spec)],
-                           out_dir=tmp_path, **options)
+    request = BuildRequest(
+        targets=["android"], model=f"{SEEDS}:{model}", inputs=[parse_input_spec(spec)], out_dir=tmp_path, **options
+    )
     return build(request)[0]
 
 
@@ -46,7 +47,9 @@ def test_seed_control_flow_model_is_scripted_and_both_branches_ship(tmp_path):
     report = android(tmp_path, "ControlFlowModel", "x=1x10")
     assert report.ok, report.problems
     assert report.capture["strategy"] == "script"
-    assert [(h["kind"], h["line"]) for h in report.capture["hazards"]] == [("python_bool", line_of("if x.mean() > 0.1"))]
+    assert [(h["kind"], h["line"]) for h in report.capture["hazards"]] == [
+        ("python_bool", line_of("if x.mean() > 0.1"))
+    ]
     model = seed_models.ControlFlowModel().eval()
     for x in (torch.randn(1, 10) * 2, torch.randn(1, 10) * -2, torch.full((1, 10), 3.0), torch.full((1, 10), -3.0)):
         for got in run_bundle(report, x):
@@ -141,9 +144,16 @@ def test_unfixable_control_flow_fails_with_every_attempt(tmp_path):
 
 def test_user_check_inputs_catch_what_generated_ones_miss(tmp_path):
     """Generated inputs never reach x.sum() > 100; a user's check input at 50 per element does."""
+
     def trace_only(**options):
-        request = BuildRequest(targets=["android"], model=f"{SEEDS}:HighThresholdOp", inputs=[parse_input_spec("x=2x3")],
-                               out_dir=tmp_path, capture_mode="trace", **options)
+        request = BuildRequest(
+            targets=["android"],
+            model=f"{SEEDS}:HighThresholdOp",
+            inputs=[parse_input_spec("x=2x3")],
+            out_dir=tmp_path,
+            capture_mode="trace",
+            **options,
+        )
         return build(request)[0]
 
     assert trace_only().capture["strategy"] == "trace"  # nothing generated shows the trace is wrong
@@ -165,4 +175,6 @@ def test_doctor_explains_each_hazard_with_a_fix():
 def test_doctor_text_shows_the_source_line_and_exits_1_when_nothing_works():
     result = CliRunner().invoke(app, ["doctor", "--model", f"{SEEDS}:StatefulModel", "-i", "x=1x5"])
     assert result.exit_code == 1
-    assert "self.counter += 1" in result.stdout and "fix:" in result.stdout and "no trustworthy capture" in result.stdout
+    assert (
+        "self.counter += 1" in result.stdout and "fix:" in result.stdout and "no trustworthy capture" in result.stdout
+    )

@@ -16,7 +16,9 @@ from edgepack.cli import app
 
 
 def listing(folder: Path) -> list[tuple[str, int]]:
-    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size if p.is_file() else -1) for p in folder.rglob("*"))
+    return sorted(
+        (p.relative_to(folder).as_posix(), p.stat().st_size if p.is_file() else -1) for p in folder.rglob("*")
+    )
 
 
 def test_int8_static_for_every_target_leaves_cwd_and_temp_as_they_were(tmp_path, monkeypatch):
@@ -26,8 +28,9 @@ def test_int8_static_for_every_target_leaves_cwd_and_temp_as_they_were(tmp_path,
     monkeypatch.chdir(work)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     before = listing(work)
-    result = CliRunner().invoke(app, ["build", "--target", "all", "--precision", "int8-static", "--out", str(out),
-                                      "--quiet", "--no-budgets"])
+    result = CliRunner().invoke(
+        app, ["build", "--target", "all", "--precision", "int8-static", "--out", str(out), "--quiet", "--no-budgets"]
+    )
     assert result.exit_code == 0, result.output
     assert listing(work) == before
     assert listing(tmp) == []

@@ -17,26 +17,26 @@ import numpy as np
 import pytest
 import torch
 
+from edgepack import precisions
 from edgepack.capture.ladder import CapturedModel, capture
 from edgepack.compare import cosine_similarity
-from edgepack.formats.coreml.executor import supported_op_types
 from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
-from edgepack import precisions
 from edgepack.formats.base import FLOAT_LAYERS
-
-PRECISIONS = tuple(precisions.names())
+from edgepack.formats.coreml.executor import supported_op_types
 from edgepack.formats.coreml.format import PROVENANCE_KEYS, _kmeans_lut
 from edgepack.inputs import InputSpec, parse_input_spec, sample_inputs
 from edgepack.load import LoadedModel
 from edgepack.noise import quiet_converter
 from edgepack.pipeline import BuildRequest, build
-from edgepack.targets import Budgets, FormatSettings, Tolerance
 from edgepack.smoke import smoke_test
+from edgepack.targets import Budgets, FormatSettings, Tolerance
 
 from .conftest import write_fast_target
 from .coreml_models import CausalAttention, make_small_cnn
 from .models import make_encoder, make_two_input
+
+PRECISIONS = tuple(precisions.names())
 
 with quiet_converter():
     import coremltools as ct
@@ -45,13 +45,24 @@ FMT = FORMATS["coreml"]
 MODELS = Path(__file__).parent / "coreml_models.py"
 # Per precision: (max abs error relative to max |eager|, min cosine) against the float eager model.
 # Compressed weights cost accuracy by design; fp16 compute rounds every op.
-BOUNDS = {"fp32": (1e-5, 0.99999), "fp16": (5e-3, 0.9999), "int8-dynamic": (1e-2, 0.9999), "int8-static": (1e-2, 0.9999),
-          "palettize-8": (1e-2, 0.9999), "palettize-6": (3e-2, 0.999), "palettize-4": (0.15, 0.995)}
+BOUNDS = {
+    "fp32": (1e-5, 0.99999),
+    "fp16": (5e-3, 0.9999),
+    "int8-dynamic": (1e-2, 0.9999),
+    "int8-static": (1e-2, 0.9999),
+    "palettize-8": (1e-2, 0.9999),
+    "palettize-6": (3e-2, 0.999),
+    "palettize-4": (0.15, 0.995),
+}
 # The ios target's Core ML tolerance (targets/ios.toml): fp16 compute, about 3 significant digits.
 IOS_TOLERANCE = (1e-2, 1e-2, 0.999)
-COMPRESSION_OP = {"int8-dynamic": "constexpr_affine_dequantize", "int8-static": "constexpr_affine_dequantize",
-                  "palettize-4": "constexpr_lut_to_dense", "palettize-6": "constexpr_lut_to_dense",
-                  "palettize-8": "constexpr_lut_to_dense"}
+COMPRESSION_OP = {
+    "int8-dynamic": "constexpr_affine_dequantize",
+    "int8-static": "constexpr_affine_dequantize",
+    "palettize-4": "constexpr_lut_to_dense",
+    "palettize-6": "constexpr_lut_to_dense",
+    "palettize-8": "constexpr_lut_to_dense",
+}
 
 
 def settings(precision: str = "fp32", tolerance: tuple = (1e-4, 1e-4, 0.9999), **options) -> FormatSettings:
@@ -128,8 +139,10 @@ def test_each_precision_is_verified_against_eager(precision, emit, captured):
     assert FMT.check_structure(emitted, captured, settings(precision)) == []
 
     rel, cosine = _worst(FMT.open(emitted.path, 1), captured)
-    print(f"\n[coreml] {precision:12s} weight.bin {_weights_file(emitted.path).stat().st_size:6d} B: "
-          f"max rel err {rel:.2e}, cosine {cosine:.7f}")
+    print(
+        f"\n[coreml] {precision:12s} weight.bin {_weights_file(emitted.path).stat().st_size:6d} B: "
+        f"max rel err {rel:.2e}, cosine {cosine:.7f}"
+    )
     max_rel, min_cosine = BOUNDS[precision]
     assert rel <= max_rel and cosine >= min_cosine
     if precision != "fp32":
@@ -186,8 +199,9 @@ def _palettized(lut_function, w: np.ndarray) -> np.ndarray:
     return lut.astype(np.float32)[indices].reshape(w.shape)
 
 
-@pytest.mark.parametrize("precision, op", [("int8-dynamic", "constexpr_blockwise_shift_scale"),
-                                           ("palettize-4", "constexpr_lut_to_dense")])
+@pytest.mark.parametrize(
+    "precision, op", [("int8-dynamic", "constexpr_blockwise_shift_scale"), ("palettize-4", "constexpr_lut_to_dense")]
+)
 def test_ios18_compressed_packages_are_verified(precision, op, emit, captured):
     emitted = emit(precision, "iOS18")
     assert emitted.requirements["specification_version"] == 9 and op in emitted.requirements["operators"]
@@ -244,7 +258,10 @@ def test_float_layers_stay_float(captured, folder):
     assert any(op.type == "const" and op.outputs[0].name == kept for op in ops)
     assert any(kept in note for note in emitted.notes)
     # The float layer carries the error budget: less error than palettizing everything.
-    assert _worst(FMT.open(emitted.path, 1), captured)[0] < _worst(FMT.open(folder / "palettize-4-iOS16.mlpackage", 1), captured)[0]
+    assert (
+        _worst(FMT.open(emitted.path, 1), captured)[0]
+        < _worst(FMT.open(folder / "palettize-4-iOS16.mlpackage", 1), captured)[0]
+    )
 
 
 def test_unknown_float_layer_is_a_usage_error(captured, folder):
@@ -267,7 +284,10 @@ def test_metadata_names_its_sources_and_provenance(emit):
     assert user["edgepack.torch"] == torch.__version__ and user["edgepack.coremltools"] == ct.__version__
     assert user["edgepack.capture"] == "trace"
     assert json.loads(user["edgepack.metadata_sources"]) == {
-        "author": "tests.coreml_models.__author__", "license": "tests.coreml_models.__license__", "version": "edgepack default"}
+        "author": "tests.coreml_models.__author__",
+        "license": "tests.coreml_models.__license__",
+        "version": "edgepack default",
+    }
 
 
 def _rewrite_spec(source: Path, target: Path, change) -> Path:
@@ -346,11 +366,14 @@ def test_op_newer_than_the_deployment_target_fails(folder, tmp_path):
     problems = FMT.check_structure(dataclasses.replace(ios18, path=package), attention, settings())
     assert problems == ["op 'scaled_dot_product_attention' needs iOS18 or newer; the package targets iOS16"]
 
-    package = _rewrite_spec(ios18.path, tmp_path / "version-only.mlpackage", lambda spec: setattr(spec, "specificationVersion", 7))
+    package = _rewrite_spec(
+        ios18.path, tmp_path / "version-only.mlpackage", lambda spec: setattr(spec, "specificationVersion", 7)
+    )
     problems = FMT.check_structure(dataclasses.replace(ios18, path=package), attention, settings())
     assert "program opset CoreML8, expected CoreML6 for iOS16" in problems
     assert "specification version 9, expected 7 (minimum deployment target iOS16)" in FMT.check_structure(
-        ios18, attention, settings())
+        ios18, attention, settings()
+    )
 
 
 def test_inputs_and_outputs_must_match_what_edgepack_recorded(emit, captured):
@@ -372,8 +395,14 @@ def test_inputs_and_outputs_must_match_what_edgepack_recorded(emit, captured):
 def test_a_grid_sample_model_passes_its_smoke_test_in_the_build(tmp_path):
     """grid_sample converts to `resample`, which the reference executor evaluates: verified, not skipped."""
     target = write_fast_target(tmp_path, "coreml-only", '[formats.coreml]\nprecision = "fp32"\n')
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:Warp",
-                                inputs=[parse_input_spec("x=1x2x6x6")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:Warp",
+            inputs=[parse_input_spec("x=1x2x6x6")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     coreml = report.artifacts[0]
     assert "resample" in coreml.requirements["operators"]
     assert coreml.smoke.status == "passed", coreml.smoke.reason
@@ -386,8 +415,12 @@ def test_an_op_the_executor_lacks_is_skipped_by_name_in_the_build(tmp_path):
     smoke test says so by name and is `skipped`, never `passed`."""
     assert "affine" not in supported_op_types()
     target = write_fast_target(tmp_path, "coreml-only", '[formats.coreml]\nprecision = "fp32"\n')
-    request = BuildRequest(targets=[str(target)], model=f"{MODELS}:AffineWarp", inputs=[parse_input_spec("x=1x2x6x6")],
-                           out_dir=tmp_path / "dist")
+    request = BuildRequest(
+        targets=[str(target)],
+        model=f"{MODELS}:AffineWarp",
+        inputs=[parse_input_spec("x=1x2x6x6")],
+        out_dir=tmp_path / "dist",
+    )
     report = build(request)[0]
     coreml = report.artifacts[0]
     assert "affine" in coreml.requirements["operators"]

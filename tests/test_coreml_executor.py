@@ -22,7 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgepack.formats.coreml import executor as coreml_executor
-from edgepack.formats.coreml.executor import UnsupportedOp, run_package, supported_op_types, unsupported_ops, program_op_types
+from edgepack.formats.coreml.executor import (
+    UnsupportedOp,
+    program_op_types,
+    run_package,
+    supported_op_types,
+    unsupported_ops,
+)
 from edgepack.noise import quiet_converter
 
 from .coreml_models import CausalAttention
@@ -46,13 +52,27 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Module:
     """MobileNet-style depthwise + pointwise block (BatchNorm folded by the converter)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in), nn.BatchNorm2d(c_in), nn.ReLU6(),
-                         nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in),
+        nn.BatchNorm2d(c_in),
+        nn.ReLU6(),
+        nn.Conv2d(c_in, c_out, 1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
 
 
 def _convnet() -> nn.Module:
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), _block(8, 16, 2), _block(16, 16, 1),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        _block(8, 16, 2),
+        _block(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
     for module in net.modules():  # non-trivial running stats, so the folded BatchNorm matters
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -167,9 +187,25 @@ class GeluSiluMLP(nn.Module):
 
 class Activations(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [F.relu(x), F.relu6(x * 4), F.leaky_relu(x, 0.1), torch.sigmoid(x), torch.tanh(x), torch.softmax(x, -1),
-                F.hardswish(x * 3), F.hardsigmoid(x * 3), F.elu(x), F.softplus(x), F.mish(x), F.log_softmax(x, -1),
-                F.prelu(x, torch.tensor([0.25])), torch.erf(x), F.softsign(x), x.clamp(-0.5, 0.5), torch.exp(x).sqrt()]
+        outs = [
+            F.relu(x),
+            F.relu6(x * 4),
+            F.leaky_relu(x, 0.1),
+            torch.sigmoid(x),
+            torch.tanh(x),
+            torch.softmax(x, -1),
+            F.hardswish(x * 3),
+            F.hardsigmoid(x * 3),
+            F.elu(x),
+            F.softplus(x),
+            F.mish(x),
+            F.log_softmax(x, -1),
+            F.prelu(x, torch.tensor([0.25])),
+            torch.erf(x),
+            F.softsign(x),
+            x.clamp(-0.5, 0.5),
+            torch.exp(x).sqrt(),
+        ]
         return torch.stack(outs)
 
 
@@ -221,15 +257,38 @@ class Indexing(nn.Module):
         scattered = x.clone()
         scattered[:, 1] = 0.0
         values, indices = x.topk(2, dim=-1)
-        return torch.cat([along.flatten(), nd.flatten(), scattered.flatten(), torch.cumsum(x, 1).flatten(),
-                          torch.flip(x, [1]).flatten(), torch.roll(x, 1, 2).flatten(), torch.triu(x).flatten(),
-                          values.flatten(), indices.float().flatten(), x.sort(-1)[0].flatten()])
+        return torch.cat(
+            [
+                along.flatten(),
+                nd.flatten(),
+                scattered.flatten(),
+                torch.cumsum(x, 1).flatten(),
+                torch.flip(x, [1]).flatten(),
+                torch.roll(x, 1, 2).flatten(),
+                torch.triu(x).flatten(),
+                values.flatten(),
+                indices.float().flatten(),
+                x.sort(-1)[0].flatten(),
+            ]
+        )
 
 
 class Reductions(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x.sum(1), x.mean(1), x.amax(1), x.amin(1), x.norm(dim=1), x.abs().sum(1),
-                            x.argmax(1).float(), x.logsumexp(1), x.var(1), torch.where(x > 0, x, -2 * x).sum(1)])
+        return torch.stack(
+            [
+                x.sum(1),
+                x.mean(1),
+                x.amax(1),
+                x.amin(1),
+                x.norm(dim=1),
+                x.abs().sum(1),
+                x.argmax(1).float(),
+                x.logsumexp(1),
+                x.var(1),
+                torch.where(x > 0, x, -2 * x).sum(1),
+            ]
+        )
 
 
 class ShuffleLRN(nn.Module):
@@ -268,41 +327,66 @@ CASES: dict[str, Case] = {
     "convnet_depthwise_pointwise": Case(_convnet, {"x": _randn(2, 3, 16, 16)}, must_contain=("conv", "clip", "linear")),
     "convnet_depthwise_pointwise_fp16": Case(_convnet, {"x": _randn(2, 3, 16, 16)}, "fp16"),
     "dilated_same_reflect_grouped_conv": Case(Dilated, {"x": _randn(1, 3, 14, 14)}, must_contain=("conv", "pad")),
-    "conv_transpose": Case(lambda: nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
-                                                 nn.ReLU(), nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1, groups=2)),
-                           {"x": _randn(1, 4, 5, 5)}, must_contain=("conv_transpose", "crop")),
-    "conv1d_conv3d": Case(Conv1d3d, {"x": _randn(1, 4, 16)}, must_contain=("conv", "conv_transpose", "max_pool", "avg_pool")),
+    "conv_transpose": Case(
+        lambda: nn.Sequential(
+            nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1, groups=2),
+        ),
+        {"x": _randn(1, 4, 5, 5)},
+        must_contain=("conv_transpose", "crop"),
+    ),
+    "conv1d_conv3d": Case(
+        Conv1d3d, {"x": _randn(1, 4, 16)}, must_contain=("conv", "conv_transpose", "max_pool", "avg_pool")
+    ),
     "pooling_variants": Case(Pools, {"x": _randn(1, 3, 17, 17)}, must_contain=("max_pool", "avg_pool")),
     "multihead_attention": Case(MHA, {"x": _randn(2, 5, 16)}, must_contain=("matmul", "softmax", "layer_norm")),
     "multihead_attention_fp16": Case(MHA, {"x": _randn(2, 5, 16)}, "fp16"),
-    "sdpa_causal_ios18": Case(CausalAttention, {"x": _randn(2, 5, 16)}, target="iOS18", must_contain=("scaled_dot_product_attention",)),
+    "sdpa_causal_ios18": Case(
+        CausalAttention, {"x": _randn(2, 5, 16)}, target="iOS18", must_contain=("scaled_dot_product_attention",)
+    ),
     "instance_group_layer_norm": Case(Norms, {"x": _randn(2, 4, 3, 8)}, must_contain=("instance_norm", "layer_norm")),
     "batch_norm_unfolded": Case(BatchNormUnfolded, {"x": _randn(2, 4, 3, 3)}, must_contain=("batch_norm",)),
-    "embedding_int_input": Case(Embedding, {"x": lambda: torch.randint(0, 20, (2, 6))}, must_contain=("gather", "one_hot")),
+    "embedding_int_input": Case(
+        Embedding, {"x": lambda: torch.randint(0, 20, (2, 6))}, must_contain=("gather", "one_hot")
+    ),
     "upsample_nearest": Case(UpNearest, {"x": _randn(1, 2, 3, 4)}, must_contain=("upsample_nearest_neighbor",)),
     "upsample_bilinear": Case(UpBilinear, {"x": _randn(1, 2, 4, 4)}, must_contain=("upsample_bilinear",)),
     "upsample_bilinear_fp16": Case(UpBilinear, {"x": _randn(1, 2, 4, 4)}, "fp16"),
     "gelu_silu_mlp": Case(GeluSiluMLP, {"x": _randn(3, 8)}, must_contain=("gelu", "silu", "linear")),
     "gelu_silu_mlp_fp16": Case(GeluSiluMLP, {"x": _randn(3, 8)}, "fp16"),
-    "activations": Case(Activations, {"x": _randn(3, 8)}, must_contain=("sigmoid_hard", "thresholded_relu", "elu", "softplus")),
+    "activations": Case(
+        Activations, {"x": _randn(3, 8)}, must_contain=("sigmoid_hard", "thresholded_relu", "elu", "softplus")
+    ),
     "lstm_uni_and_bidirectional": Case(LSTMs, {"x": _randn(2, 5, 6)}, must_contain=("lstm",)),
     "lstm_fp16_ios17": Case(LSTMs, {"x": _randn(2, 5, 6)}, "fp16", "iOS17"),
     "gru_while_loop": Case(GRU, {"x": _randn(2, 5, 6)}, must_contain=("while_loop", "scatter")),
     "gru_while_loop_fp16": Case(GRU, {"x": _randn(2, 5, 6)}, "fp16"),
     "simple_rnn": Case(RNN, {"x": _randn(2, 5, 6)}, must_contain=("rnn",)),
-    "concat_split_slice": Case(ConcatSplitSlice, {"x": _randn(1, 4, 4, 4)}, must_contain=("split", "slice_by_index", "tile")),
-    "gather_scatter_cumsum_topk": Case(Indexing, {"x": _randn(2, 4, 4)},
-                                       must_contain=("gather_along_axis", "gather_nd", "scatter", "cumsum", "topk")),
+    "concat_split_slice": Case(
+        ConcatSplitSlice, {"x": _randn(1, 4, 4, 4)}, must_contain=("split", "slice_by_index", "tile")
+    ),
+    "gather_scatter_cumsum_topk": Case(
+        Indexing, {"x": _randn(2, 4, 4)}, must_contain=("gather_along_axis", "gather_nd", "scatter", "cumsum", "topk")
+    ),
     "reductions": Case(Reductions, {"x": _randn(3, 5)}, must_contain=("reduce_max", "reduce_argmax", "select")),
     "pixel_shuffle_lrn": Case(ShuffleLRN, {"x": _randn(1, 8, 3, 3)}, must_contain=("pixel_shuffle", "pixel_unshuffle")),
-    "two_inputs_two_outputs": Case(TwoInTwoOut, {"x": _randn(2, 3, 4), "mask": lambda: torch.rand(2, 3, 4)},
-                                   outputs=("masked", "gram")),
+    "two_inputs_two_outputs": Case(
+        TwoInTwoOut, {"x": _randn(2, 3, 4), "mask": lambda: torch.rand(2, 3, 4)}, outputs=("masked", "gram")
+    ),
 }
 
 
-def _convert(model: nn.Module, examples: dict[str, torch.Tensor], path: Path, precision: str = "fp32",
-             target: str = "iOS16", outputs: tuple[str, ...] = ("y",), io_dtype: type | None = None,
-             compress: Callable | None = None) -> Path:
+def _convert(
+    model: nn.Module,
+    examples: dict[str, torch.Tensor],
+    path: Path,
+    precision: str = "fp32",
+    target: str = "iOS16",
+    outputs: tuple[str, ...] = ("y",),
+    io_dtype: type | None = None,
+    compress: Callable | None = None,
+) -> Path:
     """coremltools conversion as edgepack does it: traced module, fixed shapes, ML program.
 
     Traced with autograd on: under no_grad nn.MultiheadAttention takes a fused fast path that
@@ -310,12 +394,20 @@ def _convert(model: nn.Module, examples: dict[str, torch.Tensor], path: Path, pr
     """
     with quiet_converter():
         traced = torch.jit.trace(model.eval(), tuple(examples.values()), check_trace=False)
-        inputs = [ct.TensorType(name=name, shape=tuple(t.shape),
-                                dtype=np.int32 if t.dtype == torch.int64 else (io_dtype or np.float32))
-                  for name, t in examples.items()]
-        mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n, dtype=io_dtype or np.float32) for n in outputs],
-                             convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-                             compute_precision={"fp32": ct.precision.FLOAT32, "fp16": ct.precision.FLOAT16}[precision])
+        inputs = [
+            ct.TensorType(
+                name=name, shape=tuple(t.shape), dtype=np.int32 if t.dtype == torch.int64 else (io_dtype or np.float32)
+            )
+            for name, t in examples.items()
+        ]
+        mlmodel = ct.convert(
+            traced,
+            inputs=inputs,
+            outputs=[ct.TensorType(name=n, dtype=io_dtype or np.float32) for n in outputs],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision={"fp32": ct.precision.FLOAT32, "fp16": ct.precision.FLOAT16}[precision],
+        )
         if compress is not None:
             mlmodel = compress(mlmodel)
         mlmodel.save(str(path))
@@ -446,13 +538,24 @@ def test_flexible_input_sizes_run_at_every_size(workdir: Path) -> None:
     with quiet_converter():
         traced = torch.jit.trace(model, torch.randn(1, 3, 12, 12))
         shape = ct.Shape([1, 3, ct.RangeDim(4, 64, default=12), ct.RangeDim(4, 64, default=12)])
-        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=shape)], outputs=[ct.TensorType(name="y")],
-                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                             compute_precision=ct.precision.FLOAT32)
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="x", shape=shape)],
+            outputs=[ct.TensorType(name="y")],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        )
         package = workdir / "flexible.mlpackage"
         mlmodel.save(str(package))
-    assert {"conv", "conv_transpose", "max_pool", "avg_pool", "upsample_nearest_neighbor",
-            "upsample_bilinear"} <= _program_ops(package)
+    assert {
+        "conv",
+        "conv_transpose",
+        "max_pool",
+        "avg_pool",
+        "upsample_nearest_neighbor",
+        "upsample_bilinear",
+    } <= _program_ops(package)
     for size in [(12, 12), (8, 20), (17, 9)]:
         x = {"x": torch.randn(1, 3, *size)}
         got = run_package(package, {"x": x["x"].numpy()})["y"]
@@ -466,8 +569,14 @@ def test_flexible_input_sizes_run_at_every_size(workdir: Path) -> None:
 
 def _compress_model() -> nn.Module:
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(16 * 8 * 8, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 10),
+    ).eval()
 
 
 def _with_weights(model: nn.Module, transform: Callable[[np.ndarray], np.ndarray]) -> nn.Module:
@@ -499,18 +608,42 @@ def _magnitude_pruned(w: np.ndarray) -> np.ndarray:
 # name: (target, op it must emit, dequantized-weights expectation, compression, min cosine vs float model)
 # Pruning half the weights is not meant to stay close to the float model: no cosine bound there.
 COMPRESSED = {
-    "int8_linear_quantized_ios16": ("iOS16", "constexpr_affine_dequantize", _int8_symmetric,
-                                    lambda m: cto.linear_quantize_weights(m, cto.OptimizationConfig(
-                                        cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))), 0.999),
-    "int8_linear_quantized_ios18": ("iOS18", "constexpr_blockwise_shift_scale", _int8_symmetric,
-                                    lambda m: cto.linear_quantize_weights(m, cto.OptimizationConfig(
-                                        cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))), 0.999),
-    "palettized_6bit_ios16": ("iOS16", "constexpr_lut_to_dense", _uniform_lut,
-                              lambda m: cto.palettize_weights(m, cto.OptimizationConfig(
-                                  cto.OpPalettizerConfig(mode="uniform", nbits=6, weight_threshold=0))), 0.99),
-    "pruned_50pct_ios16": ("iOS16", "constexpr_sparse_to_dense", _magnitude_pruned,
-                           lambda m: cto.prune_weights(m, cto.OptimizationConfig(
-                               cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=0))), None),
+    "int8_linear_quantized_ios16": (
+        "iOS16",
+        "constexpr_affine_dequantize",
+        _int8_symmetric,
+        lambda m: cto.linear_quantize_weights(
+            m, cto.OptimizationConfig(cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))
+        ),
+        0.999,
+    ),
+    "int8_linear_quantized_ios18": (
+        "iOS18",
+        "constexpr_blockwise_shift_scale",
+        _int8_symmetric,
+        lambda m: cto.linear_quantize_weights(
+            m, cto.OptimizationConfig(cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))
+        ),
+        0.999,
+    ),
+    "palettized_6bit_ios16": (
+        "iOS16",
+        "constexpr_lut_to_dense",
+        _uniform_lut,
+        lambda m: cto.palettize_weights(
+            m, cto.OptimizationConfig(cto.OpPalettizerConfig(mode="uniform", nbits=6, weight_threshold=0))
+        ),
+        0.99,
+    ),
+    "pruned_50pct_ios16": (
+        "iOS16",
+        "constexpr_sparse_to_dense",
+        _magnitude_pruned,
+        lambda m: cto.prune_weights(
+            m, cto.OptimizationConfig(cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=0))
+        ),
+        None,
+    ),
 }
 
 
@@ -526,8 +659,10 @@ def test_compressed_weights_match_dequantized_expectation(name: str, workdir: Pa
     expected = _eager(_with_weights(model, dequantized), x)[0]
     err, rel = _max_err(got, expected)
     cosine = _cosine(got, _eager(model, x)[0])
-    print(f"\n[executor] {name:36s} vs dequantized weights: max abs err {err:.2e} (rel {rel:.2e}); "
-          f"cosine vs float model {cosine:.5f}")
+    print(
+        f"\n[executor] {name:36s} vs dequantized weights: max abs err {err:.2e} (rel {rel:.2e}); "
+        f"cosine vs float model {cosine:.5f}"
+    )
     assert got.shape == expected.shape
     assert rel <= TOLERANCE["fp32"]
     assert min_cosine is None or cosine >= min_cosine
@@ -535,8 +670,12 @@ def test_compressed_weights_match_dequantized_expectation(name: str, workdir: Pa
 
 # --- resample (torch grid_sample) ------------------------------------------------------------
 
-GRID_SAMPLE_MODES = [(mode, padding, align_corners) for mode in ("bilinear", "nearest")
-                     for padding in ("zeros", "border", "reflection") for align_corners in (True, False)]
+GRID_SAMPLE_MODES = [
+    (mode, padding, align_corners)
+    for mode in ("bilinear", "nearest")
+    for padding in ("zeros", "border", "reflection")
+    for align_corners in (True, False)
+]
 
 
 def _grid_sample_name(mode: str, padding: str, align_corners: bool) -> str:
@@ -547,8 +686,10 @@ class GridSamples(nn.Module):
     """Every grid_sample mode combination on one input and grid: one output each."""
 
     def forward(self, x: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
-                     for mode, padding, align_corners in GRID_SAMPLE_MODES)
+        return tuple(
+            F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+            for mode, padding, align_corners in GRID_SAMPLE_MODES
+        )
 
 
 def _grid_sample_examples() -> dict[str, torch.Tensor]:
@@ -570,8 +711,12 @@ def _grid_sample_examples() -> dict[str, torch.Tensor]:
 def _string_constants(package: Path) -> set[str]:
     spec = ct.utils.load_spec(str(package))
     function = spec.mlProgram.functions["main"]
-    return {s for op in function.block_specializations[function.opset].operations if op.type == "const"
-            for s in op.attributes["val"].immediateValue.tensor.strings.values}
+    return {
+        s
+        for op in function.block_specializations[function.opset].operations
+        if op.type == "const"
+        for s in op.attributes["val"].immediateValue.tensor.strings.values
+    }
 
 
 @pytest.fixture(scope="module")
@@ -583,10 +728,14 @@ def grid_samples(workdir: Path) -> Callable[[str], Built]:
         if precision not in cache:
             model, examples = GridSamples().eval(), _grid_sample_examples()
             outputs = tuple(_grid_sample_name(*modes) for modes in GRID_SAMPLE_MODES)
-            package = _convert(model, examples, workdir / f"grid_samples_{precision}.mlpackage", precision, outputs=outputs)
+            package = _convert(
+                model, examples, workdir / f"grid_samples_{precision}.mlpackage", precision, outputs=outputs
+            )
             # torch's reflection is Core ML's reflection with align_corners, symmetric without.
             assert _program_ops(package) - {"const", "cast"} == {"resample"}
-            assert {"constant", "border", "reflection", "symmetric", "bilinear", "nearest"} <= _string_constants(package)
+            assert {"constant", "border", "reflection", "symmetric", "bilinear", "nearest"} <= _string_constants(
+                package
+            )
             cache[precision] = Built(model, examples, package)
         return cache[precision]
 
@@ -626,12 +775,18 @@ def _run_resamples(variants: dict[str, dict], path: Path) -> dict[str, np.ndarra
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1, 1, 3))], opset_version=ct.target.iOS16)
     def program(x):
-        return tuple(mb.resample(x=x, name=name, **{"padding_value": 0.0, "align_corners": False, **options})
-                     for name, options in variants.items())
+        return tuple(
+            mb.resample(x=x, name=name, **{"padding_value": 0.0, "align_corners": False, **options})
+            for name, options in variants.items()
+        )
 
     with quiet_converter():
-        ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                   compute_precision=ct.precision.FLOAT32).save(str(path))
+        ct.convert(
+            program,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        ).save(str(path))
     return run_package(path, {"x": np.array([1, 2, 3], np.float32).reshape(1, 1, 1, 3)})
 
 
@@ -639,14 +794,33 @@ def test_resample_modes_torch_never_emits_match_coremltools_docs(workdir: Path) 
     """Padding modes against the docstring's examples, plus what only other frontends emit:
     unnormalized (pixel) and [0, 1] coordinates, a non-zero padding value."""
     pixels = _positions(*range(-3, 6))
-    variants = {padding: {"coordinates": pixels, "sampling_mode": "nearest", "padding_mode": padding,
-                          "coordinates_mode": "unnormalized"} for padding in RESAMPLE_DOC_PADDING}
+    variants = {
+        padding: {
+            "coordinates": pixels,
+            "sampling_mode": "nearest",
+            "padding_mode": padding,
+            "coordinates_mode": "unnormalized",
+        }
+        for padding in RESAMPLE_DOC_PADDING
+    }
     # y = 0.5 is the middle of the one-pixel-high image in [0, 1] coordinates, either align_corners.
-    variants |= {f"unit_{a}": {"coordinates": _positions(-0.25, 0.25, 1, 2.5, y=0.5), "sampling_mode": "bilinear",
-                               "padding_mode": "constant", "align_corners": a, "coordinates_mode": "normalized_zero_to_one"}
-                 for a in (True, False)}
-    variants["pad_7"] = {"coordinates": _positions(-0.25, 0.25, 1, 2.5), "sampling_mode": "bilinear",
-                         "padding_mode": "constant", "padding_value": 7.0, "coordinates_mode": "unnormalized"}
+    variants |= {
+        f"unit_{a}": {
+            "coordinates": _positions(-0.25, 0.25, 1, 2.5, y=0.5),
+            "sampling_mode": "bilinear",
+            "padding_mode": "constant",
+            "align_corners": a,
+            "coordinates_mode": "normalized_zero_to_one",
+        }
+        for a in (True, False)
+    }
+    variants["pad_7"] = {
+        "coordinates": _positions(-0.25, 0.25, 1, 2.5),
+        "sampling_mode": "bilinear",
+        "padding_mode": "constant",
+        "padding_value": 7.0,
+        "coordinates_mode": "unnormalized",
+    }
     got = _run_resamples(variants, workdir / "resample_doc.mlpackage")
 
     for padding, padded in RESAMPLE_DOC_PADDING.items():
@@ -659,8 +833,12 @@ def test_resample_modes_torch_never_emits_match_coremltools_docs(workdir: Path) 
 
 
 def test_resample_sampling_mode_it_does_not_know_is_unsupported_not_guessed(workdir: Path) -> None:
-    bicubic = {"coordinates": _positions(0.5), "sampling_mode": "bicubic", "padding_mode": "border",
-               "coordinates_mode": "unnormalized"}
+    bicubic = {
+        "coordinates": _positions(0.5),
+        "sampling_mode": "bicubic",
+        "padding_mode": "border",
+        "coordinates_mode": "unnormalized",
+    }
     with pytest.raises(UnsupportedOp, match="resample sampling_mode 'bicubic'") as raised:
         _run_resamples({"bicubic": bicubic}, workdir / "resample_bicubic.mlpackage")
     assert raised.value.op_types == ["resample"]
@@ -711,13 +889,18 @@ def test_unknown_ops_raise_before_evaluating(workdir: Path, monkeypatch: pytest.
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 4, 4))], opset_version=ct.target.iOS16)
     def program(x):
         noise = mb.random_uniform(shape=np.array([1, 2, 4, 4], np.int32), low=0.0, high=1.0)
-        return mb.space_to_batch(x=mb.add(x=x, y=noise), block_shape=np.array([2, 2], np.int32),
-                                 paddings=np.zeros((2, 2), np.int32))
+        return mb.space_to_batch(
+            x=mb.add(x=x, y=noise), block_shape=np.array([2, 2], np.int32), paddings=np.zeros((2, 2), np.int32)
+        )
 
     package = workdir / "unsupported.mlpackage"
     with quiet_converter():
-        ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                   compute_precision=ct.precision.FLOAT32).save(str(package))
+        ct.convert(
+            program,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        ).save(str(package))
 
     assert unsupported_ops(package) == ["random_uniform", "space_to_batch"]
 
@@ -769,13 +952,21 @@ def test_resize_bilinear_sampling_modes_match_coremltools_docs(workdir: Path) ->
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 1, 2))], opset_version=ct.target.iOS16)
     def program(x):
-        return tuple(mb.resize_bilinear(x=x, target_size_height=1, target_size_width=size, sampling_mode=mode,
-                                        name=f"{mode.lower()}_{size}") for mode, size in RESIZE_DOC_GRIDS)
+        return tuple(
+            mb.resize_bilinear(
+                x=x, target_size_height=1, target_size_width=size, sampling_mode=mode, name=f"{mode.lower()}_{size}"
+            )
+            for mode, size in RESIZE_DOC_GRIDS
+        )
 
     package = workdir / "resize_modes.mlpackage"
     with quiet_converter():
-        ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                   compute_precision=ct.precision.FLOAT32).save(str(package))
+        ct.convert(
+            program,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        ).save(str(package))
     assert "resize_bilinear" in _program_ops(package)
     got = run_package(package, {"x": np.array([[[0.0, 1.0]]], np.float32)})
     for (mode, size), grid in RESIZE_DOC_GRIDS.items():
@@ -784,13 +975,57 @@ def test_resize_bilinear_sampling_modes_match_coremltools_docs(workdir: Path) ->
 
 def test_supported_op_types_cover_the_converter_output() -> None:
     supported = set(supported_op_types())
-    needed = {"conv", "conv_transpose", "batch_norm", "instance_norm", "layer_norm", "linear", "matmul", "einsum",
-              "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "sigmoid_hard", "max_pool",
-              "avg_pool", "upsample_nearest_neighbor", "upsample_bilinear", "resize_bilinear", "resize_nearest_neighbor",
-              "reshape", "transpose", "concat", "split", "slice_by_index", "slice_by_size", "squeeze", "expand_dims",
-              "tile", "gather", "gather_along_axis", "gather_nd", "scatter", "scatter_nd", "scatter_along_axis",
-              "reduce_mean", "select", "cast", "scaled_dot_product_attention", "lstm", "while_loop", "cond",
-              "constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-              "constexpr_blockwise_shift_scale", "resample"}
+    needed = {
+        "conv",
+        "conv_transpose",
+        "batch_norm",
+        "instance_norm",
+        "layer_norm",
+        "linear",
+        "matmul",
+        "einsum",
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "softmax",
+        "sigmoid_hard",
+        "max_pool",
+        "avg_pool",
+        "upsample_nearest_neighbor",
+        "upsample_bilinear",
+        "resize_bilinear",
+        "resize_nearest_neighbor",
+        "reshape",
+        "transpose",
+        "concat",
+        "split",
+        "slice_by_index",
+        "slice_by_size",
+        "squeeze",
+        "expand_dims",
+        "tile",
+        "gather",
+        "gather_along_axis",
+        "gather_nd",
+        "scatter",
+        "scatter_nd",
+        "scatter_along_axis",
+        "reduce_mean",
+        "select",
+        "cast",
+        "scaled_dot_product_attention",
+        "lstm",
+        "while_loop",
+        "cond",
+        "constexpr_affine_dequantize",
+        "constexpr_lut_to_dense",
+        "constexpr_sparse_to_dense",
+        "constexpr_blockwise_shift_scale",
+        "resample",
+    }
     assert needed <= supported, needed - supported
     assert "random_uniform" not in supported  # nothing to compare a random op with

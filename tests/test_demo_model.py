@@ -108,9 +108,7 @@ def test_eval_accuracy(model: demo.DigitNet, eval_split: tuple[torch.Tensor, tor
     assert acc >= 0.95, f"eval accuracy {acc:.4f}"
 
 
-def test_trace_matches_eager(
-    model: demo.DigitNet, eval_split: tuple[torch.Tensor, torch.Tensor]
-) -> None:
+def test_trace_matches_eager(model: demo.DigitNet, eval_split: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, _ = eval_split
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.zeros(demo.INPUT_SHAPE))

@@ -15,11 +15,11 @@ import torch
 import torch.jit.mobile as mobile
 
 from edgepack.capture import ladder as capture_module
+from edgepack.capture.devices import pinned_devices
 from edgepack.capture.ladder import CaptureError
 from edgepack.inputs import parse_input_spec
 from edgepack.noise import quiet_converter
 from edgepack.pipeline import BuildRequest, build
-from edgepack.capture.devices import pinned_devices
 
 from . import models
 from .conftest import write_fast_target
@@ -33,11 +33,14 @@ INPUT = "x=2x4"
 def _gpu_like_trace(original):
     def trace(model, example, device="cpu"):
         return pin(original(model, example, device))
+
     return trace
 
 
 def _request(targets: list[str], out: Path) -> BuildRequest:
-    return BuildRequest(targets=targets, model=MODEL, inputs=[parse_input_spec(INPUT)], out_dir=out, check_budgets=False)
+    return BuildRequest(
+        targets=targets, model=MODEL, inputs=[parse_input_spec(INPUT)], out_dir=out, check_budgets=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +84,13 @@ def test_gpu_traced_bundles_are_device_agnostic_and_list_every_rewrite(gpu_repor
         assert manifest["capture"]["device_agnostic"] is True and manifest["capture"]["rewrites"] == rewrites
         assert manifest["provenance"]["capture"]["rewrites"] == rewrites
         sources = {r["source"] for r in rewrites}
-        for pattern in ("torch.zeros(x.shape[0]", "h = x.to(self.weight.device)", "torch.linspace(0.0",
-                        "torch.ones(h.shape[-1]", "torch.full([h.shape[-1]]"):
+        for pattern in (
+            "torch.zeros(x.shape[0]",
+            "h = x.to(self.weight.device)",
+            "torch.linspace(0.0",
+            "torch.ones(h.shape[-1]",
+            "torch.full([h.shape[-1]]",
+        ):
             assert f"{MODELS}:{_line(pattern)}" in sources, pattern
 
 
@@ -90,11 +98,19 @@ def test_the_saved_lite_code_pins_nothing_and_matches_eager_on_the_cpu(gpu_repor
     report = gpu_reports["android"]
     [lite] = [a for a in report.artifacts if a.format == "torchscript_lite"]
     path = Path(report.bundle_dir) / lite.path
-    assert lite.devices.to_json() == {"checked": True, "device_agnostic": True, "pinned": [], "kept": [],
-                            "note": "device literals read back from the saved code"}
+    assert lite.devices.to_json() == {
+        "checked": True,
+        "device_agnostic": True,
+        "pinned": [],
+        "kept": [],
+        "note": "device literals read back from the saved code",
+    }
     assert pinned_devices(path).clean
-    code = "".join(zipfile.ZipFile(path).read(n).decode() for n in zipfile.ZipFile(path).namelist()
-                   if "/code/" in n and n.endswith(".py"))
+    code = "".join(
+        zipfile.ZipFile(path).read(n).decode()
+        for n in zipfile.ZipFile(path).namelist()
+        if "/code/" in n and n.endswith(".py")
+    )
     assert "cuda" not in code and "prim.device(" in code
     model = models.make_device_patterns()
     for x in (torch.randn(2, 4), -torch.randn(3, 4)):  # both scripted branches, another batch size
@@ -138,8 +154,11 @@ def test_a_bundle_left_pinned_is_reported_not_device_agnostic(tmp_path):
 
 
 def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
-    target = write_fast_target(tmp_path, "lite", '[formats.torchscript_lite]\nprecision = "fp32"\n'
-                                                 '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    target = write_fast_target(
+        tmp_path,
+        "lite",
+        '[formats.torchscript_lite]\nprecision = "fp32"\n[formats.onnx]\nprecision = "fp32"\nopset = 18\n',
+    )
     request = _request([str(target)], tmp_path / "dist")
     request.device_policy = "target"
     with pytest.MonkeyPatch.context() as patch:
@@ -159,7 +178,11 @@ def test_target_policy_pins_to_the_phone_cpu_and_says_so(tmp_path):
 def test_trace_device_options_are_checked_before_any_work(tmp_path):
     from edgepack.errors import UsageError
 
-    for device, message in (("cuda", "no usable CUDA device"), ("npu", "not a device name"), ("mps", "only cpu and cuda")):
+    for device, message in (
+        ("cuda", "no usable CUDA device"),
+        ("npu", "not a device name"),
+        ("mps", "only cpu and cuda"),
+    ):
         request = _request(["iot"], tmp_path)
         request.trace_device = device
         with pytest.raises(UsageError, match=message):
@@ -173,8 +196,12 @@ def test_trace_device_options_are_checked_before_any_work(tmp_path):
 def test_a_quantized_variant_goes_through_the_same_device_pass(tmp_path):
     """int8-dynamic .ptl recaptures the quantized eager model: it must be as device-agnostic as the capture."""
     target = write_fast_target(tmp_path, "lite", '[formats.torchscript_lite]\nprecision = "int8-dynamic"\n')
-    request = BuildRequest(targets=[str(target)], model=f"{MODELS}:make_tiny_minilm",
-                           inputs=[parse_input_spec("ids=1x16:int64:0..100")], out_dir=tmp_path / "dist")
+    request = BuildRequest(
+        targets=[str(target)],
+        model=f"{MODELS}:make_tiny_minilm",
+        inputs=[parse_input_spec("ids=1x16:int64:0..100")],
+        out_dir=tmp_path / "dist",
+    )
     [report] = build(request)
     [lite] = report.artifacts
     assert lite.precision == "int8-dynamic", lite.notes

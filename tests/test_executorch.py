@@ -109,17 +109,20 @@ def test_the_bundled_program_self_test_can_fail(demo_reports, tmp_path):
 
 def test_inspect_of_a_pte_bundle_does_not_import_executorch(demo_reports):
     bundle = demo_reports["android"].bundle_dir
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom edgepack.cli import app\n"
-            f"result = CliRunner().invoke(app, ['inspect', {bundle!r}])\n"
-            "assert result.exit_code == 0, result.output\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'executorch'))\n")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom edgepack.cli import app\n"
+        f"result = CliRunner().invoke(app, ['inspect', {bundle!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'executorch'))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_ios_pte_is_core_ml_delegated_and_its_embedded_program_checked_by_the_reference_executor(demo_reports,
-                                                                                                     tmp_path):
+def test_the_ios_pte_is_core_ml_delegated_and_its_embedded_program_checked_by_the_reference_executor(
+    demo_reports, tmp_path
+):
     from edgepack.formats.coreml.executor import run_package
     from edgepack.formats.executorch.program import extract_coreml, read
 
@@ -128,7 +131,9 @@ def test_the_ios_pte_is_core_ml_delegated_and_its_embedded_program_checked_by_th
     assert report.ok and pte.smoke.status == "passed"
     assert "reference executor" in pte.smoke.reason and "not from ExecuTorch" in pte.smoke.reason
     assert pte.requirements["backends"] == ["CoreMLBackend"]
-    assert pte.requirements["delegation"]["by_delegate"] == {"CoreMLBackend": pte.requirements["delegation"]["total_ops"]}
+    assert pte.requirements["delegation"]["by_delegate"] == {
+        "CoreMLBackend": pte.requirements["delegation"]["total_ops"]
+    }
     assert pte.latency is None and "Apple platforms" in pte.latency_reason  # the reference executor is never timed
     bundle = Path(report.bundle_dir)
     saved = read(bundle / pte.path)
@@ -186,8 +191,14 @@ def test_int8_dynamic_quantizes_the_linear_layers(tmp_path):
 def encoder_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pte-encoder")
     target = write_fast_target(folder, "pte-encoder", '[formats.executorch]\nprecision = "fp32"\n')
-    (report,) = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_encoder",
-                                   inputs=[parse_input_spec("ids=1xSEQ=8:int64:0..50")], out_dir=folder / "dist"))
+    (report,) = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_encoder",
+            inputs=[parse_input_spec("ids=1xSEQ=8:int64:0..50")],
+            out_dir=folder / "dist",
+        )
+    )
     return report
 
 
@@ -224,8 +235,13 @@ def test_the_encoder_delegation_table_names_what_falls_back(encoder_report):
 
 
 def test_a_resnet_style_cnn_is_fully_delegated_to_xnnpack(tmp_path):
-    report = _build(tmp_path, "pte-cnn", '[formats.executorch]\nprecision = "fp32"\n',
-                    model="edgepack.benchmarks.models:ResNetStyle", inputs=[parse_input_spec("image=1x3x32x32")])
+    report = _build(
+        tmp_path,
+        "pte-cnn",
+        '[formats.executorch]\nprecision = "fp32"\n',
+        model="edgepack.benchmarks.models:ResNetStyle",
+        inputs=[parse_input_spec("image=1x3x32x32")],
+    )
     pte = _artifact(report)
     assert report.ok, report.problems
     delegation = pte.requirements["delegation"]
@@ -243,7 +259,7 @@ def test_two_builds_give_identical_pte_bytes(tmp_path, monkeypatch, demo_reports
     second = _build(tmp_path / "b", "pte-repro", coreml)
     paths = [Path(r.bundle_dir) / "demo-digits.pte" for r in (first, second)]
     assert paths[0].read_bytes() == paths[1].read_bytes()
-    assert (paths[0].with_suffix(".bpte").read_bytes() == paths[1].with_suffix(".bpte").read_bytes())
+    assert paths[0].with_suffix(".bpte").read_bytes() == paths[1].with_suffix(".bpte").read_bytes()
     # XNNPACK: the same settings as the android target's build earlier in this session give the same bytes.
     xnnpack = _build(tmp_path / "c", "pte-xnnpack", '[formats.executorch]\nprecision = "fp32"\n')
     android = Path(demo_reports["android"].bundle_dir) / "demo-digits.pte"
@@ -256,8 +272,11 @@ def test_bad_options_are_usage_errors():
     def settings(**options):
         return FormatSettings("executorch", "fp32", Tolerance(), Budgets(), options)
 
-    for options, match in (({"backends": ["xnnpak"]}, "Did you mean 'xnnpack'"), ({"backends": "xnnpack"}, "not a list"),
-                           ({"minimum_deployment_target": "iOS15"}, "not supported"),
-                           ({"dynamic_max": {"SEQ": "big"}}, "whole numbers")):
+    for options, match in (
+        ({"backends": ["xnnpak"]}, "Did you mean 'xnnpack'"),
+        ({"backends": "xnnpack"}, "not a list"),
+        ({"minimum_deployment_target": "iOS15"}, "not supported"),
+        ({"dynamic_max": {"SEQ": "big"}}, "whole numbers"),
+    ):
         with pytest.raises(UsageError, match=match):
             PTE.validate(settings(**options))

@@ -55,8 +55,13 @@ def export_of(module: nn.Module, *specs: str):
 # The seed articles' models and the tests' hazard models: (model, input, kind, the line torch.export trips on).
 FAILURES = [
     (seed_models.ControlFlowModel, "x=1x10", "data_dependent_branch", SEEDS, ["if x.mean() > 0.1"]),
-    (seed_models.DynamicLoopModel, "x=1x10", "guard_on_data", SEEDS,
-     ["num_iterations = int(torch.norm(x))", "for _ in range(num_iterations)"]),
+    (
+        seed_models.DynamicLoopModel,
+        "x=1x10",
+        "guard_on_data",
+        SEEDS,
+        ["num_iterations = int(torch.norm(x))", "for _ in range(num_iterations)"],
+    ),
     (seed_models.ListAppendingModel, "x=1xN=3x5", "dim_specialized", SEEDS, ["for i in range(x.shape[1])"]),
     (seed_models.StatefulModel, "x=1x5", "module_state", SEEDS, ["self.counter += 1"]),
     (seed_models.ConditionalOp, "x=2x3", "data_dependent_branch", SEEDS, ["if x.sum() > self.threshold"]),
@@ -101,8 +106,14 @@ def test_an_export_that_differs_from_eager_is_rejected_not_shipped(tmp_path):
     export = export_of(test_models.ExportOnlyBranch(), "x=2x4")
     assert not export.ok and all(a.diagnosis.kind == "diverges" and a.divergence for a in export.attempts)
     target = write_fast_target(tmp_path, "edge18", ONNX_18)
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:ExportOnlyBranch",
-                                inputs=[parse_input_spec("x=2x4")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:ExportOnlyBranch",
+            inputs=[parse_input_spec("x=2x4")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     assert report.ok, report.problems
     [artifact] = report.artifacts
     assert artifact.capture_consumed == "torchscript"
@@ -110,7 +121,7 @@ def test_an_export_that_differs_from_eager_is_rejected_not_shipped(tmp_path):
 
 
 def test_demo_exports_and_its_onnx_is_the_checked_program(demo_reports):
-    for target, report in demo_reports.items():
+    for report in demo_reports.values():
         export = report.capture["export"]
         assert export["ok"] and export["strategy"] == "export-strict", export
         assert export["checked_inputs"] == report.capture["checked_inputs"] - 1  # the traced sample is the example
@@ -120,9 +131,13 @@ def test_demo_exports_and_its_onnx_is_the_checked_program(demo_reports):
         assert manifest["capture"]["export"]["strategy"] == "export-strict"
         assert json.loads(json.dumps(report.to_json()))["artifacts"][0]["capture_consumed"] in ("export", "torchscript")
     assert {a.format: a.capture_consumed for a in demo_reports["android"].artifacts} == {
-        "torchscript_lite": "torchscript", "onnx": "export"}
+        "torchscript_lite": "torchscript",
+        "onnx": "export",
+    }
     assert {a.format: a.capture_consumed for a in demo_reports["ios"].artifacts} == {
-        "coreml": "torchscript", "onnx": "export"}
+        "coreml": "torchscript",
+        "onnx": "export",
+    }
     [iot_onnx] = demo_reports["iot"].artifacts  # opset 17: the TorchScript exporter, said in the notes
     assert iot_onnx.capture_consumed == "torchscript" and "opset >= 18" in iot_onnx.notes[0]
     assert "torch.export capture: export-strict" in (Path(demo_reports["android"].bundle_dir) / "report.md").read_text()
@@ -130,8 +145,14 @@ def test_demo_exports_and_its_onnx_is_the_checked_program(demo_reports):
 
 def test_data_dependent_branch_ships_through_the_torchscript_capture_and_says_why(tmp_path):
     target = write_fast_target(tmp_path, "both", LITE_AND_ONNX)
-    report = build(BuildRequest(targets=[str(target)], model=f"{SEEDS}:ControlFlowModel",
-                                inputs=[parse_input_spec("x=1x10")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{SEEDS}:ControlFlowModel",
+            inputs=[parse_input_spec("x=1x10")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     assert report.ok, report.problems
     assert report.capture["strategy"] == "script" and not report.capture["export"]["ok"]
     onnx_artifact = next(a for a in report.artifacts if a.format == "onnx")
@@ -141,18 +162,29 @@ def test_data_dependent_branch_ships_through_the_torchscript_capture_and_says_wh
     assert f"data_dependent_branch at {SEEDS}:{line}" in note
     manifest = read_manifest(Path(report.bundle_dir) / "manifest.json")
     assert {a["format"]: a["capture_consumed"] for a in manifest["artifacts"]} == {
-        "torchscript_lite": "torchscript", "onnx": "torchscript"}
+        "torchscript_lite": "torchscript",
+        "onnx": "torchscript",
+    }
     diagnosis = manifest["capture"]["export"]["attempts"][0]["diagnosis"]
     assert diagnosis["line"] == line and "torch.cond" in diagnosis["fix"]
     markdown = (Path(report.bundle_dir) / "report.md").read_text()
-    assert f"data_dependent_branch at {SEEDS}:{line}" in markdown and "onnx was converted from the torchscript capture" in markdown
+    assert (
+        f"data_dependent_branch at {SEEDS}:{line}" in markdown
+        and "onnx was converted from the torchscript capture" in markdown
+    )
 
 
 def test_a_dynamic_dimension_is_exported_and_the_onnx_runs_at_two_sizes(tmp_path):
     """A recurrent net over T frames: torch.export needs T as a Dim (else it unrolls the LSTM to the example's 5)."""
     target = write_fast_target(tmp_path, "edge18", ONNX_18)
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_tiny_recurrent",
-                                inputs=[parse_input_spec("x=1xT=5x6")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_tiny_recurrent",
+            inputs=[parse_input_spec("x=1xT=5x6")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     assert report.ok, report.problems
     export = report.capture["export"]
     assert export["ok"] and export["dynamic_dims"] == {"T": {"min": 1, "max": None}}
@@ -193,13 +225,21 @@ def test_core_ml_converts_the_checked_program_when_asked(tmp_path):
 
 def test_core_ml_falls_back_to_the_torchscript_capture_with_the_reason(tmp_path):
     target = write_fast_target(tmp_path, "apple", COREML_EXPORT)
-    report = build(BuildRequest(targets=[str(target)], model=f"{SEEDS}:Gate", inputs=[parse_input_spec("x=1x6")],
-                                out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)], model=f"{SEEDS}:Gate", inputs=[parse_input_spec("x=1x6")], out_dir=tmp_path / "dist"
+        )
+    )[0]
     assert report.ok, report.problems
     [coreml] = report.artifacts
     assert coreml.capture_consumed == "torchscript"
-    assert any(n.startswith("converted the TorchScript capture (script): no checked torch.export capture "
-                            "(export-strict: data_dependent_branch at") for n in coreml.notes), coreml.notes
+    assert any(
+        n.startswith(
+            "converted the TorchScript capture (script): no checked torch.export capture "
+            "(export-strict: data_dependent_branch at"
+        )
+        for n in coreml.notes
+    ), coreml.notes
 
 
 def test_core_ml_capture_option_is_checked():
@@ -222,7 +262,9 @@ def test_doctor_reports_both_captures():
 def _small():
     module = test_models.make_small_linear().eval()
     specs = [parse_input_spec("x=1x6")]
-    return capture(LoadedModel("small", module, specs, {"kind": "test"}), [sample_inputs(specs, module, s) for s in range(4)])
+    return capture(
+        LoadedModel("small", module, specs, {"kind": "test"}), [sample_inputs(specs, module, s) for s in range(4)]
+    )
 
 
 def test_a_declared_dimension_fixed_in_the_program_is_a_failed_attempt():
@@ -232,6 +274,7 @@ def test_a_declared_dimension_fixed_in_the_program_is_a_failed_attempt():
     spec = parse_input_spec("x=1xN=3x5")
     fixed = torch.export.export(seed_models.ListAppendingModel().eval(), (torch.randn(1, 3, 5),))
     assert _specialized_dims(fixed, [spec]) == "x[1] (N) fixed to 3"
-    dynamic = torch.export.export(test_models.SeqFeatures().eval(), (torch.randn(1, 3),),
-                                  dynamic_shapes=({1: torch.export.Dim("N")},))
+    dynamic = torch.export.export(
+        test_models.SeqFeatures().eval(), (torch.randn(1, 3),), dynamic_shapes=({1: torch.export.Dim("N")},)
+    )
     assert _specialized_dims(dynamic, [parse_input_spec("x=1xN=3")]) == ""

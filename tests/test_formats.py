@@ -8,15 +8,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch.jit.mobile import _load_for_lite_interpreter
 from onnx import numpy_helper
+from torch.jit.mobile import _load_for_lite_interpreter
 
 from edgepack.capture.ladder import capture
 from edgepack.formats import FORMATS
 from edgepack.inputs import InputSpec, sample_inputs
 from edgepack.load import LoadedModel
-from edgepack.targets import Budgets, FormatSettings, Tolerance
 from edgepack.smoke import smoke_test
+from edgepack.targets import Budgets, FormatSettings, Tolerance
 
 from .models import make_small_linear
 
@@ -36,8 +36,10 @@ def captured():
 @pytest.fixture(scope="module")
 def emitted(captured, tmp_path_factory):
     folder = tmp_path_factory.mktemp("artifacts")
-    return {name: FORMATS[name].emit(captured, settings(name), folder / f"small{FORMATS[name].suffix}")
-            for name in ("onnx", "torchscript_lite", "coreml")}
+    return {
+        name: FORMATS[name].emit(captured, settings(name), folder / f"small{FORMATS[name].suffix}")
+        for name in ("onnx", "torchscript_lite", "coreml")
+    }
 
 
 def test_fresh_artifacts_pass(emitted, captured):
@@ -66,12 +68,18 @@ def test_truncated_onnx_fails_to_load(emitted, captured, tmp_path):
 
 
 def test_lite_model_of_other_weights_fails(emitted, captured, tmp_path):
-    other = torch.jit.trace(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval(),
-                            torch.zeros(1, 6))
+    other = torch.jit.trace(
+        torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval(), torch.zeros(1, 6)
+    )
     broken = tmp_path / "other.ptl"
     other._save_for_lite_interpreter(str(broken))
-    result = smoke_test(FORMATS["torchscript_lite"], type(emitted["onnx"])(broken, {}), captured,
-                        settings("torchscript_lite"), threads=1)
+    result = smoke_test(
+        FORMATS["torchscript_lite"],
+        type(emitted["onnx"])(broken, {}),
+        captured,
+        settings("torchscript_lite"),
+        threads=1,
+    )
     assert result.status == "failed"
 
 
@@ -119,8 +127,9 @@ def test_coreml_package_with_altered_weights_fails_its_smoke_test(emitted, captu
 
 
 def test_coreml_structure_check_catches_a_wrong_deployment_target(emitted, captured):
-    problems = FORMATS["coreml"].check_structure(emitted["coreml"], captured,
-                                                 settings("coreml", minimum_deployment_target="iOS17"))
+    problems = FORMATS["coreml"].check_structure(
+        emitted["coreml"], captured, settings("coreml", minimum_deployment_target="iOS17")
+    )
     assert any("specification version 7, expected 8" in p for p in problems)
 
 
@@ -135,11 +144,14 @@ def test_coreml_keeps_float32_inputs_and_outputs_under_fp16_compute(captured, tm
     assert "cast" in result.requirements["operators"]
 
 
-@pytest.mark.parametrize("name, bad, message", [
-    ("onnx", {"opset": 7}, "opset"),
-    ("torchscript_lite", {"bytecode_version": 2}, "bytecode_version"),
-    ("coreml", {"minimum_deployment_target": "iOS12"}, "minimum_deployment_target"),
-])
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        ("onnx", {"opset": 7}, "opset"),
+        ("torchscript_lite", {"bytecode_version": 2}, "bytecode_version"),
+        ("coreml", {"minimum_deployment_target": "iOS12"}, "minimum_deployment_target"),
+    ],
+)
 def test_unsupported_format_options_are_rejected_up_front(name, bad, message):
     from edgepack.errors import UsageError
 

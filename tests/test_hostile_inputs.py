@@ -145,8 +145,8 @@ def exits_in_data():
     sys.exit(4)  # LINE exit-data
     yield {}
 '''
-EXITS_AT_IMPORT = 'import sys\n\nsys.exit(5)  # LINE exit-import\n'
-CALLS_EXIT_AT_IMPORT = 'exit(6)  # LINE exit-builtin\n'
+EXITS_AT_IMPORT = "import sys\n\nsys.exit(5)  # LINE exit-import\n"
+CALLS_EXIT_AT_IMPORT = "exit(6)  # LINE exit-builtin\n"
 
 
 def line_of(marker: str, text: str = MODELS) -> int:
@@ -154,6 +154,7 @@ def line_of(marker: str, text: str = MODELS) -> int:
 
 
 # The world a hostile command runs in ---------------------------------------------------------------------
+
 
 @dataclass
 class World:
@@ -166,8 +167,14 @@ class World:
     def models(self) -> str:
         return str(self.work / "models.py")
 
-    def target(self, name: str = "fast", formats: str = ONNX_ONLY, name_line: str | None = None,
-               extra: str = "", file: str = "t.toml") -> Path:
+    def target(
+        self,
+        name: str = "fast",
+        formats: str = ONNX_ONLY,
+        name_line: str | None = None,
+        extra: str = "",
+        file: str = "t.toml",
+    ) -> Path:
         text = FAST_TARGET_TEXT.format(name=name, formats=formats + extra)
         if name_line is not None:
             text = text.replace(f'name = "{name}"', name_line, 1)
@@ -229,8 +236,18 @@ def assert_untouched(world: World, before: dict[str, str]) -> None:
 
 
 def build_args(world: World, target: Path | str, model: str = "Lin", inputs: str = "x=1x4", *extra: object) -> list:
-    return ["build", "--target", target, "--model", f"{world.models()}:{model}", "--input", inputs,
-            "--out", world.out, *extra]
+    return [
+        "build",
+        "--target",
+        target,
+        "--model",
+        f"{world.models()}:{model}",
+        "--input",
+        inputs,
+        "--out",
+        world.out,
+        *extra,
+    ]
 
 
 # 1. Nothing outside --out is written, renamed or removed ------------------------------------------------
@@ -248,12 +265,14 @@ HOSTILE_TARGET_NAMES = [
     ('name = "fast.failed"', "ends in '.failed'"),
     ('name = "fast.zip"', "ends in '.zip'"),
     ('name = "' + "x" * 300 + '"', "300 characters long"),
-    ('name = 123', "must be a string"),
+    ("name = 123", "must be a string"),
     ('name = "nul\\u0000byte"', "cannot be a folder name"),
 ]
 
 
-@pytest.mark.parametrize("name_line,text", HOSTILE_TARGET_NAMES, ids=[f"target-name-{i}" for i in range(len(HOSTILE_TARGET_NAMES))])
+@pytest.mark.parametrize(
+    "name_line,text", HOSTILE_TARGET_NAMES, ids=[f"target-name-{i}" for i in range(len(HOSTILE_TARGET_NAMES))]
+)
 def test_hostile_target_names_are_refused_before_anything_is_written(world, name_line, text):
     target = world.target(name_line=name_line)
     before = world.snapshot()
@@ -262,12 +281,19 @@ def test_hostile_target_names_are_refused_before_anything_is_written(world, name
     assert_untouched(world, before)
 
 
-HOSTILE_MODEL_NAMES = [("../../victim", "cannot be a folder name"), ("", "is empty"), ("..", "cannot be a folder name"),
-                       ("y" * 300, "300 characters long"), (".staging", "cannot be a folder name"),
-                       ("a/../../b", "cannot be a folder name")]
+HOSTILE_MODEL_NAMES = [
+    ("../../victim", "cannot be a folder name"),
+    ("", "is empty"),
+    ("..", "cannot be a folder name"),
+    ("y" * 300, "300 characters long"),
+    (".staging", "cannot be a folder name"),
+    ("a/../../b", "cannot be a folder name"),
+]
 
 
-@pytest.mark.parametrize("name,text", HOSTILE_MODEL_NAMES, ids=[f"model-name-{i}" for i in range(len(HOSTILE_MODEL_NAMES))])
+@pytest.mark.parametrize(
+    "name,text", HOSTILE_MODEL_NAMES, ids=[f"model-name-{i}" for i in range(len(HOSTILE_MODEL_NAMES))]
+)
 def test_hostile_model_names_are_refused_before_the_model_is_loaded(world, name, text):
     target = world.target()
     before = world.snapshot()
@@ -328,14 +354,25 @@ def test_bundle_member_refuses_a_link_out_of_the_bundle(world):
 
 # A real small bundle, for verify/inspect/install-into with hostile contents --------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("hostile-bundle")
     (folder / "models.py").write_text(MODELS, encoding="utf-8")
     target = folder / "t.toml"
     target.write_text(FAST_TARGET_TEXT.format(name="fast", formats=ONNX_AND_LITE), encoding="utf-8")
-    result = invoke("build", "--target", target, "--model", f"{folder / 'models.py'}:Lin", "--input", "x=1x4",
-                    "--out", folder / "dist", "--quiet")
+    result = invoke(
+        "build",
+        "--target",
+        target,
+        "--model",
+        f"{folder / 'models.py'}:Lin",
+        "--input",
+        "x=1x4",
+        "--out",
+        folder / "dist",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     return folder / "dist" / "lin" / "fast"
 
@@ -365,7 +402,9 @@ def android_app(world: World) -> Path:
 @pytest.mark.parametrize("path", ["../../victim/precious.txt", "/tmp/x.ptl"])
 def test_install_into_refuses_manifest_paths_outside_the_bundle(world, small_bundle, path):
     bundle = copy_bundle(small_bundle, world)
-    rewrite_manifest(bundle, lambda m: next(a for a in m["artifacts"] if a["format"] == "torchscript_lite").update(path=path))
+    rewrite_manifest(
+        bundle, lambda m: next(a for a in m["artifacts"] if a["format"] == "torchscript_lite").update(path=path)
+    )
     app_dir = android_app(world)
     before = world.snapshot()
     result = invoke("install-into", app_dir, "--bundle", bundle)
@@ -408,11 +447,14 @@ def _zip_with(world: World, small_bundle: Path, name: str, attr: int | None = No
     return archive
 
 
-@pytest.mark.parametrize("entry,attr,text", [
-    ("../../victim/evil.txt", None, "unsafe entry"),
-    ("/victim/evil.txt", None, "unsafe entry"),
-    ("fast/link", 0o120777, "symbolic link"),
-])
+@pytest.mark.parametrize(
+    "entry,attr,text",
+    [
+        ("../../victim/evil.txt", None, "unsafe entry"),
+        ("/victim/evil.txt", None, "unsafe entry"),
+        ("fast/link", 0o120777, "symbolic link"),
+    ],
+)
 @pytest.mark.parametrize("command", ["verify", "inspect"])
 def test_hostile_archives_extract_nothing_anywhere(world, small_bundle, entry, attr, text, command):
     archive = _zip_with(world, small_bundle, entry, attr)
@@ -424,15 +466,19 @@ def test_hostile_archives_extract_nothing_anywhere(world, small_bundle, entry, a
 
 # 2. Exit codes a build script can trust --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["build", "doctor"])
-@pytest.mark.parametrize("model,texts", [
-    ("models.py:ExitsInForward", ["sys.exit(0)", f"models.py:{line_of('exit-forward')}"]),
-    ("models.py:ExitsWithCode", ["sys.exit(3)", f"models.py:{line_of('exit-code')}"]),
-    ("models.py:exiting_factory", ["sys.exit('factory gave up')", f"models.py:{line_of('exit-factory')}"]),
-    ("exits_at_import.py:Net", ["sys.exit(5)", f"exits_at_import.py:{line_of('exit-import', EXITS_AT_IMPORT)}"]),
-    ("calls_exit.py:Net", ["sys.exit(6)", f"calls_exit.py:{line_of('exit-builtin', CALLS_EXIT_AT_IMPORT)}"]),
-    ("sys:exit", ["sys.exit()"]),
-])
+@pytest.mark.parametrize(
+    "model,texts",
+    [
+        ("models.py:ExitsInForward", ["sys.exit(0)", f"models.py:{line_of('exit-forward')}"]),
+        ("models.py:ExitsWithCode", ["sys.exit(3)", f"models.py:{line_of('exit-code')}"]),
+        ("models.py:exiting_factory", ["sys.exit('factory gave up')", f"models.py:{line_of('exit-factory')}"]),
+        ("exits_at_import.py:Net", ["sys.exit(5)", f"exits_at_import.py:{line_of('exit-import', EXITS_AT_IMPORT)}"]),
+        ("calls_exit.py:Net", ["sys.exit(6)", f"calls_exit.py:{line_of('exit-builtin', CALLS_EXIT_AT_IMPORT)}"]),
+        ("sys:exit", ["sys.exit()"]),
+    ],
+)
 def test_user_code_exiting_is_a_usage_error_naming_the_line(world, command, model, texts):
     reference = model if model.startswith("sys:") else f"{world.work / model}"
     target = ["--target", world.target(), "--out", world.out] if command == "build" else []
@@ -480,13 +526,17 @@ def test_a_staging_folder_left_by_a_killed_build_is_removed_by_the_next_one(worl
 
 # 3. Checks that a broken model cannot pass --------------------------------------------------------------
 
-@pytest.mark.parametrize("model,texts", [
-    ("AllNan", ["'output'", "all inf/NaN"]),
-    ("AllInf", ["'output'", "all inf/NaN"]),
-    ("AllMinusInf", ["'output'", "all inf/NaN"]),
-    ("NanBesideGood", ["'bad'", "no finite value"]),
-    ("Empty", ["Every output of the model is empty"]),
-])
+
+@pytest.mark.parametrize(
+    "model,texts",
+    [
+        ("AllNan", ["'output'", "all inf/NaN"]),
+        ("AllInf", ["'output'", "all inf/NaN"]),
+        ("AllMinusInf", ["'output'", "all inf/NaN"]),
+        ("NanBesideGood", ["'bad'", "no finite value"]),
+        ("Empty", ["Every output of the model is empty"]),
+    ],
+)
 def test_outputs_with_nothing_checkable_are_an_error(world, model, texts):
     before = world.snapshot()
     result = invoke(*build_args(world, world.target(), model))
@@ -529,6 +579,7 @@ def test_verify_fails_a_bundle_whose_golden_outputs_are_all_nan(world, small_bun
         for entry in manifest["files"]:
             data = (bundle / entry["path"]).read_bytes()
             entry["sha256"], entry["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+
     rewrite_manifest(bundle, rehash)
     result = invoke("verify", bundle)
     assert result.exit_code == 1, result.output
@@ -537,11 +588,15 @@ def test_verify_fails_a_bundle_whose_golden_outputs_are_all_nan(world, small_bun
 
 # 4. Input and disk errors are clear errors, not tracebacks ------------------------------------------------
 
-@pytest.mark.parametrize("spec,text", [
-    ("x=1x3x40000x20000", "GiB per sample"),
-    ("x=1xN=60000x60000", "GiB per sample"),
-    ("x=99999999999999999999", "GiB per sample"),
-])
+
+@pytest.mark.parametrize(
+    "spec,text",
+    [
+        ("x=1x3x40000x20000", "GiB per sample"),
+        ("x=1xN=60000x60000", "GiB per sample"),
+        ("x=99999999999999999999", "GiB per sample"),
+    ],
+)
 def test_absurd_input_sizes_are_refused_before_allocating(world, spec, text):
     before = world.snapshot()
     result = invoke(*build_args(world, world.target(), "Lin", spec))
@@ -584,7 +639,9 @@ def test_junk_check_inputs_are_usage_errors(world, kind):
 def test_junk_calibration_data_is_a_usage_error(world, kind):
     path = _write_junk(world, kind)
     source = path.parent if kind == "npy" else path
-    result = invoke(*build_args(world, world.target(), "Lin", "x=1x4", "--precision", "int8-static", "--calibration", source))
+    result = invoke(
+        *build_args(world, world.target(), "Lin", "x=1x4", "--precision", "int8-static", "--calibration", source)
+    )
     assert_error(result, 2, "--calibration")
     assert not world.out.exists()
 
@@ -594,8 +651,9 @@ def test_junk_calibration_images_are_a_usage_error(world, content):
     folder = world.work / "images"
     folder.mkdir()
     (folder / "a.png").write_bytes(content)
-    result = invoke(*build_args(world, world.target(), "Lin", "x=1x1x4x4", "--precision", "int8-static",
-                                "--calibration", folder))
+    result = invoke(
+        *build_args(world, world.target(), "Lin", "x=1x1x4x4", "--precision", "int8-static", "--calibration", folder)
+    )
     assert_error(result, 2, "a.png cannot be read")
     assert not world.out.exists()
 
@@ -604,10 +662,16 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.mark.parametrize("document,command,code", [
-    (_nested(100_000), "verify", 1), (_nested(100_000), "inspect", 2),
-    (_nested(500), "verify", 1), ("[1, 2]", "verify", 1), ('{"schema_version": 2}', "inspect", 2),
-])
+@pytest.mark.parametrize(
+    "document,command,code",
+    [
+        (_nested(100_000), "verify", 1),
+        (_nested(100_000), "inspect", 2),
+        (_nested(500), "verify", 1),
+        ("[1, 2]", "verify", 1),
+        ('{"schema_version": 2}', "inspect", 2),
+    ],
+)
 def test_deep_or_junk_manifests_are_reported_not_tracebacks(world, document, command, code):
     bundle = world.work / "bundle"
     bundle.mkdir()
@@ -617,8 +681,9 @@ def test_deep_or_junk_manifests_are_reported_not_tracebacks(world, document, com
     assert "Traceback" not in result.output and "internal error" not in result.output
 
 
-@pytest.mark.parametrize("errno_value,text", [(errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota"),
-                                              (errno.EROFS, "Read-only")])
+@pytest.mark.parametrize(
+    "errno_value,text", [(errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota"), (errno.EROFS, "Read-only")]
+)
 def test_a_full_disk_is_an_error_and_keeps_the_previous_bundle(world, monkeypatch, errno_value, text):
     assert invoke(*build_args(world, world.target())).exit_code == 0
     before = world.snapshot()
@@ -626,6 +691,7 @@ def test_a_full_disk_is_an_error_and_keeps_the_previous_bundle(world, monkeypatc
 
     def full(path, document):
         raise OSError(errno_value, os.strerror(errno_value), str(path))
+
     monkeypatch.setattr(staging, "write_json", full)
     monkeypatch.setattr("edgepack.pipeline.write_json", full)
     result = invoke(*build_args(world, world.target()))
@@ -646,7 +712,7 @@ BAD_VALUES = [
     ("[budgets]\nmax_p50_ms = 0\n", "[budgets]", "'max_p50_ms'"),
     ("[accuracy]\nmin_top1_agreement = 1.5\n", "[accuracy]", "'min_top1_agreement'"),
     ("[accuracy]\nmax_abs_err = -1\n", "[accuracy]", "'max_abs_err'"),
-    ("[accuracy]\nmin_cosine = \"high\"\n", "[accuracy]", "'min_cosine'"),
+    ('[accuracy]\nmin_cosine = "high"\n', "[accuracy]", "'min_cosine'"),
     ("[formats.onnx.smoke]\natol = -1\n", "[formats.onnx] smoke", "'atol'"),
     ("[formats.onnx.budgets]\nmax_size_mb = -3\n", "[formats.onnx] budgets", "'max_size_mb'"),
 ]
@@ -663,8 +729,14 @@ def test_out_of_range_target_values_name_file_and_key(world, extra, section, key
     assert_untouched(world, before)
 
 
-BAD_BENCH = [("threads = 2.5", "'threads'"), ("min_runs = \"3\"", "'min_runs'"), ("min_seconds = -1.0", "'min_seconds'"),
-             ("footprint = \"yes\"", "'footprint'"), ("warmup = -1", "'warmup'"), ("threads = 100000", "'threads'")]
+BAD_BENCH = [
+    ("threads = 2.5", "'threads'"),
+    ('min_runs = "3"', "'min_runs'"),
+    ("min_seconds = -1.0", "'min_seconds'"),
+    ('footprint = "yes"', "'footprint'"),
+    ("warmup = -1", "'warmup'"),
+    ("threads = 100000", "'threads'"),
+]
 
 
 @pytest.mark.parametrize("line,key", BAD_BENCH, ids=[f"bench-{i}" for i in range(len(BAD_BENCH))])
@@ -679,9 +751,12 @@ def test_bad_bench_values_name_file_and_key(world, line, key):
     assert_error(result, 2, str(target), "[bench]", key)
 
 
-@pytest.mark.parametrize("extra,text", [
-    ('description = ["x"]\n', "'description' must be a string"),
-])
+@pytest.mark.parametrize(
+    "extra,text",
+    [
+        ('description = ["x"]\n', "'description' must be a string"),
+    ],
+)
 def test_bad_target_top_level_values(world, extra, text):
     target = world.target()
     target.write_text(target.read_text().replace('description = "test target"\n', extra, 1))
@@ -690,11 +765,12 @@ def test_bad_target_top_level_values(world, extra, text):
 
 
 def test_a_precision_that_is_not_a_string_names_file_and_key(world):
-    result = invoke(*build_args(world, world.target(formats='[formats.onnx]\nprecision = 8\n')))
+    result = invoke(*build_args(world, world.target(formats="[formats.onnx]\nprecision = 8\n")))
     assert_error(result, 2, "[formats.onnx]", "'precision' must be a string")
 
 
 # 6. Litter: nothing left in the working folder or the temporary folder -----------------------------------
+
 
 def test_an_int8_onnx_build_leaves_the_working_folder_and_temp_folder_as_they_were(world):
     np.savez(world.root / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 1, 4)).astype(np.float32))
@@ -715,9 +791,12 @@ def test_ort_preprocess_litter_never_reaches_the_working_folder(world, monkeypat
 
     from edgepack.formats.onnx import quantize as ort_quant
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model_path = world.root / "m.onnx"
     onnx.save(helper.make_model(graph), str(model_path))
     calls = []
@@ -729,6 +808,7 @@ def test_ort_preprocess_litter_never_reaches_the_working_folder(world, monkeypat
         if not skip_symbolic_shape:
             raise RuntimeError("symbolic shape inference failed")
         Path(out).write_bytes(Path(source).read_bytes())
+
     monkeypatch.setattr(ort_quant, "quant_pre_process", like_ort)
     before = world.snapshot()
     notes = ort_quant.preprocess(model_path, world.root / "prepared.onnx")
@@ -748,12 +828,16 @@ def test_scratch_cwd_always_restores_and_removes(world):
 
 # 7. The error contract ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,text", [
-    (["build", "--json", "--bogus"], "No such option: --bogus"),
-    (["build", "--json", "--target"], "requires an argument"),
-    (["verify", "--json"], "Missing argument"),
-    (["doctor", "--json", "--frobnicate", "1"], "No such option"),
-])
+
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["build", "--json", "--bogus"], "No such option: --bogus"),
+        (["build", "--json", "--target"], "requires an argument"),
+        (["verify", "--json"], "Missing argument"),
+        (["doctor", "--json", "--frobnicate", "1"], "No such option"),
+    ],
+)
 def test_click_usage_errors_keep_the_json_and_error_contract(world, args, text):
     before = world.snapshot()
     result = invoke(*args)
@@ -764,9 +848,14 @@ def test_click_usage_errors_keep_the_json_and_error_contract(world, args, text):
     assert_untouched(world, before)
 
 
-@pytest.mark.parametrize("option,text", [
-    ("--target", "Target file"), ("--weights", "Weights file"), ("--config", "Config file"),
-])
+@pytest.mark.parametrize(
+    "option,text",
+    [
+        ("--target", "Target file"),
+        ("--weights", "Weights file"),
+        ("--config", "Config file"),
+    ],
+)
 def test_a_folder_given_for_a_file_is_said_to_be_a_folder(world, option, text):
     folder = world.work / "a-folder.toml"
     folder.mkdir()
@@ -784,11 +873,14 @@ def test_a_folder_given_as_model_file_is_said_to_be_a_folder(world):
     assert_error(result, 2, "is a folder")
 
 
-@pytest.mark.parametrize("formats,text", [
-    ('[formats.onnx]\nopset = "17"\n', "opset must be a whole number, got str '17'"),
-    ('[formats.onnx]\nopset = 17.0\n', "opset must be a whole number"),
-    ('[formats.torchscript_lite]\nbytecode_version = "8"\n', "bytecode_version must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "formats,text",
+    [
+        ('[formats.onnx]\nopset = "17"\n', "opset must be a whole number, got str '17'"),
+        ("[formats.onnx]\nopset = 17.0\n", "opset must be a whole number"),
+        ('[formats.torchscript_lite]\nbytecode_version = "8"\n', "bytecode_version must be a whole number"),
+    ],
+)
 def test_option_types_are_said_as_types(world, formats, text):
     target = world.target(formats=formats)
     result = invoke(*build_args(world, target))
@@ -819,8 +911,11 @@ def test_build_help_at_80_columns_shows_the_whole_input_syntax():
 # 8. The manifest is as strict as its schema, and verify names the wrong key --------------------------------
 
 SCHEMA_BREAKS = [
-    ("artifact key misspelled", lambda m: m["artifacts"][0].update(precision_requsted=m["artifacts"][0].pop("precision_requested")),
-     "precision_requsted"),
+    (
+        "artifact key misspelled",
+        lambda m: m["artifacts"][0].update(precision_requsted=m["artifacts"][0].pop("precision_requested")),
+        "precision_requsted",
+    ),
     ("unknown artifact key", lambda m: m["artifacts"][0].update(backdoor=True), "backdoor"),
     ("unknown capture key", lambda m: m["capture"].update(stratgy="trace"), "stratgy"),
     ("unknown smoke_detail key", lambda m: m["artifacts"][0]["smoke_detail"].update(ok=True), "'ok'"),

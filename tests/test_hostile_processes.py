@@ -20,7 +20,7 @@ from .conftest import FAST_TARGET_TEXT
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGEPACK = Path(sys.executable).parent / "edgepack"
-MODEL = '''import torch
+MODEL = """import torch
 from torch import nn
 
 
@@ -32,9 +32,11 @@ class Lin(nn.Module):
 
     def forward(self, x):
         return self.l(x)
-'''
+"""
 
-pytestmark = pytest.mark.skipif(os.name != "posix" or not EDGEPACK.exists(), reason="POSIX signals and the console script")
+pytestmark = pytest.mark.skipif(
+    os.name != "posix" or not EDGEPACK.exists(), reason="POSIX signals and the console script"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,31 +59,60 @@ def _project(tmp_path: Path) -> dict:
     for folder in (work, tmp, home):
         folder.mkdir()
     (work / "models.py").write_text(MODEL)
-    (work / "t.toml").write_text(FAST_TARGET_TEXT.format(name="fast", formats='[formats.onnx]\nprecision = "fp32"\nopset = 18\n'))
+    (work / "t.toml").write_text(
+        FAST_TARGET_TEXT.format(name="fast", formats='[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "ORT_DISABLE_TELEMETRY")}
     env.update(PYTHONPATH=str(ROOT), TMPDIR=str(tmp), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     return {"work": work, "tmp": tmp, "home": home, "env": env, "out": work / "dist"}
 
 
 def command(project: dict, *extra: str) -> list[str]:
-    return [str(EDGEPACK), "build", "--target", "t.toml", "--model", "models.py:Lin", "--input", "x=1x4",
-            "--out", "dist", *extra]
+    return [
+        str(EDGEPACK),
+        "build",
+        "--target",
+        "t.toml",
+        "--model",
+        "models.py:Lin",
+        "--input",
+        "x=1x4",
+        "--out",
+        "dist",
+        *extra,
+    ]
 
 
 def run(project: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(project, *extra), cwd=project["work"], env=project["env"], capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        command(project, *extra),
+        cwd=project["work"],
+        env=project["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(folder.rglob("*")) if "__pycache__" not in p.parts}
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+        for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
+    }
 
 
 def interrupt(project: dict, signum: int, after_line: str | None) -> tuple[int, str]:
     """Start a build, send `signum` once stderr shows `after_line` (None: at once, during the imports)."""
-    process = subprocess.Popen(command(project), cwd=project["work"], env=project["env"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command(project),
+        cwd=project["work"],
+        env=project["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     if after_line is None:
         time.sleep(0.5)
@@ -95,11 +126,14 @@ def interrupt(project: dict, signum: int, after_line: str | None) -> tuple[int, 
     return process.returncode, "".join(seen) + err
 
 
-@pytest.mark.parametrize("signum,after,code", [
-    (signal.SIGINT, None, 130),          # Ctrl-C while torch is still importing
-    (signal.SIGINT, "✓ load", 130),      # Ctrl-C during capture and the device check
-    (signal.SIGTERM, "✓ capture", 143),  # SIGTERM while converting
-])
+@pytest.mark.parametrize(
+    "signum,after,code",
+    [
+        (signal.SIGINT, None, 130),  # Ctrl-C while torch is still importing
+        (signal.SIGINT, "✓ load", 130),  # Ctrl-C during capture and the device check
+        (signal.SIGTERM, "✓ capture", 143),  # SIGTERM while converting
+    ],
+)
 def test_an_interrupted_build_exits_non_zero_and_keeps_the_previous_bundle(project, first_bundle, signum, after, code):
     shutil.copytree(first_bundle, project["out"])
     bundle_before = tree(project["out"])
@@ -113,8 +147,14 @@ def test_an_interrupted_build_exits_non_zero_and_keeps_the_previous_bundle(proje
 
 
 def test_a_killed_build_leaves_a_staging_folder_that_the_next_build_removes(project):
-    process = subprocess.Popen(command(project), cwd=project["work"], env=project["env"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command(project),
+        cwd=project["work"],
+        env=project["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in process.stderr:
         if "✓ smoke" in line or "✓ bench" in line:  # the staging folder exists from emit on
             break
@@ -128,8 +168,15 @@ def test_a_killed_build_leaves_a_staging_folder_that_the_next_build_removes(proj
 
 def test_no_telemetry_and_no_temp_litter_from_help_or_a_build(project):
     work_before = tree(project["work"])
-    helped = subprocess.run([str(EDGEPACK), "--help"], cwd=project["work"], env=project["env"], capture_output=True, check=False,
-                            text=True, timeout=120)
+    helped = subprocess.run(
+        [str(EDGEPACK), "--help"],
+        cwd=project["work"],
+        env=project["env"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
     assert helped.returncode == 0
     built = run(project, "--quiet")
     assert built.returncode == 0, built.stderr
@@ -150,8 +197,16 @@ def test_a_write_the_system_refuses_is_an_error_and_keeps_the_previous_bundle(pr
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
     env = {**project["env"], "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(command(project), cwd=project["work"], env=env, capture_output=True, text=True, timeout=300,
-                          preexec_fn=small_files, check=False)
+    done = subprocess.run(
+        command(project),
+        cwd=project["work"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     assert "error: Could not write" in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr
     assert tree(project["out"]) == bundle_before

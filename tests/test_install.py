@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgepack.bundle import install
+from edgepack.bundle.install import ANDROID, IOS, detect_layout, install_bundle
 from edgepack.cli import app
 from edgepack.errors import UsageError
-from edgepack.bundle.install import ANDROID, IOS, detect_layout, install_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_APPS = {"android": (REPO / "android-demo", ANDROID), "ios": (REPO / "ios-demo", IOS)}
@@ -48,7 +48,9 @@ def test_install_copies_artifacts_manifest_and_golden_where_the_app_reads_them(t
     assert manifest == json.loads((bundle / "manifest.json").read_text())
     for artifact in manifest["artifacts"]:
         assert (destination / artifact["path"]).exists()
-    assert sorted(p.name for p in (destination / "golden").iterdir()) == sorted(p.name for p in (bundle / "golden").iterdir())
+    assert sorted(p.name for p in (destination / "golden").iterdir()) == sorted(
+        p.name for p in (bundle / "golden").iterdir()
+    )
     assert not (destination / "report.json").exists()  # the build report stays in dist/
 
 
@@ -76,12 +78,15 @@ def test_a_failed_copy_keeps_the_previous_install(tmp_path, demo_reports, monkey
     assert sorted(p.name for p in destination.parent.iterdir()) == ["edgepack"]
 
 
-@pytest.mark.parametrize("platform,wrong_target,needed", [
-    ("android", "ios", "torchscript_lite"),
-    ("android", "iot", "torchscript_lite"),
-    ("ios", "android", "coreml"),
-    ("ios", "iot", "coreml"),
-])
+@pytest.mark.parametrize(
+    "platform,wrong_target,needed",
+    [
+        ("android", "ios", "torchscript_lite"),
+        ("android", "iot", "torchscript_lite"),
+        ("ios", "android", "coreml"),
+        ("ios", "iot", "coreml"),
+    ],
+)
 def test_a_bundle_for_another_target_is_refused(tmp_path, demo_reports, platform, wrong_target, needed):
     app_dir = app_copy(tmp_path, platform)
     with pytest.raises(UsageError) as caught:

@@ -15,18 +15,18 @@ import torch
 from typer.testing import CliRunner
 
 from edgepack import jsonio
-from edgepack.formats.coreml import executor as coreml_executor
 from edgepack.capture.ladder import capture
 from edgepack.cli import app
 from edgepack.compare import compare_outputs, merge
-from edgepack.formats.coreml.executor import UnsupportedOp, coremltools_module, run_package
 from edgepack.formats import FORMATS
+from edgepack.formats.coreml import executor as coreml_executor
+from edgepack.formats.coreml.executor import UnsupportedOp, coremltools_module, run_package
 from edgepack.inputs import InputSpec, sample_inputs
 from edgepack.load import LoadedModel
 from edgepack.noise import quiet_converter
 from edgepack.quantize.accuracy import EvalSet, budget_misses, measure
-from edgepack.targets import AccuracyBudget, Budgets, FormatSettings, Tolerance
 from edgepack.smoke import FAILED, smoke_test
+from edgepack.targets import AccuracyBudget, Budgets, FormatSettings, Tolerance
 
 from .conftest import write_fast_target
 from .models import SeqFeatures, make_overflow
@@ -36,16 +36,21 @@ MODELS = Path(__file__).parent / "models.py"
 
 def _strict_json(text: str):
     """json.loads that fails on NaN, Infinity and -Infinity (which JavaScript's JSON.parse rejects)."""
+
     def refuse(constant: str):
         raise AssertionError(f"non-finite {constant} in JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
 # --- comparison and accuracy figures ------------------------------------------------------------------
 
+
 def test_inf_or_nan_where_eager_is_finite_is_never_within_tolerance():
     expected = [np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)]
-    bad = compare_outputs([np.array([[1.0, np.inf, np.nan, 4.0]], np.float32)], expected, 1e3, 1e3, -1.0, "golden 0", ["y"])
+    bad = compare_outputs(
+        [np.array([[1.0, np.inf, np.nan, 4.0]], np.float32)], expected, 1e3, 1e3, -1.0, "golden 0", ["y"]
+    )
     assert not bad.ok and "'y' has inf/NaN in 2 of 4 values where eager's are finite" in bad.reason
     assert bad.max_abs_err == math.inf and math.isnan(bad.cosine) and bad.non_finite == 2
     good = compare_outputs([expected[0] + 1e-6], expected, 1e-4, 1e-4, 0.999, "golden 1", ["y"])
@@ -86,6 +91,7 @@ def test_json_writer_refuses_non_finite_numbers_and_says_where():
 
 # --- an fp16 program that overflows ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def overflow_captured():
     module, specs = make_overflow(), [InputSpec("x", (1, 16))]
@@ -111,13 +117,28 @@ def test_fp16_overflow_steps_down_to_fp32_and_every_json_stays_strict(tmp_path):
     naming the inf/NaN, the build passes, and stdout, report.json, manifest.json and golden/index.json
     are strict JSON (the fp16 attempt's figures are null)."""
     target = write_fast_target(tmp_path, "fp16", '[formats.coreml]\nprecision = "fp16"\n')
-    result = CliRunner().invoke(app, ["build", "-t", str(target), "--model", f"{MODELS}:make_overflow", "-i", "x=1x16",
-                                      "--out", str(tmp_path / "dist"), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "-t",
+            str(target),
+            "--model",
+            f"{MODELS}:make_overflow",
+            "-i",
+            "x=1x16",
+            "--out",
+            str(tmp_path / "dist"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     report = _strict_json(result.stdout)
     coreml = report["artifacts"][0]
     assert (coreml["precision_requested"], coreml["precision"], coreml["smoke"]["status"]) == ("fp16", "fp32", "passed")
-    assert any("fp16 missed the accuracy budget (output has inf/NaN in" in note for note in coreml["notes"]), coreml["notes"]
+    assert any("fp16 missed the accuracy budget (output has inf/NaN in" in note for note in coreml["notes"]), coreml[
+        "notes"
+    ]
     first = coreml["quantization"]["attempts"][0]
     assert not first["ok"] and "inf/NaN" in first["reason"]
     assert first["accuracy"]["cosine"] is None and first["accuracy"]["non_finite_values"] > 0
@@ -128,15 +149,21 @@ def test_fp16_overflow_steps_down_to_fp32_and_every_json_stays_strict(tmp_path):
 
 # --- the Core ML executor on a flexible sequence length -----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def flexible_seq_package(tmp_path_factory) -> Path:
     ct = coremltools_module()
     with quiet_converter():
         traced = torch.jit.trace(SeqFeatures().eval(), torch.randn(1, 16))
         shape = ct.Shape([1, ct.RangeDim(2, 64, default=16)])
-        model = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=shape)], outputs=[ct.TensorType(name="y")],
-                           convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-                           compute_precision=ct.precision.FLOAT32)
+        model = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="x", shape=shape)],
+            outputs=[ct.TensorType(name="y")],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        )
     path = tmp_path_factory.mktemp("flexible") / "seq.mlpackage"
     model.save(str(path))
     return path
@@ -163,11 +190,14 @@ def test_value_inference_that_needs_a_flexible_shape_is_unsupported_not_a_crash(
 def test_json_stdout_is_shielded_from_c_level_prints():
     """What C/C++ code prints to stdout while `--json` works (torch's ONNX exporter logs whole graphs there)
     goes to stderr, so that stdout holds the JSON document alone."""
-    code = ("import ctypes, json\nfrom edgepack.noise import stdout_to_stderr\n"
-            "with stdout_to_stderr():\n    ctypes.CDLL(None).printf(b'graph from C++\\n')\n    print('from Python')\n"
-            "print(json.dumps({'ok': True}))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).parent.parent)
+    code = (
+        "import ctypes, json\nfrom edgepack.noise import stdout_to_stderr\n"
+        "with stdout_to_stderr():\n    ctypes.CDLL(None).printf(b'graph from C++\\n')\n    print('from Python')\n"
+        "print(json.dumps({'ok': True}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
+    )
     assert done.returncode == 0, done.stderr
     assert _strict_json(done.stdout) == {"ok": True}
     assert "graph from C++" in done.stderr and "from Python" in done.stderr

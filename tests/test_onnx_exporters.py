@@ -37,7 +37,9 @@ IOT_18 = '[formats.onnx]\nprecision = "fp32"\nopset = 18\noptimization = "basic"
 
 def _captured(module: torch.nn.Module, *specs: str):
     inputs = [parse_input_spec(s) for s in specs]
-    return capture(LoadedModel("m", module, inputs, {"kind": "test"}), [sample_inputs(inputs, module, s) for s in range(2)])
+    return capture(
+        LoadedModel("m", module, inputs, {"kind": "test"}), [sample_inputs(inputs, module, s) for s in range(2)]
+    )
 
 
 def test_converter_output_is_captured_down_to_the_file_descriptors(capfd):
@@ -56,14 +58,30 @@ def test_converter_output_is_captured_down_to_the_file_descriptors(capfd):
 def test_exception_reasons_lose_colour_codes_and_extra_lines():
     exc = RuntimeError("Failed to export. \x1b[96mThis is step 1/3\x1b[0m of exporting.\nNext steps: ...")
     assert short_reason(exc) == "RuntimeError: Failed to export. This is step 1/3 of exporting."
-    assert short_reason(RuntimeError("x" * 500), 50).endswith("...") and len(short_reason(RuntimeError("x" * 500), 50)) == 50
+    assert (
+        short_reason(RuntimeError("x" * 500), 50).endswith("...")
+        and len(short_reason(RuntimeError("x" * 500), 50)) == 50
+    )
 
 
 def test_transformer_at_opset_17_fails_quietly_with_the_opset_hint(tmp_path, capfd):
     """The TorchScript exporter dumps the whole IR graph from C++ when it fails: --json stays one document."""
     target = write_fast_target(tmp_path, "edge", ONNX_17)
-    result = CliRunner().invoke(app, ["build", "--target", str(target), "--model", f"{MODELS}:make_torch_encoder_layer",
-                                      "--input", "x=1x4x16", "--json", "--out", str(tmp_path / "dist")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "--target",
+            str(target),
+            "--model",
+            f"{MODELS}:make_torch_encoder_layer",
+            "--input",
+            "x=1x4x16",
+            "--json",
+            "--out",
+            str(tmp_path / "dist"),
+        ],
+    )
     out, err = capfd.readouterr()
     assert "Torch IR graph" not in out + err + result.stdout
     report = json.loads(result.stdout)
@@ -76,8 +94,14 @@ def test_transformer_at_opset_17_fails_quietly_with_the_opset_hint(tmp_path, cap
 
 def test_transformer_at_opset_18_builds_for_an_iot_target_with_the_ort_format(tmp_path):
     target = write_fast_target(tmp_path, "iot18", IOT_18)
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_torch_encoder_layer",
-                                inputs=[parse_input_spec("x=1x4x16")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_torch_encoder_layer",
+            inputs=[parse_input_spec("x=1x4x16")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     assert report.ok, report.problems
     onnx_report = report.artifacts[0]
     assert onnx_report.notes[0] == "exporter: torch.export-based (dynamo)"
@@ -110,8 +134,9 @@ def test_when_both_exporters_fail_the_error_gives_both_reasons_dynamo_first(tmp_
     assert "--allow-partial" in failure.value.hint
 
 
-@pytest.mark.parametrize("name, options", [("onnx", {"opset": 17}), ("onnx", {"opset": 18}),
-                                           ("torchscript_lite", {}), ("coreml", {})])
+@pytest.mark.parametrize(
+    "name, options", [("onnx", {"opset": 17}), ("onnx", {"opset": 18}), ("torchscript_lite", {}), ("coreml", {})]
+)
 def test_no_format_changes_the_shared_capture(name, options, tmp_path):
     captured = _captured(make_small_linear(), "x=1x6")
     before = str(captured.scripted.graph)
@@ -124,8 +149,14 @@ def test_onnx_bytes_do_not_depend_on_the_other_targets_built(tmp_path):
     apple, edge = write_fast_target(tmp_path, "apple", COREML), write_fast_target(tmp_path, "edge", ONNX_17)
     built = {}
     for label, targets in (("together", [apple, edge]), ("alone", [edge])):
-        reports = build(BuildRequest(targets=[str(t) for t in targets], model=f"{MODELS}:make_small_linear",
-                                     inputs=[parse_input_spec("x=1x6")], out_dir=tmp_path / label))
+        reports = build(
+            BuildRequest(
+                targets=[str(t) for t in targets],
+                model=f"{MODELS}:make_small_linear",
+                inputs=[parse_input_spec("x=1x6")],
+                out_dir=tmp_path / label,
+            )
+        )
         assert all(r.ok for r in reports), [r.problems for r in reports]
         built[label] = next((tmp_path / label).rglob("edge/*.onnx")).read_bytes()
     assert built["together"] == built["alone"]

@@ -36,8 +36,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     ids = torch.randint(0, 50, (1, 16))
     conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU())
     image = torch.randn(1, 3, 12, 12)
-    return {"encoder": (_export(encoder, ids, folder / "encoder.onnx"), ids.numpy()),
-            "conv": (_export(conv, image, folder / "conv.onnx"), image.numpy())}
+    return {
+        "encoder": (_export(encoder, ids, folder / "encoder.onnx"), ids.numpy()),
+        "conv": (_export(conv, image, folder / "conv.onnx"), image.numpy()),
+    }
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

@@ -78,8 +78,16 @@ def test_coreml_numerics_are_checked_by_the_reference_executor_off_macos(demo_re
 def test_manifest_describes_inputs_outputs_and_hashes(demo_reports):
     bundle = Path(demo_reports["android"].bundle_dir)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["inputs"] == [{"name": "image", "shape": [1, 1, 32, 32], "dtype": "float32", "dynamic_axes": {},
-                                   "layout": "NCHW", "preprocessing": {"scale": 1 / 16, "mean": demo.MEAN, "std": demo.STD}}]
+    assert manifest["inputs"] == [
+        {
+            "name": "image",
+            "shape": [1, 1, 32, 32],
+            "dtype": "float32",
+            "dynamic_axes": {},
+            "layout": "NCHW",
+            "preprocessing": {"scale": 1 / 16, "mean": demo.MEAN, "std": demo.STD},
+        }
+    ]
     assert manifest["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32", "dynamic_axes": {}}]
     assert manifest["labels"] == [str(d) for d in range(10)]
     assert manifest["preprocessing"]["mean"] == demo.MEAN

@@ -21,8 +21,9 @@ BUILTIN_TARGETS = ["ios", "android", "iot"]
 
 
 def _build_all(targets: list[str], out: Path, model: str, *inputs: str):
-    request = BuildRequest(targets=targets, model=f"{MODELS}:{model}",
-                           inputs=[parse_input_spec(i) for i in inputs], out_dir=out)
+    request = BuildRequest(
+        targets=targets, model=f"{MODELS}:{model}", inputs=[parse_input_spec(i) for i in inputs], out_dir=out
+    )
     return {r.target: r for r in build(request)}
 
 
@@ -98,8 +99,11 @@ def test_dataclass_outputs_are_named_by_field(fast_target, tmp_path):
 def test_a_torch_transformer_with_a_dynamic_length_is_not_mistaken_for_an_unrolled_loop():
     """The unrolled-loop check traces again at another length; that trace must also take the plain ops,
     or the fused fast path's few nodes against the plain ops' many look like a loop over the length."""
-    result = diagnose(BuildRequest(targets=["android"], model=f"{MODELS}:make_torch_encoder_layer",
-                                   inputs=[parse_input_spec("x=1xSEQ=5x16")]))
+    result = diagnose(
+        BuildRequest(
+            targets=["android"], model=f"{MODELS}:make_torch_encoder_layer", inputs=[parse_input_spec("x=1xSEQ=5x16")]
+        )
+    )
     assert result["ok"] and result["strategy"] == "trace"
     assert not [h for h in result["hazards"] if h["kind"] == "unrolled_loop"]
 
@@ -108,8 +112,14 @@ def test_a_torch_transformer_layer_in_dynamic_int8_keeps_attention_projections_f
     """MultiheadAttention reads out_proj.weight as a tensor: dynamic int8 leaves that Linear alone, as torch does,
     instead of failing the first attempt and finding it by sensitivity."""
     target = write_fast_target(tmp_path, "dyn", formats='[formats.torchscript_lite]\nprecision = "int8-dynamic"\n')
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_torch_encoder_layer",
-                                inputs=[parse_input_spec("x=1x5x16")], out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_torch_encoder_layer",
+            inputs=[parse_input_spec("x=1x5x16")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     [lite] = report.artifacts
     assert report.ok and lite.precision == "int8-dynamic"
     assert [(a["ok"], a["float_layers"]) for a in lite.quantization["attempts"]] == [(True, [])]
@@ -119,8 +129,9 @@ def test_a_torch_transformer_layer_in_dynamic_int8_keeps_attention_projections_f
 def test_a_dynamic_size_eager_itself_rejects_is_reported_as_unchecked():
     """SEQ=12 (double the example) is past the model's 8 learned positions: the capture cannot be checked
     there, and the report says so instead of dropping the check in silence."""
-    result = diagnose(BuildRequest(targets=["android"], model=f"{MODELS}:BoundedLength",
-                                   inputs=[parse_input_spec("x=1xSEQ=6x4")]))
+    result = diagnose(
+        BuildRequest(targets=["android"], model=f"{MODELS}:BoundedLength", inputs=[parse_input_spec("x=1xSEQ=6x4")])
+    )
     assert result["ok"]
     [unchecked] = result["unchecked_sizes"]
     assert unchecked["size"] == "SEQ=12" and "size of tensor" in unchecked["reason"]
@@ -136,6 +147,9 @@ def test_torch_transformer_layers_are_traced_without_their_fused_fast_path(fast_
     assert report.capture["hazards"] and all(h["in_library"] for h in report.capture["hazards"])
     assert all(h["fix"].startswith("Nothing to change in your code") for h in report.capture["hazards"])
     assert {a.format: a.smoke.status for a in report.artifacts} == {
-        "torchscript_lite": "passed", "coreml": "passed", "onnx": "passed"}
+        "torchscript_lite": "passed",
+        "coreml": "passed",
+        "onnx": "passed",
+    }
     [lite] = [a for a in report.artifacts if a.format == "torchscript_lite"]
     assert not any("transformer_encoder_layer_fwd" in op for op in lite.requirements["operators"])

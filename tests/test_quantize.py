@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from edgepack.bundle.verify import verify_bundle
 from edgepack.errors import UsageError
 from edgepack.inputs import parse_input_spec
 from edgepack.load import load_model
-from edgepack.bundle.verify import verify_bundle
 from edgepack.pipeline import BuildRequest, build
 from edgepack.quantize.accuracy import Accuracy, EvalSet, budget_misses, measure
 from edgepack.quantize.calibration import load_samples
@@ -70,7 +70,9 @@ def test_the_fp32_size_compared_is_the_fp32_artifact_as_it_ships(int8_reports, d
         assert fp32.precision == "fp32"
         # TorchScript numbers a class recompiled in one process (___torch_mangle_N): the two builds ran in
         # this process at different counts, so a .ptl's code may differ by a digit or two.
-        assert abs(artifact["size_before_bytes"] - fp32.size_bytes) <= (8 if artifact["format"] == "torchscript_lite" else 0)
+        assert abs(artifact["size_before_bytes"] - fp32.size_bytes) <= (
+            8 if artifact["format"] == "torchscript_lite" else 0
+        )
         assert artifact["weight_bytes_before"] == fp32.weight_bytes
         assert artifact["quantization"]["attempts"][-1]["size_bytes"] == artifact["size_bytes"]
 
@@ -102,8 +104,11 @@ def test_manifest_and_markdown_name_the_shipped_precision(int8_reports):
 
 def test_a_budget_int8_cannot_meet_walks_the_ladder_to_fp32(tmp_path):
     """SQNR >= 60 dB: int8 static (even with its costliest layers float) and dynamic miss it on the demo."""
-    target = write_fast_target(tmp_path, "tight", formats='[formats.onnx]\nprecision = "int8-static"\nopset = 18\n'
-                                                         '[formats.onnx.accuracy]\nmin_sqnr_db = 60\n')
+    target = write_fast_target(
+        tmp_path,
+        "tight",
+        formats='[formats.onnx]\nprecision = "int8-static"\nopset = 18\n[formats.onnx.accuracy]\nmin_sqnr_db = 60\n',
+    )
     report = build(BuildRequest(targets=[str(target)], out_dir=tmp_path / "dist"))[0]
     onnx = report.artifacts[0]
     ladder = onnx.quantization
@@ -120,11 +125,21 @@ def test_a_budget_int8_cannot_meet_walks_the_ladder_to_fp32(tmp_path):
 
 def test_int8_static_says_that_recurrent_layers_stay_float(tmp_path):
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(8, 1, 5, 6)).astype(np.float32))
-    target = write_fast_target(tmp_path, "rnn", formats='[formats.torchscript_lite]\nprecision = "int8-static"\n'
-                                                       '[formats.onnx]\nprecision = "int8-static"\nopset = 18\n')
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_tiny_recurrent",
-                                inputs=[parse_input_spec("x=1x5x6")], calibration=str(tmp_path / "calib.npz"),
-                                out_dir=tmp_path / "dist"))[0]
+    target = write_fast_target(
+        tmp_path,
+        "rnn",
+        formats='[formats.torchscript_lite]\nprecision = "int8-static"\n'
+        '[formats.onnx]\nprecision = "int8-static"\nopset = 18\n',
+    )
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_tiny_recurrent",
+            inputs=[parse_input_spec("x=1x5x6")],
+            calibration=str(tmp_path / "calib.npz"),
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     notes = {a.format: " ".join(a.notes) for a in report.artifacts}
     assert "LSTM layers stay float in int8-static" in notes["torchscript_lite"]
     assert "LSTM nodes stay float in int8-static" in notes["onnx"]
@@ -136,13 +151,26 @@ def test_user_model_per_format_precision_with_its_own_calibration_and_eval_data(
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(64, 1, 6)).astype(np.float32))  # samples of 1x6
     np.savez(tmp_path / "eval.npz", x=rng.normal(size=(100, 6)).astype(np.float32))  # rows of a batch
-    target = write_fast_target(tmp_path, formats='[formats.torchscript_lite]\nprecision = "int8-static"\n'
-                                                 '[formats.onnx]\nprecision = "int8-dynamic"\nopset = 18\n')
-    report = build(BuildRequest(targets=[str(target)], model=f"{MODELS}:make_small_linear", inputs=[parse_input_spec("x=1x6")],
-                                calibration=str(tmp_path / "calib.npz"), eval_data=str(tmp_path / "eval.npz"),
-                                out_dir=tmp_path / "dist"))[0]
+    target = write_fast_target(
+        tmp_path,
+        formats='[formats.torchscript_lite]\nprecision = "int8-static"\n'
+        '[formats.onnx]\nprecision = "int8-dynamic"\nopset = 18\n',
+    )
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{MODELS}:make_small_linear",
+            inputs=[parse_input_spec("x=1x6")],
+            calibration=str(tmp_path / "calib.npz"),
+            eval_data=str(tmp_path / "eval.npz"),
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     assert report.ok, report.problems
-    assert {a.format: a.precision for a in report.artifacts} == {"torchscript_lite": "int8-static", "onnx": "int8-dynamic"}
+    assert {a.format: a.precision for a in report.artifacts} == {
+        "torchscript_lite": "int8-static",
+        "onnx": "int8-dynamic",
+    }
     for artifact in report.artifacts:
         assert artifact.accuracy.samples == 100 and artifact.accuracy.cosine >= 0.99
         assert artifact.quantization["eval_set"] == f"100 samples from {tmp_path / 'eval.npz'}"
@@ -151,8 +179,15 @@ def test_user_model_per_format_precision_with_its_own_calibration_and_eval_data(
 
 def test_static_int8_without_calibration_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="needs calibration data") as caught:
-        build(BuildRequest(targets=["iot"], model=f"{MODELS}:make_small_linear", inputs=[parse_input_spec("x=1x6")],
-                           precision="int8-static", out_dir=tmp_path))
+        build(
+            BuildRequest(
+                targets=["iot"],
+                model=f"{MODELS}:make_small_linear",
+                inputs=[parse_input_spec("x=1x6")],
+                precision="int8-static",
+                out_dir=tmp_path,
+            )
+        )
     assert "--calibration" in caught.value.hint
 
 
@@ -162,6 +197,7 @@ def test_unknown_precision_suggests_the_nearest_name(tmp_path):
 
 
 # Calibration and evaluation sources -----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def image_model():
@@ -203,8 +239,9 @@ def test_folder_of_images_goes_through_preprocessing(tmp_path):
 
 
 def test_callable_yielding_batches(tmp_path, single_input_model):
-    (tmp_path / "batches.py").write_text("import numpy as np\ndef batches():\n"
-                                         "    for _ in range(3):\n        yield np.ones((4, 6), np.float32)\n")
+    (tmp_path / "batches.py").write_text(
+        "import numpy as np\ndef batches():\n    for _ in range(3):\n        yield np.ones((4, 6), np.float32)\n"
+    )
     samples = load_samples(f"{tmp_path / 'batches.py'}:batches", single_input_model)
     assert len(samples) == 12 and samples[0]["x"].shape == (1, 6)
 
@@ -215,6 +252,7 @@ def test_empty_folder_is_a_usage_error(tmp_path, single_input_model):
 
 
 # Accuracy figures ----------------------------------------------------------------------------------
+
 
 def _eval_set() -> EvalSet:
     rng = np.random.default_rng(1)
@@ -244,6 +282,7 @@ def test_budget_ignores_top1_when_not_gated():
 
 # The Format contract the ladder drives: quantizable layers and FLOAT_LAYERS -----------------------
 
+
 @pytest.fixture(scope="module")
 def demo_captured():
     from edgepack.capture.ladder import capture
@@ -253,10 +292,13 @@ def demo_captured():
     return capture(loaded, loaded.sample_inputs[:4]), demo_split(loaded, "calib")[:16]
 
 
-@pytest.mark.parametrize("fmt_name, float_op, int8_op", [
-    ("torchscript_lite", "aten::conv2d", "quantized::conv2d_relu"),
-    ("onnx", "ai.onnx::Conv", "ai.onnx::DequantizeLinear"),
-])
+@pytest.mark.parametrize(
+    "fmt_name, float_op, int8_op",
+    [
+        ("torchscript_lite", "aten::conv2d", "quantized::conv2d_relu"),
+        ("onnx", "ai.onnx::Conv", "ai.onnx::DequantizeLinear"),
+    ],
+)
 def test_float_layers_keep_the_named_layer_float(demo_captured, tmp_path, fmt_name, float_op, int8_op):
     from edgepack.formats import FORMATS
     from edgepack.formats.base import FLOAT_LAYERS
@@ -268,8 +310,13 @@ def test_float_layers_keep_the_named_layer_float(demo_captured, tmp_path, fmt_na
     layers = fmt.quantizable_layers(captured, plain)
     assert len(layers) == 4  # three convolutions and the linear head
     all_int8 = fmt.emit(captured, plain, tmp_path / f"a{fmt.suffix}", calibration)
-    first_float = fmt.emit(captured, FormatSettings(fmt_name, "int8-static", Tolerance(), Budgets(), {FLOAT_LAYERS: layers[:1]}),
-                           tmp_path / f"b{fmt.suffix}", calibration)
+    first_float = fmt.emit(
+        captured,
+        FormatSettings(fmt_name, "int8-static", Tolerance(), Budgets(), {FLOAT_LAYERS: layers[:1]}),
+        tmp_path / f"b{fmt.suffix}",
+        calibration,
+    )
+
     def uses(emitted, op: str) -> bool:  # lite operator names carry an overload suffix (".new")
         return any(name == op or name.startswith(op + ".") for name in emitted.requirements["operators"])
 
@@ -279,8 +326,11 @@ def test_float_layers_keep_the_named_layer_float(demo_captured, tmp_path, fmt_na
     else:  # QDQ keeps Conv nodes either way; the float layer's weight stays a float initializer
         import onnx
 
-        floats = [i.name for i in onnx.load(str(first_float.path)).graph.initializer if i.data_type == onnx.TensorProto.FLOAT
-                  and len(i.dims) == 4]
+        floats = [
+            i.name
+            for i in onnx.load(str(first_float.path)).graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4
+        ]
         assert len(floats) == 1
     assert any("kept in float" in note for note in first_float.notes)
 
@@ -290,9 +340,16 @@ def test_a_scheme_that_cannot_be_built_is_an_attempt_and_the_ladder_goes_on(tmp_
     build, keeping the layer that breaks it float succeeds (or a milder scheme does), and the report says so."""
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).normal(size=(64, 1, 10)).astype(np.float32))
     target = write_fast_target(tmp_path, formats='[formats.torchscript_lite]\nprecision = "int8-static"\n')
-    report = build(BuildRequest(targets=[str(target)], model=f"{Path(__file__).parent / 'seed_models.py'}:ControlFlowModel",
-                                inputs=[parse_input_spec("x=1x10")], calibration=str(tmp_path / "data.npz"),
-                                eval_data=str(tmp_path / "data.npz"), out_dir=tmp_path / "dist"))[0]
+    report = build(
+        BuildRequest(
+            targets=[str(target)],
+            model=f"{Path(__file__).parent / 'seed_models.py'}:ControlFlowModel",
+            inputs=[parse_input_spec("x=1x10")],
+            calibration=str(tmp_path / "data.npz"),
+            eval_data=str(tmp_path / "data.npz"),
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
     lite = report.artifacts[0]
     assert report.capture["strategy"] == "script"
     first = lite.quantization["attempts"][0]
@@ -309,8 +366,10 @@ def test_the_ort_file_is_made_from_the_shipped_int8_model_and_verifies(int8_repo
     [onnx] = int8_reports["iot"]["artifacts"]
     entry = onnx["requirements"]["ort_format"]
     assert (bundle / entry["path"]).is_file() and (bundle / entry["required_operators"]).is_file()
-    assert "QLinearConv" in (bundle / entry["required_operators"]).read_text() or \
-        "QuantizeLinear" in (bundle / entry["required_operators"]).read_text()
+    assert (
+        "QLinearConv" in (bundle / entry["required_operators"]).read_text()
+        or "QuantizeLinear" in (bundle / entry["required_operators"]).read_text()
+    )
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert entry["path"] in {f["path"] for f in manifest["files"]}
     result = verify_bundle(bundle)

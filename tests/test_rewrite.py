@@ -20,9 +20,6 @@ import torch
 import torch.jit.mobile as mobile
 from torch import nn
 
-from . import gpu_imitation
-from .gpu_imitation import CUDA, walk
-from edgepack.noise import quiet_converter
 from edgepack.capture.devices import (
     eager_prepass,
     fx_device_kwargs,
@@ -31,11 +28,16 @@ from edgepack.capture.devices import (
     pinned_devices,
     runs_on_meta,
 )
+from edgepack.noise import quiet_converter
+
+from . import gpu_imitation
+from .gpu_imitation import CUDA, walk
 
 THIS_FILE = Path(__file__).name
 
 
 # helpers ------------------------------------------------------------------------------------------
+
 
 def trace(model: nn.Module, *example: torch.Tensor) -> torch.jit.ScriptModule:
     """As edgepack.capture does: no grad, no check run (so the graphs can still be edited)."""
@@ -88,6 +90,7 @@ def save_lite(module: torch.jit.ScriptModule, path: Path) -> Path:
 
 
 # models -------------------------------------------------------------------------------------------
+
 
 class Factories(nn.Module):
     def __init__(self) -> None:
@@ -257,6 +260,7 @@ def build(cls: type[nn.Module], *shape: int) -> tuple[nn.Module, torch.Tensor]:
 
 # the graph pass -----------------------------------------------------------------------------------
 
+
 def test_factory_ops_follow_the_input():
     model, x = build(Factories, 2, 4)
     pinned = pin(trace(model, x))
@@ -268,8 +272,15 @@ def test_factory_ops_follow_the_input():
     assert_matches_eager(fixed, model, x)
     assert_matches_eager(fixed, model, torch.randn(5, 4))  # other batch sizes too
     ops = {r.op for r in rewrites if r.kind == "device_constant"}
-    assert {"aten::zeros", "aten::ones", "aten::full", "aten::arange", "aten::eye", "aten::linspace",
-            "aten::empty"} <= ops
+    assert {
+        "aten::zeros",
+        "aten::ones",
+        "aten::full",
+        "aten::arange",
+        "aten::eye",
+        "aten::linspace",
+        "aten::empty",
+    } <= ops
     assert all(r.source.startswith(__file__) for r in rewrites if r.kind == "device_constant")
     assert pinned_devices(fixed).clean
     assert "unresolved" not in kinds(rewrites)
@@ -419,6 +430,7 @@ def test_methods_without_tensor_inputs_are_inlined_into_their_caller():
 
 # freeze, lite, the proof check --------------------------------------------------------------------
 
+
 def test_rewritten_module_survives_freeze_and_the_lite_interpreter(tmp_path):
     model, x = build(WithDropout, 1, 3, 8, 8)
     fixed, _ = make_device_agnostic(pin(trace(model, x)))
@@ -449,8 +461,13 @@ def test_the_check_flags_what_was_not_rewritten(tmp_path):
 def test_the_check_reads_where_tensor_constants_are_stored():
     model, x = build(PlainAttribute, 2, 4)
     traced = trace(model, x)
-    [constant] = [n for n in walk(traced.graph) if n.kind() == "prim::Constant"
-                  and n.output().type().kind() == "TensorType" and n.output().toIValue().dim() == 1][:1]
+    [constant] = [
+        n
+        for n in walk(traced.graph)
+        if n.kind() == "prim::Constant"
+        and n.output().type().kind() == "TensorType"
+        and n.output().toIValue().dim() == 1
+    ][:1]
     constant.t_("value", torch.zeros(4, device="meta"))  # a device this machine has besides the CPU
 
     assert "constants.pkl: tensors stored on meta" in pinned_devices(traced).pinned
@@ -523,6 +540,7 @@ def test_unknown_policy_is_refused():
 
 # converters ---------------------------------------------------------------------------------------
 
+
 def test_rewritten_trace_exports_to_onnx():
     onnxruntime = pytest.importorskip("onnxruntime")
     model, x = build(ConstantMasks, 3, 4)
@@ -546,8 +564,10 @@ def test_rewritten_trace_converts_to_coreml():
     with quiet_converter(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "output renamed" notices: names are not what this tests
         converted = coremltools.convert(
-            torch.jit.freeze(fixed.eval()), inputs=[coremltools.TensorType(name="x", shape=(3, 4))],
-            convert_to="mlprogram", minimum_deployment_target=coremltools.target.iOS16,
+            torch.jit.freeze(fixed.eval()),
+            inputs=[coremltools.TensorType(name="x", shape=(3, 4))],
+            convert_to="mlprogram",
+            minimum_deployment_target=coremltools.target.iOS16,
         )
     # Prediction needs macOS; the program itself shows the mask became a static gather.
     ops = [op.op_type for op in converted._mil_program.functions["main"].operations]
@@ -555,6 +575,7 @@ def test_rewritten_trace_converts_to_coreml():
 
 
 # FX / torch.export --------------------------------------------------------------------------------
+
 
 class FxFactories(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:

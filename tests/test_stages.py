@@ -26,6 +26,7 @@ MODELS = Path(__file__).parent / "models.py"
 
 # inputs -------------------------------------------------------------------------------------------
 
+
 def test_input_spec_parsing():
     assert parse_input_spec("x=1x3x224x224") == InputSpec("x", (1, 3, 224, 224), "float32")
     assert parse_input_spec("ids=1x128:int64") == InputSpec("ids", (1, 128), "int64")
@@ -50,6 +51,7 @@ def test_sampled_integer_inputs_respect_ranges_and_embeddings():
 
 # targets ------------------------------------------------------------------------------------------
 
+
 def test_builtin_targets_load():
     ios = load_target("ios", known_options())
     assert [f.name for f in ios.formats] == ["coreml", "onnx"]
@@ -59,14 +61,17 @@ def test_builtin_targets_load():
     assert len(ios.sha256) == 64
 
 
-@pytest.mark.parametrize("text, message", [
-    ('name = "t"\n[formats.onxx]\n', "Did you mean 'onnx'"),
-    ('name = "t"\n[formats.onnx]\nopst = 18\n', "Did you mean 'opset'"),
-    ('name = "t"\n', "names no formats"),
-    ('name = "t"\n[smoke]\natol = "big"\n[formats.onnx]\n', "must be a number"),
-    ('name = "t"\n[bench]\nthreads = 0\n[formats.onnx]\n', "threads >= 1"),
-    ('name = [broken\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "t"\n[formats.onxx]\n', "Did you mean 'onnx'"),
+        ('name = "t"\n[formats.onnx]\nopst = 18\n', "Did you mean 'opset'"),
+        ('name = "t"\n', "names no formats"),
+        ('name = "t"\n[smoke]\natol = "big"\n[formats.onnx]\n', "must be a number"),
+        ('name = "t"\n[bench]\nthreads = 0\n[formats.onnx]\n', "threads >= 1"),
+        ("name = [broken\n", "not valid TOML"),
+    ],
+)
 def test_bad_target_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "t.toml"
     path.write_text(text)
@@ -80,6 +85,7 @@ def test_missing_target_file(tmp_path):
 
 
 # comparison ---------------------------------------------------------------------------------------
+
 
 def test_shapes_are_compared_before_values():
     # np.allclose would broadcast (1, 10) against (10,) and call them equal.
@@ -110,6 +116,7 @@ def test_merge_reports_the_first_failure_and_the_worst_figures():
 
 # bundles ------------------------------------------------------------------------------------------
 
+
 def test_a_crash_mid_build_leaves_nothing_behind(tmp_path):
     staged = StagedBundle(tmp_path, "m", "ios")
     (staged.dir / "half.onnx").write_bytes(b"partial")
@@ -137,6 +144,7 @@ def test_folder_hash_covers_names_and_contents(tmp_path):
 
 # loading ------------------------------------------------------------------------------------------
 
+
 def test_loading_a_factory_from_a_file_with_a_checkpoint_dict(tmp_path):
     weights = tmp_path / "ckpt.pt"
     reference = make_small_linear()
@@ -152,7 +160,9 @@ def test_loading_a_module_by_dotted_path(tmp_path, monkeypatch):
     package = tmp_path / "mypkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "nets.py").write_text("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n")
+    (package / "nets.py").write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+    )
     loaded = load_model("mypkg.nets:Net", [InputSpec("x", (2,))], search_dir=tmp_path)
     assert loaded.name == "net"
 
@@ -168,6 +178,7 @@ def test_demo_with_inputs_is_rejected():
 
 
 # capture ------------------------------------------------------------------------------------------
+
 
 def test_too_many_inputs_for_forward_is_explained():
     loaded = LoadedModel("m", make_small_linear(), [InputSpec("a", (1, 6)), InputSpec("b", (1, 6))], {})
@@ -226,4 +237,8 @@ def test_a_partial_build_with_nothing_left_names_each_formats_failure():
     lite, onnx = ArtifactReport("torchscript_lite", "fp32"), ArtifactReport("onnx", "fp32")
     lite.smoke, onnx.smoke = SmokeResult(FAILED, "emitting failed: A"), SmokeResult(FAILED, "emitting failed: B")
     report = BuildReport("android", "m", "dist/m/android", [lite, onnx], {}, None, 1, allow_partial=True)
-    assert report.problems == ["torchscript_lite: emitting failed: A", "onnx: emitting failed: B", "no artifact could be built"]
+    assert report.problems == [
+        "torchscript_lite: emitting failed: A",
+        "onnx: emitting failed: B",
+        "no artifact could be built",
+    ]

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgepack.cli import app
 from edgepack.bundle.manifest import read_manifest
+from edgepack.cli import app
 from edgepack.pipeline import BuildRequest, build
 
 from .conftest import write_fast_target
 
 runner = CliRunner()
 
-USER_MODELS = '''import torch
+USER_MODELS = """import torch
 from torch import nn
 
 
@@ -43,7 +43,7 @@ class TwoInputs(nn.Module):
 class Boom(nn.Module):
     def forward(self, x):
         raise RuntimeError("forward exploded")  # LINE boom
-'''
+"""
 BROKEN_AT_IMPORT = 'import torch\n\nraise RuntimeError("boom at import")\n'
 
 
@@ -72,14 +72,33 @@ def assert_user_error(result, code: int, *texts: str) -> None:
 
 # 1, 2: the model's forward fails on the declared inputs, in build and in doctor -------------------------
 
+
 @pytest.mark.parametrize("command", ["build", "doctor"])
-@pytest.mark.parametrize("model,inputs,texts", [
-    ("Mlp", ["x=1x33"], ["forward failed on the example inputs (x=1x33:float32): RuntimeError: mat1 and mat2 shapes "
-                         "cannot be multiplied (1x33 and 32x8)", f"nets.py:{line_of('mlp')}", "Mlp.forward(x)"]),
-    ("TwoInputs", ["image=1x4"], ["missing 1 required positional argument: 'meta'", f"nets.py:{line_of('twoin')}",
-                                  "TwoInputs.forward(image, meta)"]),
-    ("Boom", ["x=1x4"], ["RuntimeError: forward exploded", f"nets.py:{line_of('boom')}"]),
-])
+@pytest.mark.parametrize(
+    "model,inputs,texts",
+    [
+        (
+            "Mlp",
+            ["x=1x33"],
+            [
+                "forward failed on the example inputs (x=1x33:float32): RuntimeError: mat1 and mat2 shapes "
+                "cannot be multiplied (1x33 and 32x8)",
+                f"nets.py:{line_of('mlp')}",
+                "Mlp.forward(x)",
+            ],
+        ),
+        (
+            "TwoInputs",
+            ["image=1x4"],
+            [
+                "missing 1 required positional argument: 'meta'",
+                f"nets.py:{line_of('twoin')}",
+                "TwoInputs.forward(image, meta)",
+            ],
+        ),
+        ("Boom", ["x=1x4"], ["RuntimeError: forward exploded", f"nets.py:{line_of('boom')}"]),
+    ],
+)
 def test_forward_failing_on_the_inputs_is_a_usage_error_at_the_users_line(user_files, command, model, inputs, texts):
     options = ["--target", "android", "--out", user_files / "dist"] if command == "build" else []
     specs = [arg for spec in inputs for arg in ("--input", spec)]
@@ -97,6 +116,7 @@ def test_forward_failure_in_json_mode_is_one_json_error(user_files):
 
 # 8: a model file that fails at import names its line ----------------------------------------------------
 
+
 def test_model_file_failing_at_import_names_its_line(user_files):
     result = invoke("doctor", "--model", f"{user_files / 'broken.py'}:make", "--input", "x=1x4")
     assert_user_error(result, 2, "RuntimeError: boom at import", "broken.py:3")
@@ -111,17 +131,21 @@ def test_syntax_error_in_the_model_file_names_its_line(user_files):
 # 3, 7: cheap checks run before the model is loaded ------------------------------------------------------
 # The model file raises at import: an error about the option proves the option was checked first.
 
-@pytest.mark.parametrize("options,text", [
-    (["--capture", "magic"], "Unknown capture mode 'magic'"),
-    (["--device-policy", "agnostc"], "Unknown device policy 'agnostc'. Did you mean 'agnostic'?"),
-    (["--trace-device", "tpu"], "'tpu' is not a device name"),
-    (["--precision", "int9"], "Unknown precision 'int9'"),
-    (["--target", "androd"], "Did you mean 'android'?"),
-    (["--name", "a/b"], "cannot be a folder name"),
-    (["--weights", "missing.pt"], "Weights file 'missing.pt' does not exist"),
-    (["--check-inputs", "missing.npz"], "--check-inputs file 'missing.npz' does not exist"),
-    (["--eval-data", "missing.npz"], "--eval-data file 'missing.npz' does not exist"),
-])
+
+@pytest.mark.parametrize(
+    "options,text",
+    [
+        (["--capture", "magic"], "Unknown capture mode 'magic'"),
+        (["--device-policy", "agnostc"], "Unknown device policy 'agnostc'. Did you mean 'agnostic'?"),
+        (["--trace-device", "tpu"], "'tpu' is not a device name"),
+        (["--precision", "int9"], "Unknown precision 'int9'"),
+        (["--target", "androd"], "Did you mean 'android'?"),
+        (["--name", "a/b"], "cannot be a folder name"),
+        (["--weights", "missing.pt"], "Weights file 'missing.pt' does not exist"),
+        (["--check-inputs", "missing.npz"], "--check-inputs file 'missing.npz' does not exist"),
+        (["--eval-data", "missing.npz"], "--eval-data file 'missing.npz' does not exist"),
+    ],
+)
 def test_bad_options_are_rejected_before_the_model_is_loaded(user_files, options, text):
     target = [] if "--target" in options else ["--target", "android"]
     result = invoke("build", *target, "--model", f"{user_files / 'broken.py'}:make", "--input", "x=1x4", *options)
@@ -132,8 +156,17 @@ def test_bad_options_are_rejected_before_the_model_is_loaded(user_files, options
 @pytest.mark.parametrize("out", ["outfile", "outfile/sub"])
 def test_out_that_is_a_file_is_rejected_before_the_model_is_loaded(user_files, out):
     (user_files / "outfile").write_text("not a folder")
-    result = invoke("build", "--target", "android", "--model", f"{user_files / 'broken.py'}:make", "--input", "x=1x4",
-                    "--out", user_files / out)
+    result = invoke(
+        "build",
+        "--target",
+        "android",
+        "--model",
+        f"{user_files / 'broken.py'}:make",
+        "--input",
+        "x=1x4",
+        "--out",
+        user_files / out,
+    )
     assert_user_error(result, 2, "outfile is a file, not a folder")
     assert (user_files / "outfile").read_text() == "not a folder"
 
@@ -144,6 +177,7 @@ def test_doctor_checks_its_options_before_loading(user_files):
 
 
 # 5: keygen into a folder that does not exist ------------------------------------------------------------
+
 
 def test_keygen_into_a_missing_folder_exits_2_and_writes_nothing(tmp_path):
     result = invoke("keygen", tmp_path / "keys" / "rel.key")
@@ -156,11 +190,15 @@ def test_keygen_into_a_missing_folder_exits_2_and_writes_nothing(tmp_path):
 
 # 6: a file that is not a torch.save checkpoint as --weights ---------------------------------------------
 
-@pytest.mark.parametrize("content,reason", [
-    (b"hello world\n", "it is a text file (it starts with 'hello world"),
-    (b"", "the file is empty"),
-    (b"\x80\x02truncated", "torch.load failed"),
-])
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"hello world\n", "it is a text file (it starts with 'hello world"),
+        (b"", "the file is empty"),
+        (b"\x80\x02truncated", "torch.load failed"),
+    ],
+)
 def test_weights_that_are_not_a_checkpoint_say_so(user_files, content, reason):
     weights = user_files / "not_a_torch_file.pt"
     weights.write_bytes(content)
@@ -170,17 +208,26 @@ def test_weights_that_are_not_a_checkpoint_say_so(user_files, content, reason):
 
 # 4, 9: verify and inspect on bundles that must not pass -------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def failed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model over its size budget: the build writes <target>.failed."""
     folder = tmp_path_factory.mktemp("failed-build")
-    target = write_fast_target(folder, formats='[formats.onnx]\nprecision = "fp32"\nopset = 18\n'
-                                              '[formats.onnx.budgets]\nmax_size_mb = 0.000001\n')
+    target = write_fast_target(
+        folder,
+        formats='[formats.onnx]\nprecision = "fp32"\nopset = 18\n[formats.onnx.budgets]\nmax_size_mb = 0.000001\n',
+    )
     (folder / "nets.py").write_text(USER_MODELS, encoding="utf-8")
     from edgepack.inputs import parse_input_spec
 
-    [report] = build(BuildRequest([str(target)], model=f"{folder / 'nets.py'}:Mlp", inputs=[parse_input_spec("x=1x32")],
-                                  out_dir=folder / "dist"))
+    [report] = build(
+        BuildRequest(
+            [str(target)],
+            model=f"{folder / 'nets.py'}:Mlp",
+            inputs=[parse_input_spec("x=1x32")],
+            out_dir=folder / "dist",
+        )
+    )
     assert not report.ok and report.bundle_dir.endswith("fast.failed")
     return Path(report.bundle_dir)
 
@@ -205,7 +252,9 @@ def test_verify_reports_a_manifest_input_without_golden_vector_as_a_failed_check
     result = invoke("verify", bundle, "--json")
     assert result.exit_code == 1, result.output
     failures = json.loads(result.stdout)["failures"]
-    assert any("manifest input 'y' has no golden vector in golden/inputs.npz (it holds x)" in f for f in failures), failures
+    assert any("manifest input 'y' has no golden vector in golden/inputs.npz (it holds x)" in f for f in failures), (
+        failures
+    )
 
 
 def test_verify_on_a_folder_that_is_not_a_bundle_exits_2(tmp_path):
@@ -223,7 +272,7 @@ def test_install_into_refuses_a_failed_bundle_even_without_its_report(failed_bun
 
 # User callables for --check-inputs / --calibration / --eval-data that fail are the user's errors ---------
 
-USER_DATA = '''def boom():
+USER_DATA = """def boom():
     raise ValueError("no data today")  # LINE data-boom
 
 
@@ -234,7 +283,7 @@ def not_batches():
 def half_way():
     yield {"x": [[0.0] * 32]}
     raise OSError("disk went away")  # LINE data-half
-'''
+"""
 
 
 def data_line(marker: str) -> int:
@@ -242,29 +291,61 @@ def data_line(marker: str) -> int:
 
 
 @pytest.mark.parametrize("option", ["--check-inputs", "--calibration", "--eval-data"])
-@pytest.mark.parametrize("function,texts", [
-    ("boom", ["raised ValueError: no data today", f"data.py:{data_line('data-boom')}"]),
-    ("not_batches", ["returned int, not an iterable of batches"]),
-    ("half_way", ["raised OSError: disk went away", f"data.py:{data_line('data-half')}"]),
-])
+@pytest.mark.parametrize(
+    "function,texts",
+    [
+        ("boom", ["raised ValueError: no data today", f"data.py:{data_line('data-boom')}"]),
+        ("not_batches", ["returned int, not an iterable of batches"]),
+        ("half_way", ["raised OSError: disk went away", f"data.py:{data_line('data-half')}"]),
+    ],
+)
 def test_a_failing_data_callable_is_a_usage_error_at_the_users_line(user_files, option, function, texts):
     (user_files / "data.py").write_text(USER_DATA, encoding="utf-8")
     # Calibration is read for a static scheme, evaluation data for any quantized one.
-    precision = {"--check-inputs": [], "--calibration": ["--precision", "int8-static"],
-                 "--eval-data": ["--precision", "int8-dynamic"]}[option]
-    result = invoke("build", "--model", f"{user_files / 'nets.py'}:Mlp", "--input", "x=1x32", "--target", "android",
-                    "--out", user_files / "dist", *precision, option, f"{user_files / 'data.py'}:{function}")
+    precision = {
+        "--check-inputs": [],
+        "--calibration": ["--precision", "int8-static"],
+        "--eval-data": ["--precision", "int8-dynamic"],
+    }[option]
+    result = invoke(
+        "build",
+        "--model",
+        f"{user_files / 'nets.py'}:Mlp",
+        "--input",
+        "x=1x32",
+        "--target",
+        "android",
+        "--out",
+        user_files / "dist",
+        *precision,
+        option,
+        f"{user_files / 'data.py'}:{function}",
+    )
     assert_user_error(result, 2, *texts)
     assert not (user_files / "dist").exists()
 
 
-@pytest.mark.parametrize("option,precision", [("--check-inputs", []), ("--calibration", ["--precision", "int8-static"])])
+@pytest.mark.parametrize(
+    "option,precision", [("--check-inputs", []), ("--calibration", ["--precision", "int8-static"])]
+)
 def test_inf_or_nan_in_user_input_values_is_a_usage_error(user_files, option, precision):
     import numpy as np
 
     values = np.ones((4, 1, 32), dtype=np.float32)
     values[2, 0, 5] = np.nan
     np.savez(user_files / "bad.npz", x=values)
-    result = invoke("build", "--model", f"{user_files / 'nets.py'}:Mlp", "--input", "x=1x32", "--target", "android",
-                    "--out", user_files / "dist", *precision, option, user_files / "bad.npz")
+    result = invoke(
+        "build",
+        "--model",
+        f"{user_files / 'nets.py'}:Mlp",
+        "--input",
+        "x=1x32",
+        "--target",
+        "android",
+        "--out",
+        user_files / "dist",
+        *precision,
+        option,
+        user_files / "bad.npz",
+    )
     assert_user_error(result, 2, "input 'x' has inf/NaN in 1 of 32 values")

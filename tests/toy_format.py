@@ -45,8 +45,12 @@ class StateDictFormat(Format):
         return run
 
     def requirements_schema(self) -> dict:
-        return {"type": "object", "additionalProperties": False, "required": ["runtime", "tensors"],
-                "properties": {"runtime": {"type": "string"}, "tensors": {"type": "integer", "minimum": 0}}}
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["runtime", "tensors"],
+            "properties": {"runtime": {"type": "string"}, "tensors": {"type": "integer", "minimum": 0}},
+        }
 
     def converter_versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}

@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(cases, settings: BenchSettings, workdir: Path, footprint: bool) -> list[Row]:
     rows: list[Row] = []
     for case in cases:
-        rows += run_case(case, settings, workdir / case.key, footprint, log=lambda m: print(m, file=sys.stderr, flush=True))
+        rows += run_case(
+            case, settings, workdir / case.key, footprint, log=lambda m: print(m, file=sys.stderr, flush=True)
+        )
     return rows
 
 
@@ -53,8 +55,10 @@ def _settings_json(settings: BenchSettings, footprint: bool) -> dict:
     fields = asdict(settings)
     fields.pop("threads")
     fields["footprint"] = footprint
-    fields["timing"] = "round-robin blocks per candidate after warm-up (each block: 20 ms pause, one untimed run, 5 timed runs), until every candidate has " \
-                       "min_runs and min_seconds have passed for the model; p50 over all runs"
+    fields["timing"] = (
+        "round-robin blocks per candidate after warm-up (each block: 20 ms pause, one untimed run, 5 timed runs), until every candidate has "
+        "min_runs and min_seconds have passed for the model; p50 over all runs"
+    )
     return fields
 
 

@@ -18,7 +18,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU()
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
@@ -32,8 +32,9 @@ class ResNetStyle(nn.Module):
 
     def __init__(self, width: int = 32, classes: int = 1000) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         widths = [width, width * 2, width * 4, width * 8]
         blocks, cin = [], width
         for i, cout in enumerate(widths):
@@ -82,8 +83,15 @@ class EncoderLayer(nn.Module):
 class MiniLMEncoder(nn.Module):
     """BERT-style encoder at MiniLM size: token ids (1x128, int64) -> pooled 384-d embedding."""
 
-    def __init__(self, layers: int = 6, width: int = 384, heads: int = 12, ffn: int = 1536,
-                 vocab: int = 30522, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        layers: int = 6,
+        width: int = 384,
+        heads: int = 12,
+        ffn: int = 1536,
+        vocab: int = 30522,
+        max_tokens: int = 512,
+    ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab, width)
         self.positions = nn.Embedding(max_tokens, width)

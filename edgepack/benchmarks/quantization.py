@@ -35,7 +35,8 @@ opset = 18
 [formats.coreml]
 precision = "fp32"
 """
-TARGET_TEXT = """
+TARGET_TEXT = (
+    """
 name = "quantization-benchmark"
 description = "every format, timed; accuracy recorded, not gated"
 [accuracy]
@@ -51,7 +52,9 @@ warmup = 5
 min_runs = 30
 max_runs = 300
 min_seconds = 1.0
-""" + FORMATS_TABLE
+"""
+    + FORMATS_TABLE
+)
 
 
 @dataclass
@@ -69,11 +72,16 @@ def cases(folder: Path) -> list[Case]:
     low, high = spec.value_range or (0, 30522)
     for name, seed, count in (("calib", 0, 32), ("eval", 1, 32)):
         ids = np.random.default_rng(seed).integers(low, high, size=(count, *spec.shape), dtype=np.int64)
-        np.savez(folder / f"minilm-{name}.npz", **{spec.name: ids})
+        np.savez(folder / f"minilm-{name}.npz", **{spec.name: ids})  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return [
         Case("demo CNN (digits)", None, []),
-        Case("MiniLM-size encoder", "edgepack.benchmarks.models:minilm_encoder", [INPUTS["minilm_encoder"]],
-             str(folder / "minilm-calib.npz"), str(folder / "minilm-eval.npz")),
+        Case(
+            "MiniLM-size encoder",
+            "edgepack.benchmarks.models:minilm_encoder",
+            [INPUTS["minilm_encoder"]],
+            str(folder / "minilm-calib.npz"),
+            str(folder / "minilm-eval.npz"),
+        ),
     ]
 
 
@@ -86,30 +94,55 @@ def run(out: Path, threads: int) -> list[tuple[Case, str, ArtifactReport]]:
         for case in cases(folder):
             for scheme in SCHEMES:
                 print(f"building {case.label} in {scheme} ...", file=sys.stderr, flush=True)
-                request = BuildRequest(targets=[str(target)], model=case.model, inputs=[parse_input_spec(i) for i in case.inputs],
-                                       out_dir=out, precision=scheme, calibration=case.calibration,
-                                       eval_data=case.eval_data, check_budgets=False, allow_partial=True)
+                request = BuildRequest(
+                    targets=[str(target)],
+                    model=case.model,
+                    inputs=[parse_input_spec(i) for i in case.inputs],
+                    out_dir=out,
+                    precision=scheme,
+                    calibration=case.calibration,
+                    eval_data=case.eval_data,
+                    check_budgets=False,
+                    allow_partial=True,
+                )
                 report = build(request)[0]
                 rows += [(case, scheme, artifact) for artifact in report.artifacts]
         return rows
 
 
 def table(rows: list[tuple[Case, str, ArtifactReport]]) -> str:
-    lines = ["| model | format | requested | shipped | size fp32 | size | size ratio | top-1 agreement | cosine | "
-             "max abs err | SQNR dB | p50 fp32 ms | p50 ms | latency ratio | weights ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | format | requested | shipped | size fp32 | size | size ratio | top-1 agreement | cosine | "
+        "max abs err | SQNR dB | p50 fp32 ms | p50 ms | latency ratio | weights ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for case, scheme, a in rows:
         acc = a.accuracy
         before = a.latency_before.p50 if a.latency_before else None
         after = a.latency.p50 if a.latency else None
-        lines.append("| " + " | ".join([
-            case.label, a.format, scheme, a.precision if a.path else f"failed: {a.smoke.reason[:60]}",
-            _size(a.size_before_bytes), _size(a.size_bytes),
-            _num(a.size_ratio, "{:.2f}x"),
-            _num(acc.top1_agreement if acc else None, "{:.4f}"), _num(acc.cosine if acc else None, "{:.5f}"),
-            _num(acc.max_abs_err if acc else None, "{:.3g}"), _num(acc.sqnr_db if acc else None, "{:.1f}"),
-            _num(before, "{:.3f}"), _num(after, "{:.3f}"), _num(a.latency_ratio, "{:.2f}x"), _num(a.weight_ratio, "{:.2f}x"),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    case.label,
+                    a.format,
+                    scheme,
+                    a.precision if a.path else f"failed: {a.smoke.reason[:60]}",
+                    _size(a.size_before_bytes),
+                    _size(a.size_bytes),
+                    _num(a.size_ratio, "{:.2f}x"),
+                    _num(acc.top1_agreement if acc else None, "{:.4f}"),
+                    _num(acc.cosine if acc else None, "{:.5f}"),
+                    _num(acc.max_abs_err if acc else None, "{:.3g}"),
+                    _num(acc.sqnr_db if acc else None, "{:.1f}"),
+                    _num(before, "{:.3f}"),
+                    _num(after, "{:.3f}"),
+                    _num(a.latency_ratio, "{:.2f}x"),
+                    _num(a.weight_ratio, "{:.2f}x"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -129,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="edgepack-qbench-out-") as tmp:
         rows = run(args.out or Path(tmp), args.threads)
     print(table(rows))
-    print("\nSizes and latencies are against the same format built in fp32 in the same run; accuracy is against "
-          "eager fp32 PyTorch (demo: its held-out split; encoder: 32 random token sequences). "
-          "Core ML latency needs macOS; off macOS its accuracy comes from edgepack's reference executor.")
+    print(
+        "\nSizes and latencies are against the same format built in fp32 in the same run; accuracy is against "
+        "eager fp32 PyTorch (demo: its held-out split; encoder: 32 random token sequences). "
+        "Core ML latency needs macOS; off macOS its accuracy comes from edgepack's reference executor."
+    )
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ ships), make the by-hand baselines, then time everything with one protocol in on
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +92,9 @@ def other_precisions(fmt: str) -> list[str]:
     return [p for p in FORMATS[fmt].precisions if p != "fp32"]
 
 
-def run_case(case: Case, settings: BenchSettings, workdir: Path, footprint: bool = True,
-             log: Callable[[str], None] = print) -> list[Row]:
+def run_case(
+    case: Case, settings: BenchSettings, workdir: Path, footprint: bool = True, log: Callable[[str], None] = print
+) -> list[Row]:
     workdir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(case.model, [parse_input_spec(s) for s in case.inputs])
     samples = golden_samples(loaded)
@@ -110,6 +113,7 @@ def _eager(key: str, loaded: LoadedModel, example: dict[str, torch.Tensor]) -> _
     def open_eager():
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
             return [t.numpy() for t in flat(*(torch.from_numpy(a) for a in arrays))]
+
         return run
 
     return _Candidate(Row(key, "eager", "pytorch", "fp32"), open_eager)
@@ -121,9 +125,15 @@ def _edgepack(case: Case, workdir: Path, threads: int) -> list[_Candidate]:
     refuses becomes a row saying why, and the rest still run)."""
     candidates = []
     for precision, target_files in _target_files(workdir / "targets", threads).items():
-        request = BuildRequest(targets=[str(p) for p in target_files], model=case.model,
-                               inputs=[parse_input_spec(s) for s in case.inputs], name=case.key,
-                               out_dir=workdir / "dist", allow_partial=True, check_budgets=False)
+        request = BuildRequest(
+            targets=[str(p) for p in target_files],
+            model=case.model,
+            inputs=[parse_input_spec(s) for s in case.inputs],
+            name=case.key,
+            out_dir=workdir / "dist",
+            allow_partial=True,
+            check_budgets=False,
+        )
         if precision != "fp32" and case.model is not None and "calibration" in {f.name for f in fields(BuildRequest)}:
             request.calibration = str(_calibration_file(case, workdir))  # static schemes need data
         try:
@@ -132,13 +142,22 @@ def _edgepack(case: Case, workdir: Path, threads: int) -> list[_Candidate]:
             row = Row(case.key, "edgepack", "onnx", precision, notes=[f"not built: {exc}"])
             candidates.append(_Candidate(row, None))
             continue
-        candidates += [_candidate(case.key, report, artifact, threads) for report in reports for artifact in report.artifacts]
+        candidates += [
+            _candidate(case.key, report, artifact, threads) for report in reports for artifact in report.artifacts
+        ]
     return candidates
 
 
 def _candidate(key: str, report, artifact, threads: int) -> _Candidate:
-    row = Row(key, "edgepack", artifact.format, artifact.precision, flavour=report.target,
-              size_bytes=artifact.size_bytes, notes=[n for n in artifact.notes if "graph optimization:" in n])
+    row = Row(
+        key,
+        "edgepack",
+        artifact.format,
+        artifact.precision,
+        flavour=report.target,
+        size_bytes=artifact.size_bytes,
+        notes=[n for n in artifact.notes if "graph optimization:" in n],
+    )
     row.notes += [f"bundle not ok: {p}" for p in artifact.problems(report.strict, report.allow_partial)]
     if artifact.path is None or artifact.smoke.status not in (PASSED, SKIPPED):
         row.notes.append(f"not shipped: {artifact.smoke.reason}")
@@ -172,15 +191,26 @@ def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
         if name != SHIPPED_TARGETS[0]:
             continue
         for scheme in sorted({p for f in formats for p in other_precisions(f.name)}):
-            chosen = [(f, scheme) for f in formats
-                      if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT]
+            chosen = [
+                (f, scheme)
+                for f in formats
+                if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT
+            ]
             files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 
 
 def _write_target(path: Path, name: str, threads: int, formats: list) -> Path:
-    lines = [f'name = "{name}"', "[bench]", f"threads = {threads}", "warmup = 1", "min_runs = 3", "max_runs = 3",
-             "min_seconds = 0.0", "footprint = false"]
+    lines = [
+        f'name = "{name}"',
+        "[bench]",
+        f"threads = {threads}",
+        "warmup = 1",
+        "min_runs = 3",
+        "max_runs = 3",
+        "min_seconds = 0.0",
+        "footprint = false",
+    ]
     for settings, precision in formats:
         lines += [f"[formats.{settings.name}]", f'precision = "{precision}"']
         lines += [f"{key} = {_toml_value(value)}" for key, value in settings.options.items()]
@@ -210,24 +240,47 @@ def _by_hand(key: str, module: torch.nn.Module, args: tuple, workdir: Path, thre
         fp32 = by_hand.failed("onnx", "fp32", exc)
     made.append(fp32)
     try:
-        made.append(by_hand.onnx_int8_dynamic(fp32, folder, threads) if fp32.path else
-                    by_hand.failed("onnx", "int8-dynamic", RuntimeError("no fp32 ONNX to quantize")))
+        made.append(
+            by_hand.onnx_int8_dynamic(fp32, folder, threads)
+            if fp32.path
+            else by_hand.failed("onnx", "int8-dynamic", RuntimeError("no fp32 ONNX to quantize"))
+        )
     except Exception as exc:
         made.append(by_hand.failed("onnx", "int8-dynamic", exc))
     try:
         made.append(by_hand.lite_fp32(module, args, folder))
     except Exception as exc:
         made.append(by_hand.failed("torchscript_lite", "fp32", exc))
-    return [_Candidate(Row(key, "by hand", b.format, b.precision, notes=b.notes,
-                           size_bytes=b.path.stat().st_size if b.path else None), b.open, b.path, b.format)
-            for b in made]
+    return [
+        _Candidate(
+            Row(
+                key,
+                "by hand",
+                b.format,
+                b.precision,
+                notes=b.notes,
+                size_bytes=b.path.stat().st_size if b.path else None,
+            ),
+            b.open,
+            b.path,
+            b.format,
+        )
+        for b in made
+    ]
 
 
-def _measure(key: str, loaded: LoadedModel, samples: list[dict[str, torch.Tensor]], candidates: list[_Candidate],
-             settings: BenchSettings, footprint: bool, log: Callable[[str], None]) -> list[Row]:
+def _measure(
+    key: str,
+    loaded: LoadedModel,
+    samples: list[dict[str, torch.Tensor]],
+    candidates: list[_Candidate],
+    settings: BenchSettings,
+    footprint: bool,
+    log: Callable[[str], None],
+) -> list[Row]:
     names = [spec.name for spec in loaded.inputs]
     inputs = [[s[n].numpy() for n in names] for s in samples]
-    calls = {}
+    calls: dict[str, Callable[[], Any]] = {}
     with torch_threads(settings.threads), torch.inference_mode():
         runners = {}
         for c in candidates:
@@ -243,7 +296,7 @@ def _measure(key: str, loaded: LoadedModel, samples: list[dict[str, torch.Tensor
             if run is None:
                 continue
             _parity(c.row, [run(x) for x in inputs], reference)
-            calls[c.row.label] = (lambda run=run: run(inputs[0]))
+            calls[c.row.label] = functools.partial(run, inputs[0])
         log(f"[{key}] timing {len(calls)} candidates interleaved, {settings.threads} threads")
         timed = time_interleaved(calls, settings)
     for c in candidates:
@@ -267,6 +320,8 @@ def _set_latency(row: Row, latency: Latency | None) -> None:
 
 def _set_footprint(c: _Candidate, arrays: list[np.ndarray], threads: int) -> None:
     try:
+        if c.runtime_format is None or c.path is None:
+            raise RuntimeError("no artifact to probe")
         measured: Footprint = measure_footprint(c.runtime_format, c.path, arrays, threads, repeats=FOOTPRINT_REPEATS)
     except Exception as exc:  # a probe failure is reported, not fatal
         c.row.notes.append(f"footprint not measured: {exc}")

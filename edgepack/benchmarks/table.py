@@ -17,10 +17,31 @@ from .suite import Row
 TARGETS = (
     ("resnet_style", "ONNX fp32 vs eager", ("edgepack", "onnx", "fp32"), ("eager", "pytorch", "fp32"), 0.40, 0.47),
     ("resnet_style", "ONNX int8 vs ONNX fp32", ("edgepack", "onnx", "int8"), ("edgepack", "onnx", "fp32"), 0.60, 5.3),
-    ("resnet_style", ".ptl vs eager", ("edgepack", "torchscript_lite", "fp32"), ("eager", "pytorch", "fp32"), 0.50, 0.57),
+    (
+        "resnet_style",
+        ".ptl vs eager",
+        ("edgepack", "torchscript_lite", "fp32"),
+        ("eager", "pytorch", "fp32"),
+        0.50,
+        0.57,
+    ),
     ("minilm_encoder", "ONNX fp32 vs eager", ("edgepack", "onnx", "fp32"), ("eager", "pytorch", "fp32"), 0.55, 0.72),
-    ("minilm_encoder", "ONNX int8 vs ONNX fp32", ("edgepack", "onnx", "int8"), ("edgepack", "onnx", "fp32"), 0.45, 0.56),
-    ("minilm_encoder", ".ptl vs eager", ("edgepack", "torchscript_lite", "fp32"), ("eager", "pytorch", "fp32"), 1.0, 1.05),
+    (
+        "minilm_encoder",
+        "ONNX int8 vs ONNX fp32",
+        ("edgepack", "onnx", "int8"),
+        ("edgepack", "onnx", "fp32"),
+        0.45,
+        0.56,
+    ),
+    (
+        "minilm_encoder",
+        ".ptl vs eager",
+        ("edgepack", "torchscript_lite", "fp32"),
+        ("eager", "pytorch", "fp32"),
+        1.0,
+        1.05,
+    ),
 )
 
 
@@ -50,9 +71,16 @@ class TargetCheck:
 
 def best(rows: list[Row], model: str, path: str, fmt: str, precision: str) -> Row | None:
     """The fastest timed row matching; precision 'int8' matches every int8 scheme."""
-    matching = [r for r in rows if r.model == model and r.path == path and r.format == fmt and r.p50_ms is not None
-                and (r.precision == precision or (precision == "int8" and r.precision.startswith("int8")))]
-    return min(matching, key=lambda r: r.p50_ms) if matching else None
+    matching = [
+        r
+        for r in rows
+        if r.model == model
+        and r.path == path
+        and r.format == fmt
+        and r.p50_ms is not None
+        and (r.precision == precision or (precision == "int8" and r.precision.startswith("int8")))
+    ]
+    return min(matching, key=lambda r: r.p50_ms or 0.0) if matching else None
 
 
 def by_hand_match(rows: list[Row], row: Row) -> Row | None:
@@ -70,48 +98,86 @@ def check_targets(rows: list[Row]) -> list[TargetCheck]:
         num, den = best(rows, model, *numerator), best(rows, model, *denominator)
         hand_num = best(rows, model, "by hand", *numerator[1:])
         hand_den = best(rows, model, "by hand", *denominator[1:]) if denominator[0] != "eager" else den
-        detail = "" if num and den else (f"edgepack built no {numerator[1]} {numerator[2]} artifact"
-                                         if not num else "no denominator measured")
-        checks.append(TargetCheck(model, what, target, issue_by_hand, _ratio(num, den), _ratio(hand_num, hand_den), detail))
+        detail = (
+            ""
+            if num and den
+            else (f"edgepack built no {numerator[1]} {numerator[2]} artifact" if not num else "no denominator measured")
+        )
+        checks.append(
+            TargetCheck(model, what, target, issue_by_hand, _ratio(num, den), _ratio(hand_num, hand_den), detail)
+        )
     return checks
 
 
 def _ratio(num: Row | None, den: Row | None) -> float | None:
-    return num.p50_ms / den.p50_ms if num and den and den.p50_ms else None
+    return num.p50_ms / den.p50_ms if num and den and num.p50_ms is not None and den.p50_ms else None
 
 
 def markdown(rows: list[Row], checks: list[TargetCheck], threads: int) -> str:
-    lines = [f"## Latency, size and parity (batch 1, {threads} threads, p50 of interleaved runs)", "",
-             "| model | path | format | precision | p50 ms | vs eager | vs by hand | size | max abs err | cosine "
-             "| cold load ms | peak MiB | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Latency, size and parity (batch 1, {threads} threads, p50 of interleaved runs)",
+        "",
+        "| model | path | format | precision | p50 ms | vs eager | vs by hand | size | max abs err | cosine "
+        "| cold load ms | peak MiB | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         eager = best(rows, row.model, "eager", "pytorch", "fp32")
         hand = by_hand_match(rows, row) if row.path == "edgepack" else None
-        lines.append("| " + " | ".join([
-            row.model, row.path + (f" ({row.flavour})" if row.flavour else ""), row.format, row.precision,
-            _num(row.p50_ms, ".2f"), _x(_ratio(row, eager)), _x(_ratio(row, hand)), _size(row.size_bytes),
-            _num(row.max_abs_err, ".2e"), _num(row.cosine, ".6f"), _num(row.cold_load_ms, ".0f"),
-            _num(row.peak_memory_mb, ".1f"), "; ".join(row.notes).replace("|", "/"),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.model,
+                    row.path + (f" ({row.flavour})" if row.flavour else ""),
+                    row.format,
+                    row.precision,
+                    _num(row.p50_ms, ".2f"),
+                    _x(_ratio(row, eager)),
+                    _x(_ratio(row, hand)),
+                    _size(row.size_bytes),
+                    _num(row.max_abs_err, ".2e"),
+                    _num(row.cosine, ".6f"),
+                    _num(row.cold_load_ms, ".0f"),
+                    _num(row.peak_memory_mb, ".1f"),
+                    "; ".join(row.notes).replace("|", "/"),
+                ]
+            )
+            + " |"
+        )
     if checks:
-        lines += ["", "## The issue's targets (ratios of p50 in this run)", "",
-                  "| model | ratio | target | edgepack now | by hand now | by hand (issue) | status | how far |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {c.model} | {c.what} | <= {c.target:.2f}x | {_x(c.ratio)} | {_x(c.by_hand_ratio)} | "
-                  f"{c.issue_by_hand:.2f}x | {c.status} | {c.distance} |" for c in checks]
-    lines += ["", "Core ML (.mlpackage) is not timed: Core ML predicts only on macOS. Parity is against eager PyTorch "
-              "on the model's golden samples. Cold load (load + first run; median of 3) and peak memory (largest of 3) "
-              "come from fresh processes, one per sample. `vs by hand` compares with the by-hand artifact of the same format and "
-              "precision family. Target rows use the fastest edgepack artifact of that format and precision."]
+        lines += [
+            "",
+            "## The issue's targets (ratios of p50 in this run)",
+            "",
+            "| model | ratio | target | edgepack now | by hand now | by hand (issue) | status | how far |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.model} | {c.what} | <= {c.target:.2f}x | {_x(c.ratio)} | {_x(c.by_hand_ratio)} | "
+            f"{c.issue_by_hand:.2f}x | {c.status} | {c.distance} |"
+            for c in checks
+        ]
+    lines += [
+        "",
+        "Core ML (.mlpackage) is not timed: Core ML predicts only on macOS. Parity is against eager PyTorch "
+        "on the model's golden samples. Cold load (load + first run; median of 3) and peak memory (largest of 3) "
+        "come from fresh processes, one per sample. `vs by hand` compares with the by-hand artifact of the same format and "
+        "precision family. Target rows use the fastest edgepack artifact of that format and precision.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def to_json(rows: list[Row], checks: list[TargetCheck], threads: int, settings: dict) -> dict:
     return {
         "schema_version": 1,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-                    "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+        },
         "protocol": {"threads": threads, "batch": 1, **settings},
         "rows": [{**asdict(r), "label": r.label} for r in rows],
         "targets": [{**asdict(c), "status": c.status, "distance": c.distance} for c in checks],

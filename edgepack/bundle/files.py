@@ -27,7 +27,7 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _hash_file(digest: "hashlib._Hash", path: Path) -> None:
+def _hash_file(digest: hashlib._Hash, path: Path) -> None:
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
@@ -38,5 +38,7 @@ def source_date_epoch() -> int | None:
     if text is None or text == "":
         return None
     if not text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds.", "Set it to e.g. $(git log -1 --format=%ct).")
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a number of seconds.", "Set it to e.g. $(git log -1 --format=%ct)."
+        )
     return int(text)

@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..datafiles import loads_json
-from .verify import opened_bundle
 from .manifest import MANIFEST, read_manifest
+from .verify import opened_bundle
 
 
 def inspect_bundle(path: Path) -> dict[str, Any]:
@@ -25,24 +25,45 @@ def inspect_bundle(path: Path) -> dict[str, Any]:
         manifest = read_manifest(bundle_dir / MANIFEST)
         latency = _latency_by_format(bundle_dir / "report.json")
         signed = (bundle_dir / "manifest.sig").is_file()
-    artifacts = [{**{k: a[k] for k in ("format", "path", "precision", "size_bytes", "sha256", "smoke", "capture_strategy")},
-                  "requirements": _requirements_text(a["requirements"]), "latency_ms": latency.get(a["format"])}
-                 for a in manifest["artifacts"]]
-    return {"path": str(path), "model": manifest["model"], "target": manifest["target"], "inputs": manifest["inputs"],
-            "outputs": manifest["outputs"], "labels": manifest["labels"], "artifacts": artifacts,
-            "provenance": manifest["provenance"], "golden": manifest["golden"], "signed": signed, "build": manifest.get("build"),
-            "latency_source": "report.json" if latency else None}
+    artifacts = [
+        {
+            **{k: a[k] for k in ("format", "path", "precision", "size_bytes", "sha256", "smoke", "capture_strategy")},
+            "requirements": _requirements_text(a["requirements"]),
+            "latency_ms": latency.get(a["format"]),
+        }
+        for a in manifest["artifacts"]
+    ]
+    return {
+        "path": str(path),
+        "model": manifest["model"],
+        "target": manifest["target"],
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "labels": manifest["labels"],
+        "artifacts": artifacts,
+        "provenance": manifest["provenance"],
+        "golden": manifest["golden"],
+        "signed": signed,
+        "build": manifest.get("build"),
+        "latency_source": "report.json" if latency else None,
+    }
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     model, prov = summary["model"], summary["provenance"]
-    console.print(f"[bold]{model['name']}[/] for [bold]{summary['target']['name']}[/]  "
-                  f"(model version {model['version'] or '-'}, {'signed' if summary['signed'] else 'not signed'})", highlight=False)
+    console.print(
+        f"[bold]{model['name']}[/] for [bold]{summary['target']['name']}[/]  "
+        f"(model version {model['version'] or '-'}, {'signed' if summary['signed'] else 'not signed'})",
+        highlight=False,
+    )
     _print_build(summary["build"], console)
     console.print(_io_table("inputs", summary["inputs"], with_layout=True))
     console.print(_io_table("outputs", summary["outputs"], with_layout=False))
     if summary["labels"]:
-        console.print(f"labels: {', '.join(summary['labels'][:20])}{' ...' if len(summary['labels']) > 20 else ''}", highlight=False)
+        console.print(
+            f"labels: {', '.join(summary['labels'][:20])}{' ...' if len(summary['labels']) > 20 else ''}",
+            highlight=False,
+        )
     console.print(_artifact_table(summary["artifacts"]))
     for a in summary["artifacts"]:
         console.print(escape(f"  {a['path']}: {a['requirements']}; sha256 {a['sha256']}"), highlight=False)
@@ -85,8 +106,14 @@ def _artifact_table(artifacts: list[dict[str, Any]]) -> Table:
     for a in artifacts:
         colour = {"passed": "green", "skipped": "yellow"}.get(a["smoke"], "red")
         p50 = f"{a['latency_ms']['p50']:.3f}" if a["latency_ms"] else "-"
-        table.add_row(a["format"], a["path"], a["precision"], f"{a['size_bytes'] / 1024:.1f} KiB",
-                      f"[{colour}]{a['smoke']}[/]", p50)
+        table.add_row(
+            a["format"],
+            a["path"],
+            a["precision"],
+            f"{a['size_bytes'] / 1024:.1f} KiB",
+            f"[{colour}]{a['smoke']}[/]",
+            p50,
+        )
     return table
 
 
@@ -100,8 +127,14 @@ def _provenance_table(prov: dict[str, Any]) -> Table:
         ("model source", f"{source['reference']} ({source['kind']})"),
         ("module file", source.get("module_file") or "-"),
         ("weights", f"{source['weights'] or '-'}  sha256 {source['weights_sha256'] or '-'}"),
-        ("git", f"{git['commit']}{' (dirty)' if git['dirty'] else ''}" if git else
-         "built into edgepack" if source["kind"] == "builtin-demo" else "not a git checkout"),
+        (
+            "git",
+            f"{git['commit']}{' (dirty)' if git['dirty'] else ''}"
+            if git
+            else "built into edgepack"
+            if source["kind"] == "builtin-demo"
+            else "not a git checkout",
+        ),
         ("target file", f"{prov['target']['file']}  sha256 {prov['target']['sha256']}"),
         ("capture", f"{prov['capture']['strategy']}; rewrites: {len(prov['capture']['rewrites'])}"),
         ("built", f"{prov['build_time']} (from {prov['build_time_source']})"),
@@ -114,7 +147,11 @@ def _provenance_table(prov: dict[str, Any]) -> Table:
 
 
 def _requirements_text(requirements: dict[str, Any]) -> str:
-    parts = [f"{key} {requirements[key]}" for key in ("minimum_deployment_target", "bytecode_version", "opset") if key in requirements]
+    parts = [
+        f"{key} {requirements[key]}"
+        for key in ("minimum_deployment_target", "bytecode_version", "opset")
+        if key in requirements
+    ]
     if "operators" in requirements:
         parts.append(f"{len(requirements['operators'])} operators")
     if "ort_format" in requirements:

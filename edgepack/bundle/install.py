@@ -33,12 +33,20 @@ class AppLayout:
     next_step: str  # what to run in the app folder afterwards
 
 
-ANDROID = AppLayout("android", ("settings.gradle.kts", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml"),
-                    "app/src/main/assets/edgepack", "edgepack build --target android",
-                    "./gradlew installDebug (and connectedDebugAndroidTest for the golden vectors on a device)")
-IOS = AppLayout("ios", ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
-                "EdgepackDemo/Resources/edgepack", "edgepack build --target ios",
-                "xcodegen generate, then build and run EdgepackDemo in Xcode")
+ANDROID = AppLayout(
+    "android",
+    ("settings.gradle.kts", "app/build.gradle.kts", "app/src/main/AndroidManifest.xml"),
+    "app/src/main/assets/edgepack",
+    "edgepack build --target android",
+    "./gradlew installDebug (and connectedDebugAndroidTest for the golden vectors on a device)",
+)
+IOS = AppLayout(
+    "ios",
+    ("project.yml", "EdgepackDemo/EdgepackDemoApp.swift"),
+    "EdgepackDemo/Resources/edgepack",
+    "edgepack build --target ios",
+    "xcodegen generate, then build and run EdgepackDemo in Xcode",
+)
 LAYOUTS = (ANDROID, IOS)
 # Copied besides the artifacts (the signature when there is one); report.* stay in dist/.
 BUNDLE_FILES = ("manifest.json", "manifest.sig", "golden")
@@ -56,29 +64,39 @@ class Installed:
 
 def detect_layout(app_dir: Path) -> AppLayout:
     if not app_dir.is_dir():
-        raise UsageError(f"App folder '{app_dir}' does not exist.", "Pass the demo app's folder, e.g. android-demo/ or ios-demo/.")
+        raise UsageError(
+            f"App folder '{app_dir}' does not exist.", "Pass the demo app's folder, e.g. android-demo/ or ios-demo/."
+        )
     for layout in LAYOUTS:
         if all((app_dir / marker).exists() for marker in layout.markers):
             return layout
     expected = "; ".join(f"{layout.platform}: {', '.join(layout.markers)}" for layout in LAYOUTS)
-    raise UsageError(f"'{app_dir}' is not one of the demo-app layouts edgepack knows.",
-                     f"Point at android-demo/ or ios-demo/ (or a copy of them); they are recognised by {expected}.")
+    raise UsageError(
+        f"'{app_dir}' is not one of the demo-app layouts edgepack knows.",
+        f"Point at android-demo/ or ios-demo/ (or a copy of them); they are recognised by {expected}.",
+    )
 
 
 def read_bundle_manifest(bundle_dir: Path) -> dict:
     manifest_path = bundle_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise UsageError(f"'{bundle_dir}' is not a bundle: it has no manifest.json.",
-                         "Pass a folder edgepack build wrote, e.g. dist/demo-digits/android.")
+        raise UsageError(
+            f"'{bundle_dir}' is not a bundle: it has no manifest.json.",
+            "Pass a folder edgepack build wrote, e.g. dist/demo-digits/android.",
+        )
     manifest = read_manifest(manifest_path)  # schema-checked: what it names is what this copies
     build = manifest.get("build") if isinstance(manifest, dict) else None
     if isinstance(build, dict) and build.get("ok") is False:  # recorded in what ships: report.json can be dropped
-        raise UsageError(f"The bundle at '{bundle_dir}' is from a failed build: {'; '.join(build.get('problems', []))}.",
-                         "Fix those problems and rebuild; only passing bundles go into apps.")
+        raise UsageError(
+            f"The bundle at '{bundle_dir}' is from a failed build: {'; '.join(build.get('problems', []))}.",
+            "Fix those problems and rebuild; only passing bundles go into apps.",
+        )
     report_path = bundle_dir / "report.json"
     if report_path.is_file() and _report_says_failed(report_path):
-        raise UsageError(f"The bundle at '{bundle_dir}' failed its checks (report.json says ok: false).",
-                         "Fix the problems listed in its report.md and rebuild; only passing bundles go into apps.")
+        raise UsageError(
+            f"The bundle at '{bundle_dir}' failed its checks (report.json says ok: false).",
+            "Fix the problems listed in its report.md and rebuild; only passing bundles go into apps.",
+        )
     return manifest
 
 
@@ -99,14 +117,20 @@ def check_bundle_fits(manifest: dict, layout: AppLayout, bundle_dir: Path) -> No
         raise UsageError(
             f"The bundle was built for target '{target}' ({', '.join(formats) or 'no artifacts'}); "
             f"the {layout.platform} demo app runs {', '.join(required)}.",
-            f"Build a bundle for it with `{layout.build_hint}` and install that one.")
+            f"Build a bundle for it with `{layout.build_hint}` and install that one.",
+        )
     for artifact in manifest["artifacts"]:
         path = bundle_member(bundle_dir, artifact.get("path") if isinstance(artifact, dict) else None, "artifact")
         if not path.exists():
-            raise UsageError(f"The bundle lacks {artifact['path']}, which its manifest lists.", "Rebuild the bundle with edgepack build.")
+            raise UsageError(
+                f"The bundle lacks {artifact['path']}, which its manifest lists.",
+                "Rebuild the bundle with edgepack build.",
+            )
         if sha256_of(path) != artifact["sha256"]:
-            raise UsageError(f"{path} does not match the sha256 in the bundle's manifest: it changed after the build.",
-                             "Rebuild the bundle with edgepack build rather than editing it.")
+            raise UsageError(
+                f"{path} does not match the sha256 in the bundle's manifest: it changed after the build.",
+                "Rebuild the bundle with edgepack build rather than editing it.",
+            )
 
 
 def required_formats(layout: AppLayout) -> list[str]:
@@ -121,8 +145,11 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     layout = detect_layout(app_dir)
     manifest = read_bundle_manifest(bundle_dir)
     check_bundle_fits(manifest, layout, bundle_dir)
-    names = ([a["path"] for a in manifest["artifacts"]] + _companion_paths(manifest)
-             + [n for n in BUNDLE_FILES if (bundle_dir / n).exists()])
+    names = (
+        [a["path"] for a in manifest["artifacts"]]
+        + _companion_paths(manifest)
+        + [n for n in BUNDLE_FILES if (bundle_dir / n).exists()]
+    )
     destination = app_dir / layout.bundle_path
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Hidden staging folder beside the destination: same filesystem for the renames, and
@@ -139,16 +166,26 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
         raise
     finally:
         unlock(lock)
-    return Installed(layout.platform, destination, manifest["model"]["name"], manifest["target"]["name"], tuple(names),
-                     layout.next_step)
+    return Installed(
+        layout.platform,
+        destination,
+        manifest["model"]["name"],
+        manifest["target"]["name"],
+        tuple(names),
+        layout.next_step,
+    )
 
 
 def _companion_paths(manifest: dict) -> list[str]:
     """Files each format ships beside its artifact for its runtime (a bundled program for the app's self-test)."""
     from ..formats import FORMATS
 
-    return [companion.path for artifact in manifest["artifacts"] if artifact["format"] in FORMATS
-            for companion in FORMATS[artifact["format"]].companions(artifact["requirements"])]
+    return [
+        companion.path
+        for artifact in manifest["artifacts"]
+        if artifact["format"] in FORMATS
+        for companion in FORMATS[artifact["format"]].companions(artifact["requirements"])
+    ]
 
 
 def _copy(source: Path, destination: Path) -> None:

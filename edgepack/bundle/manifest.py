@@ -43,8 +43,14 @@ UNLISTED_FILES = ("manifest.json", "manifest.sig", "report.json", "report.md")
 _CORE_LIBRARIES = ("torch", "numpy")
 
 
-def build_manifest(captured: CapturedModel, target: Target, artifacts: list[ArtifactReport], golden: dict,
-                   bundle_dir: Path, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_manifest(
+    captured: CapturedModel,
+    target: Target,
+    artifacts: list[ArtifactReport],
+    golden: dict,
+    bundle_dir: Path,
+    outcome: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The manifest for a staged bundle whose artifacts and golden files are already written."""
     from ..formats import FORMATS
 
@@ -64,7 +70,9 @@ def build_manifest(captured: CapturedModel, target: Target, artifacts: list[Arti
         "labels": loaded.labels,
         "preprocessing": loaded.preprocessing,
         "capture": capture,
-        "artifacts": [_artifact_json(a, settings[a.format], capture["strategy"]) for a in artifacts if a.path is not None],
+        "artifacts": [
+            _artifact_json(a, settings[a.format], capture["strategy"]) for a in artifacts if a.path is not None
+        ],
         "golden": golden,
         "converters": dict(sorted(converters.items())),
         "provenance": provenance(loaded.source, target, capture),
@@ -78,12 +86,22 @@ def build_manifest(captured: CapturedModel, target: Target, artifacts: list[Arti
 def build_outcome(report: BuildReport) -> dict[str, Any]:
     """The manifest's `build`: whether the build passed and why not, so that a failed bundle cannot pass for a
     good one once its folder is renamed; and the formats a partial bundle left out, with why."""
-    return {"ok": report.ok, "problems": report.problems,
-            "left_out": [{"format": a.format, "reason": a.smoke.reason} for a in report.artifacts if a.path is None]}
+    return {
+        "ok": report.ok,
+        "problems": report.problems,
+        "left_out": [{"format": a.format, "reason": a.smoke.reason} for a in report.artifacts if a.path is None],
+    }
 
 
-def write_bundle_manifest(bundle_dir: Path, captured: CapturedModel, target: Target, artifacts: list[ArtifactReport],
-                          golden: dict, sign_key: Path | None = None, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_bundle_manifest(
+    bundle_dir: Path,
+    captured: CapturedModel,
+    target: Target,
+    artifacts: list[ArtifactReport],
+    golden: dict,
+    sign_key: Path | None = None,
+    outcome: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write manifest.json (and manifest.sig when a signing key is given) into a staged bundle."""
     document = build_manifest(captured, target, artifacts, golden, bundle_dir, outcome)
     write_manifest(bundle_dir / MANIFEST, document)
@@ -105,8 +123,11 @@ def provenance(source: dict[str, Any], target: Target, capture: dict[str, Any]) 
         "edgepack_version": __version__,
         "versions": {"python": platform.python_version(), **{lib: _version_of(lib) for lib in _libraries()}},
         "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
-        "capture": {"strategy": capture["strategy"], "device_agnostic": capture.get("device_agnostic"),
-                    "rewrites": capture.get("rewrites", [])},
+        "capture": {
+            "strategy": capture["strategy"],
+            "device_agnostic": capture.get("device_agnostic"),
+            "rewrites": capture.get("rewrites", []),
+        },
         "build_time": built_at,
         "build_time_source": clock,
     }
@@ -117,7 +138,7 @@ def build_time() -> tuple[str, str]:
     epoch = source_date_epoch()
     if epoch is not None:
         return _iso(epoch), "SOURCE_DATE_EPOCH"
-    return _iso(int(_dt.datetime.now(_dt.timezone.utc).timestamp())), "clock"
+    return _iso(int(_dt.datetime.now(_dt.UTC).timestamp())), "clock"
 
 
 def git_state(path: Path | None) -> dict[str, Any] | None:
@@ -168,20 +189,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     try:
         document = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise UsageError(f"{path} does not exist.", "Point at a bundle folder holding manifest.json, or its .zip.") from exc
+        raise UsageError(
+            f"{path} does not exist.", "Point at a bundle folder holding manifest.json, or its .zip."
+        ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid JSON: {exc}", "The manifest was damaged; rebuild the bundle.") from exc
     problems = schema_problems(document)
     if problems:
-        raise UsageError(f"{path} does not match the manifest schema: {problems[0]}", "Rebuild the bundle with this edgepack version.")
+        raise UsageError(
+            f"{path} does not match the manifest schema: {problems[0]}",
+            "Rebuild the bundle with this edgepack version.",
+        )
     return document
 
 
 def validate_manifest(document: dict[str, Any]) -> None:
     problems = schema_problems(document)
     if problems:
-        raise BuildError(f"edgepack wrote a manifest that breaks its own schema: {'; '.join(problems[:3])}",
-                         "This is an edgepack bug; please report it.")
+        raise BuildError(
+            f"edgepack wrote a manifest that breaks its own schema: {'; '.join(problems[:3])}",
+            "This is an edgepack bug; please report it.",
+        )
 
 
 def schema_problems(document: Any) -> list[str]:
@@ -205,9 +233,13 @@ def _schema_for(formats: tuple[str, ...]) -> dict[str, Any]:
     schema = json.loads(resources.files("edgepack.schemas").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
     artifact = schema["$defs"]["artifact"]
     artifact["properties"]["format"]["enum"] = list(formats)
-    artifact["allOf"] = [{"if": {"properties": {"format": {"const": name}}, "required": ["format"]},
-                          "then": {"properties": {"requirements": FORMATS[name].requirements_schema()}}}
-                         for name in formats]
+    artifact["allOf"] = [
+        {
+            "if": {"properties": {"format": {"const": name}}, "required": ["format"]},
+            "then": {"properties": {"requirements": FORMATS[name].requirements_schema()}},
+        }
+        for name in formats
+    ]
     return schema
 
 
@@ -229,7 +261,9 @@ def _outputs_json(captured: CapturedModel) -> list[dict[str, Any]]:
     """Output shapes from the golden sample; an axis is dynamic when its size changed on the check
     inputs of other sizes, named after the input dimension it follows (else `<output>_dim<axis>`)."""
     cases = [(captured.samples[0], captured.expected[0])] + [(c.sample, c.expected) for c in captured.checks]
-    input_dims = [(spec.name, axis, symbol) for spec in captured.loaded.inputs for axis, symbol in spec.dynamic_axes().items()]
+    input_dims = [
+        (spec.name, axis, symbol) for spec in captured.loaded.inputs for axis, symbol in spec.dynamic_axes().items()
+    ]
     outputs = []
     for index, (name, golden) in enumerate(zip(captured.output_names, captured.expected[0])):
         shapes = [(sample, np.shape(expected[index])) for sample, expected in cases if len(expected) > index]
@@ -237,37 +271,59 @@ def _outputs_json(captured: CapturedModel) -> list[dict[str, Any]]:
         for axis in range(np.ndim(golden)):
             if len({shape[axis] if len(shape) > axis else None for _, shape in shapes}) > 1:
                 dynamic[str(axis)] = next(
-                    (symbol for input_name, in_axis, symbol in input_dims
-                     if all(len(shape) > axis and tuple(sample[input_name].shape)[in_axis] == shape[axis] for sample, shape in shapes)),
-                    f"{name}_dim{axis}")
-        outputs.append({"name": name, "shape": list(np.shape(golden)), "dtype": str(golden.dtype), "dynamic_axes": dynamic})
+                    (
+                        symbol
+                        for input_name, in_axis, symbol in input_dims
+                        if all(
+                            len(shape) > axis and tuple(sample[input_name].shape)[in_axis] == shape[axis]
+                            for sample, shape in shapes
+                        )
+                    ),
+                    f"{name}_dim{axis}",
+                )
+        outputs.append(
+            {"name": name, "shape": list(np.shape(golden)), "dtype": str(golden.dtype), "dynamic_axes": dynamic}
+        )
     return outputs
 
 
 def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str, Any]:
     return {
-        "format": a.format, "path": a.path, "sha256": a.sha256, "size_bytes": a.size_bytes, "precision": a.precision,
+        "format": a.format,
+        "path": a.path,
+        "sha256": a.sha256,
+        "size_bytes": a.size_bytes,
+        "precision": a.precision,
         "precision_requested": a.precision_requested or a.precision,
         "float_layers": (a.quantization or {}).get("float_layers", []),
         "accuracy": a.accuracy.to_json() if a.accuracy else None,
-        "capture_strategy": strategy, "capture_consumed": a.capture_consumed, "requirements": a.requirements,
-        "smoke": a.smoke.status, "devices": a.devices.to_json() if a.devices else None,
+        "capture_strategy": strategy,
+        "capture_consumed": a.capture_consumed,
+        "requirements": a.requirements,
+        "smoke": a.smoke.status,
+        "devices": a.devices.to_json() if a.devices else None,
         "smoke_detail": {key: a.smoke.to_json()[key] for key in ("reason", "max_abs_err", "cosine")},
         "tolerance": vars(settings.tolerance_for(a.precision)),
     }
 
 
 def _input_json(spec: dict[str, Any], preprocessing: dict[str, Any] | None) -> dict[str, Any]:
-    layout = (preprocessing or {}).get("layout") or ("NCHW" if len(spec["shape"]) == 4 and spec["dtype"].startswith("float") else None)
-    return {**spec, "dynamic_axes": spec.get("dynamic_axes", {}), "layout": layout,
-            "preprocessing": _normalization(preprocessing)}
+    layout = (preprocessing or {}).get("layout") or (
+        "NCHW" if len(spec["shape"]) == 4 and spec["dtype"].startswith("float") else None
+    )
+    return {
+        **spec,
+        "dynamic_axes": spec.get("dynamic_axes", {}),
+        "layout": layout,
+        "preprocessing": _normalization(preprocessing),
+    }
 
 
 def _normalization(preprocessing: dict[str, Any] | None) -> dict[str, Any] | None:
     """What an app applies to raw values before the model: x * scale, then (x - mean) / std."""
     if not preprocessing:
         return None
-    picked = {k: preprocessing[k] for k in ("scale", "mean", "std") if k in preprocessing}
+    picked: dict[str, Any] = {k: preprocessing[k] for k in ("scale", "mean", "std") if k in preprocessing}
     return picked or None
 
 
@@ -315,7 +371,9 @@ def _libraries() -> list[str]:
     """torch first and numpy last, each registered format's libraries between, in registration order."""
     from ..formats import FORMATS
 
-    named = [_CORE_LIBRARIES[0]] + [lib for fmt in FORMATS.values() for lib in fmt.libraries] + list(_CORE_LIBRARIES[1:])
+    named = (
+        [_CORE_LIBRARIES[0]] + [lib for fmt in FORMATS.values() for lib in fmt.libraries] + list(_CORE_LIBRARIES[1:])
+    )
     return list(dict.fromkeys(named))
 
 
@@ -327,4 +385,4 @@ def _version_of(library: str) -> str | None:
 
 
 def _iso(epoch: int) -> str:
-    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

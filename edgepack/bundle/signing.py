@@ -26,8 +26,12 @@ def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = Fa
     for path in (private_path, public_path):
         _check_key_destination(path, overwrite)
     key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     written: list[Path] = []
     try:
         private_path.touch(mode=0o600, exist_ok=overwrite)
@@ -39,7 +43,9 @@ def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = Fa
     except OSError as exc:  # never leave half a key pair behind
         for path in written:
             path.unlink(missing_ok=True)
-        raise UsageError(f"Cannot write {exc.filename or private_path}: {exc.strerror}.", "Choose a path you can write to.") from exc
+        raise UsageError(
+            f"Cannot write {exc.filename or private_path}: {exc.strerror}.", "Choose a path you can write to."
+        ) from exc
 
 
 def _check_key_destination(path: Path, overwrite: bool) -> None:
@@ -50,8 +56,10 @@ def _check_key_destination(path: Path, overwrite: bool) -> None:
         raise UsageError(f"{path} already exists.", "Choose another path, or pass --force to replace it.")
     folder = path.parent
     if not folder.is_dir():
-        raise UsageError(f"Cannot write {path}: the folder {folder} does not exist.",
-                         f"Create it first (mkdir -p {folder}), as with ssh-keygen, or choose another path.")
+        raise UsageError(
+            f"Cannot write {path}: the folder {folder} does not exist.",
+            f"Create it first (mkdir -p {folder}), as with ssh-keygen, or choose another path.",
+        )
 
 
 def sign_manifest(bundle_dir: Path, private_key_path: Path) -> Path:
@@ -81,7 +89,10 @@ def check_private_key(path: Path) -> None:
 def _private_key(path: Path) -> Ed25519PrivateKey:
     key = _load(path, lambda data: serialization.load_pem_private_key(data, password=None))
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{path} is not an Ed25519 private key.", "Make one with `edgepack keygen` or `openssl genpkey -algorithm ed25519`.")
+        raise UsageError(
+            f"{path} is not an Ed25519 private key.",
+            "Make one with `edgepack keygen` or `openssl genpkey -algorithm ed25519`.",
+        )
     return key
 
 
@@ -101,7 +112,11 @@ def _load(path: Path, parse):
         return parse(data)
     except (ValueError, TypeError) as exc:
         if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or "Password was not given" in str(exc):
-            raise UsageError(f"{path} is an encrypted private key: edgepack signs unattended and takes no password.",
-                             f"Decrypt a copy for signing (openssl pkey -in {path} -out unencrypted.key) and keep it as "
-                             "safe as the original, or make a key with `edgepack keygen`.") from exc
-        raise UsageError(f"{path} is not a PEM key: {exc}", "Use a PEM key from `edgepack keygen` or openssl (unencrypted).") from exc
+            raise UsageError(
+                f"{path} is an encrypted private key: edgepack signs unattended and takes no password.",
+                f"Decrypt a copy for signing (openssl pkey -in {path} -out unencrypted.key) and keep it as "
+                "safe as the original, or make a key with `edgepack keygen`.",
+            ) from exc
+        raise UsageError(
+            f"{path} is not a PEM key: {exc}", "Use a PEM key from `edgepack keygen` or openssl (unencrypted)."
+        ) from exc

@@ -109,7 +109,7 @@ def locked_folder(parent: Path, prefix: str) -> tuple[Path, int | None]:
 def remove_abandoned(parent: Path) -> list[Path]:
     """Remove the staging and retired folders in `parent` that no live process holds (their build was
     killed); folders of builds still running are locked and left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:
@@ -165,11 +165,15 @@ def check_out_dir(folder: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"Cannot write bundles into {folder}: {existing} is a file, not a folder.",
-                         "Pass --out a folder (it is created when missing), or move that file away.")
+        raise UsageError(
+            f"Cannot write bundles into {folder}: {existing} is a file, not a folder.",
+            "Pass --out a folder (it is created when missing), or move that file away.",
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"Cannot write bundles into {folder}: no write permission in {existing}.",
-                         "Pass --out a folder you can write to.")
+        raise UsageError(
+            f"Cannot write bundles into {folder}: no write permission in {existing}.",
+            "Pass --out a folder you can write to.",
+        )
 
 
 def _umask() -> int:
@@ -184,13 +188,24 @@ def write_golden(bundle_dir: Path, captured: CapturedModel) -> dict[str, Any]:
     inputs = {name: np.stack([s[name].numpy() for s in captured.samples]) for name in captured.input_names}
     expected = {name: np.stack([e[i] for e in captured.expected]) for i, name in enumerate(captured.output_names)}
     # numpy writes .npz entries with the zip format's fixed 1980 date, so these are reproducible.
-    np.savez(bundle_dir / GOLDEN_INPUTS, **inputs)
-    np.savez(bundle_dir / GOLDEN_EXPECTED, **expected)
-    write_json(bundle_dir / GOLDEN_INDEX, {
-        "samples": len(captured.samples), "byte_order": "little",
-        "inputs": _write_raw(bundle_dir, "inputs", inputs), "expected": _write_raw(bundle_dir, "expected", expected)})
-    return {"inputs": GOLDEN_INPUTS, "expected": GOLDEN_EXPECTED, "samples": len(captured.samples),
-            "layout": "one array per input/output name; axis 0 indexes the samples", "index": GOLDEN_INDEX}
+    np.savez(bundle_dir / GOLDEN_INPUTS, **inputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+    np.savez(bundle_dir / GOLDEN_EXPECTED, **expected)  # type: ignore[arg-type]
+    write_json(
+        bundle_dir / GOLDEN_INDEX,
+        {
+            "samples": len(captured.samples),
+            "byte_order": "little",
+            "inputs": _write_raw(bundle_dir, "inputs", inputs),
+            "expected": _write_raw(bundle_dir, "expected", expected),
+        },
+    )
+    return {
+        "inputs": GOLDEN_INPUTS,
+        "expected": GOLDEN_EXPECTED,
+        "samples": len(captured.samples),
+        "layout": "one array per input/output name; axis 0 indexes the samples",
+        "index": GOLDEN_INDEX,
+    }
 
 
 def _write_raw(bundle_dir: Path, kind: str, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:

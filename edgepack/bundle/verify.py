@@ -13,21 +13,22 @@ import json
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from .files import sha256_of
-from .staging import read_raw
 from ..compare import compare_cases
 from ..datafiles import loads_json
 from ..errors import RuntimeUnavailable, UsageError
 from ..targets import Tolerance
+from .files import sha256_of
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
+from .staging import read_raw
 
 # Zip limits: far above any bundle edgepack writes, far below what would exhaust a build machine.
 MAX_MEMBERS = 10_000
@@ -71,8 +72,12 @@ class Verification:
         return ok
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "ok": self.ok, "checks": [c.to_json() for c in self.checks],
-                "failures": [f"{c.name}: {c.detail}" for c in self.failures]}
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "checks": [c.to_json() for c in self.checks],
+            "failures": [f"{c.name}: {c.detail}" for c in self.failures],
+        }
 
 
 def verify_bundle(path: Path, public_key: Path | None = None, threads: int = 1) -> Verification:
@@ -88,7 +93,9 @@ def verify_bundle(path: Path, public_key: Path | None = None, threads: int = 1) 
             problem = signature_problem(bundle_dir, public_key)
             result.add("signature manifest.sig", problem is None, problem or "signed by the holder of this key")
         elif (bundle_dir / "manifest.sig").exists():
-            result.checks.append(BundleCheck("signature manifest.sig", SKIP, "present but not checked: pass --public-key"))
+            result.checks.append(
+                BundleCheck("signature manifest.sig", SKIP, "present but not checked: pass --public-key")
+            )
         _check_build(manifest, result)
         intact = _check_files(bundle_dir, manifest, result)
         golden = _check_golden(bundle_dir, manifest, intact, result)
@@ -106,7 +113,9 @@ def opened_bundle(path: Path) -> Iterator[Path]:
     if not path.is_file():
         raise UsageError(f"{path} does not exist.", "Pass a bundle folder (dist/<model>/<target>) or its .zip.")
     if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path} is neither a bundle folder nor a zip.", "Pass a bundle folder or the .zip written by --archive.")
+        raise UsageError(
+            f"{path} is neither a bundle folder nor a zip.", "Pass a bundle folder or the .zip written by --archive."
+        )
     with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
         yield _bundle_root(safe_extract(path, Path(tmp)), path)
 
@@ -118,13 +127,18 @@ def safe_extract(archive: Path, destination: Path) -> Path:
     with zipfile.ZipFile(archive) as zf:
         members = zf.infolist()
         if len(members) > MAX_MEMBERS:
-            raise UsageError(f"{archive} has {len(members)} entries (limit {MAX_MEMBERS}).", "This is not an edgepack bundle archive.")
+            raise UsageError(
+                f"{archive} has {len(members)} entries (limit {MAX_MEMBERS}).",
+                "This is not an edgepack bundle archive.",
+            )
         seen: set[str] = set()
         budget = MAX_UNCOMPRESSED_BYTES
         for info in members:
             relative = _safe_member_path(info, archive)
             if relative in seen:
-                raise UsageError(f"{archive} holds '{info.filename}' twice.", "Rebuild the archive with edgepack build --archive.")
+                raise UsageError(
+                    f"{archive} holds '{info.filename}' twice.", "Rebuild the archive with edgepack build --archive."
+                )
             seen.add(relative)
             target = destination / relative
             if info.is_dir():
@@ -139,8 +153,10 @@ def _safe_member_path(info: zipfile.ZipInfo, archive: Path) -> str:
     name = info.filename
     parts = PurePosixPath(name).parts
     if not name or name.startswith(("/", "\\")) or "\\" in name or (parts and ":" in parts[0]) or ".." in parts:
-        raise UsageError(f"{archive} has an unsafe entry '{name}' (absolute path or '..').",
-                         "Do not extract or trust this archive; rebuild it with edgepack build --archive.")
+        raise UsageError(
+            f"{archive} has an unsafe entry '{name}' (absolute path or '..').",
+            "Do not extract or trust this archive; rebuild it with edgepack build --archive.",
+        )
     kind_bits = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip gives no unix file type
     if kind_bits not in (0, stat.S_IFREG, stat.S_IFDIR):
         kind = "a symbolic link" if kind_bits == stat.S_IFLNK else "a special file"
@@ -153,8 +169,10 @@ def _copy_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budg
         while chunk := source.read(1 << 20):
             budget -= len(chunk)
             if budget < 0:
-                raise UsageError(f"{archive} expands to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB.",
-                                 "This is not an edgepack bundle archive (or it is a zip bomb).")
+                raise UsageError(
+                    f"{archive} expands to more than {MAX_UNCOMPRESSED_BYTES >> 20} MiB.",
+                    "This is not an edgepack bundle archive (or it is a zip bomb).",
+                )
             sink.write(chunk)
     return budget
 
@@ -165,22 +183,30 @@ def _bundle_root(extracted: Path, archive: Path) -> Path:
     entries = list(extracted.iterdir())
     if len(entries) == 1 and (entries[0] / MANIFEST).is_file():
         return entries[0]
-    raise UsageError(f"{archive} holds no manifest.json (at its top or in its one top folder).",
-                     "Pass the .zip written by edgepack build --archive.")
+    raise UsageError(
+        f"{archive} holds no manifest.json (at its top or in its one top folder).",
+        "Pass the .zip written by edgepack build --archive.",
+    )
 
 
 def _check_manifest(bundle_dir: Path, result: Verification) -> dict[str, Any] | None:
     path = bundle_dir / MANIFEST
     if not path.is_file():  # nothing to check against: a wrong path, like a missing one, is a usage error
-        raise UsageError(f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
-                         "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.")
+        raise UsageError(
+            f"{result.path} is not a bundle: it has no {MANIFEST} (a wrong folder, or the manifest was removed).",
+            "Pass a bundle folder (dist/<model>/<target>) or the .zip written by --archive.",
+        )
     try:
         document = loads_json(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         result.add(f"schema {MANIFEST}", False, f"not valid JSON: {exc}")
         return None
     problems = schema_problems(document)
-    result.add(f"schema {MANIFEST}", not problems, "; ".join(problems[:5]) or f"valid (schema version {document['schema_version']})")
+    result.add(
+        f"schema {MANIFEST}",
+        not problems,
+        "; ".join(problems[:5]) or f"valid (schema version {document['schema_version']})",
+    )
     return None if problems else document
 
 
@@ -188,13 +214,19 @@ def _check_build(manifest: dict[str, Any], result: Verification) -> None:
     """A bundle from a failed build (a renamed <target>.failed folder) must not verify, however intact."""
     build = manifest.get("build")
     if build is None:
-        result.checks.append(BundleCheck("build", SKIP, "not recorded (a manifest written before edgepack recorded the build's outcome)"))
+        result.checks.append(
+            BundleCheck("build", SKIP, "not recorded (a manifest written before edgepack recorded the build's outcome)")
+        )
         return
     left_out = "; ".join(f"{e['format']} left out: {e['reason']}" for e in build["left_out"])
     if build["ok"]:
         result.add("build", True, "passed" + (f" (partial: {left_out})" if left_out else ""))
     else:
-        result.add("build", False, f"this bundle is from a failed build: {'; '.join(build['problems']) or 'no problem recorded'}")
+        result.add(
+            "build",
+            False,
+            f"this bundle is from a failed build: {'; '.join(build['problems']) or 'no problem recorded'}",
+        )
 
 
 def _check_files(bundle_dir: Path, manifest: dict[str, Any], result: Verification) -> set[str]:
@@ -207,10 +239,17 @@ def _check_files(bundle_dir: Path, manifest: dict[str, Any], result: Verificatio
             result.add(f"sha256 {entry['path']}", False, "missing")
             continue
         digest = sha256_of(path)
-        if result.add(f"sha256 {entry['path']}", digest == entry["sha256"],
-                      "matches" if digest == entry["sha256"] else f"changed: sha256 {digest}, the manifest says {entry['sha256']}"):
+        if result.add(
+            f"sha256 {entry['path']}",
+            digest == entry["sha256"],
+            "matches"
+            if digest == entry["sha256"]
+            else f"changed: sha256 {digest}, the manifest says {entry['sha256']}",
+        ):
             intact.add(entry["path"])
-    present = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file() or p.is_symlink())
+    present = sorted(
+        p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file() or p.is_symlink()
+    )
     for relative in present:
         if (bundle_dir / relative).is_symlink():
             result.add(f"file {relative}", False, "is a symbolic link: bundles hold regular files only")
@@ -220,7 +259,9 @@ def _check_files(bundle_dir: Path, manifest: dict[str, Any], result: Verificatio
     return intact
 
 
-def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], result: Verification) -> dict[str, dict] | None:
+def _check_golden(
+    bundle_dir: Path, manifest: dict[str, Any], intact: set[str], result: Verification
+) -> dict[str, dict] | None:
     """The golden arrays (from the .npz), after checking the .bin files hold the same values."""
     golden = manifest["golden"]
     paths = [golden["inputs"], golden["expected"], golden["index"]]
@@ -229,14 +270,23 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
         return None
     try:
         with np.load(bundle_dir / golden["inputs"]) as inputs, np.load(bundle_dir / golden["expected"]) as expected:
-            arrays = {"inputs": {k: inputs[k] for k in inputs.files}, "expected": {k: expected[k] for k in expected.files}}
+            arrays = {
+                "inputs": {k: inputs[k] for k in inputs.files},
+                "expected": {k: expected[k] for k in expected.files},
+            }
         index = loads_json((bundle_dir / golden["index"]).read_text(encoding="utf-8"))
         for kind in ("inputs", "expected"):
             for entry in index[kind]:
                 if entry["file"] not in intact:
                     continue  # already named by its hash check
-                same = entry["name"] in arrays[kind] and _same_values(read_raw(bundle_dir, entry), arrays[kind][entry["name"]])
-                result.add(f"golden {entry['file']}", same, "equals the .npz" if same else "differs from the .npz array of the same name")
+                same = entry["name"] in arrays[kind] and _same_values(
+                    read_raw(bundle_dir, entry), arrays[kind][entry["name"]]
+                )
+                result.add(
+                    f"golden {entry['file']}",
+                    same,
+                    "equals the .npz" if same else "differs from the .npz array of the same name",
+                )
     except (OSError, ValueError, KeyError, TypeError) as exc:  # files that hash right but were written wrong
         result.add("golden vectors", False, f"cannot be read: {type(exc).__name__}: {exc}")
         return None
@@ -245,40 +295,69 @@ def _check_golden(bundle_dir: Path, manifest: dict[str, Any], intact: set[str], 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal shapes, dtypes and values, NaN equal to NaN (a NaN golden value is judged by the smoke test)."""
-    return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    )
 
 
 def _golden_matches_manifest(manifest: dict[str, Any], arrays: dict[str, dict], result: Verification) -> bool:
     """Every input and output the manifest names has a golden array with a row per sample: the smoke test
     feeds and compares by these names, and an app reads them the same way."""
     golden, consistent = manifest["golden"], True
-    for kind, entries, file in (("input", manifest["inputs"], golden["inputs"]), ("output", manifest["outputs"], golden["expected"])):
+    for kind, entries, file in (
+        ("input", manifest["inputs"], golden["inputs"]),
+        ("output", manifest["outputs"], golden["expected"]),
+    ):
         held = arrays["inputs" if kind == "input" else "expected"]
         for entry in entries:
             name = entry["name"]
             if name not in held:
-                consistent = result.add(f"golden {kind} {name}", False, f"manifest {kind} '{name}' has no golden vector in "
-                                        f"{file} (it holds {', '.join(sorted(held)) or 'nothing'})")
+                consistent = result.add(
+                    f"golden {kind} {name}",
+                    False,
+                    f"manifest {kind} '{name}' has no golden vector in "
+                    f"{file} (it holds {', '.join(sorted(held)) or 'nothing'})",
+                )
             elif held[name].ndim == 0 or held[name].shape[0] < golden["samples"]:
-                consistent = result.add(f"golden {kind} {name}", False, f"{file} holds {held[name].shape[:1] or 'no'} "
-                                        f"sample(s) of '{name}', the manifest says {golden['samples']}")
+                consistent = result.add(
+                    f"golden {kind} {name}",
+                    False,
+                    f"{file} holds {held[name].shape[:1] or 'no'} "
+                    f"sample(s) of '{name}', the manifest says {golden['samples']}",
+                )
     return consistent
 
 
-def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict | None,
-                    intact: set[str], threads: int, result: Verification) -> None:
+def _check_artifact(
+    bundle_dir: Path,
+    artifact: dict[str, Any],
+    manifest: dict[str, Any],
+    golden: dict | None,
+    intact: set[str],
+    threads: int,
+    result: Verification,
+) -> None:
     name = f"{artifact['format']} {artifact['path']}"
     path = bundle_dir / artifact["path"]
     if not path.exists():
         result.add(f"artifact {name}", False, "missing")
         return
     digest = sha256_of(path)
-    if not result.add(f"artifact {name}", digest == artifact["sha256"],
-                      "sha256 matches" if digest == artifact["sha256"] else f"changed: sha256 {digest}, the manifest says {artifact['sha256']}"):
+    if not result.add(
+        f"artifact {name}",
+        digest == artifact["sha256"],
+        "sha256 matches"
+        if digest == artifact["sha256"]
+        else f"changed: sha256 {digest}, the manifest says {artifact['sha256']}",
+    ):
         result.checks.append(BundleCheck(f"smoke {name}", SKIP, "not run: the artifact does not match the manifest"))
         return
     if golden is None:
-        result.checks.append(BundleCheck(f"smoke {name}", SKIP, "not run: the golden vectors do not match the manifest"))
+        result.checks.append(
+            BundleCheck(f"smoke {name}", SKIP, "not run: the golden vectors do not match the manifest")
+        )
         return
     from ..formats import get_format
 
@@ -289,11 +368,22 @@ def _check_artifact(bundle_dir: Path, artifact: dict[str, Any], manifest: dict[s
         _check_companion(bundle_dir, companion, listed, intact, threads, artifact, manifest, golden, result)
 
 
-def _check_companion(bundle_dir: Path, companion, listed: set[str], intact: set[str], threads: int,
-                     artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
+def _check_companion(
+    bundle_dir: Path,
+    companion,
+    listed: set[str],
+    intact: set[str],
+    threads: int,
+    artifact: dict[str, Any],
+    manifest: dict[str, Any],
+    golden: dict,
+    result: Verification,
+) -> None:
     """A file the artifact's requirements name (ONNX's .ort): listed, intact, and passing in its runtime."""
     if companion.path not in listed:
-        result.add(f"file {companion.path}", False, "named in the artifact's requirements but not among the manifest's files")
+        result.add(
+            f"file {companion.path}", False, "named in the artifact's requirements but not among the manifest's files"
+        )
         return
     name = f"{companion.label} {companion.path}"
     if companion.path not in intact:
@@ -303,13 +393,21 @@ def _check_companion(bundle_dir: Path, companion, listed: set[str], intact: set[
     _smoke(name, lambda: companion.open(path, threads), artifact, manifest, golden, result)
 
 
-def _smoke(name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification) -> None:
+def _smoke(
+    name: str, opener, artifact: dict[str, Any], manifest: dict[str, Any], golden: dict, result: Verification
+) -> None:
     """Run every golden sample and compare with the expected outputs at the artifact's tolerance."""
 
     input_names = [i["name"] for i in manifest["inputs"]]
     output_names = [o["name"] for o in manifest["outputs"]]
-    cases = [(f"golden sample {i}", [golden["inputs"][n][i] for n in input_names],
-              [golden["expected"][n][i] for n in output_names]) for i in range(manifest["golden"]["samples"])]
+    cases = [
+        (
+            f"golden sample {i}",
+            [golden["inputs"][n][i] for n in input_names],
+            [golden["expected"][n][i] for n in output_names],
+        )
+        for i in range(manifest["golden"]["samples"])
+    ]
     tol = artifact["tolerance"]
     try:
         verdict = compare_cases(opener(), cases, Tolerance(tol["atol"], tol["rtol"], tol["min_cosine"]), output_names)

@@ -8,6 +8,6 @@ devices.py       the device pass: nothing pinned to the machine the capture ran 
 export.py        the torch.export capture (ExportedProgram), checked like the ladder's, failures diagnosed
 """
 
-from .ladder import CaptureError, CapturedModel, capture
+from .ladder import CapturedModel, CaptureError, capture
 
 __all__ = ["CaptureError", "CapturedModel", "capture"]

@@ -32,8 +32,8 @@ Rules (see `make_device_agnostic` for the full list):
 
 from __future__ import annotations
 
-import io
 import inspect
+import io
 import os
 import pickle
 import re
@@ -61,9 +61,19 @@ _CALL_OPS = frozenset({"prim::CallMethod", "prim::CallFunction"})
 _PASS_THROUGH = frozenset({"aten::to", "aten::detach", "aten::clone", "aten::contiguous"})
 # c10::ScalarType codes, the integer form TorchScript graphs use for dtypes.
 _SCALAR_TYPE = {
-    torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4, torch.float16: 5,
-    torch.float32: 6, torch.float64: 7, torch.complex32: 8, torch.complex64: 9, torch.complex128: 10,
-    torch.bool: 11, torch.bfloat16: 15,
+    torch.uint8: 0,
+    torch.int8: 1,
+    torch.int16: 2,
+    torch.int32: 3,
+    torch.int64: 4,
+    torch.float16: 5,
+    torch.float32: 6,
+    torch.float64: 7,
+    torch.complex32: 8,
+    torch.complex64: 9,
+    torch.complex128: 10,
+    torch.bool: 11,
+    torch.bfloat16: 15,
 }
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, hooks, training
@@ -84,8 +94,9 @@ _DEVICE_ERROR = re.compile(
     r"|Expected .{0,80} on device|to be on the same device|Cannot copy out of meta tensor",
     re.IGNORECASE,
 )
-_META_ERROR = re.compile(r"'Meta' backend|meta tensor|register_meta|Meta kernel|data-dependent|fake impl",
-                         re.IGNORECASE)
+_META_ERROR = re.compile(
+    r"'Meta' backend|meta tensor|register_meta|Meta kernel|data-dependent|fake impl", re.IGNORECASE
+)
 
 
 @dataclass
@@ -131,13 +142,15 @@ class _Pass:
     done: set[tuple[str, str]] = field(default_factory=set)
 
     def note(self, kind: str, node: torch.Node | None, detail: str, device: str = "", op: str = "") -> None:
-        self.rewrites.append(Rewrite(kind, op or (node.kind() if node is not None else ""), _source_near(node),
-                                     detail, device))
+        self.rewrites.append(
+            Rewrite(kind, op or (node.kind() if node is not None else ""), _source_near(node), detail, device)
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # The graph pass
 # ----------------------------------------------------------------------------------------------
+
 
 def make_device_agnostic(
     module: torch.jit.ScriptModule, policy: str = "agnostic"
@@ -199,8 +212,12 @@ def _rewrite_reachable(root: torch.jit.ScriptModule, state: _Pass) -> None:
         graph = owner._c._get_method(name).graph
         blocking_call = _call_needing_inlining(graph, owner)
         if blocking_call is not None:  # note first: inlining destroys the call node
-            state.note("inlined_call", blocking_call, f"{key[0]}.{name}: calls a script function or a method "
-                       "without tensor inputs; inlined its calls so their device literals follow this method's input")
+            state.note(
+                "inlined_call",
+                blocking_call,
+                f"{key[0]}.{name}: calls a script function or a method "
+                "without tensor inputs; inlined its calls so their device literals follow this method's input",
+            )
             torch._C._jit_pass_inline(graph)
         # Only forward can lack a tensor input here (callees without one were inlined above); its
         # literals are then reported one by one as "unresolved".
@@ -238,10 +255,17 @@ def _rewrite_node(graph: torch.Graph, node: torch.Node, device: torch.Value | No
         state.note("kept_cpu", node, "explicit .cpu() in TorchScript code: kept", TARGET_DEVICE)
     elif kind == "aten::cuda":
         _replace_cuda_call(graph, node, device, state)
-    elif kind == "prim::device" and state.policy == "agnostic" and device is not None \
-            and node.input().node().kind() == "prim::GetAttr":
-        state.note("param_device", node, "device of a parameter/buffer -> device of the input "
-                   "(torch.jit.freeze would fold it into a CPU literal)")  # noted first: its users give the source
+    elif (
+        kind == "prim::device"
+        and state.policy == "agnostic"
+        and device is not None
+        and node.input().node().kind() == "prim::GetAttr"
+    ):
+        state.note(
+            "param_device",
+            node,
+            "device of a parameter/buffer -> device of the input (torch.jit.freeze would fold it into a CPU literal)",
+        )  # noted first: its users give the source
         node.output().replaceAllUsesWith(device)
     _rewrite_device_literals(node, device, state)
 
@@ -282,8 +306,16 @@ def _replace_cuda_call(graph: torch.Graph, node: torch.Node, device: torch.Value
         return
     with graph.insert_point_guard(node):
         # aten::to(Tensor, Device?, int?, bool, bool): the ONNX exporter treats it as a device-only move.
-        moved = graph.insert("aten::to", [node.input(), device, graph.insertConstant(None),
-                                          graph.insertConstant(False), graph.insertConstant(False)])
+        moved = graph.insert(
+            "aten::to",
+            [
+                node.input(),
+                device,
+                graph.insertConstant(None),
+                graph.insertConstant(False),
+                graph.insertConstant(False),
+            ],
+        )
     node.output().replaceAllUsesWith(moved)
     state.note("cuda_call", node, ".cuda() -> move to the input's device", "cuda")
 
@@ -313,8 +345,12 @@ def _store_on_cpu(node: torch.Node, tensor: torch.Tensor, state: _Pass) -> bool:
     try:
         cpu = tensor.cpu()
     except (NotImplementedError, RuntimeError):  # e.g. a meta tensor has no data to copy
-        state.note("unresolved", node, f"{_describe(tensor)} on {tensor.device} cannot be copied to the CPU",
-                   str(tensor.device))
+        state.note(
+            "unresolved",
+            node,
+            f"{_describe(tensor)} on {tensor.device} cannot be copied to the CPU",
+            str(tensor.device),
+        )
         return False
     node.t_("value", cpu)
     node.output().inferTypeFrom(cpu)
@@ -325,7 +361,8 @@ def _already_moved(value: torch.Value, device: torch.Value) -> bool:
     """True when every use already moves the constant to `device` (torch.tensor(..., device=x.device))."""
     uses = value.uses()
     return bool(uses) and all(
-        use.user.kind() in _MOVE_OPS and use.offset == 0
+        use.user.kind() in _MOVE_OPS
+        and use.offset == 0
         and any(arg.unique() == device.unique() for arg in use.user.inputs())
         for use in uses
     )
@@ -364,8 +401,12 @@ def _masks_to_indices(graph: torch.Graph, state: _Pass) -> None:
             with graph.insert_point_guard(old_list):
                 entries += [graph.insertConstant(idx.contiguous()) for idx in mask.nonzero().unbind(1)]
             changed = True
-            state.note("mask_to_index", node, f"constant bool mask {tuple(mask.shape)} -> "
-                       f"{mask.dim()} integer index tensor(s) of {int(mask.sum())} entries")
+            state.note(
+                "mask_to_index",
+                node,
+                f"constant bool mask {tuple(mask.shape)} -> "
+                f"{mask.dim()} integer index tensor(s) of {int(mask.sum())} entries",
+            )
         if changed:
             new_list = graph.create("prim::ListConstruct", entries)
             new_list.output().setType(old_list.output().type())
@@ -392,6 +433,7 @@ def _constant_mask(value: torch.Value) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------------------------
 # Graph helpers
 # ----------------------------------------------------------------------------------------------
+
 
 def _walk(block: torch.Graph | torch.Block) -> Iterator[torch.Node]:
     """Every node, including those inside If/Loop blocks."""
@@ -515,6 +557,7 @@ def _leftovers(result: torch.jit.ScriptModule, state: _Pass) -> list[Rewrite]:
 # The proof check: device literals in saved code
 # ----------------------------------------------------------------------------------------------
 
+
 def pinned_devices(module_or_archive: torch.jit.ScriptModule | Path, keep: Iterable[str] = ()) -> DeviceFindings:
     """Device literals left in the saved code of a module, or of a `.pt` / `.ptl` TorchScript file.
 
@@ -589,7 +632,7 @@ class _Inert:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:
         return _Inert()
 
     def __setstate__(self, state: Any) -> None:
@@ -630,6 +673,7 @@ def _canonical(device: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Meta-device check
 # ----------------------------------------------------------------------------------------------
+
 
 def runs_on_meta(module: torch.jit.ScriptModule, example: tuple[torch.Tensor, ...]) -> tuple[bool, str]:
     """Run a copy of `module` with its parameters, buffers and inputs on `meta`; compare output shapes
@@ -673,7 +717,7 @@ def _parameters_to_meta(copy: torch.jit.ScriptModule) -> None:
 
 
 def _rehome_frozen_weights(copy: torch.jit.ScriptModule) -> str:
-    if list(copy.parameters()) or list(copy.buffers()):
+    if any(True for _ in copy.parameters()) or any(True for _ in copy.buffers()):
         return ""
     moved = 0
     for node in _walk(copy.graph):
@@ -721,6 +765,7 @@ def _reason_line(exc: Exception, pattern: re.Pattern | None) -> str:
 # Before capture
 # ----------------------------------------------------------------------------------------------
 
+
 def eager_prepass(model: nn.Module) -> list[Rewrite]:
     """In place: plain tensor attributes of every submodule become non-persistent buffers.
 
@@ -752,9 +797,16 @@ def eager_prepass(model: nn.Module) -> list[Rewrite]:
             elif isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
                 rewrites.append(_attribute_to_buffer(module, name, value, where))
             elif _holds_tensors(value):
-                rewrites.append(Rewrite("tensor_container", "", _class_source(module),
-                                        f"{where}: tensors inside a {type(value).__name__} are not moved by "
-                                        "module.to() and are traced as constants", ""))
+                rewrites.append(
+                    Rewrite(
+                        "tensor_container",
+                        "",
+                        _class_source(module),
+                        f"{where}: tensors inside a {type(value).__name__} are not moved by "
+                        "module.to() and are traced as constants",
+                        "",
+                    )
+                )
     return rewrites
 
 
@@ -764,10 +816,16 @@ def _attribute_to_buffer(module: nn.Module, name: str, value: torch.Tensor, wher
         module.register_buffer(name, value, persistent=False)
     except (KeyError, TypeError) as exc:  # e.g. a class attribute of the same name
         module.__dict__[name] = value
-        return Rewrite("unresolved", "", _class_source(module), f"{where}: not made a buffer ({exc})",
-                       str(value.device))
-    return Rewrite("attribute_to_buffer", "", _class_source(module),
-                   f"{where}: {_describe(value)} -> non-persistent buffer", str(value.device))
+        return Rewrite(
+            "unresolved", "", _class_source(module), f"{where}: not made a buffer ({exc})", str(value.device)
+        )
+    return Rewrite(
+        "attribute_to_buffer",
+        "",
+        _class_source(module),
+        f"{where}: {_describe(value)} -> non-persistent buffer",
+        str(value.device),
+    )
 
 
 def _holds_tensors(value: Any) -> bool:
@@ -785,6 +843,7 @@ def _class_source(module: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------
 # FX / torch.export
 # ----------------------------------------------------------------------------------------------
+
 
 def fx_device_kwargs(graph_module: torch.fx.GraphModule) -> list[Rewrite]:
     """The same guarantee for an FX graph, in place.
@@ -811,8 +870,11 @@ def fx_device_kwargs(graph_module: torch.fx.GraphModule) -> list[Rewrite]:
                 with graph.inserting_after(source):
                     device_node = graph.call_function(getattr, (source, "device"))
             _fx_replace(node, key, device_node)
-            rewrites.append(Rewrite("fx_device", _fx_op(node), _fx_source(node),
-                                    f'device "{literal}" -> {source.name}.device', literal))
+            rewrites.append(
+                Rewrite(
+                    "fx_device", _fx_op(node), _fx_source(node), f'device "{literal}" -> {source.name}.device', literal
+                )
+            )
     if device_node is not None:
         graph.lint()
         graph_module.recompile()
@@ -822,7 +884,9 @@ def fx_device_kwargs(graph_module: torch.fx.GraphModule) -> list[Rewrite]:
 def _fx_device_args(node: torch.fx.Node) -> list[tuple[str | int, str]]:
     if node.op not in ("call_function", "call_method"):
         return []
-    found = [("device", _fx_literal(node.kwargs["device"]))] if "device" in node.kwargs else []
+    found: list[tuple[str | int, str | None]] = (
+        [("device", _fx_literal(node.kwargs["device"]))] if "device" in node.kwargs else []
+    )
     if node.op == "call_method" and node.target == "to":
         found += [(i, _fx_literal(a)) for i, a in enumerate(node.args[1:], start=1)]
     return [(key, literal) for key, literal in found if literal is not None]

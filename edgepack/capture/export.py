@@ -91,7 +91,9 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 }
 _FRAME_TEXT = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 _SUGGESTED = re.compile(r"Suggested fixes:\s*\n((?:[ \t]+\S.*\n?)+)")
-_SPECIALIZED = re.compile(r"You marked (?P<symbol>\w+) as dynamic but your code specialized it to be a constant \((?P<size>\d+)\)")
+_SPECIALIZED = re.compile(
+    r"You marked (?P<symbol>\w+) as dynamic but your code specialized it to be a constant \((?P<size>\d+)\)"
+)
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,14 @@ class ExportDiagnosis:
         return EXPLANATIONS.get(self.kind, EXPLANATIONS["export_error"])[1]
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "file": self.file, "line": self.line,
-                "why": self.why, "fix": self.fix}
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "file": self.file,
+            "line": self.line,
+            "why": self.why,
+            "fix": self.fix,
+        }
 
 
 @dataclass
@@ -128,8 +136,13 @@ class ExportAttempt:
     divergence: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"strategy": self.strategy, "ok": self.ok, "error": self.error,
-                "diagnosis": self.diagnosis.to_json() if self.diagnosis else None, "divergence": self.divergence}
+        return {
+            "strategy": self.strategy,
+            "ok": self.ok,
+            "error": self.error,
+            "diagnosis": self.diagnosis.to_json() if self.diagnosis else None,
+            "divergence": self.divergence,
+        }
 
 
 @dataclass
@@ -160,11 +173,18 @@ class ExportCapture:
         return self.attempts[0].error if self.attempts else "not attempted"
 
     def to_json(self) -> dict:
-        return {"strategy": self.strategy, "ok": self.ok, "reason": self.reason,
-                "attempts": [a.to_json() for a in self.attempts], "checked_inputs": self.checked_inputs,
-                "dynamic_dims": self.dynamic_dims,
-                "rewrites": [{"kind": r.kind, "op": r.op, "source": r.source, "detail": r.detail, "device": r.device}
-                             for r in self.rewrites]}
+        return {
+            "strategy": self.strategy,
+            "ok": self.ok,
+            "reason": self.reason,
+            "attempts": [a.to_json() for a in self.attempts],
+            "checked_inputs": self.checked_inputs,
+            "dynamic_dims": self.dynamic_dims,
+            "rewrites": [
+                {"kind": r.kind, "op": r.op, "source": r.source, "detail": r.detail, "device": r.device}
+                for r in self.rewrites
+            ],
+        }
 
 
 def export_capture(
@@ -186,15 +206,22 @@ def export_capture(
         for strategy in STRATEGIES:
             program, attempt = _attempt(strategy, flat, loaded, example, shapes, compare, fatal, attempts)
             attempts.append(attempt)
-            if attempt.ok:
+            if attempt.ok and program is not None:
                 found = rewrite.fx_device_kwargs(program.graph_module)  # reports literals: the export IR takes no edits
                 return ExportCapture(program, strategy, attempts, _dims_json(dims), checked_inputs, found)
     return ExportCapture(None, None, attempts, _dims_json(dims), checked_inputs)
 
 
-def _attempt(strategy: str, flat: torch.nn.Module, loaded: Any, example: tuple[torch.Tensor, ...], shapes: tuple | None,
-             compare: Callable[[Callable[..., Any]], list[Comparison]], fatal: Hazard | None,
-             earlier: list[ExportAttempt]) -> tuple[torch.export.ExportedProgram | None, ExportAttempt]:
+def _attempt(
+    strategy: str,
+    flat: torch.nn.Module,
+    loaded: Any,
+    example: tuple[torch.Tensor, ...],
+    shapes: tuple | None,
+    compare: Callable[[Callable[..., Any]], list[Comparison]],
+    fatal: Hazard | None,
+    earlier: list[ExportAttempt],
+) -> tuple[torch.export.ExportedProgram | None, ExportAttempt]:
     """Export, then check: the program only when it held."""
     try:
         program = _export(flat, example, shapes, strict=strategy == "export-strict")
@@ -202,23 +229,33 @@ def _attempt(strategy: str, flat: torch.nn.Module, loaded: Any, example: tuple[t
         found = _located(diagnose(exc, defining_files(loaded.module), definition_site(loaded.module.forward)), earlier)
         scripted = [name for name, m in loaded.module.named_modules() if isinstance(m, torch.jit.ScriptModule)]
         if scripted and found.kind in ("export_error", "unsupported_python"):  # non-strict fails calling it
-            found = ExportDiagnosis("scripted_submodule", f"TorchScript submodule(s) {', '.join(scripted)} inside "
-                                    f"the model ({found.message})", found.file, found.line)
+            found = ExportDiagnosis(
+                "scripted_submodule",
+                f"TorchScript submodule(s) {', '.join(scripted)} inside the model ({found.message})",
+                found.file,
+                found.line,
+            )
         return None, ExportAttempt(strategy, False, short_reason(exc, 300), found)
     specialized = _specialized_dims(program, loaded.inputs)
     if specialized:
-        return None, ExportAttempt(strategy, False, "a declared dynamic dimension was fixed",
-                                   ExportDiagnosis("dim_specialized", specialized))
+        return None, ExportAttempt(
+            strategy, False, "a declared dynamic dimension was fixed", ExportDiagnosis("dim_specialized", specialized)
+        )
     divergence = [c.to_json() for c in compare(program.module()) if not c.ok]
     if fatal is not None:  # eager itself cannot be trusted: no check can pass
         kind = "module_state" if fatal.kind == "python_state" else "nondeterministic"
-        return None, ExportAttempt(strategy, False, fatal.message,
-                                   ExportDiagnosis(kind, fatal.message, fatal.file, fatal.line), divergence)
+        return None, ExportAttempt(
+            strategy, False, fatal.message, ExportDiagnosis(kind, fatal.message, fatal.file, fatal.line), divergence
+        )
     if divergence:
         first = divergence[0]
-        return None, ExportAttempt(strategy, False, "outputs differ from eager PyTorch on a check input",
-                                   ExportDiagnosis("diverges", f"diverges on {first['label']}: {first['reason']}"),
-                                   divergence)
+        return None, ExportAttempt(
+            strategy,
+            False,
+            "outputs differ from eager PyTorch on a check input",
+            ExportDiagnosis("diverges", f"diverges on {first['label']}: {first['reason']}"),
+            divergence,
+        )
     return program, ExportAttempt(strategy, True)
 
 
@@ -265,8 +302,9 @@ def without_fused_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
-def _export(flat: torch.nn.Module, example: tuple[torch.Tensor, ...], shapes: tuple | None,
-            strict: bool) -> torch.export.ExportedProgram:
+def _export(
+    flat: torch.nn.Module, example: tuple[torch.Tensor, ...], shapes: tuple | None, strict: bool
+) -> torch.export.ExportedProgram:
     with quiet_converter(), without_fused_attention(), rnn_decompositions(shapes is not None):
         return torch.export.export(flat, example, dynamic_shapes=shapes, strict=strict)
 
@@ -316,19 +354,29 @@ def diagnose(exc: BaseException, files: list[str], fallback: str | None = None) 
     specialized = _SPECIALIZED.findall(text)
     if specialized:
         dims = ", ".join(f"{symbol} to its example size {size}" for symbol, size in specialized)
-        return ExportDiagnosis("dim_specialized", f"torch.export specialized the declared dynamic dimension {dims}",
-                               file, line)
+        return ExportDiagnosis(
+            "dim_specialized", f"torch.export specialized the declared dynamic dimension {dims}", file, line
+        )
     if "Constraints violated" in text:
         suggested = _SUGGESTED.search(text)
-        fixes = "; ".join(l.strip() for l in suggested.group(1).splitlines() if l.strip()) if suggested else ""
-        return ExportDiagnosis("dim_range", "the model takes only some sizes of a declared dynamic dimension"
-                               + (f" (torch suggests {fixes})" if fixes else ""), file, line)
+        fixes = "; ".join(row.strip() for row in suggested.group(1).splitlines() if row.strip()) if suggested else ""
+        return ExportDiagnosis(
+            "dim_range",
+            "the model takes only some sizes of a declared dynamic dimension"
+            + (f" (torch suggests {fixes})" if fixes else ""),
+            file,
+            line,
+        )
     if "Data-dependent branching" in text or "attempted to jump with TensorVariable" in text:
         return ExportDiagnosis("data_dependent_branch", "a Python branch on a tensor's value", file, line)
     if name == "GuardOnDataDependentSymNode" or "data-dependent expression" in text:
         code = _code_at(file, line)
-        branch = bool(re.match(r"(if|elif|while)\b", code)) and ".item()" not in code and "int(" not in code \
+        branch = (
+            bool(re.match(r"(if|elif|while)\b", code))
+            and ".item()" not in code
+            and "int(" not in code
             and "float(" not in code
+        )
         kind = "data_dependent_branch" if branch else "guard_on_data"
         what = "a Python branch on a tensor's value" if branch else "a tensor's value used as a Python number"
         return ExportDiagnosis(kind, what, file, line)

@@ -37,7 +37,7 @@ class FlatModel(nn.Module):
             result = self.model(*tensors)
         return tuple(_follow(result, path) for path in self.output_paths)
 
-    def around(self, model: nn.Module) -> "FlatModel":
+    def around(self, model: nn.Module) -> FlatModel:
         """The same flattening around another version of the model (scripted, hybrid)."""
         return FlatModel(model, self.input_names, self.by_keyword, self.output_paths).eval()
 
@@ -70,7 +70,8 @@ def forward_failed(loaded: LoadedModel, exc: Exception) -> UsageError:
     inputs = ", ".join(str(spec) for spec in loaded.inputs)
     return UsageError(
         f"The model's forward failed on the example inputs ({inputs}): {short_reason(exc, 520)}{where}",
-        _range_hint(loaded, exc) or f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
+        _range_hint(loaded, exc)
+        or f"Check the --input names, shapes and dtypes against {type(module).__name__}.forward"
         f"{_signature_text(module.forward)}, in forward's order.",
     )
 
@@ -89,11 +90,15 @@ def _range_hint(loaded: LoadedModel, exc: Exception) -> str | None:
         low, high = integer_range(spec, loaded.module)
         dims = "x".join(str(d) for d in spec.shape)
         if sizes and (high > min(sizes) or low < 0):
-            return (f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range), but the model's "
-                    f"smallest nn.Embedding has {min(sizes)} rows: give a range inside it, e.g. "
-                    f"--input {spec.name}={dims}:{spec.dtype}:0..{min(sizes)}.")
-        return (f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range) and an index went out "
-                f"of range: give the range of values the model accepts, e.g. --input {spec.name}={dims}:{spec.dtype}:0..N.")
+            return (
+                f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range), but the model's "
+                f"smallest nn.Embedding has {min(sizes)} rows: give a range inside it, e.g. "
+                f"--input {spec.name}={dims}:{spec.dtype}:0..{min(sizes)}."
+            )
+        return (
+            f"Input '{spec.name}' was sampled from [{low}, {high}) (its :LOW..HIGH range) and an index went out "
+            f"of range: give the range of values the model accepts, e.g. --input {spec.name}={dims}:{spec.dtype}:0..N."
+        )
     return None
 
 

@@ -78,9 +78,23 @@ _TRACER_KINDS = (
     ("tensor_iteration", re.compile(r"Iterating over a tensor")),
     ("tensor_constant", re.compile(r"torch\.tensor results are registered as constants")),
 )
-_RANDOM_OPS = {"aten::rand", "aten::randn", "aten::rand_like", "aten::randn_like", "aten::randint", "aten::randint_like",
-               "aten::bernoulli", "aten::bernoulli_", "aten::multinomial", "aten::normal", "aten::randperm",
-               "aten::uniform_", "aten::normal_", "aten::exponential_", "aten::native_dropout"}
+_RANDOM_OPS = {
+    "aten::rand",
+    "aten::randn",
+    "aten::rand_like",
+    "aten::randn_like",
+    "aten::randint",
+    "aten::randint_like",
+    "aten::bernoulli",
+    "aten::bernoulli_",
+    "aten::multinomial",
+    "aten::normal",
+    "aten::randperm",
+    "aten::uniform_",
+    "aten::normal_",
+    "aten::exponential_",
+    "aten::native_dropout",
+}
 _TRAIN_FLAG_OPS = {"aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::feature_alpha_dropout"}
 _FRAME_RE = re.compile(r"^(?P<file>.+)\((?P<line>\d+)\): (?P<func>\S+)$")
 _LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
@@ -106,20 +120,31 @@ class Hazard:
     def why(self) -> str:
         why = EXPLANATIONS.get(self.kind, EXPLANATIONS["tracer_warning"])[0]
         if self.in_library:
-            return ("Inside PyTorch's own code, usually a shape check: reported, and the trace is kept only if it "
-                    "matches eager on every check input. " + why)
+            return (
+                "Inside PyTorch's own code, usually a shape check: reported, and the trace is kept only if it "
+                "matches eager on every check input. " + why
+            )
         return why
 
     @property
     def fix(self) -> str:
         if self.in_library:  # advice to rewrite torch's own code would only mislead
-            return ("Nothing to change in your code. If a check input diverges, the branch depends on a shape or "
-                    "value your example fixes: declare that dimension dynamic, or add --check-inputs that take the other branch.")
+            return (
+                "Nothing to change in your code. If a check input diverges, the branch depends on a shape or "
+                "value your example fixes: declare that dimension dynamic, or add --check-inputs that take the other branch."
+            )
         return EXPLANATIONS.get(self.kind, EXPLANATIONS["tracer_warning"])[1]
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "file": self.file, "line": self.line,
-                "why": self.why, "fix": self.fix, "in_library": self.in_library}
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "file": self.file,
+            "line": self.line,
+            "why": self.why,
+            "fix": self.fix,
+            "in_library": self.in_library,
+        }
 
 
 def dedupe(hazards: list[Hazard]) -> list[Hazard]:
@@ -164,8 +189,11 @@ def state_changes(model: nn.Module, run: Any) -> list[Hazard]:
             owner, attr = key
             file, line = _assignment_line(model.get_submodule(owner) if owner else model, attr)
             where = f"{owner}.{attr}" if owner else attr
-            hazards.append(Hazard("python_state", f"forward changes self.{attr} ({where}: {_short(old)} -> {_short(new)})",
-                                  file, line))
+            hazards.append(
+                Hazard(
+                    "python_state", f"forward changes self.{attr} ({where}: {_short(old)} -> {_short(new)})", file, line
+                )
+            )
     return hazards
 
 
@@ -176,9 +204,15 @@ def unrolled_loops(graph_at_example: torch.Graph, graph_at_other_size: torch.Gra
     for location in sorted(set(first) | set(second)):
         if first.get(location, 0) != second.get(location, 0):
             file, line = location
-            hazards.append(Hazard("unrolled_loop", f"this line's work changes with dynamic dimension {symbol} "
-                                                   f"({first.get(location, 0)} vs {second.get(location, 0)} graph nodes)",
-                                  file, line))
+            hazards.append(
+                Hazard(
+                    "unrolled_loop",
+                    f"this line's work changes with dynamic dimension {symbol} "
+                    f"({first.get(location, 0)} vs {second.get(location, 0)} graph nodes)",
+                    file,
+                    line,
+                )
+            )
     return hazards
 
 

@@ -18,6 +18,7 @@ import io
 import re
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,16 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import hazards as hz
-from . import devices as rewrite
-from .export import ExportCapture, export_capture, without_fused_attention
 from ..compare import Comparison, compare_outputs
 from ..errors import BuildError, UsageError, did_you_mean
-from .flatten import FlatModel, flatten_model
-from .hazards import Hazard
 from ..inputs import dynamic_symbols, resized, sample_inputs
 from ..load import LoadedModel
 from ..noise import filter_known_warnings
+from . import devices as rewrite
+from . import hazards as hz
+from .export import ExportCapture, export_capture, without_fused_attention
+from .flatten import FlatModel, flatten_model
+from .hazards import Hazard
 
 MODES = ("auto", "trace", "script")
 _ERROR_LINE = re.compile(r"^\w*(Error|Exception): ")
@@ -44,8 +45,14 @@ _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE = 1e-5, 1e-4, 0.9999
 class CaptureError(BuildError):
     """No capture can be trusted; carries what was found, for reports and `edgepack doctor`."""
 
-    def __init__(self, message: str, hint: str, hazards: list[Hazard], attempts: list["CaptureAttempt"],
-                 export: ExportCapture | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        hint: str,
+        hazards: list[Hazard],
+        attempts: list[CaptureAttempt],
+        export: ExportCapture | None = None,
+    ) -> None:
         super().__init__(message, hint)
         self.hazards = hazards
         self.attempts = attempts
@@ -76,8 +83,13 @@ class CaptureAttempt:
     rewrites: list[rewrite.Rewrite] = field(default_factory=list, repr=False)  # the device pass on this attempt
 
     def to_json(self) -> dict:
-        return {"strategy": self.strategy, "ok": self.ok, "error": self.error, "divergence": self.divergence,
-                "scripted_submodules": self.scripted_submodules}
+        return {
+            "strategy": self.strategy,
+            "ok": self.ok,
+            "error": self.error,
+            "divergence": self.divergence,
+            "scripted_submodules": self.scripted_submodules,
+        }
 
 
 @dataclass
@@ -108,6 +120,11 @@ class CapturedModel:
         return self.export.program if self.export is not None else None
 
     @property
+    def export_strategy(self) -> str | None:
+        """The export strategy that held ("export-strict", "export-nonstrict"), or None."""
+        return self.export.strategy if self.export is not None else None
+
+    @property
     def input_names(self) -> list[str]:
         return [spec.name for spec in self.loaded.inputs]
 
@@ -124,9 +141,13 @@ class CapturedModel:
         return torch.jit.load(buffer)
 
     def to_json(self) -> dict:
-        document = {"strategy": self.strategy, "attempts": [a.to_json() for a in self.attempts],
-                    "hazards": [h.to_json() for h in self.hazards], "checked_inputs": len(self.samples) + len(self.checks),
-                    "unchecked_sizes": self.unchecked_sizes}
+        document = {
+            "strategy": self.strategy,
+            "attempts": [a.to_json() for a in self.attempts],
+            "hazards": [h.to_json() for h in self.hazards],
+            "checked_inputs": len(self.samples) + len(self.checks),
+            "unchecked_sizes": self.unchecked_sizes,
+        }
         if self.devices is not None:
             document.update(self.devices.to_json())
         if self.export is not None:
@@ -158,19 +179,30 @@ class DevicePass:
         return self.policy == "agnostic" and self.findings.clean and not self.meta_mismatch
 
     def to_json(self) -> dict:
-        return {"device_policy": self.policy, "trace_device": self.trace_device, "device_agnostic": self.device_agnostic,
-                "rewrites": [{"kind": r.kind, "op": r.op, "source": r.source, "detail": r.detail, "device": r.device}
-                             for r in self.rewrites],
-                "pinned_devices": self.findings.pinned, "kept_devices": self.findings.kept, "meta_check": self.meta_check}
+        return {
+            "device_policy": self.policy,
+            "trace_device": self.trace_device,
+            "device_agnostic": self.device_agnostic,
+            "rewrites": [
+                {"kind": r.kind, "op": r.op, "source": r.source, "detail": r.detail, "device": r.device}
+                for r in self.rewrites
+            ],
+            "pinned_devices": self.findings.pinned,
+            "kept_devices": self.findings.kept,
+            "meta_check": self.meta_check,
+        }
 
 
 # Strategies ---------------------------------------------------------------------------------------
+
 
 class Strategy(ABC):
     name: str
 
     @abstractmethod
-    def build(self, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard]) -> tuple[torch.jit.ScriptModule, list[str]]:
+    def build(
+        self, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard]
+    ) -> tuple[torch.jit.ScriptModule, list[str]]:
         """Return the capture and the submodules it scripted; raise when the strategy does not apply."""
 
 
@@ -209,11 +241,14 @@ class Hybrid(Strategy):
             raise BuildError("no hazard lies inside a submodule: nothing smaller than the whole model to script")
         for name in targets:
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, torch.jit.script(model.get_submodule(name)))
+            setattr(
+                model.get_submodule(parent) if parent else model, child, torch.jit.script(model.get_submodule(name))
+            )
         return _trace(flat.around(model), example, self.device), targets
 
 
 # The ladder ---------------------------------------------------------------------------------------
+
 
 def capture(
     loaded: LoadedModel,
@@ -241,8 +276,9 @@ def capture(
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
 
     def exported() -> ExportCapture:  # after the TorchScript ladder: its captures stay exactly as they were
-        return export_capture(flat, loaded, example, lambda module: _compare(module, checks, names, output_names),
-                              len(checks), found)
+        return export_capture(
+            flat, loaded, example, lambda module: _compare(module, checks, names, output_names), len(checks), found
+        )
 
     if fatal:
         raise CaptureError(diagnosis("No capture can be trusted", fatal, []), fatal[0].fix, found, [], exported())
@@ -264,12 +300,30 @@ def capture(
         if mode == "auto" and attempts[0].ok:
             accepted = fallback
     if accepted is None:
-        raise CaptureError(diagnosis("No capture matches eager PyTorch", found, attempts), _hint(found, mode), found, attempts,
-                           exported())
+        raise CaptureError(
+            diagnosis("No capture matches eager PyTorch", found, attempts),
+            _hint(found, mode),
+            found,
+            attempts,
+            exported(),
+        )
     module, attempt = accepted
     devices = _device_proof(module, prepass + attempt.rewrites, device_policy, trace_device, example)
-    return CapturedModel(loaded, flat, module, output_names, attempt.strategy, attempts, found, samples, expected,
-                         [c for c in checks if c.kind != "golden"], devices, unchecked, exported())
+    return CapturedModel(
+        loaded,
+        flat,
+        module,
+        output_names,
+        attempt.strategy,
+        attempts,
+        found,
+        samples,
+        expected,
+        [c for c in checks if c.kind != "golden"],
+        devices,
+        unchecked,
+        exported(),
+    )
 
 
 def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.ScriptModule:
@@ -281,8 +335,13 @@ def capture_again(captured: CapturedModel, model: nn.Module) -> torch.jit.Script
     return _build_device_agnostic(strategy, captured.eager.around(model), example, captured.hazards, policy)[0]
 
 
-def _device_proof(module: torch.jit.ScriptModule, rewrites: list[rewrite.Rewrite], policy: str, trace_device: str,
-                  example: tuple[torch.Tensor, ...]) -> DevicePass:
+def _device_proof(
+    module: torch.jit.ScriptModule,
+    rewrites: list[rewrite.Rewrite],
+    policy: str,
+    trace_device: str,
+    example: tuple[torch.Tensor, ...],
+) -> DevicePass:
     """Read the device literals back from the module's saved code, and run it on `meta`."""
     findings = rewrite.pinned_devices(module, keep=_allowed_devices(rewrites, policy))
     if policy != "agnostic":
@@ -299,7 +358,9 @@ def check_options(mode: str, policy: str, trace_device: str) -> str:
     """UsageError for a bad capture mode, device policy or trace device; cheap, so callers run it before
     loading the model. Returns the trace device to use ("auto" resolved)."""
     if mode not in MODES:
-        raise UsageError(f"Unknown capture mode '{mode}'.{did_you_mean(mode, list(MODES))}", f"Use one of: {', '.join(MODES)}.")
+        raise UsageError(
+            f"Unknown capture mode '{mode}'.{did_you_mean(mode, list(MODES))}", f"Use one of: {', '.join(MODES)}."
+        )
     return _resolve_trace_device(policy, trace_device)
 
 
@@ -313,18 +374,24 @@ def _resolve_trace_device(policy: str, trace_device: str) -> str:
 
 def _check_device_options(policy: str, trace_device: str) -> None:
     if policy not in rewrite.POLICIES:
-        raise UsageError(f"Unknown device policy '{policy}'.{did_you_mean(policy, list(rewrite.POLICIES))}",
-                         "Use 'agnostic' (placements follow the input's device) or 'target' (everything on the phone's CPU).")
+        raise UsageError(
+            f"Unknown device policy '{policy}'.{did_you_mean(policy, list(rewrite.POLICIES))}",
+            "Use 'agnostic' (placements follow the input's device) or 'target' (everything on the phone's CPU).",
+        )
     try:
         device = torch.device(trace_device)
     except RuntimeError as exc:
         raise UsageError(f"'{trace_device}' is not a device name.", "Use cpu, cuda, cuda:N or auto.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--trace-device {trace_device}: this machine has no usable CUDA device "
-                         f"(torch {torch.__version__}, torch.cuda.is_available() is False).",
-                         "Trace on the CPU (the default): the bundle is the same, the device pass makes it device-agnostic.")
+        raise UsageError(
+            f"--trace-device {trace_device}: this machine has no usable CUDA device "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False).",
+            "Trace on the CPU (the default): the bundle is the same, the device pass makes it device-agnostic.",
+        )
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--trace-device {trace_device}: only cpu and cuda are supported.", "Use cpu, cuda, cuda:N or auto.")
+        raise UsageError(
+            f"--trace-device {trace_device}: only cpu and cuda are supported.", "Use cpu, cuda, cuda:N or auto."
+        )
 
 
 def _strategies_for(mode: str, first_trace: torch.jit.ScriptModule | None, trace_device: str) -> tuple[Strategy, ...]:
@@ -343,8 +410,9 @@ def _attempt(strategy, flat, example, found, checks, output_names, names, policy
     return module, CaptureAttempt(strategy.name, not divergence, error, divergence, scripted, rewrites)
 
 
-def _build_device_agnostic(strategy: Strategy, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard],
-                           policy: str) -> tuple[torch.jit.ScriptModule, list[str], list[rewrite.Rewrite]]:
+def _build_device_agnostic(
+    strategy: Strategy, flat: FlatModel, example: tuple[torch.Tensor, ...], found: list[Hazard], policy: str
+) -> tuple[torch.jit.ScriptModule, list[str], list[rewrite.Rewrite]]:
     """The strategy's capture after the device pass, on the CPU: (module, scripted submodules, rewrites)."""
     with torch.no_grad():
         module, scripted = strategy.build(flat, example, found)
@@ -393,7 +461,9 @@ def _trace_hazards(
     return traced, hz.dedupe(found)
 
 
-def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple[list[CheckInput], list[dict[str, str]]]:
+def _checks(
+    loaded: LoadedModel, flat: FlatModel, samples, user_checks
+) -> tuple[list[CheckInput], list[dict[str, str]]]:
     """The inputs every capture attempt is checked on, and the dynamic sizes eager itself fails at."""
     names = [spec.name for spec in loaded.inputs]
     candidates: list[tuple[str, dict[str, torch.Tensor], CheckKind]]
@@ -410,7 +480,9 @@ def _checks(loaded: LoadedModel, flat: FlatModel, samples, user_checks) -> tuple
             checks.append(CheckInput(label, sample, _eager(flat, sample, names), kind))
         except Exception as exc:
             if kind == "user":
-                raise UsageError(f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input.") from exc
+                raise UsageError(
+                    f"Eager PyTorch fails on {label}: {_first_lines(exc)}", "Fix the check input."
+                ) from exc
             if kind == "size":  # the model cannot take a size its input is declared to accept: say so
                 unchecked.append({"size": label, "reason": _first_lines(exc)})
             # else eager rejects a generated value (all zeros, say): nothing to compare against
@@ -425,11 +497,14 @@ def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[st
     def vary(transform):
         return {name: transform(t) if t.is_floating_point() else t for name, t in sample.items()}
 
-    return [("the traced sample negated", vary(torch.neg)), ("the traced sample times 4", vary(lambda t: t * 4)),
-            ("all-zero floats", vary(torch.zeros_like))]
+    return [
+        ("the traced sample negated", vary(torch.neg)),
+        ("the traced sample times 4", vary(lambda t: t * 4)),
+        ("all-zero floats", vary(torch.zeros_like)),
+    ]
 
 
-def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, output_names) -> list[Comparison]:
+def _compare(module: Callable[..., Any], checks: list[CheckInput], names, output_names) -> list[Comparison]:
     results = []
     with torch.no_grad():
         for check in checks:
@@ -438,8 +513,9 @@ def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, ou
             except Exception as exc:
                 results.append(Comparison.error(check.label, _first_lines(exc)))
                 continue
-            results.append(compare_outputs(got, check.expected, _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE,
-                                           check.label, output_names))
+            results.append(
+                compare_outputs(got, check.expected, _CHECK_ATOL, _CHECK_RTOL, _CHECK_COSINE, check.label, output_names)
+            )
     return results
 
 
@@ -454,10 +530,13 @@ def _check_checkable(loaded: LoadedModel, output_names: list[str], expected: lis
         raise UsageError(
             f"The model's output(s) {', '.join(repr(n) for n in unchecked)} hold no finite value on any golden sample "
             f"({inputs}): all inf/NaN, so no smoke test or verify could tell a broken artifact from a good one.",
-            "Check the weights (--weights), the forward for 0/0 or log(0), and the --input values and ranges.")
+            "Check the weights (--weights), the forward for 0/0 or log(0), and the --input values and ranges.",
+        )
     if output_names and len(empty) == len(output_names):
-        raise UsageError(f"Every output of the model is empty on the golden samples ({inputs}): nothing to check.",
-                         "Check the --input shapes: an output with a zero-size dimension holds no values.")
+        raise UsageError(
+            f"Every output of the model is empty on the golden samples ({inputs}): nothing to check.",
+            "Check the --input shapes: an output with a zero-size dimension holds no values.",
+        )
 
 
 def empty_outputs(output_names: list[str], expected: list[list[np.ndarray]]) -> tuple[list[str], list[str]]:
@@ -481,7 +560,7 @@ def _submodules_holding(model: nn.Module, found: list[Hazard]) -> list[str]:
     """The outermost non-root submodules whose forward source contains a hazard's line."""
     import inspect
 
-    holders = []
+    holders: list[str] = []
     for name, module in model.named_modules():
         if not name or isinstance(module, torch.jit.ScriptModule) or any(name.startswith(h + ".") for h in holders):
             continue  # a scripted submodule keeps its control flow already
@@ -521,5 +600,5 @@ def _first_lines(exc: BaseException, limit: int = 6) -> str:
     if "Traceback of TorchScript" in text:  # the interpreter's own error comes after its traceback
         causes = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
         if causes:
-            return "\n".join([lines[0]] + lines[causes[-1]:][:limit - 1])
+            return "\n".join([lines[0]] + lines[causes[-1] :][: limit - 1])
     return "\n".join(lines[:limit])

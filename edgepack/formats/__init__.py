@@ -1,10 +1,19 @@
 """Deployment formats. Adding one means adding a folder here (formats/<name>/) and naming it in a target file."""
 
 from ..errors import RuntimeUnavailable
-from .base import FORMATS, Emitted, Format, Runner, get_format, register_format
 from . import coreml, executorch, onnx, torchscript_lite  # noqa: F401  (each registers its format)
+from .base import FORMATS, Emitted, Format, Runner, get_format, register_format
 
-__all__ = ["FORMATS", "Emitted", "Format", "Runner", "RuntimeUnavailable", "get_format", "register_format", "known_options"]
+__all__ = [
+    "FORMATS",
+    "Emitted",
+    "Format",
+    "Runner",
+    "RuntimeUnavailable",
+    "get_format",
+    "register_format",
+    "known_options",
+]
 
 
 def known_options() -> dict[str, set[str]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from importlib import resources
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -90,8 +90,9 @@ class Format(ABC):
         return bundle_dir / f"{model_name}{self.suffix}"
 
     @abstractmethod
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
-             calibration: Calibration | None = None) -> Emitted:
+    def emit(
+        self, captured: CapturedModel, settings: FormatSettings, path: Path, calibration: Calibration | None = None
+    ) -> Emitted:
         """Write the artifact at `path` in `settings.precision`, keeping `settings.options[FLOAT_LAYERS]`
         in float; raise BuildError with the converter's reason on failure. Static schemes need
         `calibration` (UsageError when it is missing)."""
@@ -152,8 +153,12 @@ class Format(ABC):
         try:
             text = resources.files(package).joinpath(REQUIREMENTS_SCHEMA).read_text(encoding="utf-8")
         except (FileNotFoundError, ModuleNotFoundError, TypeError):
-            return {"type": "object", "additionalProperties": False, "required": ["runtime"],
-                    "properties": {"runtime": {"type": "string"}}}
+            return {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["runtime"],
+                "properties": {"runtime": {"type": "string"}},
+            }
         return json.loads(text)
 
     def companions(self, requirements: dict[str, Any]) -> list[Companion]:
@@ -176,5 +181,7 @@ def register_format(cls: type[Format]) -> type[Format]:
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
-        raise UsageError(f"Unknown format '{name}'.{did_you_mean(name, list(FORMATS))}", f"Known formats: {', '.join(FORMATS)}.")
+        raise UsageError(
+            f"Unknown format '{name}'.{did_you_mean(name, list(FORMATS))}", f"Known formats: {', '.join(FORMATS)}."
+        )
     return FORMATS[name]

@@ -12,8 +12,8 @@ import torch
 
 from ..capture.ladder import CapturedModel
 from ..compare import cosine_similarity, non_finite_mismatch
-from ..jsonio import finite_or_none
 from ..formats.base import Runner
+from ..jsonio import finite_or_none
 from ..targets import AccuracyBudget
 
 
@@ -27,8 +27,9 @@ class EvalSet:
     real: bool = True  # False for seeded random inputs: their top-1 flips between near-tied classes mean little
 
 
-def eval_set(captured: CapturedModel, samples: list[dict[str, torch.Tensor]], description: str,
-             real: bool = True) -> EvalSet:
+def eval_set(
+    captured: CapturedModel, samples: list[dict[str, torch.Tensor]], description: str, real: bool = True
+) -> EvalSet:
     """Run eager fp32 once over the samples; every artifact is compared with these outputs."""
     expected = []
     with torch.inference_mode():
@@ -57,9 +58,16 @@ class Accuracy:
 
     def to_json(self) -> dict:
         # JSON has no NaN/Infinity: non-finite figures are null, and `non_finite_values` says why.
-        return {"samples": self.samples, "top1_agreement": self.top1_agreement, "cosine": finite_or_none(self.cosine),
-                "worst_cosine": finite_or_none(self.worst_cosine), "max_abs_err": finite_or_none(self.max_abs_err),
-                "sqnr_db": finite_or_none(self.sqnr_db), "non_finite_values": self.non_finite, "values": self.values}
+        return {
+            "samples": self.samples,
+            "top1_agreement": self.top1_agreement,
+            "cosine": finite_or_none(self.cosine),
+            "worst_cosine": finite_or_none(self.worst_cosine),
+            "max_abs_err": finite_or_none(self.max_abs_err),
+            "sqnr_db": finite_or_none(self.sqnr_db),
+            "non_finite_values": self.non_finite,
+            "values": self.values,
+        }
 
     def non_finite_text(self) -> str:
         if not self.non_finite:
@@ -79,8 +87,12 @@ def measure(run: Runner, data: EvalSet, input_names: list[str]) -> Accuracy:
     """Run the artifact on every evaluation sample and compare with eager's outputs."""
     got = [run([sample[name].numpy() for name in input_names]) for sample in data.samples]
     outputs = len(data.expected[0])
-    per_output = [_output_figures([np.asarray(g[i], np.float64) for g in got],
-                                  [np.asarray(e[i], np.float64) for e in data.expected]) for i in range(outputs)]
+    per_output = [
+        _output_figures(
+            [np.asarray(g[i], np.float64) for g in got], [np.asarray(e[i], np.float64) for e in data.expected]
+        )
+        for i in range(outputs)
+    ]
     top1 = [f["top1"] for f in per_output if f["top1"] is not None]
     sqnr = [f["sqnr"] for f in per_output if f["sqnr"] is not None]
     return Accuracy(
@@ -110,9 +122,16 @@ def _output_figures(got: list[np.ndarray], expected: list[np.ndarray]) -> dict:
     non_finite = sum(int(np.sum(m)) for m in masks)
     values = sum(g.size for g in got)
     if non_finite:  # no figure describes inf/NaN where eager has numbers: every one is a miss
-        return {"top1": _top1_agreement(got, expected), "cosine": math.nan, "worst_cosine": math.nan,
-                "max_abs_err": math.inf, "sqnr": math.nan, "non_finite": non_finite, "values": values,
-                "eager_finite_there": all(bool(np.all(np.isfinite(e[m]))) for e, m in zip(expected, masks))}
+        return {
+            "top1": _top1_agreement(got, expected),
+            "cosine": math.nan,
+            "worst_cosine": math.nan,
+            "max_abs_err": math.inf,
+            "sqnr": math.nan,
+            "non_finite": non_finite,
+            "values": values,
+            "eager_finite_there": all(bool(np.all(np.isfinite(e[m]))) for e, m in zip(expected, masks)),
+        }
     # Non-finite values left are the same in both (eager's own inf/NaN): the figures are over the rest.
     got = [np.where(np.isfinite(e), g, 0.0) for g, e in zip(got, expected)]
     expected = [np.where(np.isfinite(e), e, 0.0) for e in expected]
@@ -121,11 +140,15 @@ def _output_figures(got: list[np.ndarray], expected: list[np.ndarray]) -> dict:
     noise = sum(float(np.sum((g - e) ** 2)) for g, e in zip(got, expected))
     return {
         "top1": _top1_agreement(got, expected),
-        "cosine": cosine_similarity(np.concatenate([g.ravel() for g in got]), np.concatenate([e.ravel() for e in expected])),
+        "cosine": cosine_similarity(
+            np.concatenate([g.ravel() for g in got]), np.concatenate([e.ravel() for e in expected])
+        ),
         "worst_cosine": float(np.min(cosines)),
         "max_abs_err": max(float(np.max(np.abs(g - e), initial=0.0)) for g, e in zip(got, expected)),
         "sqnr": None if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise),
-        "non_finite": 0, "values": values, "eager_finite_there": True,
+        "non_finite": 0,
+        "values": values,
+        "eager_finite_there": True,
     }
 
 
@@ -141,8 +164,12 @@ def budget_misses(accuracy: Accuracy, budget: AccuracyBudget, gate_top1: bool = 
     """What the figures miss of the target's accuracy budget (empty when it holds). inf/NaN in the outputs
     is always a miss, and a nan figure misses its bound (the comparisons are written so that nan fails)."""
     misses = [accuracy.non_finite_text()] if accuracy.non_finite else []
-    if gate_top1 and budget.min_top1_agreement is not None and accuracy.top1_agreement is not None \
-            and not accuracy.top1_agreement >= budget.min_top1_agreement:
+    if (
+        gate_top1
+        and budget.min_top1_agreement is not None
+        and accuracy.top1_agreement is not None
+        and not accuracy.top1_agreement >= budget.min_top1_agreement
+    ):
         misses.append(f"top-1 agreement {accuracy.top1_agreement:.4f} < {budget.min_top1_agreement}")
     if budget.min_cosine is not None and not accuracy.cosine >= budget.min_cosine:
         misses.append(f"cosine {accuracy.cosine:.5f} < {budget.min_cosine}")

@@ -31,7 +31,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _MAX_IMAGE_PIXELS = 64_000_000
 
 
-def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration") -> Samples:
+def load_samples(
+    source: str, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration"
+) -> Samples:
     """Samples shaped like the model's inputs (one dict per sample), from any of the supported sources."""
     specs = loaded.inputs
     path = Path(source).expanduser()
@@ -42,12 +44,16 @@ def load_samples(source: str, loaded: LoadedModel, search_dir: Path | None = Non
     if path.is_dir():
         return _from_folder(path, loaded, option)
     if ":" not in source:
-        raise UsageError(f"{option} '{source}' is not a .npz file, a folder or a module:attr callable.",
-                         f"Give {option} a .npz (one array per input), a folder of .npy files or images, "
-                         "or a callable yielding batches.")
+        raise UsageError(
+            f"{option} '{source}' is not a .npz file, a folder or a module:attr callable.",
+            f"Give {option} a .npz (one array per input), a folder of .npy files or images, "
+            "or a callable yielding batches.",
+        )
     factory = resolve_reference(source, search_dir or Path.cwd())
     if not callable(factory):
-        raise UsageError(f"{option} '{source}' is not callable.", "Point it at a function yielding batches (dicts of arrays).")
+        raise UsageError(
+            f"{option} '{source}' is not callable.", "Point it at a function yielding batches (dicts of arrays)."
+        )
     return _from_batches(items_from_callable(factory, source, option), specs, f"{option} {source}")
 
 
@@ -66,8 +72,10 @@ def _from_batches(batches: Iterable[Any], specs: list[InputSpec], where: str) ->
     for index, batch in enumerate(batches):
         if not isinstance(batch, dict):
             if len(specs) != 1:
-                raise UsageError(f"{where}: batch {index} is a {type(batch).__name__}, not a dict of input name -> array.",
-                                 f"Yield dicts with keys {', '.join(s.name for s in specs)}.")
+                raise UsageError(
+                    f"{where}: batch {index} is a {type(batch).__name__}, not a dict of input name -> array.",
+                    f"Yield dicts with keys {', '.join(s.name for s in specs)}.",
+                )
             batch = {specs[0].name: batch}
         samples += _split_batch(batch, specs, f"{where} batch {index}")
     if not samples:
@@ -80,12 +88,17 @@ def _split_batch(batch: dict, specs: list[InputSpec], where: str) -> Samples:
     (samples of the full shape) or the spec's rank with a batch of rows where the spec's batch is 1."""
     missing = [s.name for s in specs if s.name not in batch]
     if missing:
-        raise UsageError(f"{where} has no array for input(s) {', '.join(missing)} (it has {', '.join(map(str, batch))}).",
-                         "Give one array per input name, samples along axis 0.")
+        raise UsageError(
+            f"{where} has no array for input(s) {', '.join(missing)} (it has {', '.join(map(str, batch))}).",
+            "Give one array per input name, samples along axis 0.",
+        )
     per_input = {s.name: _as_samples(np.asarray(batch[s.name]), s, where) for s in specs}
     counts = {len(v) for v in per_input.values()}
     if len(counts) != 1:
-        raise UsageError(f"{where}: inputs have different sample counts {sorted(counts)}.", "Give every input the same number of samples.")
+        raise UsageError(
+            f"{where}: inputs have different sample counts {sorted(counts)}.",
+            "Give every input the same number of samples.",
+        )
     return [{name: tensors[i] for name, tensors in per_input.items()} for i in range(counts.pop())]
 
 
@@ -96,12 +109,18 @@ def _as_samples(array: np.ndarray, spec: InputSpec, where: str) -> list[torch.Te
     elif array.ndim == rank and spec.shape[0] == 1:
         parts = [array[i : i + 1] for i in range(len(array))]
     else:
-        raise UsageError(f"{where}: input '{spec.name}' has shape {list(array.shape)}; expected samples of {list(spec.shape)} "
-                         "stacked along a new axis 0, or a batch of rows along axis 0.", "Fix the array's shape.")
+        raise UsageError(
+            f"{where}: input '{spec.name}' has shape {list(array.shape)}; expected samples of {list(spec.shape)} "
+            "stacked along a new axis 0, or a batch of rows along axis 0.",
+            "Fix the array's shape.",
+        )
     for part in parts[:1]:
         if not spec.accepts_shape(part.shape):
-            raise UsageError(f"{where}: input '{spec.name}' sample shape {list(part.shape)} differs from {list(spec.shape)} "
-                             "(only dimensions declared dynamic may differ).", "Fix the array's shape.")
+            raise UsageError(
+                f"{where}: input '{spec.name}' sample shape {list(part.shape)} differs from {list(spec.shape)} "
+                "(only dimensions declared dynamic may differ).",
+                "Fix the array's shape.",
+            )
     samples = [torch.as_tensor(np.ascontiguousarray(p)).to(spec.torch_dtype) for p in parts]
     for sample in samples:
         spec.check_finite(sample, where)
@@ -111,8 +130,10 @@ def _as_samples(array: np.ndarray, spec: InputSpec, where: str) -> list[torch.Te
 def _from_folder(folder: Path, loaded: LoadedModel, option: str) -> Samples:
     specs = loaded.inputs
     if len(specs) != 1:
-        raise UsageError(f"{option} folder '{folder}' can only feed a single-input model (this one has {len(specs)}).",
-                         "Use a .npz with one array per input name, or a callable yielding dicts.")
+        raise UsageError(
+            f"{option} folder '{folder}' can only feed a single-input model (this one has {len(specs)}).",
+            "Use a .npz with one array per input name, or a callable yielding dicts.",
+        )
     arrays = sorted(folder.glob("*.npy"))
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if arrays:
@@ -121,7 +142,10 @@ def _from_folder(folder: Path, loaded: LoadedModel, option: str) -> Samples:
         spec = specs[0]
         batch = torch.cat([_image_sample(p, spec, loaded.preprocessing or {}) for p in images])
         return _from_batches([batch.numpy()], specs, f"{option} {folder}")
-    raise UsageError(f"{option} folder '{folder}' has no .npy files or images.", f"Put .npy files or {'/'.join(IMAGE_SUFFIXES)} images in it.")
+    raise UsageError(
+        f"{option} folder '{folder}' has no .npy files or images.",
+        f"Put .npy files or {'/'.join(IMAGE_SUFFIXES)} images in it.",
+    )
 
 
 def _image_sample(path: Path, spec: InputSpec, preprocessing: dict) -> torch.Tensor:
@@ -132,19 +156,30 @@ def _image_sample(path: Path, spec: InputSpec, preprocessing: dict) -> torch.Ten
     except ImportError as exc:  # pillow is a dependency; this is a broken installation
         raise UsageError("Reading images needs Pillow.", "pip install pillow") from exc
     if len(spec.shape) != 4 or spec.is_integer:
-        raise UsageError(f"Images can only feed a float (N, C, H, W) input; '{spec.name}' is {spec}.", "Use .npy files instead.")
+        raise UsageError(
+            f"Images can only feed a float (N, C, H, W) input; '{spec.name}' is {spec}.", "Use .npy files instead."
+        )
     channels, height, width = spec.shape[1:]
     try:
         with Image.open(path) as image:
             if image.size[0] * image.size[1] > _MAX_IMAGE_PIXELS:  # checked before decoding: no decompression bomb
-                raise UsageError(f"Image {path} is {image.size[0]}x{image.size[1]} pixels, over edgepack's limit of "
-                                 f"{_MAX_IMAGE_PIXELS:,}.", "Resize the calibration images to about the model's input size.")
+                raise UsageError(
+                    f"Image {path} is {image.size[0]}x{image.size[1]} pixels, over edgepack's limit of "
+                    f"{_MAX_IMAGE_PIXELS:,}.",
+                    "Resize the calibration images to about the model's input size.",
+                )
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what Pillow raises on junk
-        raise UsageError(f"Image {path} cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
-                         "Give image files Pillow can open (PNG, JPEG, BMP), or .npy arrays.") from exc
+        raise UsageError(
+            f"Image {path} cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+            "Give image files Pillow can open (PNG, JPEG, BMP), or .npy arrays.",
+        ) from exc
     x = torch.from_numpy(pixels.reshape(pixels.shape[0], pixels.shape[1], -1)).permute(2, 0, 1).unsqueeze(0)
     x = x * float(preprocessing.get("scale", 1.0 / 255.0))
-    x = F.interpolate(x, size=(height, width), mode=preprocessing.get("resize_mode", "bilinear"),
-                      align_corners=preprocessing.get("align_corners", False))
+    x = F.interpolate(
+        x,
+        size=(height, width),
+        mode=preprocessing.get("resize_mode", "bilinear"),
+        align_corners=preprocessing.get("align_corners", False),
+    )
     return (x - float(preprocessing.get("mean", 0.0))) / float(preprocessing.get("std", 1.0))

@@ -19,8 +19,7 @@ from .. import precisions
 from ..bundle.files import size_of
 from ..bundle.staging import remove_path
 from ..capture.ladder import CapturedModel
-from ..errors import BuildError, UsageError
-from ..errors import RuntimeUnavailable
+from ..errors import BuildError, RuntimeUnavailable, UsageError
 from ..formats.base import FLOAT_LAYERS, Emitted, Format
 from ..noise import native_stderr_quiet
 from ..targets import FormatSettings
@@ -36,7 +35,11 @@ PROBE_CALIBRATION_SAMPLES = 32
 Progress = Callable[[str], None]
 # The step an attempt did not get past: built, run, or measured (its runtime cannot run on this machine).
 Failure = Literal["build", "run", "measure"]
-_WHY_NOT = {"build": "could not be built", "run": "could not be run here", "measure": "could not be measured on this machine"}
+_WHY_NOT = {
+    "build": "could not be built",
+    "run": "could not be run here",
+    "measure": "could not be measured on this machine",
+}
 
 
 @dataclass
@@ -64,9 +67,15 @@ class Attempt:
         return "ok" if self.ok else "missed" if self.accuracy is not None else "failed"
 
     def to_json(self) -> dict:
-        return {"precision": self.precision, "float_layers": self.float_layers, "ok": self.ok, "verdict": self.verdict,
-                "reason": self.reason, "size_bytes": self.size_bytes,
-                "accuracy": self.accuracy.to_json() if self.accuracy else None}
+        return {
+            "precision": self.precision,
+            "float_layers": self.float_layers,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "size_bytes": self.size_bytes,
+            "accuracy": self.accuracy.to_json() if self.accuracy else None,
+        }
 
 
 @dataclass
@@ -90,9 +99,16 @@ class LadderResult:
         return len(self.attempts) > 1 and not self.attempts[0].ok
 
     def to_json(self) -> dict:
-        return {"requested": self.requested, "shipped": self.precision, "float_layers": self.float_layers,
-                "fell_back": self.fell_back, "eval_set": self.eval_description, "calibration": self.calibration_source,
-                "sensitivity": self.sensitivity, "attempts": [a.to_json() for a in self.attempts]}
+        return {
+            "requested": self.requested,
+            "shipped": self.precision,
+            "float_layers": self.float_layers,
+            "fell_back": self.fell_back,
+            "eval_set": self.eval_description,
+            "calibration": self.calibration_source,
+            "sensitivity": self.sensitivity,
+            "attempts": [a.to_json() for a in self.attempts],
+        }
 
 
 def rungs(fmt: Format, requested: str) -> tuple[list[str], list[str]]:
@@ -120,8 +136,16 @@ class Ladder:
     the size shipped (a .ptl archive's entries are named after the file, and its debug records are
     stripped when it ships)."""
 
-    def __init__(self, fmt: Format, captured: CapturedModel, settings: FormatSettings, workdir: Path,
-                 data: QuantData, artifact_name: str, progress: Progress = lambda _: None) -> None:
+    def __init__(
+        self,
+        fmt: Format,
+        captured: CapturedModel,
+        settings: FormatSettings,
+        workdir: Path,
+        data: QuantData,
+        artifact_name: str,
+        progress: Progress = lambda _: None,
+    ) -> None:
         self.fmt, self.captured, self.settings, self.workdir = fmt, captured, settings, workdir
         self.data, self.artifact_name, self.progress = data, artifact_name, progress
         self._count = 0
@@ -141,17 +165,33 @@ class Ladder:
             if attempts[-1].ok and emitted is not None:
                 last = attempts[-1]
                 if attempts[0] is not last:
-                    notes.append(f"{attempts[0].precision} {_why_not(attempts[0])}; shipped {last.precision}"
-                                 + (f" with {', '.join(last.float_layers)} in float" if last.float_layers else "")
-                                 + f" ({len(attempts)} attempts in the report)")
+                    notes.append(
+                        f"{attempts[0].precision} {_why_not(attempts[0])}; shipped {last.precision}"
+                        + (f" with {', '.join(last.float_layers)} in float" if last.float_layers else "")
+                        + f" ({len(attempts)} attempts in the report)"
+                    )
                 kept_baseline = baseline if last.precision != "fp32" else None  # fp32 shipped: it is the baseline
-                return LadderResult(requested, last.precision, last.float_layers, emitted, last.accuracy, kept_baseline,
-                                    attempts, sensitivity, notes, self.data.eval.description, self._calibration_text(schemes))
-        raise BuildError(f"No precision of {self.fmt.name} could be built: "
-                         + "; ".join(f"{a.precision}: {a.reason}" for a in attempts),
-                         "Fix the first failure above (the fp32 one is the converter's own).")
+                return LadderResult(
+                    requested,
+                    last.precision,
+                    last.float_layers,
+                    emitted,
+                    last.accuracy,
+                    kept_baseline,
+                    attempts,
+                    sensitivity,
+                    notes,
+                    self.data.eval.description,
+                    self._calibration_text(schemes),
+                )
+        raise BuildError(
+            f"No precision of {self.fmt.name} could be built: "
+            + "; ".join(f"{a.precision}: {a.reason}" for a in attempts),
+            "Fix the first failure above (the fp32 one is the converter's own).",
+        )
 
     def _try(self, scheme: str, float_layers: list[str], baseline: Emitted | None) -> tuple[Attempt, Emitted | None]:
+        emitted: Emitted | None
         if scheme == "fp32" and baseline is not None and not float_layers:
             emitted = baseline
         else:
@@ -161,8 +201,10 @@ class Ladder:
                 self.progress(f"{scheme}: {attempt.reason}")
                 return attempt, None
         attempt = self._judge(scheme, float_layers, emitted, self.data.eval)
-        self.progress(f"{scheme}{' + ' + str(len(float_layers)) + ' float layers' if float_layers else ''}: "
-                      f"{attempt.verdict}: {attempt.reason}")
+        self.progress(
+            f"{scheme}{' + ' + str(len(float_layers)) + ' float layers' if float_layers else ''}: "
+            f"{attempt.verdict}: {attempt.reason}"
+        )
         return attempt, emitted
 
     def _judge(self, scheme: str, float_layers: list[str], emitted: Emitted, data: EvalSet) -> Attempt:
@@ -174,9 +216,17 @@ class Ladder:
             # a host that cannot run the format builds the same artifact as one that can. int8 and
             # palettized weights are never shipped unmeasured.
             if not precisions.is_quantized(scheme):
-                return Attempt(scheme, float_layers, True, f"{scheme} accepted; accuracy not measurable here: {exc}", size)
-            return Attempt(scheme, float_layers, False, f"accuracy cannot be measured on this machine: {exc}", size,
-                           failure="measure")
+                return Attempt(
+                    scheme, float_layers, True, f"{scheme} accepted; accuracy not measurable here: {exc}", size
+                )
+            return Attempt(
+                scheme,
+                float_layers,
+                False,
+                f"accuracy cannot be measured on this machine: {exc}",
+                size,
+                failure="measure",
+            )
         except Exception as exc:  # a runtime can fail in any way on a quantized graph
             failure = f"running it failed here: {type(exc).__name__}: {exc}"
             if scheme == "fp32":  # the reference precision ends the ladder; its smoke test gives the verdict
@@ -184,9 +234,19 @@ class Ladder:
             return Attempt(scheme, float_layers, False, failure, size, failure="run")
         misses = budget_misses(accuracy, self.settings.accuracy, gate_top1=data.real)
         if scheme == "fp32":  # the reference precision ends the ladder; its smoke test is its gate
-            return Attempt(scheme, float_layers, True, accuracy.summary() + ("; misses: " + "; ".join(misses) if misses else ""),
-                           size, accuracy)
-        reason = "within the accuracy budget: " + accuracy.summary() if not misses else "misses the budget: " + "; ".join(misses)
+            return Attempt(
+                scheme,
+                float_layers,
+                True,
+                accuracy.summary() + ("; misses: " + "; ".join(misses) if misses else ""),
+                size,
+                accuracy,
+            )
+        reason = (
+            "within the accuracy budget: " + accuracy.summary()
+            if not misses
+            else "misses the budget: " + "; ".join(misses)
+        )
         return Attempt(scheme, float_layers, not misses, reason, size, accuracy)
 
     def _measure(self, emitted: Emitted, data: EvalSet) -> Accuracy:
@@ -200,8 +260,10 @@ class Ladder:
         if len(layers) < 2:
             return [], None
         if len(layers) > MAX_PROBED_LAYERS:
-            attempts[-1].reason += (f"; {len(layers)} quantizable layers is more than the sensitivity pass probes "
-                                    f"({MAX_PROBED_LAYERS}): went straight to milder schemes")
+            attempts[-1].reason += (
+                f"; {len(layers)} quantizable layers is more than the sensitivity pass probes "
+                f"({MAX_PROBED_LAYERS}): went straight to milder schemes"
+            )
             return [], None
         sensitivity = self._sensitivity(scheme, layers)
         ranked = [entry["layer"] for entry in sensitivity]
@@ -240,7 +302,9 @@ class Ladder:
         folder = self.workdir / f"{self.fmt.name}-{self._count}-{scheme}"
         folder.mkdir()
         path = folder / self.artifact_name
-        settings = replace(self.settings, precision=scheme, options={**self.settings.options, FLOAT_LAYERS: float_layers})
+        settings = replace(
+            self.settings, precision=scheme, options={**self.settings.options, FLOAT_LAYERS: float_layers}
+        )
         try:
             with native_stderr_quiet():
                 emitted = self.fmt.emit(self.captured, settings, path, calibration)

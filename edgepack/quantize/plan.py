@@ -30,17 +30,20 @@ class QuantSamples:
 
     def measured_on(self, captured: CapturedModel) -> QuantData:
         """The data the ladder uses: eager fp32's outputs for the evaluation samples, computed once."""
-        return QuantData(self.calibration, self.calibration_source,
-                         eval_set(captured, self.evaluation, self.eval_source, self.real))
+        return QuantData(
+            self.calibration, self.calibration_source, eval_set(captured, self.evaluation, self.eval_source, self.real)
+        )
 
 
-def quantization_samples(loaded: LoadedModel, targets: list[Target], calibration: str | None, eval_data: str | None,
-                         search_dir: Path | None) -> QuantSamples | None:
+def quantization_samples(
+    loaded: LoadedModel, targets: list[Target], calibration: str | None, eval_data: str | None, search_dir: Path | None
+) -> QuantSamples | None:
     """None when every format is built in fp32. A static scheme without calibration data is a usage
     error: never calibrate on random numbers."""
     firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
     if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
         return None
+    samples: Samples | None
     if calibration:
         samples = load_samples(calibration, loaded, search_dir, "--calibration")
         calibration_source = f"{len(samples)} samples from {calibration}"
@@ -49,16 +52,26 @@ def quantization_samples(loaded: LoadedModel, targets: list[Target], calibration
         calibration_source = f"the demo's calibration split ({len(samples)} images)" if samples else ""
     static = sorted({f"{fmt.name} {precision}" for fmt, precision in firsts if needs_calibration(fmt, precision)})
     if static and not samples:
-        raise UsageError(f"Static int8 quantization ({', '.join(static)}) needs calibration data, and none was given.",
-                         "Pass --calibration with a .npz (one array per input), a folder of .npy files or images, "
-                         "or a module:attr callable yielding batches; or choose --precision int8-dynamic.")
+        raise UsageError(
+            f"Static int8 quantization ({', '.join(static)}) needs calibration data, and none was given.",
+            "Pass --calibration with a .npz (one array per input), a folder of .npy files or images, "
+            "or a module:attr callable yielding batches; or choose --precision int8-dynamic.",
+        )
     if eval_data:
         evaluation = load_samples(eval_data, loaded, search_dir, "--eval-data")
-        return QuantSamples(samples, calibration_source, evaluation, f"{len(evaluation)} samples from {eval_data}", True)
-    if (evaluation := demo_split(loaded, "eval")) is not None:
-        return QuantSamples(samples, calibration_source, evaluation,
-                            f"the demo's held-out eval split ({len(evaluation)} images)", True)
+        return QuantSamples(
+            samples, calibration_source, evaluation, f"{len(evaluation)} samples from {eval_data}", True
+        )
+    if (demo_eval := demo_split(loaded, "eval")) is not None:
+        return QuantSamples(
+            samples, calibration_source, demo_eval, f"the demo's held-out eval split ({len(demo_eval)} images)", True
+        )
     evaluation = [sample_inputs(loaded.inputs, loaded.module, 1000 + seed) for seed in range(RANDOM_EVAL_SAMPLES)]
-    return QuantSamples(samples, calibration_source, evaluation,
-                        f"{RANDOM_EVAL_SAMPLES} seeded random inputs (no --eval-data given: figures on random data say "
-                        "little about accuracy on real inputs, and top-1 agreement is reported but not gated)", False)
+    return QuantSamples(
+        samples,
+        calibration_source,
+        evaluation,
+        f"{RANDOM_EVAL_SAMPLES} seeded random inputs (no --eval-data given: figures on random data say "
+        "little about accuracy on real inputs, and top-1 agreement is reported but not gated)",
+        False,
+    )

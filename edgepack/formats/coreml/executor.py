@@ -34,8 +34,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ...noise import quiet_converter
 
-__all__ = ["UnsupportedOp", "coremltools_module", "program_op_types", "run_package", "supported_op_types",
-           "unsupported_ops"]
+__all__ = [
+    "UnsupportedOp",
+    "coremltools_module",
+    "program_op_types",
+    "run_package",
+    "supported_op_types",
+    "unsupported_ops",
+]
 
 
 class UnsupportedOp(Exception):
@@ -187,7 +193,9 @@ def _store(var: Any, value: Any) -> None:
     if _types().is_tensor(var.sym_type):
         if not _shape_matches(var.shape, array.shape):
             op = var.op.op_type if var.op is not None else "block input"
-            raise RuntimeError(f"'{var.name}' ({op}) evaluated to shape {array.shape}, the program declares {tuple(var.shape)}")
+            raise RuntimeError(
+                f"'{var.name}' ({op}) evaluated to shape {array.shape}, the program declares {tuple(var.shape)}"
+            )
         _bind(var, array)
     else:
         if array.size != 1:
@@ -257,8 +265,12 @@ def _description_dtype(feature: Any, fallback: np.dtype) -> np.dtype:
     if feature.type.WhichOneof("Type") != "multiArrayType":
         return fallback
     array_type = _ct().proto.FeatureTypes_pb2.ArrayFeatureType
-    names = {array_type.FLOAT32: np.float32, array_type.FLOAT16: np.float16,
-             array_type.DOUBLE: np.float64, array_type.INT32: np.int32}
+    names = {
+        array_type.FLOAT32: np.float32,
+        array_type.FLOAT16: np.float16,
+        array_type.DOUBLE: np.float64,
+        array_type.INT32: np.int32,
+    }
     return np.dtype(names.get(feature.type.multiArrayType.dataType, fallback))
 
 
@@ -273,8 +285,16 @@ _IMPLS: dict[str, OpImpl] = {}
 # mutation of the input (thresholded_relu), ignored `mode` (scatter_along_axis), broken exclusive
 # mode (cumsum), fp16/bool scalar squeeze failure (slice_by_index), an unimplemented stub
 # (reverse_sequence), or control flow, which needs its blocks run (cond).
-_NOT_REFERENCE = {"_const_symbolic", "list_length", "cond", "thresholded_relu", "scatter_along_axis",
-                  "cumsum", "slice_by_index", "reverse_sequence"}
+_NOT_REFERENCE = {
+    "_const_symbolic",
+    "list_length",
+    "cond",
+    "thresholded_relu",
+    "scatter_along_axis",
+    "cumsum",
+    "slice_by_index",
+    "reverse_sequence",
+}
 
 
 def _register(*op_types: str) -> Callable[[OpImpl], OpImpl]:
@@ -323,8 +343,11 @@ def _evaluate(op: Any) -> None:
         if impl is None and _has_flexible_input(op):
             # coremltools' value_inference read a declared flexible size (a Symbol) instead of the run's:
             # that says nothing about the program, only that this executor cannot evaluate the op here.
-            raise UnsupportedOp([op.op_type], f"'{op.name}': coremltools' value_inference needs the input's declared "
-                                              f"shape, which is flexible ({type(exc).__name__}: {exc})") from exc
+            raise UnsupportedOp(
+                [op.op_type],
+                f"'{op.name}': coremltools' value_inference needs the input's declared "
+                f"shape, which is flexible ({type(exc).__name__}: {exc})",
+            ) from exc
         raise
     if result is None:
         raise UnsupportedOp([op.op_type], f"coremltools cannot evaluate '{op.name}' with these inputs")
@@ -339,8 +362,10 @@ def _evaluate(op: Any) -> None:
 
 
 def _has_flexible_input(op: Any) -> bool:
-    return any(_types().is_tensor(var.sym_type) and not all(isinstance(d, (int, np.integer)) for d in var.shape)
-               for var in _input_vars(op))
+    return any(
+        _types().is_tensor(var.sym_type) and not all(isinstance(d, (int, np.integer)) for d in var.shape)
+        for var in _input_vars(op)
+    )
 
 
 def _input_vars(op: Any) -> list[Any]:
@@ -395,7 +420,9 @@ def _same_pads(total: int, lower: bool) -> tuple[int, int]:
     return (large, small) if lower else (small, large)
 
 
-def _pads(pad_type: str, pad: Any, in_sizes: tuple, kernel: list, strides: list, dilations: list) -> list[tuple[int, int]]:
+def _pads(
+    pad_type: str, pad: Any, in_sizes: tuple, kernel: list, strides: list, dilations: list
+) -> list[tuple[int, int]]:
     """(before, after) padding per spatial dim, as coremltools' type inference computes it."""
     if pad_type == "valid":
         return [(0, 0)] * len(kernel)
@@ -416,7 +443,8 @@ def _windows(x: np.ndarray, kernel: list, strides: list, dilations: list, out_si
     """View of shape (N, C, *out, *kernel): every (strided, dilated) window of the padded input."""
     nd = len(kernel)
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    view = sliding_window_view(x, extent, axis=tuple(range(2, 2 + nd)))
+    # numpy accepts a tuple of axes; its stub says one axis.
+    view = sliding_window_view(x, extent, axis=tuple(range(2, 2 + nd)))  # type: ignore[call-overload]
     starts = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sizes, strides))
     taps = tuple(slice(None, None, d) for d in dilations)
     return view[(slice(None), slice(None)) + starts + taps]
@@ -429,7 +457,7 @@ def _ints(value: Any, count: int, default: int = 1) -> list[int]:
 def _sizes(op: Any, computed: list[int]) -> tuple[int, ...]:
     """The output's trailing sizes as the program declares them; a flexible (symbolic) one, in a
     program with flexible input shapes, is the size computed from this run's input instead."""
-    declared = op.outputs[0].shape[len(op.outputs[0].shape) - len(computed):]
+    declared = op.outputs[0].shape[len(op.outputs[0].shape) - len(computed) :]
     return tuple(int(d) if isinstance(d, (int, np.integer)) else int(c) for d, c in zip(declared, computed))
 
 
@@ -441,7 +469,9 @@ def _conv(op: Any) -> np.ndarray:
     strides, dilations = _ints(_val(op, "strides"), nd), _ints(_val(op, "dilations"), nd)
     pads = _pads(str(_val(op, "pad_type", "valid")), _val(op, "pad"), x.shape[2:], kernel, strides, dilations)
     padded = np.pad(x, [(0, 0), (0, 0)] + pads)
-    out_sizes = _sizes(op, [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded.shape[2:], kernel, dilations, strides)])
+    out_sizes = _sizes(
+        op, [(p - (k - 1) * d - 1) // s + 1 for p, k, d, s in zip(padded.shape[2:], kernel, dilations, strides)]
+    )
     windows = _windows(padded, kernel, strides, dilations, out_sizes)
     result = _grouped_matmul(windows, weight, groups)
     bias = _val(op, "bias")
@@ -454,7 +484,7 @@ def _grouped_matmul(windows: np.ndarray, weight: np.ndarray, groups: int) -> np.
     """im2col convolution: one fp32 BLAS matmul per group, which is where the accumulation happens."""
     n, c = windows.shape[:2]
     nd = weight.ndim - 2
-    out_sizes = windows.shape[2:2 + nd]
+    out_sizes = windows.shape[2 : 2 + nd]
     c_out, c_group, taps = weight.shape[0], c // groups, int(np.prod(weight.shape[2:]))
     cols = windows.reshape((n, groups, c_group) + out_sizes + weight.shape[2:])
     order = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
@@ -478,11 +508,13 @@ def _conv_transpose(op: Any) -> np.ndarray:
     full = np.zeros((n, c_out_group * groups) + tuple(full_sizes), np.float32)
     # Scatter form: every kernel tap adds x (projected by that tap's weights) at a strided offset.
     for g in range(groups):
-        xg = x[:, g * c_group:(g + 1) * c_group]
+        xg = x[:, g * c_group : (g + 1) * c_group]
         for tap in np.ndindex(*kernel):
             w_tap = weight[(slice(g * c_group, (g + 1) * c_group), slice(None)) + tap]
             contribution = np.moveaxis(np.tensordot(xg, w_tap, axes=([1], [0])), -1, 1)
-            where = tuple(slice(t * d, t * d + (i - 1) * s + 1, s) for t, d, i, s in zip(tap, dilations, in_sizes, strides))
+            where = tuple(
+                slice(t * d, t * d + (i - 1) * s + 1, s) for t, d, i, s in zip(tap, dilations, in_sizes, strides)
+            )
             full[(slice(None), slice(g * c_out_group, (g + 1) * c_out_group)) + where] += contribution
     out_sizes = _sizes(op, _transposed_sizes(op, full_sizes, strides, in_sizes))
     result = _crop_transposed(full, op, full_sizes, out_sizes, strides, in_sizes)
@@ -495,7 +527,7 @@ def _conv_transpose(op: Any) -> np.ndarray:
 def _transposed_sizes(op: Any, full_sizes: list, strides: list, in_sizes: tuple) -> list[int]:
     requested = _val(op, "output_shape")
     if requested is not None:
-        return [int(v) for v in np.asarray(requested).ravel()[-len(full_sizes):]]
+        return [int(v) for v in np.asarray(requested).ravel()[-len(full_sizes) :]]
     pad_type = str(_val(op, "pad_type", "valid"))
     if pad_type == "custom":
         pad = [int(p) for p in np.asarray(_val(op, "pad")).ravel()]
@@ -505,13 +537,17 @@ def _transposed_sizes(op: Any, full_sizes: list, strides: list, in_sizes: tuple)
     return list(full_sizes)
 
 
-def _crop_transposed(full: np.ndarray, op: Any, full_sizes: list, out_sizes: tuple, strides: list, in_sizes: tuple) -> np.ndarray:
+def _crop_transposed(
+    full: np.ndarray, op: Any, full_sizes: list, out_sizes: tuple, strides: list, in_sizes: tuple
+) -> np.ndarray:
     pad_type = str(_val(op, "pad_type", "valid"))
     nd = len(full_sizes)
     if pad_type == "custom":
         starts = [int(p) for p in np.asarray(_val(op, "pad")).ravel()[0::2]]
     elif pad_type in ("same", "same_lower"):
-        starts = [_same_pads(max(0, f - i * s), pad_type == "same_lower")[0] for f, i, s in zip(full_sizes, in_sizes, strides)]
+        starts = [
+            _same_pads(max(0, f - i * s), pad_type == "same_lower")[0] for f, i, s in zip(full_sizes, in_sizes, strides)
+        ]
     else:
         starts = [0] * nd
     # output_shape (when given) can ask for more than the taps reach: the remainder stays zero.
@@ -535,16 +571,22 @@ def _pool_windows(op: Any, fill: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     in_sizes = x.shape[-nd:]
     pads = _pads(str(_val(op, "pad_type", "valid")), _val(op, "pad"), in_sizes, kernel, strides, [1] * nd)
     rounding = math.ceil if bool(_val(op, "ceil_mode", False)) else math.floor
-    out_sizes = _sizes(op, [rounding((i + b + a - k) / s) + 1 for i, (b, a), k, s in zip(in_sizes, pads, kernel, strides)])
+    out_sizes = _sizes(
+        op, [rounding((i + b + a - k) / s) + 1 for i, (b, a), k, s in zip(in_sizes, pads, kernel, strides)]
+    )
     # ceil_mode windows may run past the declared padding: extend with `fill`, never counted.
-    extra = [max(0, (o - 1) * s + k - (i + b + a)) for o, s, k, i, (b, a) in zip(out_sizes, strides, kernel, in_sizes, pads)]
+    extra = [
+        max(0, (o - 1) * s + k - (i + b + a)) for o, s, k, i, (b, a) in zip(out_sizes, strides, kernel, in_sizes, pads)
+    ]
     lead = x.shape[:-nd]
     x4 = x.reshape((int(np.prod(lead)), 1) + in_sizes)
     widths = [(0, 0), (0, 0)] + [(b, a + e) for (b, a), e in zip(pads, extra)]
     padded = np.pad(x4, widths, constant_values=fill)
     real = np.pad(np.ones((1, 1) + in_sizes, np.float32), widths)
-    declared = np.pad(np.ones((1, 1) + tuple(i + b + a for i, (b, a) in zip(in_sizes, pads)), np.float32),
-                      [(0, 0), (0, 0)] + [(0, e) for e in extra])
+    declared = np.pad(
+        np.ones((1, 1) + tuple(i + b + a for i, (b, a) in zip(in_sizes, pads)), np.float32),
+        [(0, 0), (0, 0)] + [(0, e) for e in extra],
+    )
     axes = tuple(range(-nd, 0))
     win = _windows(padded, kernel, strides, [1] * nd, out_sizes)
     real_count = _windows(real, kernel, strides, [1] * nd, out_sizes).sum(axis=axes)
@@ -714,7 +756,7 @@ def _target_size(op: Any) -> tuple[int, ...]:
 def _resize(op: Any) -> np.ndarray:
     x = np.asarray(op.x.val)
     dims = int(_val(op, "resized_dims"))
-    out_shape = x.shape[:x.ndim - dims] + _sizes(op, [int(v) for v in np.asarray(op.shape.val).ravel()[-dims:]])
+    out_shape = x.shape[: x.ndim - dims] + _sizes(op, [int(v) for v in np.asarray(op.shape.val).ravel()[-dims:]])
     mode = str(_val(op, "sampling_mode", "DEFAULT"))
     nearest = str(_val(op, "interpolation_mode", "LINEAR")) == "NEAREST_NEIGHBOR"
     if nearest and mode != "DEFAULT":
@@ -813,14 +855,18 @@ def _resample(op: Any) -> np.ndarray:
     top, left = np.floor(rows), np.floor(cols)
     down, right = (rows - top)[:, None], (cols - left)[:, None]
     top, left = top.astype(np.int64), left.astype(np.int64)
-    return ((1 - down) * ((1 - right) * _pixels_at(x, top, left, outside) + right * _pixels_at(x, top, left + 1, outside))
-            + down * ((1 - right) * _pixels_at(x, top + 1, left, outside) + right * _pixels_at(x, top + 1, left + 1, outside)))
+    return (1 - down) * (
+        (1 - right) * _pixels_at(x, top, left, outside) + right * _pixels_at(x, top, left + 1, outside)
+    ) + down * ((1 - right) * _pixels_at(x, top + 1, left, outside) + right * _pixels_at(x, top + 1, left + 1, outside))
 
 
 # --- recurrent -------------------------------------------------------------------------------
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "sigmoid": _sigmoid, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0), "linear": lambda v: v,
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "relu": lambda v: np.maximum(v, 0),
+    "linear": lambda v: v,
 }
 
 
@@ -838,7 +884,7 @@ def _lstm_direction(x: np.ndarray, h: np.ndarray, c: np.ndarray, params: dict, a
     p_i, p_f, p_o = np.split(peephole, 3)
     projected = x @ w_ih.T + bias  # input projection of every step at once: (s, b, 4H)
     outputs = np.zeros(x.shape[:2] + (w_hh.shape[1],), np.float32)
-    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+    for t in reversed(range(x.shape[0])) if reverse else range(x.shape[0]):
         i, f, o, z = np.split(projected[t] + h @ w_hh.T, 4, axis=-1)  # ifoz gate order
         i, f = gate_act(i + p_i * c), gate_act(f + p_f * c)
         c = f * c + i * cell_act(z)
@@ -850,7 +896,8 @@ def _lstm_direction(x: np.ndarray, h: np.ndarray, c: np.ndarray, params: dict, a
 def _lstm_params(op: Any, suffix: str, hidden: int) -> dict:
     bias, peephole = _val(op, "bias" + suffix), _val(op, "peephole" + suffix)
     return {
-        "w_ih": _f32(op, "weight_ih" + suffix), "w_hh": _f32(op, "weight_hh" + suffix),
+        "w_ih": _f32(op, "weight_ih" + suffix),
+        "w_hh": _f32(op, "weight_hh" + suffix),
         "bias": np.zeros(4 * hidden, np.float32) if bias is None else np.asarray(bias, np.float32),
         "peephole": np.zeros(3 * hidden, np.float32) if peephole is None else np.asarray(peephole, np.float32),
     }
@@ -862,8 +909,10 @@ def _lstm(op: Any) -> tuple:
         raise NotImplementedError("lstm clip: whether the cell state or the cell gate is clipped is ambiguous")
     x, h0, c0 = _f32(op, "x"), _f32(op, "initial_h"), _f32(op, "initial_c")
     hidden, direction = op.weight_hh.shape[1], str(_val(op, "direction", "forward"))
-    acts = [_activation(_val(op, name, default)) for name, default in
-            (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh"))]
+    acts = [
+        _activation(_val(op, name, default))
+        for name, default in (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh"))
+    ]
     runs = [("", False), ("_back", True)] if direction == "bidirectional" else [("", direction == "reverse")]
     results = []
     for k, (suffix, reverse) in enumerate(runs):
@@ -882,7 +931,7 @@ def _rnn(op: Any) -> tuple:
     reverse = str(_val(op, "direction", "forward")) == "reverse"
     projected = x @ w_ih.T + bias
     outputs = np.zeros(x.shape[:2] + (w_hh.shape[0],), np.float32)
-    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+    for t in reversed(range(x.shape[0])) if reverse else range(x.shape[0]):
         h = act(projected[t] + h @ w_hh.T)
         outputs[t] = h
     return (outputs if bool(_val(op, "output_sequence", False)) else h[None]), h
@@ -912,7 +961,6 @@ def _reshape(op: Any) -> np.ndarray:
     return x.reshape(shape)
 
 
-
 @_register("expand_dims")
 def _expand_dims(op: Any) -> np.ndarray:
     x = np.asarray(op.x.val)
@@ -936,7 +984,7 @@ def _fill_like(op: Any) -> np.ndarray:
 def _l2_norm(op: Any) -> np.ndarray:
     """Normalized over the last three axes, the leading ones being batch (coremltools' definition)."""
     x = _f32(op, "x")
-    rows = x.reshape(int(np.prod(x.shape[:x.ndim - 3])), -1)
+    rows = x.reshape(int(np.prod(x.shape[: x.ndim - 3])), -1)
     squares = np.sum(rows * rows, axis=1, keepdims=True) + float(_val(op, "epsilon", 1e-6))
     return (rows / np.sqrt(squares)).reshape(x.shape)
 
@@ -949,7 +997,6 @@ def _slice_by_size(op: Any) -> np.ndarray:
         start = int(begin) + (x.shape[axis] if begin < 0 else 0)
         slices.append(slice(start, start + int(size)) if size > 0 else slice(start, None))  # size -1: to the end
     return x[tuple(slices)]
-
 
 
 @_register("slice_by_index")
@@ -968,7 +1015,7 @@ def _slice_by_index(op: Any) -> np.ndarray:
 def _crop(op: Any) -> np.ndarray:
     x = np.asarray(op.x.val)
     (top, bottom), (left, right) = (_ints(_val(op, n), 2, 0) for n in ("crop_height", "crop_width"))
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+    return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
 @_register("pixel_shuffle")
@@ -1011,7 +1058,9 @@ def _one_hot(op: Any) -> np.ndarray:
     indices, size = np.asarray(op.indices.val), int(_val(op, "one_hot_vector_size"))
     axis = int(_val(op, "axis", -1))
     axis = axis + indices.ndim + 1 if axis < 0 else axis
-    hot = np.expand_dims(indices, axis) == np.arange(size).reshape([-1 if a == axis else 1 for a in range(indices.ndim + 1)])
+    hot = np.expand_dims(indices, axis) == np.arange(size).reshape(
+        [-1 if a == axis else 1 for a in range(indices.ndim + 1)]
+    )
     return np.where(hot, _val(op, "on_value", 1), _val(op, "off_value", 0))
 
 
@@ -1026,8 +1075,14 @@ def _gather_nd(op: Any) -> np.ndarray:
     return gathered.reshape(x.shape[:batch] + gathered.shape[1:])
 
 
-_SCATTER_UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-                   "max": np.maximum, "min": np.minimum}
+_SCATTER_UFUNCS = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "max": np.maximum,
+    "min": np.minimum,
+}
 
 
 def _scatter_into(out: np.ndarray, where: tuple | np.ndarray, updates: np.ndarray, mode: str) -> np.ndarray:
@@ -1058,7 +1113,9 @@ def _scatter(op: Any) -> np.ndarray:
 @_register("scatter_nd")
 def _scatter_nd(op: Any) -> np.ndarray:
     out, indices = _scatter_copy(op), np.asarray(op.indices.val)
-    return _scatter_into(out, tuple(np.moveaxis(indices, -1, 0)), np.asarray(op.updates.val), str(_val(op, "mode", "add")))
+    return _scatter_into(
+        out, tuple(np.moveaxis(indices, -1, 0)), np.asarray(op.updates.val), str(_val(op, "mode", "add"))
+    )
 
 
 @_register("scatter_along_axis")
@@ -1086,9 +1143,15 @@ def _dequantize(op: Any) -> np.ndarray:
     return (data - zero) * scale
 
 
-@_register("constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-           "constexpr_blockwise_shift_scale", "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale",
-           "constexpr_cast")
+@_register(
+    "constexpr_affine_dequantize",
+    "constexpr_lut_to_dense",
+    "constexpr_sparse_to_dense",
+    "constexpr_blockwise_shift_scale",
+    "constexpr_lut_to_sparse",
+    "constexpr_sparse_blockwise_shift_scale",
+    "constexpr_cast",
+)
 def _constexpr(op: Any) -> Any:
     # coremltools' own decompression of the blobs read from the package is the reference here:
     # the ops' data (indices, LUTs, masks, scales) all come from the shipped weight file.

@@ -24,24 +24,24 @@ import hashlib
 import platform
 import struct
 import sys
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ... import __version__, jsonio
-from ...capture.ladder import CapturedModel
 from ...compare import compare_outputs, merge
-from .reproducible import stabilize_mlpackage
-from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
-from ...paths import scratch_tempdir
-from ...errors import BuildError, UsageError, did_you_mean
-from ...capture.export import rnn_decompositions
+from ...errors import BuildError, RuntimeUnavailable, UsageError, did_you_mean
 from ...noise import quiet_converter, short_reason, strip_ansi, tail
+from ...paths import scratch_tempdir
 from ...targets import FormatSettings
-from ...errors import RuntimeUnavailable
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
+from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
+from .reproducible import stabilize_mlpackage
+
+if TYPE_CHECKING:  # the format is read without torch; converting imports it (coremltools does anyway)
+    from ...capture.ladder import CapturedModel
 
 _ct = coremltools_module
 _COMPUTE = ("fp32", "fp16")  # compute precisions; the compressed precisions compute in fp16, Core ML's usual
@@ -54,9 +54,16 @@ WEIGHT_THRESHOLD = 512
 _INPUT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int32, "int32": np.int32}
 _FEATURE_DTYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int64": "INT32", "int32": "INT32"}
 # Provenance every package carries in its user-defined metadata (checked by check_structure).
-PROVENANCE_KEYS = ("edgepack.version", "edgepack.torch", "edgepack.coremltools", "edgepack.capture",
-                   "edgepack.precision", "edgepack.minimum_deployment_target", "edgepack.metadata_sources",
-                   "edgepack.weights_sha256")
+PROVENANCE_KEYS = (
+    "edgepack.version",
+    "edgepack.torch",
+    "edgepack.coremltools",
+    "edgepack.capture",
+    "edgepack.precision",
+    "edgepack.minimum_deployment_target",
+    "edgepack.metadata_sources",
+    "edgepack.weights_sha256",
+)
 _BLOB_SENTINEL = 0xDEADBEEF
 CAPTURES = ("torchscript", "export")  # the `capture` option: which capture Core ML converts
 
@@ -77,33 +84,43 @@ class CoreML(Format):
         known = [t.name for t in _ct().target if t.name.startswith("iOS") and t.value >= 7]
         target = self.option(settings, "minimum_deployment_target")
         if target not in known:
-            raise UsageError(f"Core ML minimum_deployment_target '{target}' is not supported.",
-                             f"Choose one of {', '.join(known)} (ML programs with fp16 I/O need iOS16 or newer).")
+            raise UsageError(
+                f"Core ML minimum_deployment_target '{target}' is not supported.",
+                f"Choose one of {', '.join(known)} (ML programs with fp16 I/O need iOS16 or newer).",
+            )
         chosen = self.option(settings, "capture")
         if chosen not in CAPTURES:
-            raise UsageError(f"Core ML capture '{chosen}' is not known.{did_you_mean(str(chosen), list(CAPTURES))}",
-                             "Use 'torchscript' (the default) or 'export' (the checked torch.export program).")
+            raise UsageError(
+                f"Core ML capture '{chosen}' is not known.{did_you_mean(str(chosen), list(CAPTURES))}",
+                "Use 'torchscript' (the default) or 'export' (the checked torch.export program).",
+            )
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested in _INT8:
-            return requested, ("Core ML has no activation quantization here: int8 weights "
-                               "(linear_quantize_weights), activations and compute in fp16")
+            return requested, (
+                "Core ML has no activation quantization here: int8 weights "
+                "(linear_quantize_weights), activations and compute in fp16"
+            )
         return super().nearest_precision(requested)
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
-             calibration: Calibration | None = None) -> Emitted:
+    def emit(
+        self, captured: CapturedModel, settings: FormatSettings, path: Path, calibration: Calibration | None = None
+    ) -> Emitted:
         # calibration is not needed: every Core ML scheme here compresses weights only.
         deployment = _deployment(settings, self)
         float_layers = list(settings.options.get(FLOAT_LAYERS, []))
         # scratch_tempdir: coremltools keeps each converted/compressed model as a tmp*.mlpackage until exit
         with quiet_converter() as log, scratch_tempdir("edgepack-coreml-"):
-            mlmodel, consumed, capture_notes = _convert(captured, settings.precision, deployment, log,
-                                                        self.option(settings, "capture"))
+            mlmodel, consumed, capture_notes = _convert(
+                captured, settings.precision, deployment, log, self.option(settings, "capture")
+            )
             notes = [f"ML program, compute precision {_compute_precision(settings.precision)}"] + capture_notes
             if settings.precision not in _COMPUTE:
                 mlmodel, compressed = _compress(mlmodel, settings.precision, float_layers)
-                notes.append(f"{_scheme(settings.precision)} on {len(compressed)} weight tensor(s)"
-                             + (f"; kept in float: {', '.join(float_layers)}" if float_layers else ""))
+                notes.append(
+                    f"{_scheme(settings.precision)} on {len(compressed)} weight tensor(s)"
+                    + (f"; kept in float: {', '.join(float_layers)}" if float_layers else "")
+                )
             sources = _set_metadata(mlmodel, captured, settings.precision, deployment.name)
             mlmodel.save(str(path))
         # Written beside a program converted from an ExportedProgram: ExecuTorch's op-to-debug-handle map,
@@ -119,8 +136,10 @@ class CoreML(Format):
             "operators": sorted(program_op_types(spec)),
             # What the app passes and gets back (MLMultiArray types), which can differ from the manifest's
             # model-level dtypes: Core ML has no int64, so int64 ids travel as INT32.
-            "io_types": {feature.name: _feature_type(feature)[0]
-                         for feature in list(spec.description.input) + list(spec.description.output)},
+            "io_types": {
+                feature.name: _feature_type(feature)[0]
+                for feature in list(spec.description.input) + list(spec.description.output)
+            },
         }
         notes.append("metadata: " + ", ".join(f"{k} from {v}" for k, v in sources.items()))
         return Emitted(path, requirements, notes, capture=consumed)
@@ -144,8 +163,10 @@ class CoreML(Format):
         deployment = _deployment(settings, self)
         problems = []
         if spec.specificationVersion != deployment.value:
-            problems.append(f"specification version {spec.specificationVersion}, expected {deployment.value} "
-                            f"(minimum deployment target {deployment.name})")
+            problems.append(
+                f"specification version {spec.specificationVersion}, expected {deployment.value} "
+                f"(minimum deployment target {deployment.name})"
+            )
         problems += _opset_problems(spec, deployment)
         problems += _op_availability_problems(spec, deployment)
         problems += _io_problems(spec, captured)
@@ -178,11 +199,13 @@ class CoreML(Format):
     def verification_note(self) -> str:
         if platform.system() == "Darwin":
             return "Core ML predictions with CPU_ONLY; ALL compute units compared in the notes"
-        return ("numerics checked with edgepack's NumPy reference executor for ML programs, "
-                "not Core ML itself (Core ML prediction needs macOS)")
+        return (
+            "numerics checked with edgepack's NumPy reference executor for ML programs, "
+            "not Core ML itself (Core ML prediction needs macOS)"
+        )
 
     def converter_versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__, "coremltools": _ct().__version__}
+        return {"torch": version("torch"), "coremltools": _ct().__version__}
 
 
 # --- conversion and compression --------------------------------------------------------------
@@ -202,8 +225,9 @@ def _scheme(precision: str) -> str:
     return f"{_PALETTE_BITS[precision]}-bit k-means palettization"
 
 
-def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
-             capture: str = "torchscript") -> tuple[Any, str, list[str]]:
+def _convert(
+    captured: CapturedModel, precision: str, deployment: Any, log: Any, capture: str = "torchscript"
+) -> tuple[Any, str, list[str]]:
     """The ML program, the capture it was converted from ("export" or "torchscript"), and notes: with
     capture "export", the checked ExportedProgram, else (or when that fails) the TorchScript capture."""
     ct = _ct()
@@ -216,23 +240,39 @@ def _convert(captured: CapturedModel, precision: str, deployment: Any, log: Any,
     )
     notes: list[str] = []
     if capture == "export":
-        if captured.exported is None:
+        exported = captured.exported
+        if exported is None:
             reason = captured.export.reason if captured.export is not None else "not attempted"
-            notes.append(f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})")
+            notes.append(
+                f"converted the TorchScript capture ({captured.strategy}): no checked torch.export capture ({reason})"
+            )
         else:
             try:
+                from ...capture.export import rnn_decompositions
+
                 with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
-                    program = captured.exported.run_decompositions({})  # coremltools' documented input
-                return ct.convert(program, **options), "export", [
-                    f"converted the checked torch.export capture ({captured.export.strategy})"]
+                    program = exported.run_decompositions({})  # coremltools' documented input
+                return (
+                    ct.convert(program, **options),
+                    "export",
+                    [f"converted the checked torch.export capture ({captured.export_strategy})"],
+                )
             except Exception as exc:  # the converter raises many types; the TorchScript capture is checked too
-                notes.append(f"converted the TorchScript capture ({captured.strategy}): coremltools could not convert "
-                             f"the torch.export capture ({short_reason(exc, 200)})")
+                notes.append(
+                    f"converted the TorchScript capture ({captured.strategy}): coremltools could not convert "
+                    f"the torch.export capture ({short_reason(exc, 200)})"
+                )
     try:
-        return ct.convert(captured.scripted_copy(), **options), "torchscript", notes  # a copy: the frontend edits graphs
+        return (
+            ct.convert(captured.scripted_copy(), **options),
+            "torchscript",
+            notes,
+        )  # a copy: the frontend edits graphs
     except Exception as exc:
-        raise BuildError(f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
-                         tail(log.getvalue()) or "The model uses an op coremltools cannot convert.") from exc
+        raise BuildError(
+            f"Core ML conversion failed: {type(exc).__name__}: {strip_ansi(str(exc))[:500]}",
+            tail(log.getvalue()) or "The model uses an op coremltools cannot convert.",
+        ) from exc
 
 
 def _weights(mlmodel: Any) -> dict[str, tuple[int, ...]]:
@@ -250,22 +290,28 @@ def _compress(mlmodel: Any, precision: str, float_layers: list[str]) -> tuple[An
     weights = _weights(mlmodel)
     unknown = [name for name in float_layers if name not in weights]
     if unknown:
-        raise UsageError(f"Core ML has no compressible weight named {', '.join(unknown)}.{did_you_mean(unknown[0], list(weights))}",
-                         f"Compressible weights: {', '.join(weights) or 'none'}.")
+        raise UsageError(
+            f"Core ML has no compressible weight named {', '.join(unknown)}.{did_you_mean(unknown[0], list(weights))}",
+            f"Compressible weights: {', '.join(weights) or 'none'}.",
+        )
     if precision in _INT8:
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                                weight_threshold=WEIGHT_THRESHOLD)
+        op_config = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+        )
         compress = cto.linear_quantize_weights
     else:
-        op_config = cto.OpPalettizerConfig(mode="custom", lut_function=_kmeans_lut(_PALETTE_BITS[precision]),
-                                           weight_threshold=WEIGHT_THRESHOLD)
+        op_config = cto.OpPalettizerConfig(
+            mode="custom", lut_function=_kmeans_lut(_PALETTE_BITS[precision]), weight_threshold=WEIGHT_THRESHOLD
+        )
         compress = cto.palettize_weights
     config = cto.OptimizationConfig(global_config=op_config, op_name_configs={name: None for name in float_layers})
     try:
         return compress(mlmodel, config), [name for name in weights if name not in float_layers]
     except Exception as exc:
-        raise BuildError(f"Core ML weight compression ({precision}) failed: {type(exc).__name__}: {str(exc)[:300]}",
-                         "Try another precision, or keep the failing layer in float.") from exc
+        raise BuildError(
+            f"Core ML weight compression ({precision}) failed: {type(exc).__name__}: {str(exc)[:300]}",
+            "Try another precision, or keep the failing layer in float.",
+        ) from exc
 
 
 def _kmeans_lut(nbits: int, iterations: int = 30) -> Any:
@@ -277,7 +323,7 @@ def _kmeans_lut(nbits: int, iterations: int = 30) -> Any:
         size = 1 << nbits
         if values.size <= size:
             lut = np.zeros(size)
-            lut[:values.size] = values
+            lut[: values.size] = values
             return lut.astype(weight.dtype), inverse.astype(np.uint8)
         centers = np.linspace(values[0], values[-1], size)  # evenly spread: the tails keep their own centres
         for _ in range(iterations):
@@ -296,11 +342,17 @@ def _kmeans_lut(nbits: int, iterations: int = 30) -> Any:
 
 def _input_type(ct: Any, spec: Any) -> Any:
     if spec.dtype not in _INPUT_DTYPES:
-        raise BuildError(f"Core ML models cannot take {spec.dtype} input '{spec.name}'.", "Pass it as float32 or int32.")
+        raise BuildError(
+            f"Core ML models cannot take {spec.dtype} input '{spec.name}'.", "Pass it as float32 or int32."
+        )
     shape = spec.shape
     if spec.dynamic_axes():  # ML programs need a bounded range: 1 .. 8x the example size (at least 2048)
-        shape = ct.Shape([ct.RangeDim(lower_bound=1, upper_bound=max(8 * size, 2048), default=size) if symbol else size
-                          for symbol, size in zip(spec.dynamic, spec.shape)])
+        shape = ct.Shape(
+            [
+                ct.RangeDim(lower_bound=1, upper_bound=max(8 * size, 2048), default=size) if symbol else size
+                for symbol, size in zip(spec.dynamic, spec.shape)
+            ]
+        )
     return ct.TensorType(name=spec.name, shape=shape, dtype=_INPUT_DTYPES[spec.dtype])
 
 
@@ -327,17 +379,21 @@ def _set_metadata(mlmodel: Any, captured: CapturedModel, precision: str, deploym
     defaults = {
         "author": f"{loaded.name} authors (not declared by the model; packaged by edgepack)",
         "license": f"not declared by {loaded.name}'s code: ask its authors before shipping",
-        "version": f"{loaded.name}-weights-{weights_sha[:12]}" if weights_sha else f"{loaded.name} (edgepack {__version__})",
+        "version": f"{loaded.name}-weights-{weights_sha[:12]}"
+        if weights_sha
+        else f"{loaded.name} (edgepack {__version__})",
     }
     sources = {}
     for key in ("author", "license", "version"):
         declared = _declared(captured, f"__{key}__")
         setattr(mlmodel, key, declared or defaults[key])
         sources[key] = f"{module_name}.__{key}__" if declared else "edgepack default"
-    mlmodel.short_description = f"{loaded.name} ({type(loaded.module).__name__}), packaged by edgepack {__version__} in {precision}"
+    mlmodel.short_description = (
+        f"{loaded.name} ({type(loaded.module).__name__}), packaged by edgepack {__version__} in {precision}"
+    )
     meta = mlmodel.user_defined_metadata
     meta["edgepack.version"] = __version__
-    meta["edgepack.torch"] = torch.__version__
+    meta["edgepack.torch"] = version("torch")
     meta["edgepack.coremltools"] = _ct().__version__
     meta["edgepack.model"] = loaded.name
     meta["edgepack.source"] = str(loaded.source.get("reference", ""))
@@ -422,8 +478,10 @@ def _io_problems(spec: Any, captured: CapturedModel) -> list[str]:
             continue
         dtype, shape = _feature_type(found)
         if dtype != _FEATURE_DTYPES.get(declared.dtype):
-            problems.append(f"input '{declared.name}' is {dtype}, expected {_FEATURE_DTYPES.get(declared.dtype)} "
-                            f"(for {declared.dtype})")
+            problems.append(
+                f"input '{declared.name}' is {dtype}, expected {_FEATURE_DTYPES.get(declared.dtype)} "
+                f"(for {declared.dtype})"
+            )
         if not declared.dynamic_axes() and shape != tuple(declared.shape):
             problems.append(f"input '{declared.name}' has shape {list(shape)}, expected {list(declared.shape)}")
     outputs = [o.name for o in spec.description.output]
@@ -442,9 +500,16 @@ def _io_problems(spec: Any, captured: CapturedModel) -> list[str]:
 
 def _metadata_problems(spec: Any) -> list[str]:
     meta = spec.description.metadata
-    problems = [f"metadata has no {label}" for label, value in
-                (("author", meta.author), ("license", meta.license), ("version", meta.versionString),
-                 ("short description", meta.shortDescription)) if not value.strip()]
+    problems = [
+        f"metadata has no {label}"
+        for label, value in (
+            ("author", meta.author),
+            ("license", meta.license),
+            ("version", meta.versionString),
+            ("short description", meta.shortDescription),
+        )
+        if not value.strip()
+    ]
     missing = [key for key in PROVENANCE_KEYS if not meta.userDefined.get(key)]
     if missing:
         problems.append(f"metadata lacks edgepack provenance: {', '.join(missing)}")
@@ -460,8 +525,9 @@ def _weight_problems(spec: Any, package: Path) -> list[str]:
         problems += _blob_problems(weight_file, file_name, offset)
     recorded = spec.description.metadata.userDefined.get("edgepack.weights_sha256")
     if recorded and not problems and _weights_digest(package) != recorded:
-        problems.append("the weights file differs from the one written at build (sha256 mismatch): "
-                        "it was altered after the build")
+        problems.append(
+            "the weights file differs from the one written at build (sha256 mismatch): it was altered after the build"
+        )
     return sorted(set(problems))
 
 
@@ -505,8 +571,10 @@ def _blob_problems(weight_file: Path, file_name: str, offset: int) -> list[str]:
 def _reference_runner(path: Path) -> Runner:
     missing = unsupported_ops(path)
     if missing:
-        raise RuntimeUnavailable("Core ML prediction needs macOS, and edgepack's reference executor "
-                                 f"cannot evaluate op(s) {', '.join(missing)}")
+        raise RuntimeUnavailable(
+            "Core ML prediction needs macOS, and edgepack's reference executor "
+            f"cannot evaluate op(s) {', '.join(missing)}"
+        )
     spec = _ct().utils.load_spec(str(path))
     in_names = [i.name for i in spec.description.input]
     out_names = [o.name for o in spec.description.output]
@@ -515,7 +583,9 @@ def _reference_runner(path: Path) -> Runner:
         try:
             result = run_package(path, dict(zip(in_names, inputs)))
         except UnsupportedOp as exc:
-            raise RuntimeUnavailable(f"Core ML prediction needs macOS, and the reference executor cannot run: {exc}") from exc
+            raise RuntimeUnavailable(
+                f"Core ML prediction needs macOS, and the reference executor cannot run: {exc}"
+            ) from exc
         return [result[n] for n in out_names]
 
     return run
@@ -551,9 +621,20 @@ def _compute_unit_problems(emitted: Emitted, captured: CapturedModel, settings: 
         except Exception as exc:
             problems.append(f"Core ML cannot load the package for {units} compute units: {type(exc).__name__}: {exc}")
             continue
-        verdict = merge([compare_outputs(run([s[n].numpy() for n in captured.input_names]), expected, tol.atol, tol.rtol,
-                                         tol.min_cosine, f"golden sample {i}", captured.output_names)
-                         for i, (s, expected) in enumerate(zip(captured.samples, captured.expected))])
+        verdict = merge(
+            [
+                compare_outputs(
+                    run([s[n].numpy() for n in captured.input_names]),
+                    expected,
+                    tol.atol,
+                    tol.rtol,
+                    tol.min_cosine,
+                    f"golden sample {i}",
+                    captured.output_names,
+                )
+                for i, (s, expected) in enumerate(zip(captured.samples, captured.expected))
+            ]
+        )
         emitted.notes.append(f"Core ML {units}: {verdict.reason}")
         if not verdict.ok:
             problems.append(f"Core ML prediction with {units} compute units: {verdict.reason}")

@@ -23,7 +23,9 @@ def stabilize_mlpackage(package: Path) -> list[str]:
     notes = []
     manifest_path = package / "Manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    renamed = {old: str(uuid.uuid5(_MLPACKAGE_NAMESPACE, entry["path"])) for old, entry in manifest["itemInfoEntries"].items()}
+    renamed = {
+        old: str(uuid.uuid5(_MLPACKAGE_NAMESPACE, entry["path"])) for old, entry in manifest["itemInfoEntries"].items()
+    }
     manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in manifest["itemInfoEntries"].items()}
     manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
     # Byte-for-byte how coremltools' libmodelpackage writes it: it rewrites the file whenever it opens
@@ -44,7 +46,7 @@ def _stabilize_spec(spec_path: Path) -> list[str]:
     metadata = spec.description.metadata.userDefined
     epoch = source_date_epoch()
     if epoch is not None and _CONVERSION_DATE in metadata:
-        metadata[_CONVERSION_DATE] = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d")
+        metadata[_CONVERSION_DATE] = _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%d")
         notes.append("reproducible: conversion_date set from SOURCE_DATE_EPOCH")
     # Deterministic serialization orders the metadata map by key (hash order otherwise).
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))

@@ -23,11 +23,17 @@ def write(pte: Path, path: Path, inputs: list[list[np.ndarray]], expected: list[
     from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
     from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
 
-    cases = [MethodTestCase(inputs=[torch.from_numpy(np.ascontiguousarray(a)) for a in sample],
-                            expected_outputs=[torch.from_numpy(np.ascontiguousarray(e)) for e in outputs])
-             for sample, outputs in zip(inputs, expected)]
+    cases = [
+        MethodTestCase(
+            inputs=[torch.from_numpy(np.ascontiguousarray(a)) for a in sample],
+            expected_outputs=[torch.from_numpy(np.ascontiguousarray(e)) for e in outputs],
+        )
+        for sample, outputs in zip(inputs, expected)
+    ]
     with quiet_converter():
-        bundle = BundledProgram(None, [MethodTestSuite(method_name="forward", test_cases=cases)], pte_file_path=str(pte))
+        bundle = BundledProgram(
+            None, [MethodTestSuite(method_name="forward", test_cases=cases)], pte_file_path=str(pte)
+        )
         path.write_bytes(serialize_from_bundled_program_to_flatbuffer(bundle))
     if program_sha256(path) != hashlib.sha256(pte.read_bytes()).hexdigest():
         raise BuildError(f"{path.name} does not embed the program of {pte.name} byte for byte.", "Report this.")
@@ -66,6 +72,8 @@ def open_bundled(path: Path, threads: int) -> Runner:
     program = bundled_program_bytes(path)
     missing = sorted(set(read(program).delegates) - available_backends())
     if missing:
-        raise RuntimeUnavailable(f"ExecuTorch's {', '.join(missing)} runs only on Apple platforms: the bundled program "
-                                 "is checked on a device")
+        raise RuntimeUnavailable(
+            f"ExecuTorch's {', '.join(missing)} runs only on Apple platforms: the bundled program "
+            "is checked on a device"
+        )
     return executorch_runner(program, threads)

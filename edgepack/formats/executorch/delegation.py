@@ -16,9 +16,18 @@ from typing import Any
 # Ops that move no data or only relabel it (views, dim-order clones, tuple unpacking, symbolic sizes): not
 # compute, so a fallback of one of them costs little. Everything else counts as a compute op.
 _NOT_COMPUTE = {
-    "getitem", "aten.view_copy", "aten.squeeze_copy", "aten.unsqueeze_copy", "aten.alias_copy", "aten.clone",
-    "dim_order_ops._clone_dim_order", "aten.sym_size", "aten._assert_scalar", "aten.sym_constrain_range_for_size",
-    "aten._assert_async", "aten.scalar_tensor",
+    "getitem",
+    "aten.view_copy",
+    "aten.squeeze_copy",
+    "aten.unsqueeze_copy",
+    "aten.alias_copy",
+    "aten.clone",
+    "dim_order_ops._clone_dim_order",
+    "aten.sym_size",
+    "aten._assert_scalar",
+    "aten.sym_constrain_range_for_size",
+    "aten._assert_async",
+    "aten.scalar_tensor",
 }
 
 
@@ -45,8 +54,9 @@ class Delegation:
 
     @property
     def compute_delegated_percent(self) -> float:
-        compute_delegated = sum(n for types in self.delegated_types.values() for op, n in types.items()
-                                if op not in _NOT_COMPUTE)
+        compute_delegated = sum(
+            n for types in self.delegated_types.values() for op, n in types.items() if op not in _NOT_COMPUTE
+        )
         compute_total = compute_delegated + sum(self.fallback[op] for op in self.compute_fallback)
         return 100.0 if compute_total == 0 else round(100.0 * compute_delegated / compute_total, 1)
 
@@ -56,7 +66,9 @@ class Delegation:
             "total_ops": self.total_ops,
             "delegated_subgraphs": self.subgraphs,
             "by_delegate": dict(sorted(self.by_delegate.items())),
-            "delegated_op_types": {backend: dict(sorted(types.items())) for backend, types in sorted(self.delegated_types.items())},
+            "delegated_op_types": {
+                backend: dict(sorted(types.items())) for backend, types in sorted(self.delegated_types.items())
+            },
             "fallback_ops": [f"{op} x{n}" for op, n in sorted(self.fallback.items())],
             "compute_ops_delegated_percent": self.compute_delegated_percent,
             "compute_fallback_ops": self.compute_fallback,
@@ -64,15 +76,19 @@ class Delegation:
 
     def table(self) -> list[str]:
         """The delegation table for the report's notes, one line per delegate and one for the fallback."""
-        lines = [f"delegation: {self.delegated_ops} of {self.total_ops} ops in {self.subgraphs} delegated subgraph(s); "
-                 f"compute ops delegated: {self.compute_delegated_percent:g}%"]
+        lines = [
+            f"delegation: {self.delegated_ops} of {self.total_ops} ops in {self.subgraphs} delegated subgraph(s); "
+            f"compute ops delegated: {self.compute_delegated_percent:g}%"
+        ]
         for backend, types in sorted(self.delegated_types.items()):
             kinds = ", ".join(f"{op} x{n}" for op, n in sorted(types.items()))
             lines.append(f"delegation: {backend}: {self.by_delegate[backend]} ops ({kinds})")
         if self.fallback:
             kinds = ", ".join(f"{op} x{n}" for op, n in sorted(self.fallback.items()))
-            lines.append(f"delegation: portable CPU fallback: {sum(self.fallback.values())} ops ({kinds})"
-                         + (f"; compute ops not delegated: {', '.join(self.compute_fallback)}" if self.compute_fallback else ""))
+            lines.append(
+                f"delegation: portable CPU fallback: {sum(self.fallback.values())} ops ({kinds})"
+                + (f"; compute ops not delegated: {', '.join(self.compute_fallback)}" if self.compute_fallback else "")
+            )
         else:
             lines.append("delegation: portable CPU fallback: none")
         return lines

@@ -56,30 +56,47 @@ class ExecuTorch(Format):
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         backends = self.option(settings, "backends")
-        if (not isinstance(backends, list) or not backends or len(set(backends)) != len(backends)
-                or any(b not in BACKENDS for b in backends)):
+        if (
+            not isinstance(backends, list)
+            or not backends
+            or len(set(backends)) != len(backends)
+            or any(b not in BACKENDS for b in backends)
+        ):
             bad = next((b for b in backends if b not in BACKENDS), backends) if isinstance(backends, list) else backends
-            raise UsageError(f"ExecuTorch backends {backends!r} are not a list of known backends."
-                             f"{did_you_mean(str(bad), list(BACKENDS))}",
-                             f'Write backends = ["xnnpack"] (CPU), ["coreml"] (iOS) or ["coreml", "xnnpack"] '
-                             f"(Core ML first, XNNPACK for what it leaves); known: {', '.join(BACKENDS)}.")
+            raise UsageError(
+                f"ExecuTorch backends {backends!r} are not a list of known backends."
+                f"{did_you_mean(str(bad), list(BACKENDS))}",
+                f'Write backends = ["xnnpack"] (CPU), ["coreml"] (iOS) or ["coreml", "xnnpack"] '
+                f"(Core ML first, XNNPACK for what it leaves); known: {', '.join(BACKENDS)}.",
+            )
         target = self.option(settings, "minimum_deployment_target")
-        if not isinstance(target, str) or not target.startswith("iOS") or not target[3:].isdigit() or int(target[3:]) < 16:
-            raise UsageError(f"ExecuTorch minimum_deployment_target {target!r} is not supported.",
-                             'Write minimum_deployment_target = "iOS16" or newer (the Core ML delegate\'s ML programs).')
+        if (
+            not isinstance(target, str)
+            or not target.startswith("iOS")
+            or not target[3:].isdigit()
+            or int(target[3:]) < 16
+        ):
+            raise UsageError(
+                f"ExecuTorch minimum_deployment_target {target!r} is not supported.",
+                'Write minimum_deployment_target = "iOS16" or newer (the Core ML delegate\'s ML programs).',
+            )
         bounds = self.option(settings, "dynamic_max")
-        if not isinstance(bounds, dict) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                               for v in bounds.values()):
-            raise UsageError(f"ExecuTorch dynamic_max {bounds!r} must map dimension symbols to whole numbers.",
-                             "Write dynamic_max = { SEQ = 512 } (the largest size the app will pass).")
+        if not isinstance(bounds, dict) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in bounds.values()
+        ):
+            raise UsageError(
+                f"ExecuTorch dynamic_max {bounds!r} must map dimension symbols to whole numbers.",
+                "Write dynamic_max = { SEQ = 512 } (the largest size the app will pass).",
+            )
 
     def _backends(self, settings: FormatSettings) -> list[str]:
         return list(self.option(settings, "backends"))
 
     # --- emit --------------------------------------------------------------------------------
 
-    def emit(self, captured: CapturedModel, settings: FormatSettings, path: Path,
-             calibration: Calibration | None = None) -> Emitted:
+    def emit(
+        self, captured: CapturedModel, settings: FormatSettings, path: Path, calibration: Calibration | None = None
+    ) -> Emitted:
         from . import lower, quantize
         from .program import read
 
@@ -87,12 +104,17 @@ class ExecuTorch(Format):
         precision = settings.precision
         if captured.exported is None:
             reason = captured.export.reason if captured.export is not None else "not attempted"
-            raise BuildError(f"ExecuTorch needs the checked torch.export capture, and there is none: {reason}",
-                             "Fix that (`edgepack doctor` names the line and the fix), or build with --allow-partial "
-                             "to ship the other formats.")
+            raise BuildError(
+                f"ExecuTorch needs the checked torch.export capture, and there is none: {reason}",
+                "Fix that (`edgepack doctor` names the line and the fix), or build with --allow-partial "
+                "to ship the other formats.",
+            )
         if precision == "fp16" and "coreml" not in backends:
-            raise BuildError("fp16 for ExecuTorch is the Core ML delegate's compute precision; the XNNPACK .pte is "
-                             "built in fp32 or int8.", 'Use backends = ["coreml"] for fp16, or build in fp32 or int8.')
+            raise BuildError(
+                "fp16 for ExecuTorch is the Core ML delegate's compute precision; the XNNPACK .pte is "
+                "built in fp32 or int8.",
+                'Use backends = ["coreml"] for fp16, or build in fp32 or int8.',
+            )
         declared = self._declared_bounds(captured, settings)
         strategy = captured.export.strategy if captured.export is not None else "export"
         program, notes = captured.exported, [f"lowered the checked torch.export capture ({strategy})"]
@@ -100,22 +122,34 @@ class ExecuTorch(Format):
             if precision in _INT8:
                 example = tuple(captured.samples[0][name] for name in captured.input_names)
                 samples = [tuple(s[name] for name in captured.input_names) for s in (calibration or [])]
-                program, quant_notes = quantize.quantize(program, precision, samples, example,
-                                                         self._dynamic_shapes(captured, declared),
-                                                         list(settings.options.get(FLOAT_LAYERS, [])))
+                program, quant_notes = quantize.quantize(
+                    program,
+                    precision,
+                    samples,
+                    example,
+                    self._dynamic_shapes(captured, declared),
+                    list(settings.options.get(FLOAT_LAYERS, [])),
+                )
                 notes += quant_notes
             bounds = lower.symbol_bounds(program, declared)
             try:
-                delegation, data = lower.lower(program, backends, precision if precision in COREML_PRECISIONS else "fp32",
-                                         self.option(settings, "minimum_deployment_target"), bounds)
+                delegation, data = lower.lower(
+                    program,
+                    backends,
+                    precision if precision in COREML_PRECISIONS else "fp32",
+                    self.option(settings, "minimum_deployment_target"),
+                    bounds,
+                )
             except Exception as exc:  # the lowering raises many types; say which step and why
-                raise BuildError(f"ExecuTorch lowering ({', '.join(backends)}) failed: {short_reason(exc, 400)}",
-                                 (log.getvalue().strip()[-600:] or "An op or shape the backends cannot take.")) from exc
+                raise BuildError(
+                    f"ExecuTorch lowering ({', '.join(backends)}) failed: {short_reason(exc, 400)}",
+                    (log.getvalue().strip()[-600:] or "An op or shape the backends cannot take."),
+                ) from exc
         path.write_bytes(data)
         saved = read(data)
         requirements: dict[str, Any] = {
             "runtime": "ExecuTorch (executorch-android on Android, the ExecuTorch Swift package on iOS, the C++ "
-                       "runtime elsewhere)",
+            "runtime elsewhere)",
             "backends": [BACKEND_IDS[b] for b in backends],
             "delegation": delegation.to_json(),
             # The portable kernels the runtime must be built with (what no delegate took); empty when all delegated.
@@ -123,18 +157,27 @@ class ExecuTorch(Format):
             "returns": "a list of tensors in the manifest's output order",
         }
         if declared:
-            requirements["dynamic_dims"] = {symbol: {"min": 1, "max": bound} for symbol, bound in sorted(declared.values())}
-            notes.append("dynamic dimensions planned up to " + ", ".join(f"{s}={b}" for s, b in sorted(declared.values()))
-                         + " (larger inputs are refused by the runtime; raise dynamic_max in the target)")
+            requirements["dynamic_dims"] = {
+                symbol: {"min": 1, "max": bound} for symbol, bound in sorted(declared.values())
+            }
+            notes.append(
+                "dynamic dimensions planned up to "
+                + ", ".join(f"{s}={b}" for s, b in sorted(declared.values()))
+                + " (larger inputs are refused by the runtime; raise dynamic_max in the target)"
+            )
         if "coreml" in backends:
-            requirements["coreml"] = {"minimum_deployment_target": self.option(settings, "minimum_deployment_target"),
-                                      "compute_precision": precision if precision in COREML_PRECISIONS else "fp32"}
+            requirements["coreml"] = {
+                "minimum_deployment_target": self.option(settings, "minimum_deployment_target"),
+                "compute_precision": precision if precision in COREML_PRECISIONS else "fp32",
+            }
         if precision in COREML_PRECISIONS:
             notes.append(f"backends: {', '.join(backends)} ({precision})")
         notes += delegation.table()
         return Emitted(path, requirements, notes, capture="export")
 
-    def _declared_bounds(self, captured: CapturedModel, settings: FormatSettings) -> dict[tuple[int, int], tuple[str, int]]:
+    def _declared_bounds(
+        self, captured: CapturedModel, settings: FormatSettings
+    ) -> dict[tuple[int, int], tuple[str, int]]:
         """(input index, axis) -> (symbol, upper bound) for every declared dynamic dimension."""
         configured = self.option(settings, "dynamic_max")
         found = {}
@@ -173,24 +216,37 @@ class ExecuTorch(Format):
         cases = bundled.write(emitted.path, bpte, inputs, captured.expected)
         tolerance = settings.tolerance_for(settings.precision)
         # ExecuTorch compares element-wise with allclose; edgepack's rule is atol + rtol * max|expected|.
-        atol = tolerance.atol + tolerance.rtol * max(float(abs(e).max()) for outputs in captured.expected for e in outputs)
-        entry = {"path": bpte.name, "test_cases": cases, "atol": atol, "rtol": 0.0,
-                 "program_sha256": hashlib.sha256(emitted.path.read_bytes()).hexdigest()}
+        atol = tolerance.atol + tolerance.rtol * max(
+            float(abs(e).max()) for outputs in captured.expected for e in outputs
+        )
+        entry = {
+            "path": bpte.name,
+            "test_cases": cases,
+            "atol": atol,
+            "rtol": 0.0,
+            "program_sha256": hashlib.sha256(emitted.path.read_bytes()).hexdigest(),
+        }
         emitted.requirements["bundled_program"] = entry
         from .runtime import available_backends
 
         missing = sorted(set(emitted.requirements["backends"]) - available_backends())
         if missing:
-            emitted.notes.append(f"bundled program: {cases} test case(s) in {bpte.name}, embedding the .pte byte for "
-                                 f"byte; not run here ({', '.join(missing)} runs only on Apple platforms)")
+            emitted.notes.append(
+                f"bundled program: {cases} test case(s) in {bpte.name}, embedding the .pte byte for "
+                f"byte; not run here ({', '.join(missing)} runs only on Apple platforms)"
+            )
             return
         try:
             bundled.self_test(bpte, atol, 0.0)
         except Exception as exc:
-            raise BuildError(f"ExecuTorch's bundled-program verification of {bpte.name} failed: {short_reason(exc, 300)}",
-                             "The .pte differs from eager PyTorch on a golden sample; see the smoke test.") from exc
-        emitted.notes.append(f"bundled program: {cases} test case(s) in {bpte.name}, verified by ExecuTorch's "
-                             "bundled-program API (verify_result_with_bundled_expected_output)")
+            raise BuildError(
+                f"ExecuTorch's bundled-program verification of {bpte.name} failed: {short_reason(exc, 300)}",
+                "The .pte differs from eager PyTorch on a golden sample; see the smoke test.",
+            ) from exc
+        emitted.notes.append(
+            f"bundled program: {cases} test case(s) in {bpte.name}, verified by ExecuTorch's "
+            "bundled-program API (verify_result_with_bundled_expected_output)"
+        )
 
     def companions(self, requirements: dict[str, Any]) -> list[Companion]:
         entry = requirements.get("bundled_program")
@@ -245,8 +301,10 @@ class ExecuTorch(Format):
 
     def verification_note(self) -> str:
         if self._last_opened == "reference":
-            return ("numerics from edgepack's Core ML reference executor running the ML program(s) embedded in the "
-                    ".pte, not from ExecuTorch (its Core ML delegate runs only on Apple platforms)")
+            return (
+                "numerics from edgepack's Core ML reference executor running the ML program(s) embedded in the "
+                ".pte, not from ExecuTorch (its Core ML delegate runs only on Apple platforms)"
+            )
         return "run in ExecuTorch's runtime (Python bindings)"
 
     def structure_check_description(self) -> str:

@@ -38,14 +38,16 @@ def partitioners(backends: list[str], precision: str, deployment: str) -> list[A
             from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
             compute = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
-            specs = CoreMLBackend.generate_compile_specs(minimum_deployment_target=getattr(ct.target, deployment),
-                                                         compute_precision=compute)
+            specs = CoreMLBackend.generate_compile_specs(
+                minimum_deployment_target=getattr(ct.target, deployment), compute_precision=compute
+            )
             found.append(CoreMLPartitioner(compile_specs=specs))
     return found
 
 
-def lower(program: Any, backends: list[str], precision: str, deployment: str,
-          bounds: dict[str, int]) -> tuple[Any, bytes]:
+def lower(
+    program: Any, backends: list[str], precision: str, deployment: str, bounds: dict[str, int]
+) -> tuple[Any, bytes]:
     """The delegation of the lowered edge program (read before `to_executorch` rewrites the graph into
     out-variants and allocations) and the .pte bytes."""
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -157,8 +159,9 @@ def stable_coreml_payload() -> Iterator[None]:
         return native.flatten_directory_contents(path)
 
     cp.CoreMLBackend.preprocess_model = staticmethod(preprocess_model)
-    cp.executorchcoreml = types.SimpleNamespace(flatten_directory_contents=flatten,
-                                                unflatten_directory_contents=native.unflatten_directory_contents)
+    cp.executorchcoreml = types.SimpleNamespace(
+        flatten_directory_contents=flatten, unflatten_directory_contents=native.unflatten_directory_contents
+    )
     try:
         yield
     finally:

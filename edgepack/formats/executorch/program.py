@@ -34,9 +34,14 @@ def read(path: Path | bytes) -> SavedProgram:
     program = deserialize_pte_binary(path if isinstance(path, bytes) else path.read_bytes()).program
     plan = next(p for p in program.execution_plan if p.name == "forward")
     instructions = [(type(i.instr_args).__name__, i.instr_args) for chain in plan.chains for i in chain.instructions]
-    return SavedProgram(program, [d.id for d in plan.delegates],
-                        sorted({f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators}),
-                        instructions, list(plan.inputs), list(plan.outputs))
+    return SavedProgram(
+        program,
+        [d.id for d in plan.delegates],
+        sorted({f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators}),
+        instructions,
+        list(plan.inputs),
+        list(plan.outputs),
+    )
 
 
 def extract_coreml(payload: bytes, folder: Path) -> tuple[Path, dict]:

@@ -58,20 +58,30 @@ def _module_name(path: str) -> str:
     return name
 
 
-def quantize(program: Any, precision: str, calibration: list[tuple] | None, example: tuple,
-             dynamic_shapes: Any, float_layers: list[str]) -> tuple[Any, list[str]]:
+def quantize(
+    program: Any,
+    precision: str,
+    calibration: list[tuple] | None,
+    example: tuple,
+    dynamic_shapes: Any,
+    float_layers: list[str],
+) -> tuple[Any, list[str]]:
     """The int8 ExportedProgram (exported again from the converted module) and notes."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if precision == "int8-static" and not calibration:
-        raise UsageError("int8-static for ExecuTorch needs calibration samples.",
-                         "Pass --calibration (a .npz, a folder of .npy files or images, or a module:attr callable).")
+        raise UsageError(
+            "int8-static for ExecuTorch needs calibration samples.",
+            "Pass --calibration (a .npz, a folder of .npy files or images, or a module:attr callable).",
+        )
     known = quantizable_layers(program, precision)
     unknown = [name for name in float_layers if name not in known]
     if unknown:
-        raise UsageError(f"ExecuTorch has no quantizable layer named {', '.join(unknown)}.{did_you_mean(unknown[0], known)}",
-                         f"Quantizable layers: {', '.join(known) or 'none'}.")
+        raise UsageError(
+            f"ExecuTorch has no quantizable layer named {', '.join(unknown)}.{did_you_mean(unknown[0], known)}",
+            f"Quantizable layers: {', '.join(known) or 'none'}.",
+        )
     try:
         module = program.module()
         prepared = prepare_pt2e(module, _quantizer(precision, float_layers))
@@ -86,11 +96,17 @@ def quantize(program: Any, precision: str, calibration: list[tuple] | None, exam
     except UsageError:
         raise
     except Exception as exc:  # the quantizer raises many types; say where it stopped
-        raise BuildError(f"pt2e quantization ({precision}) failed: {type(exc).__name__}: {str(exc)[:400]}",
-                         "Keep the failing layer in float, or build this format in fp32.") from exc
-    kind = ("static int8 (per-channel weights, activations calibrated on "
-            f"{len(calibration or [])} sample(s))" if precision == "int8-static"
-            else "dynamic int8 for linear layers (per-channel weights, activations per run)")
-    notes = [f"pt2e {kind} with the XNNPACK quantizer"
-             + (f"; kept in float: {', '.join(float_layers)}" if float_layers else "")]
+        raise BuildError(
+            f"pt2e quantization ({precision}) failed: {type(exc).__name__}: {str(exc)[:400]}",
+            "Keep the failing layer in float, or build this format in fp32.",
+        ) from exc
+    kind = (
+        f"static int8 (per-channel weights, activations calibrated on {len(calibration or [])} sample(s))"
+        if precision == "int8-static"
+        else "dynamic int8 for linear layers (per-channel weights, activations per run)"
+    )
+    notes = [
+        f"pt2e {kind} with the XNNPACK quantizer"
+        + (f"; kept in float: {', '.join(float_layers)}" if float_layers else "")
+    ]
     return quantized, notes

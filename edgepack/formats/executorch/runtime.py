@@ -64,23 +64,29 @@ def coreml_reference_runner(path: Path) -> Runner:
     from .program import extract_coreml, read
 
     saved = read(path)
-    others = [kind for kind, args in saved.instructions
-              if kind == "KernelCall" or (kind == "DelegateCall" and saved.delegates[args.delegate_index] != "CoreMLBackend")]
+    others = [
+        kind
+        for kind, args in saved.instructions
+        if kind == "KernelCall" or (kind == "DelegateCall" and saved.delegates[args.delegate_index] != "CoreMLBackend")
+    ]
     if others:
         kernels = ", ".join(saved.kernels) or "none"
         backends = ", ".join(sorted(set(saved.delegates) - {"CoreMLBackend"})) or "none"
         raise RuntimeUnavailable(
             "ExecuTorch's Core ML delegate runs only on Apple platforms, and the reference executor evaluates only "
             f"the embedded Core ML programs, while this plan also runs portable kernels ({kernels}) and other "
-            f"delegates ({backends})")
+            f"delegates ({backends})"
+        )
     payloads = {index: saved.delegate_payload(index) for index in range(len(saved.delegates))}
     with tempfile.TemporaryDirectory(prefix="edgepack-pte-coreml-") as tmp:  # checked once before any run
         for index, payload in payloads.items():
             package, _ = extract_coreml(payload, Path(tmp) / str(index))
             missing = unsupported_ops(package)
             if missing:
-                raise RuntimeUnavailable("ExecuTorch's Core ML delegate runs only on Apple platforms, and edgepack's "
-                                         f"reference executor cannot evaluate op(s) {', '.join(missing)}")
+                raise RuntimeUnavailable(
+                    "ExecuTorch's Core ML delegate runs only on Apple platforms, and edgepack's "
+                    f"reference executor cannot evaluate op(s) {', '.join(missing)}"
+                )
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         values: dict[int, Any] = dict(zip(saved.inputs, inputs))
@@ -88,12 +94,14 @@ def coreml_reference_runner(path: Path) -> Runner:
             for _, args in saved.instructions:  # delegate calls only (checked above)
                 package, metadata = extract_coreml(payloads[args.delegate_index], Path(tmp) / str(args.delegate_index))
                 names_in, names_out = metadata["inputNames"], metadata["outputNames"]
-                feed = {name: values[index] for name, index in zip(names_in, args.args[:len(names_in)])}
+                feed = {name: values[index] for name, index in zip(names_in, args.args[: len(names_in)])}
                 try:
                     result = run_package(package, feed)
                 except UnsupportedOp as exc:
-                    raise RuntimeUnavailable(f"the reference executor cannot run the embedded Core ML program: {exc}") from exc
-                for name, index in zip(names_out, args.args[len(names_in):]):
+                    raise RuntimeUnavailable(
+                        f"the reference executor cannot run the embedded Core ML program: {exc}"
+                    ) from exc
+                for name, index in zip(names_out, args.args[len(names_in) :]):
                     values[index] = np.asarray(result[name])
         return [values[index] for index in saved.outputs]
 

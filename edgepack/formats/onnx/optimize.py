@@ -33,19 +33,34 @@ from .session import session
 LEVELS = ("none", "basic", "extended", "transformer")
 CONTRIB_DOMAIN = "com.microsoft"
 _MAX_INLINE_BYTES = 2_000_000_000  # protobuf's limit for a model saved without external data
-_ORT_LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+_ORT_LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
 # What onnxruntime.transformers reports fusing; any of these > 0 means the transformer pass applied.
-_TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-                        "BiasGelu", "FastGelu", "Gelu", "LayerNormalization", "SkipSimplifiedLayerNormalization",
-                        "SimplifiedLayerNormalization", "GemmFastGelu", "RotaryEmbedding")
+_TRANSFORMER_FUSIONS = (
+    "Attention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "LayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "GemmFastGelu",
+    "RotaryEmbedding",
+)
 
 
 def check_level(level: object) -> str:
     """The level name, or a UsageError naming the levels."""
     if level not in LEVELS:
-        raise UsageError(f"ONNX optimization {level!r} is not a level.{did_you_mean(str(level), list(LEVELS))}",
-                         f"Set [formats.onnx] optimization to one of: {', '.join(LEVELS)}.")
+        raise UsageError(
+            f"ONNX optimization {level!r} is not a level.{did_you_mean(str(level), list(LEVELS))}",
+            f"Set [formats.onnx] optimization to one of: {', '.join(LEVELS)}.",
+        )
     return str(level)
 
 
@@ -56,8 +71,10 @@ def optimize_onnx(path: Path, level: str) -> list[str]:
     notes: list[str] = []
     model = onnx.load(str(path))
     if model.ByteSize() > _MAX_INLINE_BYTES:
-        return [f"graph optimization: {level} not applied: the model is over 2 GB, which the offline "
-                "optimizers cannot write as one file"]
+        return [
+            f"graph optimization: {level} not applied: the model is over 2 GB, which the offline "
+            "optimizers cannot write as one file"
+        ]
     before = _node_count(model)
     model = _step(notes, "onnxscript optimizer (constant folding, simplification)", model, _onnxscript_optimize)
     if level == "transformer":  # before onnxruntime's passes, which rewrite the patterns it matches
@@ -67,8 +84,11 @@ def optimize_onnx(path: Path, level: str) -> list[str]:
     _prune_unused_domains(model)
     onnx.save(model, str(path))
     contrib = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain == CONTRIB_DOMAIN})
-    notes.insert(0, f"graph optimization: {level}, {before} -> {_node_count(model)} nodes"
-                    + (f"; contrib ops (full onnxruntime build needed): {', '.join(contrib)}" if contrib else ""))
+    notes.insert(
+        0,
+        f"graph optimization: {level}, {before} -> {_node_count(model)} nodes"
+        + (f"; contrib ops (full onnxruntime build needed): {', '.join(contrib)}" if contrib else ""),
+    )
     return notes
 
 
@@ -78,8 +98,9 @@ def optimization_requirements(model: onnx.ModelProto, level: str) -> dict:
     return {"graph_optimization": level, "contrib_ops": uses_contrib}
 
 
-def _step(notes: list[str], what: str, model: onnx.ModelProto,
-          run: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
+def _step(
+    notes: list[str], what: str, model: onnx.ModelProto, run: Callable[[onnx.ModelProto], onnx.ModelProto]
+) -> onnx.ModelProto:
     """Run one optimizer; on failure keep the model it was given and note why (the others still run)."""
     working = onnx.ModelProto()
     working.CopyFrom(model)  # some optimizers edit their input in place, even when they then fail
@@ -125,8 +146,10 @@ def _check_reloads(path: Path) -> None:
     try:
         session(path, options)
     except Exception as exc:
-        raise RuntimeError(f"the saved graph does not reload with onnxruntime's default optimizations "
-                           f"({str(exc).strip().splitlines()[-1][-160:]})") from exc
+        raise RuntimeError(
+            f"the saved graph does not reload with onnxruntime's default optimizations "
+            f"({str(exc).strip().splitlines()[-1][-160:]})"
+        ) from exc
 
 
 def _transformer_fusions(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:

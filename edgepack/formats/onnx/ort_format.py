@@ -40,10 +40,15 @@ _OPTIMIZATION = "all (NchwcTransformer disabled, as convert_onnx_models_to_ort d
 
 def validate_option(value: Any) -> None:
     if not isinstance(value, bool):
-        raise UsageError(f"[formats.onnx] ort_format = {value!r} is not true or false.", "Write ort_format = true to also emit a .ort file.")
+        raise UsageError(
+            f"[formats.onnx] ort_format = {value!r} is not true or false.",
+            "Write ort_format = true to also emit a .ort file.",
+        )
 
 
-def write_ort(onnx_path: Path, captured: CapturedModel, settings: FormatSettings, threads: int = 1) -> tuple[dict[str, Any], list[str]]:
+def write_ort(
+    onnx_path: Path, captured: CapturedModel, settings: FormatSettings, threads: int = 1
+) -> tuple[dict[str, Any], list[str]]:
     """Convert, write the operators config, smoke-test the .ort; return its requirements entry and notes."""
     ort_path, config_path = onnx_path.with_suffix(SUFFIX), onnx_path.with_suffix(CONFIG_SUFFIX)
     try:
@@ -51,14 +56,20 @@ def write_ort(onnx_path: Path, captured: CapturedModel, settings: FormatSettings
         _write_operators_config(ort_path, config_path)
         verdict = _smoke(ort_path, captured, settings, threads)
         if not verdict.ok:
-            raise BuildError(f"The ORT format model {ort_path.name} does not match eager PyTorch: {verdict.reason}",
-                             "Turn ort_format off for this target, or report the model.")
+            raise BuildError(
+                f"The ORT format model {ort_path.name} does not match eager PyTorch: {verdict.reason}",
+                "Turn ort_format off for this target, or report the model.",
+            )
     except BaseException:
         ort_path.unlink(missing_ok=True)  # the caller removes the .onnx; leave no orphan beside it
         config_path.unlink(missing_ok=True)
         raise
-    entry = {"path": ort_path.name, "required_operators": config_path.name, "optimization_level": _OPTIMIZATION,
-             "onnxruntime": ort.__version__}
+    entry = {
+        "path": ort_path.name,
+        "required_operators": config_path.name,
+        "optimization_level": _OPTIMIZATION,
+        "onnxruntime": ort.__version__,
+    }
     return entry, [f"ort format: {ort_path.name} + {config_path.name}; {verdict.reason}; {stability}"]
 
 
@@ -76,30 +87,41 @@ def _convert(onnx_path: Path, ort_path: Path) -> str:
         shutil.copyfile(onnx_path, Path(tmp) / "model.onnx")
         env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}  # where onnxruntime is found
         env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-        done = subprocess.run([sys.executable, "-c", _CHILD, "model.onnx", "model.ort"], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=600, preexec_fn=_no_aslr)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, "model.onnx", "model.ort"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=_no_aslr,
+        )
         if done.returncode != 0:
-            raise BuildError(f"Converting {onnx_path.name} to the ORT format failed: {done.stderr.strip()[-800:]}",
-                             "Turn ort_format off for this target, or report the model.")
+            raise BuildError(
+                f"Converting {onnx_path.name} to the ORT format failed: {done.stderr.strip()[-800:]}",
+                "Turn ort_format off for this target, or report the model.",
+            )
         shutil.copyfile(Path(tmp) / "model.ort", ort_path)
     if _aslr_was_off(done.stdout):
         return "byte-reproducible (converted with address-space randomization off)"
-    return ("NOT byte-reproducible on this OS: onnxruntime lays out its kernel-type table in a per-process hash "
-            "order (the content is the same; only the layout differs)")
+    return (
+        "NOT byte-reproducible on this OS: onnxruntime lays out its kernel-type table in a per-process hash "
+        "order (the content is the same; only the layout differs)"
+    )
 
 
-_CHILD = """
+_CHILD = f"""
 import sys, onnxruntime as ort
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 options.optimized_model_filepath = sys.argv[2]
 options.add_session_config_entry("session.save_model_format", "ORT")
-ort.InferenceSession(sys.argv[1], options, providers=%r, disabled_optimizers=["NchwcTransformer"])
+ort.InferenceSession(sys.argv[1], options, providers={PROVIDERS!r}, disabled_optimizers=["NchwcTransformer"])
 try:
     print(open("/proc/self/personality").read().strip())
 except OSError:
     print("unknown")
-""" % (PROVIDERS,)
+"""
 _ADDR_NO_RANDOMIZE = 0x0040000
 _PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
 _ASLR_OFF_WORKS = sys.platform.startswith("linux")

@@ -24,8 +24,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ...errors import BuildError
-from ...paths import scratch_cwd
 from ...noise import quiet_converter, tail
+from ...paths import scratch_cwd
 from ..base import Calibration as Samples
 
 # Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
@@ -64,8 +64,12 @@ def preprocess(float_model: Path, out: Path) -> list[str]:
             try:
                 quant_pre_process(str(cleared), str(out), skip_symbolic_shape=True)
             except Exception as exc:
-                raise BuildError(f"onnxruntime's quant_pre_process failed: {type(exc).__name__}: {exc}", tail(log.getvalue())) from exc
-            return [f"quant_pre_process without symbolic shape inference (it failed: {str(first).splitlines()[0][:160]})"]
+                raise BuildError(
+                    f"onnxruntime's quant_pre_process failed: {type(exc).__name__}: {exc}", tail(log.getvalue())
+                ) from exc
+            return [
+                f"quant_pre_process without symbolic shape inference (it failed: {str(first).splitlines()[0][:160]})"
+            ]
 
 
 def quantizable_nodes(model_path: Path, scheme: str) -> list[str]:
@@ -73,49 +77,75 @@ def quantizable_nodes(model_path: Path, scheme: str) -> list[str]:
     ops = {"int8-dynamic": DYNAMIC_OPS, "int8-static": STATIC_OPS}.get(scheme, ())
     graph = onnx.load(str(model_path)).graph
     weights = {init.name for init in graph.initializer}
-    return [node.name for node in graph.node
-            if node.op_type in ops and (node.op_type != "Gather" or node.input[0] in weights)]
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in ops and (node.op_type != "Gather" or node.input[0] in weights)
+    ]
 
 
-def quantize(prepared: Path, out: Path, scheme: str, calibration: Samples | None, input_names: list[str],
-             float_layers: list[str]) -> list[str]:
+def quantize(
+    prepared: Path, out: Path, scheme: str, calibration: Samples | None, input_names: list[str], float_layers: list[str]
+) -> list[str]:
     """Write the int8 model to `out`; notes on the scheme and what stayed float."""
     prepared, out = Path(prepared).resolve(), Path(out).resolve()  # absolute: ORT runs in a scratch folder
     graph = onnx.load(str(prepared)).graph
     candidates = quantizable_nodes(prepared, scheme)
     kept = [name for name in float_layers if name in candidates]
-    notes = [f"{scheme} (onnxruntime.quantization): {len(candidates) - len(kept)} of {len(candidates)} nodes in int8"
-             + (f", kept in float: {', '.join(kept)}" if kept else "")]
+    notes = [
+        f"{scheme} (onnxruntime.quantization): {len(candidates) - len(kept)} of {len(candidates)} nodes in int8"
+        + (f", kept in float: {', '.join(kept)}" if kept else "")
+    ]
     has_conv = any(node.op_type in CONV_OPS for node in graph.node)
     if not candidates:
-        notes.append(f"no {'/'.join(DYNAMIC_OPS if scheme == 'int8-dynamic' else STATIC_OPS)} node with weights at the top "
-                     "level of the graph: weights stay float (layers inside If/Loop bodies are not quantized)")
+        notes.append(
+            f"no {'/'.join(DYNAMIC_OPS if scheme == 'int8-dynamic' else STATIC_OPS)} node with weights at the top "
+            "level of the graph: weights stay float (layers inside If/Loop bodies are not quantized)"
+        )
     with quiet_converter() as log, _quiet_ort_logging(), scratch_cwd("edgepack-ort-"):  # its temp files too
         try:
             if scheme == "int8-dynamic":
-                quantize_dynamic(str(prepared), str(out), op_types_to_quantize=list(DYNAMIC_OPS),
-                                 weight_type=QuantType.QInt8, nodes_to_exclude=kept)
+                quantize_dynamic(
+                    str(prepared),
+                    str(out),
+                    op_types_to_quantize=list(DYNAMIC_OPS),
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=kept,
+                )
                 if has_conv:
-                    notes.append("convolutions stay float: dynamic int8 Conv (ConvInteger) runs several times slower "
-                                 "than float in onnxruntime; int8-static quantizes them (QDQ)")
+                    notes.append(
+                        "convolutions stay float: dynamic int8 Conv (ConvInteger) runs several times slower "
+                        "than float in onnxruntime; int8-static quantizes them (QDQ)"
+                    )
             elif scheme == "int8-static":
                 if not calibration:
                     raise BuildError("int8-static needs calibration samples.", "Pass --calibration.")
-                quantize_static(str(prepared), str(out), SamplesReader(calibration, input_names),
-                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, nodes_to_exclude=kept)
+                quantize_static(
+                    str(prepared),
+                    str(out),
+                    SamplesReader(calibration, input_names),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=kept,
+                )
                 notes.append(f"QDQ, per-channel weights, min-max ranges from {len(calibration)} calibration samples")
                 recurrent = sorted({node.op_type for node in graph.node if node.op_type in RECURRENT_OPS})
                 if recurrent:
-                    notes.append(f"{', '.join(recurrent)} nodes stay float in int8-static (onnxruntime quantizes them "
-                                 "dynamically only); int8-dynamic quantizes them")
+                    notes.append(
+                        f"{', '.join(recurrent)} nodes stay float in int8-static (onnxruntime quantizes them "
+                        "dynamically only); int8-dynamic quantizes them"
+                    )
             else:
                 raise BuildError(f"ONNX has no {scheme} scheme here.", "Report this: the ladder asked for it.")
         except BuildError:
             raise
         except Exception as exc:
-            raise BuildError(f"onnxruntime quantization ({scheme}) failed: {type(exc).__name__}: {exc}",
-                             tail(log.getvalue()) or "Keep the failing layers float, or choose a milder precision.") from exc
+            raise BuildError(
+                f"onnxruntime quantization ({scheme}) failed: {type(exc).__name__}: {exc}",
+                tail(log.getvalue()) or "Keep the failing layers float, or choose a milder precision.",
+            ) from exc
     return notes
 
 

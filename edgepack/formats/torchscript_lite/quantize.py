@@ -17,10 +17,14 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
-from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig, get_default_qconfig,
-                                   quantize_dynamic)
+from torch.ao.quantization import (
+    default_dynamic_qconfig,
+    float_qparams_weight_only_qconfig,
+    get_default_qconfig,
+    quantize_dynamic,
+)
 from torch.ao.quantization.quantize_jit import quantize_jit
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ...capture.ladder import CapturedModel, capture_again
 from ...errors import BuildError
@@ -57,17 +61,23 @@ def quantizable_layers(captured: CapturedModel, scheme: str) -> list[str]:
     # nn.MultiheadAttention reads its out_proj's weight tensor directly, which a dynamic int8 Linear does
     # not have: torch's own default mapping leaves that Linear subclass out, and so does this one.
     skipped = NonDynamicallyQuantizableLinear if scheme == "int8-dynamic" else ()
-    return [name for name, module in captured.loaded.module.named_modules()
-            if name and isinstance(module, types) and not isinstance(module, skipped)]
+    return [
+        name
+        for name, module in captured.loaded.module.named_modules()
+        if name and isinstance(module, types) and not isinstance(module, skipped)
+    ]
 
 
-def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | None,
-                  float_layers: list[str]) -> tuple[torch.jit.ScriptModule, list[str]]:
+def quantize_lite(
+    captured: CapturedModel, scheme: str, calibration: Samples | None, float_layers: list[str]
+) -> tuple[torch.jit.ScriptModule, list[str]]:
     """The captured model in int8 as TorchScript, and notes on what was quantized."""
     quantized = quantizable_layers(captured, scheme)
     kept = [name for name in float_layers if name in quantized]
-    notes = [f"{scheme} ({ENGINE} engine): {len(quantized) - len(kept)} of {len(quantized)} layers in int8"
-             + (f", kept in float: {', '.join(kept)}" if kept else "")]
+    notes = [
+        f"{scheme} ({ENGINE} engine): {len(quantized) - len(kept)} of {len(quantized)} layers in int8"
+        + (f", kept in float: {', '.join(kept)}" if kept else "")
+    ]
     if not quantized:
         notes.append(f"the model has no layer {scheme} quantizes ({_type_names(scheme)}); weights stay float")
     with qnnpack_engine():
@@ -76,14 +86,20 @@ def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | N
             if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in captured.loaded.module.modules()):
                 notes.append("convolutions stay float in dynamic int8; int8-static quantizes them")
             if any(isinstance(m, nn.MultiheadAttention) for m in captured.loaded.module.modules()):
-                notes.append("nn.MultiheadAttention's input and output projections stay float in dynamic int8 "
-                             "(it reads their weight tensors directly); its feed-forward Linear layers are int8")
+                notes.append(
+                    "nn.MultiheadAttention's input and output projections stay float in dynamic int8 "
+                    "(it reads their weight tensors directly); its feed-forward Linear layers are int8"
+                )
         elif scheme == "int8-static":
             module = _static(captured, calibration, kept)
-            unquantized = sorted({type(m).__name__ for m in captured.loaded.module.modules() if isinstance(m, DYNAMIC_ONLY_TYPES)})
+            unquantized = sorted(
+                {type(m).__name__ for m in captured.loaded.module.modules() if isinstance(m, DYNAMIC_ONLY_TYPES)}
+            )
             if unquantized:
-                notes.append(f"{', '.join(unquantized)} layers stay float in int8-static (graph-mode static quantization has "
-                             "no kernels for them); int8-dynamic quantizes them")
+                notes.append(
+                    f"{', '.join(unquantized)} layers stay float in int8-static (graph-mode static quantization has "
+                    "no kernels for them); int8-dynamic quantizes them"
+                )
         else:
             raise BuildError(f"TorchScript Lite has no {scheme} scheme.", "Report this: the ladder asked for it.")
     return module, notes
@@ -92,14 +108,20 @@ def quantize_lite(captured: CapturedModel, scheme: str, calibration: Samples | N
 def _dynamic(captured: CapturedModel, layers: list[str]) -> torch.jit.ScriptModule:
     model = copy.deepcopy(captured.loaded.module).eval()
     # Embeddings take weight-only int8 rows (per-row scales); the rest dynamic int8.
-    spec = {name: float_qparams_weight_only_qconfig if isinstance(model.get_submodule(name), nn.Embedding)
-            else default_dynamic_qconfig for name in layers}
+    spec = {
+        name: float_qparams_weight_only_qconfig
+        if isinstance(model.get_submodule(name), nn.Embedding)
+        else default_dynamic_qconfig
+        for name in layers
+    }
     model = quantize_dynamic(model, qconfig_spec=spec, dtype=torch.qint8)
     try:
         return capture_again(captured, model)
     except Exception as exc:
-        raise BuildError(f"Capturing the dynamically quantized model ({captured.strategy}) failed: {exc}",
-                         "Try int8-static, or keep the failing layers float.") from exc
+        raise BuildError(
+            f"Capturing the dynamically quantized model ({captured.strategy}) failed: {exc}",
+            "Try int8-static, or keep the failing layers float.",
+        ) from exc
 
 
 def _static(captured: CapturedModel, calibration: Samples | None, kept: list[str]) -> torch.jit.ScriptModule:
@@ -116,8 +138,10 @@ def _static(captured: CapturedModel, calibration: Samples | None, kept: list[str
     try:
         return quantize_jit(captured.scripted.eval(), qconfig_dict, calibrate, [calibration], inplace=False)
     except Exception as exc:
-        raise BuildError(f"Static int8 quantization of the captured TorchScript failed: {type(exc).__name__}: {exc}",
-                         "Try int8-dynamic, or keep the failing layers float.") from exc
+        raise BuildError(
+            f"Static int8 quantization of the captured TorchScript failed: {type(exc).__name__}: {exc}",
+            "Try int8-dynamic, or keep the failing layers float.",
+        ) from exc
 
 
 def _type_names(scheme: str) -> str:

@@ -33,4 +33,6 @@ def stabilize_ptl(path: Path) -> list[str]:
         writer.write_end_of_file()
         del writer, reader
         os.replace(stripped, path)
-    return [f"reproducible: removed {len(dropped)} TorchScript debug record(s) holding the trace-time Python call stack"]
+    return [
+        f"reproducible: removed {len(dropped)} TorchScript debug record(s) holding the trace-time Python call stack"
+    ]
