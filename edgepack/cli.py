@@ -13,7 +13,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import typer.core
@@ -48,7 +48,7 @@ class _ContractGroup(TyperGroup):
     every other usage error: one `error:` line, a `hint:`, exit 2, and with --json one JSON document on
     stdout, instead of a rich error box."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         argv = list(sys.argv[1:] if args is None else args)
@@ -344,7 +344,7 @@ def _fail(
     json_output: bool,
     exit_code: int | None = None,
     warned: list[warnings.WarningMessage] | None = None,
-) -> None:
+) -> NoReturn:
     err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
         err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)

@@ -65,7 +65,8 @@ def compare_outputs(
     if len(got) != len(expected):
         return Comparison.error(label, f"{len(got)} outputs, expected {len(expected)}")
     worst_err, worst_cos, failures, non_finite = 0.0, 1.0, [], 0
-    unchecked, empty = [], []
+    unchecked: list[str] = []
+    empty: list[str] = []
     for name, g, e in zip(names, got, expected):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape:  # np broadcasting would hide a wrong shape

@@ -7,6 +7,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def _reason(exc: BaseException) -> str:
 MAX_JSON_DEPTH = 64  # a manifest nests about 8 deep; validators and printers recurse per level
 
 
-def loads_json(text: str) -> object:
+def loads_json(text: str) -> Any:
     """json.loads for documents from outside (manifest.json, report.json, index.json): one nested too deeply
     for the parser or for the validators that walk it is a JSONDecodeError, like any malformed document."""
     import json

@@ -130,7 +130,8 @@ def _check_size(text: str, spec: InputSpec) -> None:
 
 def _parse_dims(text: str, dims_text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
     """`1x3xH=224xW=224` -> ((1, 3, 224, 224), (None, None, "H", "W"))."""
-    shape, dynamic = [], []
+    shape: list[int] = []
+    dynamic: list[str | None] = []
     for token in dims_text.split("x"):
         if token.isdigit() and int(token) > 0:
             shape.append(int(token))
@@ -195,6 +196,7 @@ def sample_inputs(specs: list[InputSpec], model: torch.nn.Module, seed: int) -> 
 
     values: dict[str, torch.Tensor] = {}
     for spec in specs:
+        array: np.ndarray
         if spec.is_integer:
             low, high = integer_range(spec, model)
             array = rng.integers(low, high, size=spec.shape)

@@ -105,7 +105,8 @@ def _flush_all() -> None:
     """Flush Python's and C's stdio buffers, so that buffered text lands where it was written."""
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(Exception):
-            stream.flush()
+            if stream is not None:
+                stream.flush()
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).fflush(None)  # C++ std::cout/cerr write through C stdio
 

@@ -71,11 +71,11 @@ class BuildRequest:
     eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
 
 
-def build(request: BuildRequest, observer: Observer = SilentObserver()) -> list[BuildReport]:
+def build(request: BuildRequest, observer: Observer | None = None) -> list[BuildReport]:
     """Build every requested target from one load and one capture of the model. SIGINT/SIGTERM stop it
     (edgepack.interrupts): every stage boundary checks, and nothing is moved into place after one."""
     with interrupts.guarded():
-        return _build(request, _Checkpoints(observer))
+        return _build(request, _Checkpoints(observer or SilentObserver()))
 
 
 class _Checkpoints:

@@ -95,7 +95,7 @@ class ArtifactReport:
         )
 
     def problems(self, strict: bool, allow_partial: bool = False) -> list[str]:
-        found = []
+        found: list[str] = []
         if self.path is None and allow_partial:
             return found  # not emitted, and the user accepts a partial bundle
         if self.smoke.status == FAILED or (strict and self.smoke.status == SKIPPED):
@@ -310,7 +310,7 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
         "",
         "## Precision",
         "",
-        f"Accuracy against eager fp32 on {quantized[0].quantization['eval_set']}.",
+        f"Accuracy against eager fp32 on {(quantized[0].quantization or {}).get('eval_set')}.",
         "",
         "| format | requested | shipped | size fp32 | size | ratio | weights ratio | top-1 agreement | cosine | max abs err | SQNR dB | p50 fp32 ms | p50 ms | ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -348,7 +348,7 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
         "",
     ]
     for a in quantized:
-        for attempt in a.quantization["attempts"]:
+        for attempt in (a.quantization or {}).get("attempts", []):
             kept = f" (float: {', '.join(attempt['float_layers'])})" if attempt["float_layers"] else ""
             lines.append(
                 f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "

@@ -42,10 +42,10 @@ def user_location(exc: BaseException, files: Iterable[str | Path] = ()) -> str |
     wanted = {_resolved(f) for f in files if f}
     for frame in reversed(frames):
         if _resolved(frame.filename) in wanted:
-            return _describe(frame.filename, frame.lineno)
+            return _describe(frame.filename, frame.lineno or 0)
     for frame in reversed(frames):
         if not _in_library(frame.filename):
-            return _describe(frame.filename, frame.lineno)
+            return _describe(frame.filename, frame.lineno or 0)
     return None
 
 

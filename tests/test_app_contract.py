@@ -181,17 +181,15 @@ def test_a_renamed_tolerance_key_is_reported_with_its_path(demo_reports):
     _, manifest = read_manifest(demo_reports, "android")
     for artifact in manifest["artifacts"]:
         artifact["tolerance"]["minimum_cosine"] = artifact["tolerance"].pop("min_cosine")
-    assert (
-        missing_paths(manifest, ["artifacts[].tolerance.min_cosine"])
-        == ["artifacts[].tolerance.min_cosine: 'min_cosine' is missing (keys here: ['atol', 'minimum_cosine', 'rtol'])"]
-        * 2
-    )
+    assert missing_paths(manifest, ["artifacts[].tolerance.min_cosine"]) == [
+        "artifacts[].tolerance.min_cosine: 'min_cosine' is missing (keys here: ['atol', 'minimum_cosine', 'rtol'])"
+    ] * len(manifest["artifacts"])
 
 
 def test_both_apps_read_the_same_manifest_fields():
     """One contract, two readers: a key one app reads and the other misses is a drift to explain."""
     kotlin, swift = app_keys("kotlin")[0], app_keys("swift")[0]
-    ios_only = {"artifacts[].requirements", "artifacts[].requirements.minimum_deployment_target?"}
+    ios_only = {"artifacts[].requirements.minimum_deployment_target?"}
     assert set(swift) - ios_only == set(kotlin)
 
 

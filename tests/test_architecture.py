@@ -62,7 +62,7 @@ def test_a_format_registered_outside_edgepack_goes_through_the_whole_pipeline(to
     assert verification.ok, verification.to_json()["failures"]
     assert any(c.name.startswith("smoke toy_state_dict") and c.status == "ok" for c in verification.checks)
     assert inspect_bundle(bundle)["artifacts"][0]["format"] == "toy_state_dict"
-    with pytest.raises(UsageError, match="android demo app runs torchscript_lite"):
+    with pytest.raises(UsageError, match="android demo app runs executorch, torchscript_lite"):
         install_bundle(_copy_of_android_demo(tmp_path), bundle)
 
 
@@ -210,14 +210,26 @@ def test_the_grep_test_can_fail(tmp_path):
     assert any(_FORMAT_WORDS.search(code) for _, code in _code_outside_strings(leaked))
 
 
-def test_verify_and_inspect_of_an_onnx_bundle_do_not_import_torch(demo_reports):
-    bundle = demo_reports["iot"].bundle_dir
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory) -> Path:
+    """An ONNX-only bundle of the demo (the built-in iot target also ships a .pte, whose runtime needs torch)."""
+    from edgepack.pipeline import BuildRequest, build
+
+    folder = tmp_path_factory.mktemp("onnx-only")
+    target = write_fast_target(folder, "onnx-only", '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    (report,) = build(BuildRequest(targets=[str(target)], out_dir=folder / "dist"))
+    assert report.ok, report.problems
+    return Path(report.bundle_dir)
+
+
+def test_verify_and_inspect_of_an_onnx_bundle_do_not_import_torch(onnx_bundle):
+    bundle = str(onnx_bundle)
     code = (
         "import sys\nfrom typer.testing import CliRunner\nfrom edgepack.cli import app\n"
         f"for command in (['verify', {bundle!r}], ['inspect', {bundle!r}]):\n"
         "    result = CliRunner().invoke(app, command)\n"
         "    assert result.exit_code == 0, result.output\n"
-        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'executorch')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -68,6 +68,8 @@ def test_benchmark_tiny_run_has_every_path(demo_rows):
         ("by hand", "onnx", "fp32"),
         ("by hand", "onnx", "int8-dynamic"),
         ("by hand", "torchscript_lite", "fp32"),
+        ("edgepack", "executorch", "fp32"),
+        ("edgepack", "executorch", "int8-static"),
     } <= labels
     fp32 = [r for r in demo_rows if r.precision == "fp32"]
     assert all(r.p50_ms is not None and r.runs == TINY.max_runs for r in fp32)

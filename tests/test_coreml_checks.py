@@ -24,8 +24,6 @@ from edgepack.errors import UsageError
 from edgepack.formats import FORMATS
 from edgepack.formats.base import FLOAT_LAYERS
 from edgepack.formats.coreml.executor import supported_op_types
-
-PRECISIONS = tuple(precisions.names())
 from edgepack.formats.coreml.format import PROVENANCE_KEYS, _kmeans_lut
 from edgepack.inputs import InputSpec, parse_input_spec, sample_inputs
 from edgepack.load import LoadedModel
@@ -37,6 +35,8 @@ from edgepack.targets import Budgets, FormatSettings, Tolerance
 from .conftest import write_fast_target
 from .coreml_models import CausalAttention, make_small_cnn
 from .models import make_encoder, make_two_input
+
+PRECISIONS = tuple(precisions.names())
 
 with quiet_converter():
     import coremltools as ct

@@ -121,7 +121,7 @@ def test_an_export_that_differs_from_eager_is_rejected_not_shipped(tmp_path):
 
 
 def test_demo_exports_and_its_onnx_is_the_checked_program(demo_reports):
-    for target, report in demo_reports.items():
+    for report in demo_reports.values():
         export = report.capture["export"]
         assert export["ok"] and export["strategy"] == "export-strict", export
         assert export["checked_inputs"] == report.capture["checked_inputs"] - 1  # the traced sample is the example

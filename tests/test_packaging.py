@@ -31,4 +31,7 @@ def test_wheel_ships_targets_and_demo_files(tmp_path):
     for fragment in (ROOT / "edgepack" / "formats").glob("*/requirements.schema.json"):  # read by manifest_schema()
         assert fragment.relative_to(ROOT).as_posix() in names
     assert "edgepack/schemas/manifest.schema.json" in names  # verify and inspect read it on users' machines
+    assert (
+        "edgepack/formats/torchscript_lite/runtimes/pytorch_lite_1.13.1.json" in names
+    )  # every .ptl is checked with it
     assert not any(n.startswith("tests/") for n in names)

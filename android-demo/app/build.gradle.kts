@@ -27,7 +27,7 @@ android {
     }
     androidResources {
         // The bundle is read as-is from assets/edgepack/ (edgepack install-into puts it there).
-        noCompress += listOf("ptl", "onnx", "bin")
+        noCompress += listOf("pte", "bpte", "ptl", "onnx", "bin")
     }
     packaging {
         // Both runtimes ship the C++ runtime library; one copy per ABI is enough.
@@ -45,6 +45,7 @@ dependencies {
     implementation(libs.kotlinx.coroutines.android)
     implementation(libs.pytorch.android.lite)
     implementation(libs.onnxruntime.android)
+    implementation(libs.executorch.android)
 
     testImplementation(libs.junit)
     testImplementation(libs.org.json)

@@ -19,6 +19,7 @@ class Detect(nn.Module):
         self.nl, self.na = len(anchors), len(anchors[0]) // 2
         self.grid = [torch.empty(0) for _ in range(self.nl)]
         self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchors: torch.Tensor
         self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
         self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
         self.stride = torch.tensor([4.0, 8.0])

@@ -72,7 +72,7 @@ def cases(folder: Path) -> list[Case]:
     low, high = spec.value_range or (0, 30522)
     for name, seed, count in (("calib", 0, 32), ("eval", 1, 32)):
         ids = np.random.default_rng(seed).integers(low, high, size=(count, *spec.shape), dtype=np.int64)
-        np.savez(folder / f"minilm-{name}.npz", **{spec.name: ids})
+        np.savez(folder / f"minilm-{name}.npz", **{spec.name: ids})  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return [
         Case("demo CNN (digits)", None, []),
         Case(

@@ -3,10 +3,12 @@ ships), make the by-hand baselines, then time everything with one protocol in on
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,11 @@ from .models import INPUTS
 # Which built-in target each edgepack ONNX flavour comes from: android (full onnxruntime,
 # transformer fusions) ships the .ptl too; iot is the portable, standard-ops-only level.
 SHIPPED_TARGETS = ("android", "iot")
-TIMED_FORMATS = ("onnx", "torchscript_lite")  # Core ML predicts only on macOS: never timed here
+# Core ML predicts only on macOS: never timed here. ExecuTorch: the XNNPACK .pte (android's and iot's settings).
+TIMED_FORMATS = ("onnx", "torchscript_lite", "executorch")
+# Precisions a format lists that the shipped targets' settings do not build (the XNNPACK .pte has no fp16:
+# fp16 is the Core ML delegate's compute precision).
+NOT_BUILT = {("executorch", "fp16")}
 # Fresh processes per artifact for cold load (median) and peak memory (largest): one sample is noisy.
 FOOTPRINT_REPEATS = 3
 # Quantized and fp16 artifacts are judged by the parity columns, not by the fp32 smoke tolerance.
@@ -176,14 +182,20 @@ def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
     Timing inside the builds is kept short: the benchmark times everything itself, together."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {"fp32": []}
+    seen: list[tuple[str, dict]] = []  # a format with the same settings in two targets is built (and timed) once
     for name in SHIPPED_TARGETS:
         target = load_target(name, known_options())
-        formats = [f for f in target.formats if f.name in TIMED_FORMATS]
+        formats = [f for f in target.formats if f.name in TIMED_FORMATS and (f.name, f.options) not in seen]
+        seen += [(f.name, f.options) for f in formats]
         files["fp32"].append(_write_target(folder / f"{name}.toml", name, threads, [(f, "fp32") for f in formats]))
         if name != SHIPPED_TARGETS[0]:
             continue
         for scheme in sorted({p for f in formats for p in other_precisions(f.name)}):
-            chosen = [(f, scheme) for f in formats if scheme in FORMATS[f.name].precisions]
+            chosen = [
+                (f, scheme)
+                for f in formats
+                if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT
+            ]
             files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 
@@ -268,7 +280,7 @@ def _measure(
 ) -> list[Row]:
     names = [spec.name for spec in loaded.inputs]
     inputs = [[s[n].numpy() for n in names] for s in samples]
-    calls = {}
+    calls: dict[str, Callable[[], Any]] = {}
     with torch_threads(settings.threads), torch.inference_mode():
         runners = {}
         for c in candidates:
@@ -284,7 +296,7 @@ def _measure(
             if run is None:
                 continue
             _parity(c.row, [run(x) for x in inputs], reference)
-            calls[c.row.label] = lambda run=run: run(inputs[0])
+            calls[c.row.label] = functools.partial(run, inputs[0])
         log(f"[{key}] timing {len(calls)} candidates interleaved, {settings.threads} threads")
         timed = time_interleaved(calls, settings)
     for c in candidates:
@@ -308,6 +320,8 @@ def _set_latency(row: Row, latency: Latency | None) -> None:
 
 def _set_footprint(c: _Candidate, arrays: list[np.ndarray], threads: int) -> None:
     try:
+        if c.runtime_format is None or c.path is None:
+            raise RuntimeError("no artifact to probe")
         measured: Footprint = measure_footprint(c.runtime_format, c.path, arrays, threads, repeats=FOOTPRINT_REPEATS)
     except Exception as exc:  # a probe failure is reported, not fatal
         c.row.notes.append(f"footprint not measured: {exc}")

@@ -80,7 +80,7 @@ def best(rows: list[Row], model: str, path: str, fmt: str, precision: str) -> Ro
         and r.p50_ms is not None
         and (r.precision == precision or (precision == "int8" and r.precision.startswith("int8")))
     ]
-    return min(matching, key=lambda r: r.p50_ms) if matching else None
+    return min(matching, key=lambda r: r.p50_ms or 0.0) if matching else None
 
 
 def by_hand_match(rows: list[Row], row: Row) -> Row | None:
@@ -110,7 +110,7 @@ def check_targets(rows: list[Row]) -> list[TargetCheck]:
 
 
 def _ratio(num: Row | None, den: Row | None) -> float | None:
-    return num.p50_ms / den.p50_ms if num and den and den.p50_ms else None
+    return num.p50_ms / den.p50_ms if num and den and num.p50_ms is not None and den.p50_ms else None
 
 
 def markdown(rows: list[Row], checks: list[TargetCheck], threads: int) -> str:

@@ -145,7 +145,11 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
     layout = detect_layout(app_dir)
     manifest = read_bundle_manifest(bundle_dir)
     check_bundle_fits(manifest, layout, bundle_dir)
-    names = [a["path"] for a in manifest["artifacts"]] + [n for n in BUNDLE_FILES if (bundle_dir / n).exists()]
+    names = (
+        [a["path"] for a in manifest["artifacts"]]
+        + _companion_paths(manifest)
+        + [n for n in BUNDLE_FILES if (bundle_dir / n).exists()]
+    )
     destination = app_dir / layout.bundle_path
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Hidden staging folder beside the destination: same filesystem for the renames, and
@@ -170,6 +174,18 @@ def install_bundle(app_dir: Path, bundle_dir: Path) -> Installed:
         tuple(names),
         layout.next_step,
     )
+
+
+def _companion_paths(manifest: dict) -> list[str]:
+    """Files each format ships beside its artifact for its runtime (a bundled program for the app's self-test)."""
+    from ..formats import FORMATS
+
+    return [
+        companion.path
+        for artifact in manifest["artifacts"]
+        if artifact["format"] in FORMATS
+        for companion in FORMATS[artifact["format"]].companions(artifact["requirements"])
+    ]
 
 
 def _copy(source: Path, destination: Path) -> None:

@@ -323,7 +323,7 @@ def _normalization(preprocessing: dict[str, Any] | None) -> dict[str, Any] | Non
     """What an app applies to raw values before the model: x * scale, then (x - mean) / std."""
     if not preprocessing:
         return None
-    picked = {k: preprocessing[k] for k in ("scale", "mean", "std") if k in preprocessing}
+    picked: dict[str, Any] = {k: preprocessing[k] for k in ("scale", "mean", "std") if k in preprocessing}
     return picked or None
 
 

@@ -109,7 +109,7 @@ def locked_folder(parent: Path, prefix: str) -> tuple[Path, int | None]:
 def remove_abandoned(parent: Path) -> list[Path]:
     """Remove the staging and retired folders in `parent` that no live process holds (their build was
     killed); folders of builds still running are locked and left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:
@@ -188,8 +188,8 @@ def write_golden(bundle_dir: Path, captured: CapturedModel) -> dict[str, Any]:
     inputs = {name: np.stack([s[name].numpy() for s in captured.samples]) for name in captured.input_names}
     expected = {name: np.stack([e[i] for e in captured.expected]) for i, name in enumerate(captured.output_names)}
     # numpy writes .npz entries with the zip format's fixed 1980 date, so these are reproducible.
-    np.savez(bundle_dir / GOLDEN_INPUTS, **inputs)
-    np.savez(bundle_dir / GOLDEN_EXPECTED, **expected)
+    np.savez(bundle_dir / GOLDEN_INPUTS, **inputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+    np.savez(bundle_dir / GOLDEN_EXPECTED, **expected)  # type: ignore[arg-type]
     write_json(
         bundle_dir / GOLDEN_INDEX,
         {

@@ -717,7 +717,7 @@ def _parameters_to_meta(copy: torch.jit.ScriptModule) -> None:
 
 
 def _rehome_frozen_weights(copy: torch.jit.ScriptModule) -> str:
-    if list(copy.parameters()) or list(copy.buffers()):
+    if any(True for _ in copy.parameters()) or any(True for _ in copy.buffers()):
         return ""
     moved = 0
     for node in _walk(copy.graph):
@@ -884,7 +884,9 @@ def fx_device_kwargs(graph_module: torch.fx.GraphModule) -> list[Rewrite]:
 def _fx_device_args(node: torch.fx.Node) -> list[tuple[str | int, str]]:
     if node.op not in ("call_function", "call_method"):
         return []
-    found = [("device", _fx_literal(node.kwargs["device"]))] if "device" in node.kwargs else []
+    found: list[tuple[str | int, str | None]] = (
+        [("device", _fx_literal(node.kwargs["device"]))] if "device" in node.kwargs else []
+    )
     if node.op == "call_method" and node.target == "to":
         found += [(i, _fx_literal(a)) for i, a in enumerate(node.args[1:], start=1)]
     return [(key, literal) for key, literal in found if literal is not None]

@@ -206,7 +206,7 @@ def export_capture(
         for strategy in STRATEGIES:
             program, attempt = _attempt(strategy, flat, loaded, example, shapes, compare, fatal, attempts)
             attempts.append(attempt)
-            if attempt.ok:
+            if attempt.ok and program is not None:
                 found = rewrite.fx_device_kwargs(program.graph_module)  # reports literals: the export IR takes no edits
                 return ExportCapture(program, strategy, attempts, _dims_json(dims), checked_inputs, found)
     return ExportCapture(None, None, attempts, _dims_json(dims), checked_inputs)
@@ -359,7 +359,7 @@ def diagnose(exc: BaseException, files: list[str], fallback: str | None = None) 
         )
     if "Constraints violated" in text:
         suggested = _SUGGESTED.search(text)
-        fixes = "; ".join(l.strip() for l in suggested.group(1).splitlines() if l.strip()) if suggested else ""
+        fixes = "; ".join(row.strip() for row in suggested.group(1).splitlines() if row.strip()) if suggested else ""
         return ExportDiagnosis(
             "dim_range",
             "the model takes only some sizes of a declared dynamic dimension"

@@ -18,6 +18,7 @@ import io
 import re
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,6 +120,11 @@ class CapturedModel:
     def exported(self) -> torch.export.ExportedProgram | None:
         """The checked ExportedProgram, or None when no export strategy held (see `export.reason`)."""
         return self.export.program if self.export is not None else None
+
+    @property
+    def export_strategy(self) -> str | None:
+        """The export strategy that held ("export-strict", "export-nonstrict"), or None."""
+        return self.export.strategy if self.export is not None else None
 
     @property
     def input_names(self) -> list[str]:
@@ -510,7 +516,7 @@ def _branch_variants(sample: dict[str, torch.Tensor]) -> list[tuple[str, dict[st
     ]
 
 
-def _compare(module: torch.jit.ScriptModule, checks: list[CheckInput], names, output_names) -> list[Comparison]:
+def _compare(module: Callable[..., Any], checks: list[CheckInput], names, output_names) -> list[Comparison]:
     results = []
     with torch.no_grad():
         for check in checks:
@@ -594,7 +600,7 @@ def _submodules_holding(model: nn.Module, found: list[Hazard]) -> list[str]:
     """The outermost non-root submodules whose forward source contains a hazard's line."""
     import inspect
 
-    holders = []
+    holders: list[str] = []
     for name, module in model.named_modules():
         if not name or isinstance(module, torch.jit.ScriptModule) or any(name.startswith(h + ".") for h in holders):
             continue  # a scripted submodule keeps its control flow already

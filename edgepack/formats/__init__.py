@@ -1,7 +1,7 @@
 """Deployment formats. Adding one means adding a folder here (formats/<name>/) and naming it in a target file."""
 
 from ..errors import RuntimeUnavailable
-from . import coreml, onnx, torchscript_lite  # noqa: F401  (each registers its format)
+from . import coreml, executorch, onnx, torchscript_lite  # noqa: F401  (each registers its format)
 from .base import FORMATS, Emitted, Format, Runner, get_format, register_format
 
 __all__ = [

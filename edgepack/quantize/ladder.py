@@ -191,6 +191,7 @@ class Ladder:
         )
 
     def _try(self, scheme: str, float_layers: list[str], baseline: Emitted | None) -> tuple[Attempt, Emitted | None]:
+        emitted: Emitted | None
         if scheme == "fp32" and baseline is not None and not float_layers:
             emitted = baseline
         else:

@@ -43,6 +43,7 @@ def quantization_samples(
     firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
     if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
         return None
+    samples: Samples | None
     if calibration:
         samples = load_samples(calibration, loaded, search_dir, "--calibration")
         calibration_source = f"{len(samples)} samples from {calibration}"
@@ -61,9 +62,9 @@ def quantization_samples(
         return QuantSamples(
             samples, calibration_source, evaluation, f"{len(evaluation)} samples from {eval_data}", True
         )
-    if (evaluation := demo_split(loaded, "eval")) is not None:
+    if (demo_eval := demo_split(loaded, "eval")) is not None:
         return QuantSamples(
-            samples, calibration_source, evaluation, f"the demo's held-out eval split ({len(evaluation)} images)", True
+            samples, calibration_source, demo_eval, f"the demo's held-out eval split ({len(demo_eval)} images)", True
         )
     evaluation = [sample_inputs(loaded.inputs, loaded.module, 1000 + seed) for seed in range(RANDOM_EVAL_SAMPLES)]
     return QuantSamples(

@@ -82,11 +82,16 @@ struct Artifact {
     let sha256: String
     let tolerance: Tolerance
     let minimumDeploymentTarget: String?
+    /// ExecuTorch only: the delegates, "delegated/total ops" with the CPU fallback ops, and the bundled program.
+    var backends: [String] = []
+    var delegation: String? = nil
+    var bundledProgramPath: String? = nil
 }
 
 /// The parts of manifest.json the app uses; see `ManifestKeys` for the keys.
 struct BundleManifest {
     static let coreMLFormat = "coreml"
+    static let executorchFormat = "executorch"
 
     let modelName: String
     let targetName: String
@@ -127,7 +132,7 @@ struct BundleManifest {
         artifacts = try root.objects(K.artifacts).map { item in
             let tolerance = try item.object(K.artifactTolerance)
             let requirements = try item.object(K.artifactRequirements)
-            return Artifact(
+            var artifact = Artifact(
                 format: try item.string(K.artifactFormat),
                 path: try item.string(K.artifactPath),
                 precision: try item.string(K.artifactPrecision),
@@ -136,6 +141,17 @@ struct BundleManifest {
                                      minCosine: try tolerance.double(K.toleranceMinCosine)),
                 minimumDeploymentTarget: try requirements.has(K.minimumDeploymentTarget)
                     ? requirements.string(K.minimumDeploymentTarget) : nil)
+            if requirements.has(K.pteBackends) {
+                artifact.backends = try requirements.strings(K.pteBackends)
+                let delegation = try requirements.object("delegation")
+                let fallback = try delegation.strings(K.pteFallbackOps)
+                artifact.delegation = "\(try delegation.int(K.pteDelegatedOps))/\(try delegation.int(K.pteTotalOps)) ops delegated"
+                    + (fallback.isEmpty ? "" : "; CPU fallback: \(fallback.joined(separator: ", "))")
+                if requirements.has("bundled_program") {
+                    artifact.bundledProgramPath = try requirements.object("bundled_program").string(K.pteBundledPath)
+                }
+            }
+            return artifact
         }
         let golden = try root.object(K.golden)
         goldenIndex = try golden.has(K.goldenIndex) ? golden.string(K.goldenIndex) : nil

@@ -7,6 +7,10 @@ enum DemoWork {
         let bundle: InstalledBundle
         let artifact: Artifact
         let runners: [CoreMLRunner]
+        /// The .pte in ExecuTorch, when the bundle has one (nil, with the reason in `executorchProblem`, if it cannot load).
+        let executorch: ExecuTorchRunner?
+        let executorchArtifact: Artifact?
+        let executorchProblem: String?
     }
 
     static func load() async throws -> Loaded {
@@ -16,7 +20,19 @@ enum DemoWork {
         let runners = try CoreMLRunner.computeUnitSettings.map {
             try CoreMLRunner(compiledModelURL: compiled, setting: $0, manifest: bundle.manifest)
         }
-        return Loaded(bundle: bundle, artifact: artifact, runners: runners)
+        var executorch: ExecuTorchRunner?
+        var problem: String?
+        let pte = bundle.manifest.artifact(BundleManifest.executorchFormat)
+        if let pte {
+            do {
+                executorch = try ExecuTorchRunner(programURL: bundle.root.appendingPathComponent(pte.path), artifact: pte,
+                                                  manifest: bundle.manifest)
+            } catch {
+                problem = "executorch: not loaded: \(error.localizedDescription)"
+            }
+        }
+        return Loaded(bundle: bundle, artifact: artifact, runners: runners, executorch: executorch, executorchArtifact: pte,
+                      executorchProblem: problem)
     }
 
     /// One line per compute-unit setting: pass/fail against eager PyTorch's outputs, and the median latency.
@@ -27,7 +43,7 @@ enum DemoWork {
         } catch {
             return ["Golden vectors not checked: \(error.localizedDescription)"]
         }
-        return loaded.runners.map { runner in
+        let coreML = loaded.runners.map { runner in
             do {
                 let report = try checkGolden(name: runner.settingName, golden: golden, tolerance: loaded.artifact.tolerance) { try runner.run($0) }
                 let inputs = golden.inputs.map { $0.sample(0) }
@@ -36,6 +52,21 @@ enum DemoWork {
             } catch {
                 return "\(runner.settingName): FAIL: \(error.localizedDescription)"
             }
+        }
+        return coreML + executorchGoldenLines(loaded, golden: golden)
+    }
+
+    /// The .pte against the same golden vectors (the ones its .bpte bundles), its latency, and where its ops run.
+    static func executorchGoldenLines(_ loaded: Loaded, golden: GoldenSet) -> [String] {
+        if let problem = loaded.executorchProblem { return [problem] }
+        guard let runner = loaded.executorch, let artifact = loaded.executorchArtifact else { return [] }
+        do {
+            let report = try checkGolden(name: runner.settingName, golden: golden, tolerance: artifact.tolerance) { try runner.run($0) }
+            let inputs = golden.inputs.map { $0.sample(0) }
+            let latency = try medianMilliseconds { _ = try runner.run(inputs) }
+            return [report.summary + String(format: "; p50 %.2f ms", latency) + (artifact.delegation.map { "; \($0)" } ?? "")]
+        } catch {
+            return ["\(runner.settingName): FAIL: \(error.localizedDescription)"]
         }
     }
 

@@ -45,6 +45,17 @@ enum ManifestKeys {
     static let toleranceMinCosine = "artifacts[].tolerance.min_cosine"
     static let artifactRequirements = "artifacts[].requirements"
     static let minimumDeploymentTarget = "artifacts[].requirements.minimum_deployment_target?"
+    /// ExecuTorch (.pte): the delegates the program calls ("CoreMLBackend", "XnnpackBackend").
+    static let pteBackends = "artifacts[].requirements.backends?"
+    /// ExecuTorch: ops per delegate and the ops left to the portable CPU kernels, shown beside the latency.
+    static let pteDelegatedOps = "artifacts[].requirements.delegation?.delegated_ops"
+    static let pteTotalOps = "artifacts[].requirements.delegation?.total_ops"
+    static let pteFallbackOps = "artifacts[].requirements.delegation?.fallback_ops"
+    /// ExecuTorch: the golden vectors as a BundledProgram (.bpte), and the tolerance they are checked at.
+    static let pteBundledPath = "artifacts[].requirements.bundled_program?.path"
+    static let pteBundledCases = "artifacts[].requirements.bundled_program?.test_cases"
+    static let pteBundledAtol = "artifacts[].requirements.bundled_program?.atol"
+    static let pteBundledRtol = "artifacts[].requirements.bundled_program?.rtol"
 
     static let golden = "golden"
     static let goldenIndex = "golden.index"

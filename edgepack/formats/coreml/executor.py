@@ -443,7 +443,8 @@ def _windows(x: np.ndarray, kernel: list, strides: list, dilations: list, out_si
     """View of shape (N, C, *out, *kernel): every (strided, dilated) window of the padded input."""
     nd = len(kernel)
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    view = sliding_window_view(x, extent, axis=tuple(range(2, 2 + nd)))
+    # numpy accepts a tuple of axes; its stub says one axis.
+    view = sliding_window_view(x, extent, axis=tuple(range(2, 2 + nd)))  # type: ignore[call-overload]
     starts = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sizes, strides))
     taps = tuple(slice(None, None, d) for d in dilations)
     return view[(slice(None), slice(None)) + starts + taps]

@@ -251,7 +251,7 @@ def _convert(
                 return (
                     _convert_exported(ct, captured, options),
                     "export",
-                    [f"converted the checked torch.export capture ({captured.export.strategy})"],
+                    [f"converted the checked torch.export capture ({captured.export_strategy})"],
                 )
             except Exception as exc:  # the converter raises many types; the TorchScript capture is checked too
                 notes.append(
@@ -275,7 +275,7 @@ def _convert(
                 "export",
                 notes
                 + [
-                    f"converted the checked torch.export capture ({captured.export.strategy}): coremltools could not "
+                    f"converted the checked torch.export capture ({captured.export_strategy}): coremltools could not "
                     f"convert the TorchScript capture ({short_reason(failure, 200)})"
                 ],
             )
@@ -289,8 +289,10 @@ def _convert(
 def _convert_exported(ct: Any, captured: CapturedModel, options: dict) -> Any:
     from ...capture.export import rnn_decompositions
 
+    exported = captured.exported
+    assert exported is not None, "called only with a checked export capture"
     with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
-        program = captured.exported.run_decompositions({})  # coremltools' documented input
+        program = exported.run_decompositions({})  # coremltools' documented input
     return ct.convert(program, **options)
 
 
@@ -350,7 +352,7 @@ def _failing_op(exc: Exception, log: str, captured: CapturedModel) -> tuple[str,
             if node.kind() == kind:
                 file, line = user_location(node)
                 if not file:
-                    frames = [f.strip() for f in node.sourceRange().splitlines() if f.strip()]
+                    frames = [f.strip() for f in str(node.sourceRange()).splitlines() if f.strip()]
                     return kind, frames[0][:200] if frames else ""
                 return kind, f"{file}:{line}"
     except Exception:  # the location is a courtesy; the reason stands without it

@@ -59,7 +59,7 @@ def _export(captured: CapturedModel, args: tuple, path: Path, opset: int) -> tup
         _export_dynamo(captured, args, path, opset)
         return [
             "exporter: torch.export-based (dynamo)",
-            f"converted the checked torch.export capture ({captured.export.strategy})",
+            f"converted the checked torch.export capture ({captured.export_strategy})",
         ], "export"
     except Exception as first:  # the exporter raises many types; the reason goes into the notes
         dynamo_reason = _dynamo_reason(first)
@@ -79,6 +79,8 @@ def _torchscript_capture(captured: CapturedModel) -> str:
 def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
     """The checked ExportedProgram through the torch.export-based exporter. The exporter decomposes the
     program again: recurrent layers must decompose as they did at capture (a loop, not unrolled)."""
+    program = captured.exported
+    assert program is not None, "only the checked program goes through this exporter"
     with (
         quiet_converter(),
         torch.no_grad(),
@@ -87,7 +89,7 @@ def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int)
     ):
         warnings.simplefilter("ignore", FutureWarning)  # torch's own decompositions call its deprecated helpers
         torch.onnx.export(
-            captured.exported,
+            program,
             args,
             str(path),
             input_names=captured.input_names,
@@ -122,7 +124,7 @@ def _export_downgraded(captured: CapturedModel, args: tuple, path: Path, opset: 
     return [
         f"exporter: torch.export-based at opset {_DYNAMO_MIN_OPSET}, converted to opset {opset} with "
         f"onnx.version_converter: the TorchScript-based exporter failed ({torchscript_reason[:200]})",
-        f"converted the checked torch.export capture ({captured.export.strategy})",
+        f"converted the checked torch.export capture ({captured.export_strategy})",
     ]
 
 
@@ -172,7 +174,7 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 def _dynamo_reason(exc: Exception) -> str:
     """The torch.export-based exporter wraps the cause in generic 'step N/3 ... Next steps' text: name
     the step, then the innermost cause's first line."""
-    root = exc
+    root: BaseException = exc
     while root.__cause__ is not None:
         root = root.__cause__
     step = re.search(r"step \d+/\d+", strip_ansi(str(exc)))

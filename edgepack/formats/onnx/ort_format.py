@@ -110,18 +110,18 @@ def _convert(onnx_path: Path, ort_path: Path) -> str:
     )
 
 
-_CHILD = """
+_CHILD = f"""
 import sys, onnxruntime as ort
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 options.optimized_model_filepath = sys.argv[2]
 options.add_session_config_entry("session.save_model_format", "ORT")
-ort.InferenceSession(sys.argv[1], options, providers=%r, disabled_optimizers=["NchwcTransformer"])
+ort.InferenceSession(sys.argv[1], options, providers={PROVIDERS!r}, disabled_optimizers=["NchwcTransformer"])
 try:
     print(open("/proc/self/personality").read().strip())
 except OSError:
     print("unknown")
-""" % (PROVIDERS,)
+"""
 _ADDR_NO_RANDOMIZE = 0x0040000
 _PASSED_ENV = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV")
 _ASLR_OFF_WORKS = sys.platform.startswith("linux")

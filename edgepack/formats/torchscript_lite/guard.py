@@ -60,11 +60,12 @@ def guarded(module: torch.jit.ScriptModule, inputs: list[InputSpec]) -> torch.ji
     with tempfile.TemporaryDirectory() as tmp:  # torch.jit.script reads the class's source from its file
         file = Path(tmp) / f"{_MODULE}.py"
         file.write_text(source, encoding="utf-8")
-        spec = importlib.util.spec_from_file_location(_MODULE, file)
-        loaded = importlib.util.module_from_spec(spec)
+        module_spec = importlib.util.spec_from_file_location(_MODULE, file)
+        assert module_spec is not None and module_spec.loader is not None
+        loaded = importlib.util.module_from_spec(module_spec)
         sys.modules[_MODULE] = loaded
         try:
-            spec.loader.exec_module(loaded)
+            module_spec.loader.exec_module(loaded)
             return torch.jit.script(loaded.ShapeGuard(module).eval())
         finally:
             sys.modules.pop(_MODULE, None)

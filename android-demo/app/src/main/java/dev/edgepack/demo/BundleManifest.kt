@@ -13,7 +13,26 @@ data class TensorSpec(val name: String, val shape: List<Long>, val dtype: String
 
 data class Tolerance(val atol: Double, val rtol: Double, val minCosine: Double)
 
-data class Artifact(val format: String, val path: String, val precision: String, val sha256: String, val tolerance: Tolerance)
+/** An ExecuTorch program's golden vectors as a BundledProgram (.bpte), checked at atol + rtol * |expected|. */
+data class BundledProgramRef(val path: String, val testCases: Int, val atol: Double, val rtol: Double)
+
+/** How an ExecuTorch program was delegated: ops in delegates, all ops, and the ops left to the portable kernels. */
+data class Delegation(val delegatedOps: Int, val totalOps: Int, val fallbackOps: List<String>) {
+    fun summary(): String = "$delegatedOps/$totalOps ops delegated" +
+        if (fallbackOps.isEmpty()) "" else "; CPU fallback: ${fallbackOps.joinToString()}"
+}
+
+data class Artifact(
+    val format: String,
+    val path: String,
+    val precision: String,
+    val sha256: String,
+    val tolerance: Tolerance,
+    /** ExecuTorch only: the delegates ("XnnpackBackend"), the delegation and the bundled program. */
+    val backends: List<String> = emptyList(),
+    val delegation: Delegation? = null,
+    val bundledProgram: BundledProgramRef? = null
+)
 
 /** The parts of manifest.json the app uses; see [ManifestKeys] for the keys. */
 data class BundleManifest(
@@ -36,6 +55,7 @@ data class BundleManifest(
     companion object {
         const val FORMAT_TORCHSCRIPT_LITE = "torchscript_lite"
         const val FORMAT_ONNX = "onnx"
+        const val FORMAT_EXECUTORCH = "executorch"
 
         fun parse(text: String): BundleManifest = try {
             fromJson(JSONObject(text))
@@ -81,13 +101,27 @@ data class BundleManifest(
             val k = ManifestKeys
             val item = array.getJSONObject(i)
             val tolerance = item.getJSONObject(k.leaf(k.ARTIFACT_TOLERANCE))
+            val requirements = item.getJSONObject(k.leaf(k.ARTIFACT_REQUIREMENTS))
+            val backends = requirements.optJSONArray(k.leaf(k.PTE_BACKENDS))
+            val delegation = requirements.optJSONObject("delegation")?.let { d ->
+                val fallback = d.getJSONArray(k.leaf(k.PTE_FALLBACK_OPS))
+                Delegation(d.getInt(k.leaf(k.PTE_DELEGATED_OPS)), d.getInt(k.leaf(k.PTE_TOTAL_OPS)),
+                    List(fallback.length()) { fallback.getString(it) })
+            }
+            val bundled = requirements.optJSONObject("bundled_program")?.let { b ->
+                BundledProgramRef(b.getString(k.leaf(k.PTE_BUNDLED_PATH)), b.getInt(k.leaf(k.PTE_BUNDLED_CASES)),
+                    b.getDouble(k.leaf(k.PTE_BUNDLED_ATOL)), b.getDouble(k.leaf(k.PTE_BUNDLED_RTOL)))
+            }
             Artifact(
                 format = item.getString(k.leaf(k.ARTIFACT_FORMAT)),
                 path = item.getString(k.leaf(k.ARTIFACT_PATH)),
                 precision = item.getString(k.leaf(k.ARTIFACT_PRECISION)),
                 sha256 = item.getString(k.leaf(k.ARTIFACT_SHA256)),
                 tolerance = Tolerance(tolerance.getDouble(k.leaf(k.TOLERANCE_ATOL)), tolerance.getDouble(k.leaf(k.TOLERANCE_RTOL)),
-                    tolerance.getDouble(k.leaf(k.TOLERANCE_MIN_COSINE)))
+                    tolerance.getDouble(k.leaf(k.TOLERANCE_MIN_COSINE))),
+                backends = backends?.let { arr -> List(arr.length()) { arr.getString(it) } } ?: emptyList(),
+                delegation = delegation,
+                bundledProgram = bundled
             )
         }
 

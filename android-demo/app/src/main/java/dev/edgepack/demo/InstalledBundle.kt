@@ -27,10 +27,13 @@ class InstalledBundle(private val context: Context) {
     fun openRunner(artifact: Artifact, threads: Int = 2): ModelRunner? = when (artifact.format) {
         BundleManifest.FORMAT_TORCHSCRIPT_LITE -> TorchScriptLiteRunner(copyToFile(artifact), manifest)
         BundleManifest.FORMAT_ONNX -> OnnxRunner(bytes(artifact.path), manifest, threads)
+        // Core ML-delegated programs (an iOS bundle) need Apple's runtime: only XNNPACK/portable programs run here.
+        BundleManifest.FORMAT_EXECUTORCH ->
+            if (artifact.backends.all { it == "XnnpackBackend" }) ExecuTorchRunner(copyToFile(artifact), manifest) else null
         else -> null
     }
 
-    /** The lite interpreter loads from a path, and assets have none: copy the file out once per content (its sha256). */
+    /** The lite interpreter and ExecuTorch load from a path, and assets have none: copy the file out once per content (its sha256). */
     private fun copyToFile(artifact: Artifact): File {
         val file = File(context.filesDir, "edgepack/${artifact.sha256.take(16)}-${File(artifact.path).name}")
         if (!file.exists()) {

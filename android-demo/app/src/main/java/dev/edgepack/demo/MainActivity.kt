@@ -77,6 +77,9 @@ class MainActivity : ComponentActivity() {
         manifest.inputs.forEach { append("input ${it.name}: ${it.shape} ${it.dtype}\n") }
         manifest.outputs.forEach { append("output ${it.name}: ${it.shape}\n") }
         append("formats: ${runners.joinToString { it.format }}\n")
+        manifest.artifacts.forEach { artifact ->  // ExecuTorch: where each op runs (a CPU fallback op is slow on a phone)
+            artifact.delegation?.let { append("${artifact.format} ${artifact.backends.joinToString()}: ${it.summary()}\n") }
+        }
         manifest.preprocessingProblem?.let { append("photos: off ($it)\n") }
     }
 

@@ -45,6 +45,18 @@ object ManifestKeys {
     const val TOLERANCE_ATOL = "artifacts[].tolerance.atol"
     const val TOLERANCE_RTOL = "artifacts[].tolerance.rtol"
     const val TOLERANCE_MIN_COSINE = "artifacts[].tolerance.min_cosine"
+    const val ARTIFACT_REQUIREMENTS = "artifacts[].requirements"
+    /** ExecuTorch (.pte): the delegates the program calls ("XnnpackBackend"). */
+    const val PTE_BACKENDS = "artifacts[].requirements.backends?"
+    /** ExecuTorch: ops per delegate and the ops left to the portable CPU kernels, shown beside the latency. */
+    const val PTE_DELEGATED_OPS = "artifacts[].requirements.delegation?.delegated_ops"
+    const val PTE_TOTAL_OPS = "artifacts[].requirements.delegation?.total_ops"
+    const val PTE_FALLBACK_OPS = "artifacts[].requirements.delegation?.fallback_ops"
+    /** ExecuTorch: the golden vectors as a BundledProgram (.bpte), and the tolerance they are checked at. */
+    const val PTE_BUNDLED_PATH = "artifacts[].requirements.bundled_program?.path"
+    const val PTE_BUNDLED_CASES = "artifacts[].requirements.bundled_program?.test_cases"
+    const val PTE_BUNDLED_ATOL = "artifacts[].requirements.bundled_program?.atol"
+    const val PTE_BUNDLED_RTOL = "artifacts[].requirements.bundled_program?.rtol"
 
     const val GOLDEN = "golden"
     const val GOLDEN_INDEX = "golden.index"

@@ -3,6 +3,7 @@ package dev.edgepack.demo
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtSession
+import org.pytorch.executorch.EValue
 import org.pytorch.IValue
 import org.pytorch.LiteModuleLoader
 import org.pytorch.Module
@@ -73,4 +74,26 @@ class OnnxRunner(modelBytes: ByteArray, private val manifest: BundleManifest, th
         session.close()
         options.close()
     }
+}
+
+/**
+ * The .pte in ExecuTorch (org.pytorch:executorch-android, XNNPACK and the portable kernels built in). It loads
+ * from a file path. `forward` returns the outputs in the manifest's order.
+ */
+class ExecuTorchRunner(modelFile: File, private val manifest: BundleManifest) : ModelRunner {
+    override val format = BundleManifest.FORMAT_EXECUTORCH
+    private val module: org.pytorch.executorch.Module = org.pytorch.executorch.Module.load(modelFile.absolutePath)
+
+    override fun run(inputs: List<FloatArray>): List<FloatArray> {
+        val values = inputs.mapIndexed { i, data ->
+            EValue.from(org.pytorch.executorch.Tensor.fromBlob(data, manifest.inputs[i].shape.toLongArray()))
+        }
+        val outputs = module.forward(*values.toTypedArray())
+        if (outputs.size != manifest.outputs.size) {
+            throw IllegalStateException("the program returned ${outputs.size} outputs, the manifest names ${manifest.outputs.size}")
+        }
+        return outputs.map { it.toTensor().dataAsFloatArray }
+    }
+
+    override fun close() = module.destroy()
 }

@@ -14,11 +14,22 @@ class ManifestTest {
     @Test
     fun installedManifestDescribesTheAndroidBundle() {
         assertEquals("android", installed.targetName)
-        for (format in listOf(BundleManifest.FORMAT_TORCHSCRIPT_LITE, BundleManifest.FORMAT_ONNX)) {
+        for (format in listOf(BundleManifest.FORMAT_EXECUTORCH, BundleManifest.FORMAT_TORCHSCRIPT_LITE, BundleManifest.FORMAT_ONNX)) {
             val artifact = installed.artifact(format) ?: throw AssertionError("no $format artifact in the manifest")
             assertTrue("${artifact.path} is not in the installed bundle", java.io.File(InstalledBundleFiles.dir, artifact.path).exists())
             assertTrue(artifact.tolerance.atol > 0 && artifact.tolerance.rtol >= 0 && artifact.tolerance.minCosine in 0.0..1.0)
         }
+    }
+
+    @Test
+    fun theExecuTorchProgramIsXnnpackDelegatedAndShipsItsBundledProgram() {
+        val pte = installed.artifact(BundleManifest.FORMAT_EXECUTORCH) ?: throw AssertionError("no executorch artifact")
+        assertEquals(listOf("XnnpackBackend"), pte.backends)
+        val delegation = pte.delegation ?: throw AssertionError("no delegation in the manifest")
+        assertTrue(delegation.delegatedOps in 1..delegation.totalOps)
+        val bundled = pte.bundledProgram ?: throw AssertionError("no bundled program in the manifest")
+        assertTrue("${bundled.path} is not in the installed bundle", java.io.File(InstalledBundleFiles.dir, bundled.path).exists())
+        assertTrue(bundled.testCases > 0 && bundled.atol > 0)
     }
 
     @Test

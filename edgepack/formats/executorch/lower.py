@@ -1,0 +1,169 @@
+"""From a checked ExportedProgram to .pte bytes: partition per backend, lower, serialize.
+
+Backends, in the order their partitioners claim ops (what one leaves, the next may take; what all leave
+runs in ExecuTorch's portable CPU kernels):
+  xnnpack  XnnpackPartitioner: ARM/x86 CPU kernels, the Android and embedded default
+  coreml   CoreMLPartitioner: the ops become a Core ML ML program embedded in the .pte (Apple only)
+Dynamic dimensions get an upper bound (ExecuTorch plans memory for the largest size): the program's
+own range for the symbol is narrowed to [min, bound] while lowering, the graph itself is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("xnnpack", "coreml")
+BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
+COREML_PRECISIONS = ("fp32", "fp16")  # the Core ML delegate's compute precisions
+# Namespace for the Core ML delegate's model identifiers (derived from the program's content).
+_COREML_NAMESPACE = uuid.UUID("2b0f7c53-54d4-4c4e-8f3e-2f7a8d8f6c21")
+
+
+def partitioners(backends: list[str], precision: str, deployment: str) -> list[Any]:
+    found = []
+    for backend in backends:
+        if backend == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            found.append(XnnpackPartitioner())
+        elif backend == "coreml":
+            import coremltools as ct
+            from executorch.backends.apple.coreml.compiler import CoreMLBackend
+            from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+            compute = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+            specs = CoreMLBackend.generate_compile_specs(
+                minimum_deployment_target=getattr(ct.target, deployment), compute_precision=compute
+            )
+            found.append(CoreMLPartitioner(compile_specs=specs))
+    return found
+
+
+def lower(
+    program: Any, backends: list[str], precision: str, deployment: str, bounds: dict[str, int]
+) -> tuple[Any, bytes]:
+    """The delegation of the lowered edge program (read before `to_executorch` rewrites the graph into
+    out-variants and allocations) and the .pte bytes."""
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from ...paths import scratch_tempdir
+    from .delegation import delegation_of
+
+    # scratch_tempdir: coremltools keeps each converted model as a tmp*.mlpackage until the process exits.
+    with scratch_tempdir("edgepack-executorch-"), bounded_dims(program, bounds), stable_coreml_payload():
+        edge = to_edge_transform_and_lower(program, partitioner=partitioners(backends, precision, deployment))
+        delegation = delegation_of(edge.exported_program().graph_module)
+        manager = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    return delegation, manager.buffer
+
+
+@contextlib.contextmanager
+def bounded_dims(program: Any, bounds: dict[str, int]) -> Iterator[None]:
+    """Narrow each dynamic symbol's range to [its min, bound] for the block, in the program's shape env and
+    range constraints, and put the old ranges back afterwards (the program is shared with other formats)."""
+    if not bounds:
+        yield
+        return
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    saved: list[tuple[Any, Any, Any]] = []
+    for symbol, (env, expr) in _symbols(program).items():
+        if symbol not in bounds:
+            continue
+        before = env.var_to_range.get(expr)
+        lower_bound = before.lower if before is not None else 1
+        env.var_to_range[expr] = ValueRanges(lower_bound, bounds[symbol])
+        saved.append((env.var_to_range, expr, before))
+        if expr in program.range_constraints:
+            saved.append((program._range_constraints, expr, program.range_constraints[expr]))
+            program._range_constraints[expr] = ValueRanges(lower_bound, bounds[symbol])
+    try:
+        yield
+    finally:
+        for table, expr, before in reversed(saved):
+            if before is None:
+                table.pop(expr, None)
+            else:
+                table[expr] = before
+
+
+def _symbols(program: Any) -> dict[str, tuple[Any, Any]]:
+    """Input dimension symbol name (as declared, from the Dim) -> (shape env, sympy symbol)."""
+    import torch
+
+    found: dict[str, tuple[Any, Any]] = {}
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or not isinstance(node.meta.get("val"), torch.Tensor):
+            continue
+        for size in node.meta["val"].shape:
+            if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+                found[str(size.node.expr)] = (size.node.shape_env, size.node.expr)
+    return found
+
+
+def symbol_bounds(program: Any, declared: dict[tuple[int, int], tuple[str, int]]) -> dict[str, int]:
+    """The sympy symbol names of the program's dynamic input dimensions -> upper bound, from
+    `declared[(input index, axis)] = (symbol, bound)`."""
+    import torch
+
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    bounds: dict[str, int] = {}
+    for index, name in enumerate(program.graph_signature.user_inputs):
+        value = placeholders[name].meta.get("val") if name in placeholders else None
+        if not isinstance(value, torch.Tensor):
+            continue
+        for axis, size in enumerate(value.shape):
+            if (index, axis) in declared and isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+                bounds[str(size.node.expr)] = declared[(index, axis)][1]
+    return bounds
+
+
+@contextlib.contextmanager
+def stable_coreml_payload() -> Iterator[None]:
+    """The Core ML delegate names each embedded model `executorch_<uuid4>` (the runtime's cache key on the
+    phone) and saves it as an .mlpackage with random item ids and today's date: derive the identifier from
+    the model's content (spec and weights) and stabilize the package before it is flattened into the .pte."""
+    try:
+        from executorch.backends.apple.coreml.compiler import coreml_preprocess as cp
+    except ImportError:
+        yield
+        return
+    from ..coreml.reproducible import stabilize_mlpackage
+
+    original_preprocess = cp.CoreMLBackend.__dict__["preprocess_model"]
+    native = cp.executorchcoreml
+    original_uuid = cp.uuid
+
+    def preprocess_model(mlmodel: Any, model_type: Any) -> Any:
+        digest = hashlib.sha256(mlmodel.get_spec().SerializeToString(deterministic=True))
+        weights = getattr(mlmodel, "weights_dir", None)
+        if weights:
+            for file in sorted(p for p in Path(weights).rglob("*") if p.is_file()):
+                digest.update(file.read_bytes())
+        identifier = uuid.uuid5(_COREML_NAMESPACE, digest.hexdigest())
+        cp.uuid = types.SimpleNamespace(uuid4=lambda: identifier)
+        try:
+            return original_preprocess.__func__(mlmodel, model_type)
+        finally:
+            cp.uuid = original_uuid
+
+    def flatten(path: str) -> Any:
+        for package in sorted(Path(path).glob("*.mlpackage")):
+            stabilize_mlpackage(package)
+        return native.flatten_directory_contents(path)
+
+    cp.CoreMLBackend.preprocess_model = staticmethod(preprocess_model)
+    cp.executorchcoreml = types.SimpleNamespace(
+        flatten_directory_contents=flatten, unflatten_directory_contents=native.unflatten_directory_contents
+    )
+    try:
+        yield
+    finally:
+        cp.CoreMLBackend.preprocess_model = original_preprocess
+        cp.executorchcoreml = native
