@@ -174,6 +174,8 @@ def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
         for scheme in sorted({p for f in formats for p in other_precisions(f.name)}):
             chosen = [(f, scheme) for f in formats
                       if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT]
+            if not chosen:
+                continue
             files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 
