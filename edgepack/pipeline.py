@@ -26,6 +26,7 @@ from .capture.ladder import check_options as check_capture_options
 from .errors import EdgepackError, UsageError
 from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
+from .formats.base import NotConvertible
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .noise import strip_ansi
@@ -313,6 +314,11 @@ def _emit_all(
                 if baseline is not None:
                     baselines[settings.name] = baseline
             fmt.add_companions(result, captured, replace(settings, precision=report.precision))
+        except NotConvertible as exc:  # this capture cannot become this format: left out, said, not a failure
+            remove_path(path, bundle_dir)
+            report.smoke = SmokeResult(SKIPPED, f"not built: {strip_ansi(str(exc))}")
+            observer.event(f"emit {fmt.name}", Status.WARN, f"not built: {strip_ansi(str(exc))}")
+            continue
         except UsageError:
             raise
         except Exception as exc:  # a converter can fail in any way; the other formats still build

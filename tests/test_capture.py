@@ -54,7 +54,13 @@ def test_seed_control_flow_model_is_scripted_and_both_branches_ship(tmp_path):
     for x in (torch.randn(1, 10) * 2, torch.randn(1, 10) * -2, torch.full((1, 10), 3.0), torch.full((1, 10), -3.0)):
         for got in run_bundle(report, x):
             np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
-    assert {a.format: a.smoke.status for a in report.artifacts} == {"torchscript_lite": "passed", "onnx": "passed"}
+    # ExecuTorch is built only from a torch.export capture, which a Python branch on data has none of: left out, said.
+    assert {a.format: a.smoke.status for a in report.artifacts} == {
+        "executorch": "skipped",
+        "torchscript_lite": "passed",
+        "onnx": "passed",
+    }
+    assert report.artifacts[0].path is None and "torch.export" in report.artifacts[0].smoke.reason
 
 
 def test_seed_conditional_op_trace_alone_fails_naming_the_line(tmp_path):
@@ -78,12 +84,13 @@ def test_seed_dynamic_loop_ships_the_lite_model_and_says_why_onnx_cannot(tmp_pat
     report = android(tmp_path, "DynamicLoopModel", "x=1x10", allow_partial=True)
     assert report.ok and report.capture["strategy"] == "script"
     assert report.capture["hazards"][0]["kind"] == "python_number"
-    lite, onnx_artifact = report.artifacts
+    pte, lite, onnx_artifact = report.artifacts
+    assert pte.path is None and pte.smoke.status == "skipped"  # no torch.export capture either
     assert lite.smoke.status == "passed" and lite.path
     assert onnx_artifact.path is None and onnx_artifact.smoke.status == "failed"
     assert "excluded from the bundle" in onnx_artifact.notes[-1]
     recorded = read_manifest(Path(report.bundle_dir) / "manifest.json")["build"]  # what ships says what it lacks
-    assert recorded["ok"] is True and [e["format"] for e in recorded["left_out"]] == ["onnx"]
+    assert recorded["ok"] is True and [e["format"] for e in recorded["left_out"]] == ["executorch", "onnx"]
     model = seed_models.DynamicLoopModel().eval()
     runtime = mobile._load_for_lite_interpreter(str(Path(report.bundle_dir) / lite.path))
     for scale in (0.1, 1.0, 3.0):  # 0, ~3 and ~9 iterations

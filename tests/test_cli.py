@@ -46,7 +46,11 @@ def test_targets_lists_each_target_with_its_formats():
     result = invoke("targets", "--json")
     assert result.exit_code == 0
     listed = {t["name"]: [f["format"] for f in t["formats"]] for t in json.loads(result.stdout)}
-    assert listed == {"android": ["torchscript_lite", "onnx"], "ios": ["coreml", "onnx"], "iot": ["onnx"]}
+    assert listed == {
+        "android": ["executorch", "torchscript_lite", "onnx"],
+        "ios": ["coreml", "executorch", "onnx"],
+        "iot": ["onnx", "executorch"],
+    }
 
 
 def test_unknown_target_suggests_the_closest(tmp_path):

@@ -15,7 +15,11 @@ import torch.jit.mobile as mobile
 from edgepack import demo
 from edgepack.bundle.files import sha256_of
 
-EXPECTED_FORMATS = {"ios": ["coreml", "onnx"], "android": ["torchscript_lite", "onnx"], "iot": ["onnx"]}
+EXPECTED_FORMATS = {
+    "ios": ["coreml", "executorch", "onnx"],
+    "android": ["executorch", "torchscript_lite", "onnx"],
+    "iot": ["onnx", "executorch"],
+}
 ARTIFACT_KEYS = {"format", "path", "size_bytes", "sha256", "smoke", "latency_ms"}
 
 
@@ -39,7 +43,7 @@ def test_report_json_follows_the_contract(demo_reports, target):
     assert report["target"] == target and report["model"] == "demo-digits" and report["ok"] is True
     for artifact in report["artifacts"]:
         assert ARTIFACT_KEYS <= set(artifact)
-        assert artifact["format"] in ("torchscript_lite", "coreml", "onnx")
+        assert artifact["format"] in ("torchscript_lite", "coreml", "onnx", "executorch")
         assert set(artifact["smoke"]) == {"status", "reason", "max_abs_err", "cosine"}
         assert artifact["smoke"]["status"] in ("passed", "failed", "skipped")
         latency = artifact["latency_ms"]
@@ -56,6 +60,10 @@ def test_runnable_artifacts_pass_their_smoke_test_with_measured_error(demo_repor
         for artifact in report.artifacts:
             if artifact.format == "coreml":
                 continue  # fp16 compute: its own tolerance, checked above
+            if artifact.format == "executorch" and report.target == "ios":  # the Core ML delegate: not timed here
+                assert artifact.smoke.status == "passed" and artifact.smoke.max_abs_err < 1e-4, artifact.smoke.reason
+                assert artifact.latency is None and "Apple platforms" in artifact.latency_reason
+                continue
             assert artifact.smoke.status == "passed", artifact.smoke.reason
             assert artifact.smoke.max_abs_err < 1e-4
             assert artifact.smoke.cosine > 0.9999

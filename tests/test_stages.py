@@ -54,10 +54,11 @@ def test_sampled_integer_inputs_respect_ranges_and_embeddings():
 
 def test_builtin_targets_load():
     ios = load_target("ios", known_options())
-    assert [f.name for f in ios.formats] == ["coreml", "onnx"]
+    assert [f.name for f in ios.formats] == ["coreml", "executorch", "onnx"]
     coreml = ios.formats[0]
     assert coreml.precision == "fp16" and coreml.tolerance.atol == 1e-2
-    assert ios.formats[1].tolerance.atol == 1e-4  # the target-wide default
+    assert ios.formats[1].tolerance.atol == 1e-2  # executorch: the Core ML delegate's fp16 rung, like Core ML's
+    assert ios.formats[2].tolerance.atol == 1e-4  # onnx: the target-wide default
     assert len(ios.sha256) == 64
 
 

@@ -196,6 +196,8 @@ def _target_files(folder: Path, threads: int) -> dict[str, list[Path]]:
                 for f in formats
                 if scheme in FORMATS[f.name].precisions and (f.name, scheme) not in NOT_BUILT
             ]
+            if not chosen:
+                continue
             files[scheme] = [_write_target(folder / f"{name}-{scheme}.toml", f"{name}-{scheme}", threads, chosen)]
     return files
 

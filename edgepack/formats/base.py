@@ -31,6 +31,13 @@ REQUIREMENTS_SCHEMA = "requirements.schema.json"
 FLOAT_LAYERS = "float_layers"
 
 
+class NotConvertible(Exception):
+    """Raised by `emit` when the format cannot be built from what the capture produced at all (a format built
+    only on torch.export, and no checked export capture): the artifact is left out of the bundle and reported
+    `skipped` with the reason, like an artifact whose runtime cannot run here (--strict counts it as a failure);
+    the target's other formats ship."""
+
+
 @dataclass(frozen=True)
 class Companion:
     """A file shipped beside an artifact that its own runtime loads too (ONNX's .ort): checked like the artifact."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import BuildError, RuntimeUnavailable, UsageError, did_you_mean
 from ...noise import quiet_converter, short_reason
 from ...targets import FormatSettings
-from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, Runner, register_format
+from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, NotConvertible, Runner, register_format
 from . import bundled
 from .lower import BACKEND_IDS, BACKENDS, COREML_PRECISIONS
 
@@ -45,7 +45,8 @@ class ExecuTorch(Format):
     precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
     libraries = ("executorch", "torchao")
     loggers = ("executorch", "torchao", "coremltools")
-    app_platforms = ("android", "ios")
+    # The demo apps run a .pte when the bundle has one, but neither needs it (they keep their ONNX, Core ML and lite paths).
+    app_platforms = ()
     option_defaults = {"backends": ["xnnpack"], "minimum_deployment_target": "iOS16", "dynamic_max": {}}
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
@@ -104,10 +105,9 @@ class ExecuTorch(Format):
         precision = settings.precision
         if captured.exported is None:
             reason = captured.export.reason if captured.export is not None else "not attempted"
-            raise BuildError(
-                f"ExecuTorch needs the checked torch.export capture, and there is none: {reason}",
-                "Fix that (`edgepack doctor` names the line and the fix), or build with --allow-partial "
-                "to ship the other formats.",
+            raise NotConvertible(
+                f"ExecuTorch is built only from a checked torch.export capture, and there is none "
+                f"({reason}); `edgepack doctor` names the line and the fix"
             )
         if precision == "fp16" and "coreml" not in backends:
             raise BuildError(
@@ -313,11 +313,14 @@ class ExecuTorch(Format):
     def weight_bytes(self, path: Path) -> int | None:
         from .program import read
 
+        # Constant tensors of the portable plan, the named data XNNPACK keeps its weights in, and the Core ML
+        # delegate's payloads (the embedded ML programs, whose weight files are most of them).
         saved = read(path)
-        program = saved.program
-        constant = sum(len(buffer.storage) for buffer in program.constant_buffer)
-        delegate = sum(len(saved.delegate_payload(i)) for i in range(len(saved.delegates)))
-        return constant + delegate or None
+        constant = sum(len(buffer.storage) for buffer in saved.program.constant_buffer)
+        coreml = sum(
+            len(saved.delegate_payload(i)) for i, backend in enumerate(saved.delegates) if backend == "CoreMLBackend"
+        )
+        return constant + saved.named_data_bytes + coreml or None
 
     def converter_versions(self) -> dict[str, str]:
         from importlib import metadata

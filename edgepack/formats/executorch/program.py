@@ -19,6 +19,7 @@ class SavedProgram:
     instructions: list[tuple[str, Any]]  # ("DelegateCall" | "KernelCall" | ..., args)
     inputs: list[int]
     outputs: list[int]
+    named_data_bytes: int = 0  # the weights delegates keep in the .pte's named data store (XNNPACK's)
 
     def delegate_payload(self, index: int) -> bytes:
         plan = self.program.execution_plan[0]
@@ -31,7 +32,9 @@ class SavedProgram:
 def read(path: Path | bytes) -> SavedProgram:
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    program = deserialize_pte_binary(path if isinstance(path, bytes) else path.read_bytes()).program
+    pte = deserialize_pte_binary(path if isinstance(path, bytes) else path.read_bytes())
+    program = pte.program
+    named = sum(len(getattr(b, "buffer", b)) for b in pte.named_data.buffers) if pte.named_data is not None else 0
     plan = next(p for p in program.execution_plan if p.name == "forward")
     instructions = [(type(i.instr_args).__name__, i.instr_args) for chain in plan.chains for i in chain.instructions]
     return SavedProgram(
@@ -41,6 +44,7 @@ def read(path: Path | bytes) -> SavedProgram:
         instructions,
         list(plan.inputs),
         list(plan.outputs),
+        named,
     )
 
 
