@@ -27,7 +27,7 @@ from ...noise import quiet_converter, short_reason
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, NotConvertible, Runner, register_format
 from . import bundled
-from .lower import BACKEND_IDS, BACKENDS, COREML_PRECISIONS
+from .lower import BACKEND_IDS, BACKENDS
 
 if TYPE_CHECKING:
     from ...capture.ladder import CapturedModel
@@ -119,7 +119,12 @@ class ExecuTorch(Format):
         strategy = captured.export.strategy if captured.export is not None else "export"
         program, notes = captured.exported, [f"lowered the checked torch.export capture ({strategy})"]
         with quiet_converter() as log:
-            if precision in _INT8:
+            if precision in _INT8 and "coreml" in backends:
+                notes.append(
+                    "int8 on the Core ML delegate: int8 weights (linear, symmetric, per channel), activations "
+                    "and compute in fp16; no calibration (pt2e's int8 ops do not convert to Core ML)"
+                )
+            elif precision in _INT8:
                 example = tuple(captured.samples[0][name] for name in captured.input_names)
                 samples = [tuple(s[name] for name in captured.input_names) for s in (calibration or [])]
                 program, quant_notes = quantize.quantize(
@@ -134,11 +139,7 @@ class ExecuTorch(Format):
             bounds = lower.symbol_bounds(program, declared)
             try:
                 delegation, data = lower.lower(
-                    program,
-                    backends,
-                    precision if precision in COREML_PRECISIONS else "fp32",
-                    self.option(settings, "minimum_deployment_target"),
-                    bounds,
+                    program, backends, precision, self.option(settings, "minimum_deployment_target"), bounds
                 )
             except Exception as exc:  # the lowering raises many types; say which step and why
                 raise BuildError(
@@ -168,10 +169,9 @@ class ExecuTorch(Format):
         if "coreml" in backends:
             requirements["coreml"] = {
                 "minimum_deployment_target": self.option(settings, "minimum_deployment_target"),
-                "compute_precision": precision if precision in COREML_PRECISIONS else "fp32",
+                "compute_precision": lower.coreml_compute(precision),
             }
-        if precision in COREML_PRECISIONS:
-            notes.append(f"backends: {', '.join(backends)} ({precision})")
+        notes.append(f"backends: {', '.join(backends)} ({precision})")
         notes += delegation.table()
         return Emitted(path, requirements, notes, capture="export")
 
@@ -311,15 +311,24 @@ class ExecuTorch(Format):
         return "program read back: delegates, inputs, outputs, portable operators"
 
     def weight_bytes(self, path: Path) -> int | None:
-        from .program import read
+        # Constant tensors of the portable plan, the named data XNNPACK keeps its weights in, and the weight files
+        # of the ML programs the Core ML delegate embedded.
+        import tempfile
 
-        # Constant tensors of the portable plan, the named data XNNPACK keeps its weights in, and the Core ML
-        # delegate's payloads (the embedded ML programs, whose weight files are most of them).
+        from .program import extract_coreml, read
+
         saved = read(path)
         constant = sum(len(buffer.storage) for buffer in saved.program.constant_buffer)
-        coreml = sum(
-            len(saved.delegate_payload(i)) for i, backend in enumerate(saved.delegates) if backend == "CoreMLBackend"
-        )
+        coreml = 0
+        with tempfile.TemporaryDirectory(prefix="edgepack-pte-weights-") as tmp:
+            for i, backend in enumerate(saved.delegates):
+                if backend == "CoreMLBackend":
+                    package, _ = extract_coreml(saved.delegate_payload(i), Path(tmp) / str(i))
+                    coreml += sum(
+                        f.stat().st_size
+                        for f in (package / "Data" / "com.apple.CoreML" / "weights").rglob("*")
+                        if f.is_file()
+                    )
         return constant + saved.named_data_bytes + coreml or None
 
     def converter_versions(self) -> dict[str, str]:

@@ -21,6 +21,20 @@ from typing import Any
 BACKENDS = ("xnnpack", "coreml")
 BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
 COREML_PRECISIONS = ("fp32", "fp16")  # the Core ML delegate's compute precisions
+# int8 on the Core ML delegate: int8 weights (coremltools' linear quantization, per channel), fp16 compute, as
+# the Core ML format's int8; pt2e's quantize/dequantize ops do not convert to Core ML (no int8 cast).
+COREML_INT8_WEIGHTS = {
+    "mode": "linear_symmetric",
+    "dtype": "int8",
+    "granularity": "per_channel",
+    "weight_threshold": 512,
+}
+
+
+def coreml_compute(precision: str) -> str:
+    return "fp32" if precision == "fp32" else "fp16"
+
+
 # Namespace for the Core ML delegate's model identifiers (derived from the program's content).
 _COREML_NAMESPACE = uuid.UUID("2b0f7c53-54d4-4c4e-8f3e-2f7a8d8f6c21")
 
@@ -37,9 +51,12 @@ def partitioners(backends: list[str], precision: str, deployment: str) -> list[A
             from executorch.backends.apple.coreml.compiler import CoreMLBackend
             from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-            compute = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+            compute = ct.precision.FLOAT16 if coreml_compute(precision) == "fp16" else ct.precision.FLOAT32
+            int8 = precision in ("int8-static", "int8-dynamic")
             specs = CoreMLBackend.generate_compile_specs(
-                minimum_deployment_target=getattr(ct.target, deployment), compute_precision=compute
+                minimum_deployment_target=getattr(ct.target, deployment),
+                compute_precision=compute,
+                op_linear_quantizer_config=COREML_INT8_WEIGHTS if int8 else None,
             )
             found.append(CoreMLPartitioner(compile_specs=specs))
     return found

@@ -30,9 +30,16 @@ def _quantizer(precision: str, float_layers: list[str]) -> Any:
         quantizer.set_operator_type(torch.ops.aten.linear.default, config)
     else:
         quantizer.set_global(config)
-    for name in float_layers:
-        quantizer.set_module_name(name, None)
+    if float_layers:  # the quantizer takes no "None" config per module: a filter leaves their nodes unannotated
+        quantizer.set_filter_function(lambda node: not _in_layers(node, float_layers))
     return quantizer
+
+
+def _in_layers(node: Any, layers: list[str]) -> bool:
+    """Whether the node was traced inside one of the named modules (or a submodule of one)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = {_module_name(path) for path, _ in stack.values()}
+    return any(path == layer or path.startswith(layer + ".") for path in paths for layer in layers)
 
 
 def quantizable_layers(program: Any, precision: str) -> list[str]:
