@@ -60,3 +60,46 @@ class AnchorBoxes(nn.Module):
 def make_anchor_boxes() -> AnchorBoxes:
     torch.manual_seed(0)
     return AnchorBoxes().eval()
+
+
+class _KVLayer:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+
+
+class KVCache:
+    """The shape of transformers' DynamicCache without transformers: built from (key, value) pairs, `.layers`."""
+
+    def __init__(self, pairs=()) -> None:
+        self.layers = [_KVLayer(k, v) for k, v in pairs]
+
+
+class TinyCausalLM(nn.Module):
+    """A two-layer decoder as Hugging Face's are called: `cache=None` on the first call, the returned cache fed
+    back on the next; each layer attends over past + new keys and returns the grown cache."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, heads: int = 2, layers: int = 2) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.embed = nn.Embedding(vocab, dim)
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None):
+        x = self.embed(input_ids)
+        batch, seq, _ = x.shape
+        grown = []
+        for index, qkv in enumerate(self.qkv):
+            q, k, v = (t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2) for t in qkv(x).chunk(3, -1))
+            if cache is not None:
+                k = torch.cat([cache.layers[index].keys, k], dim=2)
+                v = torch.cat([cache.layers[index].values, v], dim=2)
+            grown.append((k, v))
+            attended = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, dim=-1) @ v
+            x = x + attended.transpose(1, 2).reshape(batch, seq, -1)
+        return {"logits": self.head(x), "past_key_values": KVCache(grown)}
+
+
+def make_tiny_causal_lm() -> TinyCausalLM:
+    torch.manual_seed(0)
+    return TinyCausalLM().eval()

@@ -4,6 +4,7 @@ and refuses the others."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,34 @@ def test_a_key_value_cache_output_is_flattened_into_named_present_key_value_tens
     flat, names = flatten_model(LoadedModel("d", TinyDecoder(), inputs, {"kind": "test"}), {"x": torch.ones(1, 3)})
     assert names == ["logits", "present_0_key", "present_0_value", "present_1_key", "present_1_value"]
     assert [float(t[0, 0]) for t in flat(torch.ones(1, 3))] == [2.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_key_value_cache_fed_back_in_builds_and_matches_eager_at_two_past_lengths(tmp_path):
+    """Decoder LMs as users run them: the cache the model returned comes back as past_key_values_N_key/value
+    inputs (gathered into the model's own cache class), and the grown cache goes out as present_N_key/value."""
+    past = [f"past_key_values_{n}_{part}=1x2xPAST=6x8" for n in (0, 1) for part in ("key", "value")]
+    formats = '[formats.onnx]\nprecision = "fp32"\nopset = 18\n[formats.executorch]\nprecision = "fp32"\n'
+    target = write_fast_target(tmp_path, "onnx-pte", formats)
+    report = _build(tmp_path, str(target), "make_tiny_causal_lm", "input_ids=1xSEQ=3:int64:0..50", *past)
+    assert report.ok, report.problems
+    bundle = Path(report.bundle_dir)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    presents = [f"present_{n}_{part}" for n in (0, 1) for part in ("key", "value")]
+    assert [o["name"] for o in manifest["outputs"]] == ["logits", *presents]
+    assert {i["name"]: i["layout"] for i in manifest["inputs"]}["past_key_values_0_key"] is None
+    from edgepack.formats import FORMATS
+
+    from .pattern_models import KVCache, make_tiny_causal_lm
+
+    model = make_tiny_causal_lm()
+    for past_length in (2, 11):  # neither the declared 6 nor the checker's half and double sizes
+        ids = torch.randint(0, 50, (1, 3))
+        cache = [(torch.randn(1, 2, past_length, 8), torch.randn(1, 2, past_length, 8)) for _ in range(2)]
+        with torch.no_grad():
+            out = model(ids, cache=KVCache(cache))
+        expected = [out["logits"]] + [t for layer in out["past_key_values"].layers for t in (layer.keys, layer.values)]
+        feed = [ids.numpy()] + [t.numpy() for pair in cache for t in pair]
+        for artifact in report.artifacts:
+            got = FORMATS[artifact.format].open(bundle / artifact.path, 1)(feed)
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(np.asarray(g), e.numpy(), atol=1e-4, err_msg=artifact.format)

@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import re
 import subprocess
 import sys
 from functools import cache
@@ -307,10 +308,14 @@ def _artifact_json(a: ArtifactReport, settings: Any, strategy: str) -> dict[str,
     }
 
 
+def _is_past_cache(name: str) -> bool:
+    return re.fullmatch(r"past_key_values_\d+_(key|value)", name) is not None
+
+
 def _input_json(spec: dict[str, Any], preprocessing: dict[str, Any] | None) -> dict[str, Any]:
-    layout = (preprocessing or {}).get("layout") or (
-        "NCHW" if len(spec["shape"]) == 4 and spec["dtype"].startswith("float") else None
-    )
+    # A 4-D float input is taken for an image unless it is a key/value cache fed back in (batch x heads x past x dim).
+    is_image = len(spec["shape"]) == 4 and spec["dtype"].startswith("float") and not _is_past_cache(spec["name"])
+    layout = (preprocessing or {}).get("layout") or ("NCHW" if is_image else None)
     return {
         **spec,
         "dynamic_axes": spec.get("dynamic_axes", {}),

@@ -19,16 +19,30 @@ from ..user_code import at_line, defining_files, definition_site
 
 PathStep = tuple[str, Any]  # ("key", k) | ("index", i) | ("attr", name)
 
+# A key/value cache fed back in, one input per layer and part, as the ONNX community names them
+# (past_key_values.N.key), identifier-safe; forward receives them as one `past_key_values` cache object.
+_PAST_RE = re.compile(r"past_key_values_(\d+)_(key|value)")
+
 
 class FlatModel(nn.Module):
     """Positional tensors in, a tuple of tensors out, whatever the wrapped model's signature and output type."""
 
-    def __init__(self, model: nn.Module, input_names: list[str], by_keyword: bool, output_paths: list[list[PathStep]]):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_names: list[str],
+        by_keyword: bool,
+        output_paths: list[list[PathStep]],
+        cache_feed: tuple[type, str] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.input_names = input_names
         self.by_keyword = by_keyword
         self.output_paths = output_paths
+        # (class, forward's keyword) of the cache the model returns (transformers' DynamicCache), when
+        # past_key_values_N_key/value inputs feed one back in: built from those tensors on every call, never state.
+        self.cache_feed = cache_feed
         # ((submodule path, attribute), cold value) of the caches forward fills (hazards.Cache): set back before
         # every call, so that eager, every capture and every check run the path that computes them.
         self.caches: list[tuple[tuple[str, str], Any]] = []
@@ -39,7 +53,9 @@ class FlatModel(nn.Module):
 
             for key, cold in self.caches:
                 restore(self.model, key, cold)
-        if self.by_keyword:
+        if self.cache_feed is not None:
+            result = self.model(**_with_cache(self.cache_feed, dict(zip(self.input_names, tensors))))
+        elif self.by_keyword:
             result = self.model(**dict(zip(self.input_names, tensors)))
         else:
             result = self.model(*tensors)
@@ -47,7 +63,7 @@ class FlatModel(nn.Module):
 
     def around(self, model: nn.Module) -> FlatModel:
         """The same flattening around another version of the model (scripted, hybrid)."""
-        flat = FlatModel(model, self.input_names, self.by_keyword, self.output_paths).eval()
+        flat = FlatModel(model, self.input_names, self.by_keyword, self.output_paths, self.cache_feed).eval()
         flat.caches = self.caches
         return flat
 
@@ -55,11 +71,15 @@ class FlatModel(nn.Module):
 def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tuple[FlatModel, list[str]]:
     """Wrap the loaded model; run it once on `example` to learn its output structure and names."""
     names = [spec.name for spec in loaded.inputs]
-    by_keyword = _call_by_keyword(loaded.module, names)
+    cache_feed = _past_cache_feed(loaded, example) if any(_PAST_RE.fullmatch(n) for n in names) else None
+    by_keyword = cache_feed is not None or _call_by_keyword(loaded.module, names)
     args = [example[n] for n in names]
     with torch.no_grad():
         try:  # the model's first run: a mistake here is in the inputs or the model, not in edgepack
-            result = loaded.module(**example) if by_keyword else loaded.module(*args)
+            if cache_feed is not None:
+                result = loaded.module(**_with_cache(cache_feed, example))
+            else:
+                result = loaded.module(**example) if by_keyword else loaded.module(*args)
         except Exception as exc:
             raise forward_failed(loaded, exc) from exc
     leaves = list(_leaves(result, []))
@@ -69,7 +89,63 @@ def flatten_model(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tupl
     if loaded.output_names and len(loaded.output_names) == len(leaves):
         raw_names = loaded.output_names
     output_names = _unique_names(raw_names, set(names))
-    return FlatModel(loaded.module, names, by_keyword, [path for path, _ in leaves]).eval(), output_names
+    flat = FlatModel(loaded.module, names, by_keyword, [path for path, _ in leaves], cache_feed)
+    return flat.eval(), output_names
+
+
+def _past_layers(names: list[str]) -> dict[int, dict[str, str]]:
+    """layer -> {"key": input name, "value": input name} of the declared past_key_values_N_key/value inputs."""
+    layers: dict[int, dict[str, str]] = {}
+    for name in names:
+        match = _PAST_RE.fullmatch(name)
+        if match:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = name
+    return layers
+
+
+def _with_cache(cache_feed: tuple[type, str], inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments of one call: the past_key_values_N_key/value tensors gathered into one cache."""
+    layers = _past_layers(list(inputs))
+    others = {name: value for name, value in inputs.items() if not _PAST_RE.fullmatch(name)}
+    pairs = [(inputs[layers[n]["key"]], inputs[layers[n]["value"]]) for n in sorted(layers)]
+    cache_type, keyword = cache_feed
+    return {**others, keyword: cache_type(pairs)}
+
+
+def _past_cache_feed(loaded: LoadedModel, example: dict[str, torch.Tensor]) -> tuple[type, str]:
+    """The cache class the model returns when called without a past (its own DynamicCache) and the keyword forward
+    takes it by, after checking that the declared past inputs cover layers 0..N-1 with a key and a value each."""
+    names = [spec.name for spec in loaded.inputs]
+    layers = _past_layers(names)
+    complete = sorted(layers) == list(range(len(layers))) and all(len(parts) == 2 for parts in layers.values())
+    if not complete:
+        raise UsageError(
+            f"The past key/value inputs ({', '.join(n for n in names if _PAST_RE.fullmatch(n))}) do not cover "
+            "layers 0..N-1 with a key and a value each.",
+            "Declare past_key_values_N_key and past_key_values_N_value for every layer N from 0, "
+            "e.g. --input past_key_values_0_key=1xHEADSxPASTxHEAD_DIM.",
+        )
+    first = {name: value for name, value in example.items() if not _PAST_RE.fullmatch(name)}
+    with torch.no_grad():
+        try:
+            result = loaded.module(**first)
+        except Exception as exc:
+            raise forward_failed(loaded, exc) from exc
+    caches = [v for v in (result.values() if isinstance(result, dict) else [result]) if _is_kv_cache(v)]
+    if not caches:
+        raise UsageError(
+            "past_key_values_N_key/value inputs were declared, but the model returns no key/value cache to feed "
+            "them back into.",
+            "Declare past inputs only for a decoder that returns past_key_values (use_cache=True).",
+        )
+    if len(caches[0].layers) != len(layers):
+        raise UsageError(
+            f"The model's cache has {len(caches[0].layers)} layers but past inputs were declared for {len(layers)}.",
+            f"Declare past_key_values_N_key/value for N = 0..{len(caches[0].layers) - 1}.",
+        )
+    # transformers 5 renamed forward's past_key_values to cache (the old name warns until it is removed).
+    params = inspect.signature(loaded.module.forward).parameters
+    return type(caches[0]), "cache" if "cache" in params else "past_key_values"
 
 
 def forward_failed(loaded: LoadedModel, exc: Exception) -> UsageError:
