@@ -41,6 +41,13 @@ FRESH_SEED = 4242
 TEXT = "input_ids=1x16:int64:0..100"
 IMAGE = "pixel_values=1x3x32x32"
 AUDIO = "input_values=1x1600"
+STEP = "input_ids=1xSEQ=2:int64:0..100"
+
+
+def _past(heads: int, head_dim: int, layers: int = 2) -> tuple[str, ...]:
+    return tuple(
+        f"past_key_values_{n}_{part}=1x{heads}xPAST=8x{head_dim}" for n in range(layers) for part in ("key", "value")
+    )
 
 
 @dataclass(frozen=True)
@@ -352,6 +359,19 @@ def _architectures() -> list[Arch]:
             (TEXT,),
         ),
         a("llama", "decoder LM", _hf("LlamaConfig", "LlamaForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
+        # a decoding step: the cache the prompt returned fed back in (2 layers; heads x head size of each model)
+        a(
+            "gpt2_step",
+            "decoder LM",
+            _hf("GPT2Config", "GPT2LMHeadModel", vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64),
+            (STEP, *_past(heads=2, head_dim=16)),
+        ),
+        a(
+            "llama_step",
+            "decoder LM",
+            _hf("LlamaConfig", "LlamaForCausalLM", num_key_value_heads=1, **_LM),
+            (STEP, *_past(heads=1, head_dim=16)),
+        ),
         a("qwen2", "decoder LM", _hf("Qwen2Config", "Qwen2ForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
         a("mistral", "decoder LM", _hf("MistralConfig", "MistralForCausalLM", num_key_value_heads=1, **_LM), (TEXT,)),
         a(
