@@ -163,6 +163,10 @@ def test_table_is_the_1_13_1_runtime_derived_from_its_wheel():
     # JIT operators registered as "...) ->str" (no space; scripted nn.TransformerEncoder calls it)
     assert table.arguments("aten::add.str") == 2 and table.arguments("quantized::matmul") == 4
     assert load_table("LibTorch-Lite 1.13.0.1").operators == table.operators
+    # String defaults are escaped inside the declarations' JSON strings (str mode=\"constant\"): read whole, a
+    # schema keeps every argument after them (F.pad with a value; conv2d with padding="same").
+    assert all(") ->" in op["schema"] or ")->" in op["schema"] for op in data["operators"].values())
+    assert table.arguments("aten::pad") == 4 and table.arguments("aten::conv2d.padding") == 7
 
 
 def test_schema_parser_counts_arguments_and_defaults():

@@ -40,7 +40,8 @@ RUNTIME = {
 }
 DECLARATIONS = "torch/include/ATen/RegistrationDeclarations.h"
 NAMESPACES = ("aten", "prim", "quantized", "_quantized", "prepacked", "sparse")
-_DECLARED = re.compile(r'"schema": "([^"]+)"')
+# A JSON string: string defaults are escaped inside it (str mode=\"constant\"), so stop only at an unescaped quote.
+_DECLARED = re.compile(r'"schema": ("(?:[^"\\]|\\.)+")')
 _SCHEMA = re.compile(rb"^([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z0-9_]+)(\.[A-Za-z0-9_]+)?\(.*\) ?-> ?\S.*$")
 
 
@@ -73,7 +74,8 @@ def derive(wheel: Path) -> dict:
         raise SystemExit(f"{wheel.name} (sha256 {digest}) is not a known source: {SOURCES}")
     schemas: dict[str, set[str]] = {"native": set(), "library": set()}
     with zipfile.ZipFile(wheel) as archive:
-        schemas["native"] = set(_DECLARED.findall(archive.read(DECLARATIONS).decode("utf-8")))
+        declared = _DECLARED.findall(archive.read(DECLARATIONS).decode("utf-8"))
+        schemas["native"] = {json.loads(quoted) for quoted in declared}
         library = next(n for n in archive.namelist() if re.fullmatch(r"torch/lib/libtorch_cpu\.(so|dylib)", n))
         for run in re.findall(rb"[\x20-\x7e]{8,}", archive.read(library)):
             match = _SCHEMA.match(run)
