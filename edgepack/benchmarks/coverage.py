@@ -181,7 +181,7 @@ def _architectures() -> list[Arch]:
                 image_size=32,
                 width_coefficient=0.25,
                 depth_coefficient=0.25,
-                hidden_dim=64,
+                hidden_dim=320,  # round_filters(1280) at width 0.25: the top conv's channels
                 num_labels=3,
             ),
             (IMAGE,),
