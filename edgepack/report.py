@@ -191,7 +191,10 @@ class BuildReport:
             "problems": self.problems,
             "device_agnostic": self.device_agnostic,
             "artifacts": [a.to_json() for a in self.artifacts],
-            "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
+            "baseline": {
+                "eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None,
+                "eager_latency_details": self.eager_latency.details() if self.eager_latency else None,
+            },
             "threads": self.threads,
             "capture": self.capture,
             "edgepack_version": __version__,
