@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,28 @@ def check_tracking(tracker: str | None, uri: str | None, register: str | None, o
         return
     if tracker not in TRACKERS:
         raise UsageError(f"{option} {tracker!r} is not a known tracker.", f"Use one of: {', '.join(TRACKERS)}.")
-    _mlflow()
+    mlflow = _mlflow()
+    if uri is not None and urlparse(uri).scheme in _NO_REGISTRY_SCHEMES:
+        _check_file_store(mlflow, uri)
     if register is not None and uri is not None and urlparse(uri).scheme in _NO_REGISTRY_SCHEMES:
         raise UsageError(
             f"--register needs a model registry, which the file store at {uri!r} does not have.",
             "Use a database-backed store, e.g. --tracking-uri sqlite:///path/to/mlflow.db (or leave it out: the "
             "default is a SQLite file in the output folder).",
         )
+
+
+def _check_file_store(mlflow: Any, uri: str) -> None:
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true: say so before the build, with
+    MLflow's own advice. (Opening a file store's client writes nothing but the store folder the user named.)"""
+    try:
+        mlflow.tracking.MlflowClient(tracking_uri=uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(
+            f"--tracking-uri {uri}: MLflow cannot open this store: {exc.message}",
+            "Use a SQLite store (--tracking-uri sqlite:///path/to/mlflow.db, or leave --tracking-uri out for "
+            "<out>/mlflow.db), or set MLFLOW_ALLOW_FILE_STORE=true.",
+        ) from exc
 
 
 def default_uri(out_dir: Path) -> str:
@@ -92,11 +108,11 @@ def log_build(
     documents = [_read(bundle) for bundle in bundles]
     params, metrics, tags = _figures(reports, documents, sign_key)
     run = client.create_run(experiment_id, tags=tags, run_name=_run_name(documents))
-    run_id = run.info.run_id
+    run_id, now = run.info.run_id, int(time.time() * 1000)
     try:
         client.log_batch(
             run_id,
-            metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in sorted(metrics.items())],
+            metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
             params=[mlflow.entities.Param(k, v) for k, v in sorted(params.items())],
         )
         for report, bundle in zip(reports, bundles):
@@ -112,6 +128,7 @@ def log_build(
 def _mlflow() -> Any:
     try:
         import mlflow
+        import mlflow.exceptions
         import mlflow.tracking
     except ImportError as exc:
         raise UsageError(
