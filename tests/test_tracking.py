@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,35 @@ def test_track_mlflow_without_mlflow_says_how_to_install_it(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "needs the mlflow package" in done.stderr and 'pip install "edgepack[mlflow]"' in done.stderr
     assert not out.exists()
+
+
+def test_the_git_commit_of_the_models_checkout_is_tagged(tmp_path):
+    """A model file committed in a git checkout: the run carries that commit, where MLflow's UI looks for it."""
+    from edgepack.inputs import parse_input_spec
+    from edgepack.pipeline import BuildRequest, build
+    from edgepack.tracking import log_build
+
+    client = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    if shutil.which("git") is None:
+        pytest.skip("no git on this machine")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "net.py").write_text(
+        "import torch\n\ndef make():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()\n"
+    )
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for args in (["init", "-q"], ["add", "net.py"], ["commit", "-qm", "net"]):
+        subprocess.run(git + args, check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    target = write_fast_target(tmp_path, "onnx-only", '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    request = BuildRequest(
+        targets=[str(target)],
+        model=f"{repo / 'net.py'}:make",
+        inputs=[parse_input_spec("x=1x8")],
+        out_dir=tmp_path / "out",
+        check_budgets=False,
+    )
+    tracked = log_build(build(request), uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(tracked.run_id).data.tags
+    assert tags["edgepack.git_commit"] == tags["mlflow.source.git.commit"] == commit
+    assert tags["edgepack.git_dirty"] == "false" and "edgepack.signing_key_id" not in tags
