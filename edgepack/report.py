@@ -137,6 +137,7 @@ class ArtifactReport:
             "weight_ratio": self.weight_ratio,
             "accuracy": self.accuracy.to_json() if self.accuracy is not None else None,
             "latency_before_ms": self.latency_before.to_json() if self.latency_before else None,
+            "latency_before_details": self.latency_before.details() if self.latency_before else None,
             "latency_ratio": self.latency_ratio,
             "quantization": self.quantization,
         }

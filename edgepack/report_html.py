@@ -107,7 +107,8 @@ def _latency(report: dict[str, Any]) -> str:
         boxes.append(_box("eager PyTorch (fp32)", eager, details, "eager"))
     for a in report.get("artifacts", []):
         if a.get("latency_before_ms"):
-            boxes.append(_box(f"{a['format']} fp32 (before)", a["latency_before_ms"], {}, "baseline"))
+            before = a.get("latency_before_details") or {}
+            boxes.append(_box(f"{a['format']} fp32 (before)", a["latency_before_ms"], before, "baseline"))
         if a.get("latency_ms"):
             boxes.append(_box(f"{a['format']} {a['precision']}", a["latency_ms"], a.get("latency_details") or {}))
     missing = [f"{a['format']}: {a['latency_reason']}" for a in report.get("artifacts", []) if not a.get("latency_ms")]
