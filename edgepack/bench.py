@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,14 @@ class Latency:
     mean: float
     runs: int
     load_ms: float | None = None
+    # The rest of the distribution ({"min", "p25", "p75", "max"}), for the HTML report's box plots.
+    spread: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
 
     def details(self) -> dict:
-        return {"runs": self.runs, "load_ms": self.load_ms}
+        return {"runs": self.runs, "load_ms": self.load_ms, **self.spread}
 
 
 @contextlib.contextmanager
@@ -78,7 +80,9 @@ def time_calls(call: Callable[[], Any], settings: BenchSettings, load_ms: float 
 
 def summarize(samples_ms: list[float], load_ms: float | None = None) -> Latency:
     p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
-    return Latency(float(p50), float(p90), float(p99), float(np.mean(samples_ms)), len(samples_ms), load_ms)
+    low, p25, p75, high = np.percentile(samples_ms, [0, 25, 75, 100])
+    spread = {"min": float(low), "p25": float(p25), "p75": float(p75), "max": float(high)}
+    return Latency(float(p50), float(p90), float(p99), float(np.mean(samples_ms)), len(samples_ms), load_ms, spread)
 
 
 class OtherProcessesLoad:

@@ -218,6 +218,22 @@ def build_command(
             help="Evaluation set accuracy is measured on against eager fp32, in the same forms as --calibration. Default: the demo's held-out split, else seeded random inputs (said in the report)."
         ),
     ] = None,
+    track: Annotated[
+        str | None,
+        typer.Option(
+            help='Log the build as a run in an experiment tracker: mlflow (needs pip install "edgepack[mlflow]").'
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Tracking store for --track: any MLflow URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db."
+        ),
+    ] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(help="With --track mlflow: register the bundles as a new version of this model name."),
+    ] = None,
 ) -> None:
     """Build bundles for one or more targets: trace, convert, smoke-test, time and write dist/<model>/<target>/."""
     observer = QuietObserver() if quiet or json_output else RichObserver(err_console)
@@ -228,9 +244,13 @@ def build_command(
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
         from .pipeline import build
+        from .tracking import check_tracking
 
+        check_tracking(track, tracking_uri, register)  # before the build: a missing mlflow fails in a second
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
             reports = build(request, observer)
+            if track is not None:
+                _track(reports, tracking_uri, register, sign_key)
     if json_output:
         document = (
             reports[0].to_json()
@@ -241,6 +261,15 @@ def build_command(
     elif not quiet:
         _print_summary(reports)
     raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
+def _track(reports: list, uri: str | None, register: str | None, sign_key: Path | None) -> None:
+    """--track mlflow: the run's id and store on stderr (stdout stays the --json document)."""
+    from .tracking import log_build
+
+    run = log_build(reports, uri, register, sign_key)
+    registered = f", registered as {run.registered_model} version {run.model_version}" if run.model_version else ""
+    err_console.print(f"mlflow: run {run.run_id} in {run.tracking_uri}{registered}")
 
 
 DEVICE_POLICY_HELP = (

@@ -35,6 +35,7 @@ from .progress import Observer, SilentObserver, Status
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
 from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
+from .report_html import write_html_report
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
 from .targets import FormatSettings, Target, load_target
 
@@ -274,6 +275,7 @@ def build_target(
         report.duration_s = time.perf_counter() - started
         write_json(staged.dir / "report.json", report.to_json())
         (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+        write_html_report(staged.dir)
         with interrupts.deferred():  # after an interruption nothing moves; during the move none can land
             bundle_dir = staged.commit(report.ok)
     except BaseException:

@@ -137,6 +137,7 @@ class ArtifactReport:
             "weight_ratio": self.weight_ratio,
             "accuracy": self.accuracy.to_json() if self.accuracy is not None else None,
             "latency_before_ms": self.latency_before.to_json() if self.latency_before else None,
+            "latency_before_details": self.latency_before.details() if self.latency_before else None,
             "latency_ratio": self.latency_ratio,
             "quantization": self.quantization,
         }
@@ -191,7 +192,10 @@ class BuildReport:
             "problems": self.problems,
             "device_agnostic": self.device_agnostic,
             "artifacts": [a.to_json() for a in self.artifacts],
-            "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
+            "baseline": {
+                "eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None,
+                "eager_latency_details": self.eager_latency.details() if self.eager_latency else None,
+            },
             "threads": self.threads,
             "capture": self.capture,
             "edgepack_version": __version__,

@@ -55,3 +55,32 @@ def demo_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuildRep
 @pytest.fixture(scope="session")
 def fast_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fast_target(tmp_path_factory.mktemp("targets"))
+
+
+# The precision ladder walked to its end: the demo's ONNX asked in int8-static under an accuracy budget no
+# int8 build meets, so every rung is tried and the per-layer sensitivity is measured (for the HTML report's
+# precision and sensitivity charts and for the MLflow run's figures).
+LADDER_FORMATS = """
+[accuracy]
+min_sqnr_db = 60
+[quantized_smoke]
+atol = 0.1
+rtol = 0.1
+min_cosine = 0.99
+[formats.onnx]
+precision = "int8-static"
+opset = 18
+"""
+
+
+@pytest.fixture(scope="session")
+def ladder_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildReport, Path]:
+    """A signed bundle whose ONNX went down the whole precision ladder; with the private key it was signed with."""
+    from edgepack.bundle.signing import generate_keypair
+
+    folder = tmp_path_factory.mktemp("ladder")
+    key = folder / "release.key"
+    generate_keypair(key, folder / "release.pub")
+    target = write_fast_target(folder, "ladder", LADDER_FORMATS)
+    (report,) = build(BuildRequest(targets=[str(target)], out_dir=folder / "dist", sign_key=key))
+    return report, key

@@ -39,7 +39,7 @@ MANIFEST_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 SCHEMA_RESOURCE = "manifest.schema.json"
 # Written after the manifest (report.*) or over it (manifest.sig), so the manifest cannot list them.
-UNLISTED_FILES = ("manifest.json", "manifest.sig", "report.json", "report.md")
+UNLISTED_FILES = ("manifest.json", "manifest.sig", "report.json", "report.md", "report.html")
 # What every build runs on (the capture); each format adds the libraries that write and run it.
 _CORE_LIBRARIES = ("torch", "numpy")
 

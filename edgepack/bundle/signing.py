@@ -10,6 +10,7 @@ and manifest give the same signature (reproducible bundles stay reproducible whe
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -79,6 +80,14 @@ def signature_problem(bundle_dir: Path, public_key_path: Path) -> str | None:
     except InvalidSignature:
         return f"{SIGNATURE} is not a valid signature of manifest.json by this key (tampered manifest, or another key)"
     return None
+
+
+def key_id(private_key_path: Path) -> str:
+    """A short fingerprint of the key pair: the first 16 hex digits of the sha256 of the raw 32-byte public
+    key (names which key signed a bundle, e.g. in MLflow tags, without the key itself)."""
+    public = _private_key(private_key_path).public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def check_private_key(path: Path) -> None:

@@ -25,7 +25,7 @@ from .files import source_date_epoch
 if TYPE_CHECKING:  # verify and inspect use this module without torch
     from ..capture.ladder import CapturedModel
 
-NOT_ARCHIVED = ("report.json", "report.md")
+NOT_ARCHIVED = ("report.json", "report.md", "report.html")
 
 GOLDEN_INPUTS = "golden/inputs.npz"
 GOLDEN_EXPECTED = "golden/expected.npz"
@@ -244,7 +244,7 @@ def remove_path(path: Path, root: Path | None = None) -> None:
 
 
 def archive_bundle(bundle_dir: Path, wanted: bool = True) -> Path | None:
-    """The deterministic archive of a finished bundle: every file but report.json and report.md, which
+    """The deterministic archive of a finished bundle: every file but the reports (report.json, .md, .html), which
     hold this run's timings and paths and so differ between otherwise identical builds. When not
     wanted, an archive left by an earlier build is removed: it no longer matches the bundle."""
     if not wanted:
