@@ -253,6 +253,23 @@ def test_a_factory_works_and_a_failed_check_raises_for_status(tmp_path):
     assert failed.value.result is result and failed.value.exit_code == 1
 
 
+def test_the_object_api_is_exported():
+    import edgepack.api as api
+
+    for name in (
+        "build",
+        "doctor",
+        "verify",
+        "inspect",
+        "BuildResult",
+        "Bundle",
+        "Artifact",
+        "Diagnosis",
+        "BuildFailed",
+    ):
+        assert getattr(edgepack, name) is getattr(api, name), name
+
+
 def test_the_build_request_form_still_returns_reports(tmp_path):
     from edgepack import BuildRequest
 

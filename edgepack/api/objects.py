@@ -23,8 +23,8 @@ from torch import nn
 from ..errors import UsageError
 from ..inputs import DTYPES, InputSpec, parse_input_spec, sample_inputs
 from ..load import LoadedModel, check_weights_file, default_name, instantiate, load_weights, resolve_reference
+from ..pipeline import GOLDEN_SAMPLES  # the caller's example, then seeded random samples up to this count
 
-GOLDEN_SAMPLES = 4  # the pipeline's count: the caller's example, then seeded random samples
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -124,7 +124,12 @@ def _forward_params(module: nn.Module) -> _Params:
 
 
 def _from_mapping(example_inputs: Mapping[Any, Any], params: _Params) -> dict[str, torch.Tensor]:
-    keys = [str(k) for k in example_inputs]
+    keys = list(example_inputs)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        raise UsageError(
+            f"example_inputs is a dict with keys {keys!r}; name each example tensor by a string.",
+            "Pass {'input_ids': ids, 'attention_mask': mask}: forward's parameter names as keys.",
+        )
     unknown = [k for k in keys if k not in params.positional]
     if unknown and params.positional:
         raise UsageError(
@@ -135,7 +140,8 @@ def _from_mapping(example_inputs: Mapping[Any, Any], params: _Params) -> dict[st
     order = [n for n in params.positional if n in keys] or keys
     # edgepack calls the capture with the inputs by position: a skipped parameter before a given one would
     # receive the wrong tensor.
-    skipped = [n for n in params.positional[: params.positional.index(order[-1])] if n not in keys] if order else []
+    last = params.positional.index(order[-1]) if order[-1] in params.positional else 0
+    skipped = [n for n in params.positional[:last] if n not in keys]
     if skipped:
         raise UsageError(
             f"example_inputs skips {', '.join(skipped)}, which forward takes before {order[-1]}: the bundle's "
