@@ -133,6 +133,17 @@ def test_a_change_within_the_spread_is_noise_and_beyond_it_is_not(builds):
     assert change is not None and not change.flagged and "machine's" in change.note
 
 
+def test_the_same_bytes_timed_with_other_threads_are_not_excused_as_noise(builds, tmp_path):
+    copy = tmp_path / "timed"
+    shutil.copytree(builds["again"], copy)
+    report = json.loads((copy / "report.json").read_text())
+    report["threads"] += 1
+    (copy / "report.json").write_text(json.dumps(report))
+    (target,) = compare_bundles(builds["base"], copy).targets
+    assert any(c.metric == "timing threads" and c.flagged for c in target.changes)
+    assert not any("the difference is the machine's" in c.note for c in target.changes)
+
+
 def test_model_folders_compare_every_common_target(builds, tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     shutil.copytree(builds["base"].parent, old)

@@ -7,8 +7,8 @@ per bundle: the input/output signature, the model version, the converter and run
 
 Latency is noisy, so a latency change is flagged only when it exceeds both a relative threshold and the
 run-to-run spread the two reports recorded (p90 - p50 for the median, p99 - p90 for p90); and never when the
-artifact's bytes and every library version are the same in both builds: the same file on the same runtime
-differs only by the machine it was timed on. Reads JSON only: no torch, no runtime.
+artifact's bytes, every library version and the timing thread count are the same in both builds: the same file
+on the same runtime differs only by the machine it was timed on. Reads JSON only: no torch, no runtime.
 """
 
 from __future__ import annotations
@@ -216,10 +216,12 @@ def diff_bundle(old: BuiltBundle, new: BuiltBundle) -> TargetDiff:
         result.changes.append(Change(fmt, "artifact", "present", "missing", "removed", True))
     for fmt in news.keys() - olds.keys():
         result.changes.append(Change(fmt, "artifact", "missing", "present", "added", True))
-    same_libraries = old.manifest["provenance"]["versions"] == new.manifest["provenance"]["versions"]
+    threads = [(b.report or {}).get("threads") for b in (old, new)]
+    if threads[0] != threads[1] and None not in threads:
+        result.changes.append(Change("bundle", "timing threads", threads[0], threads[1], "other thread count", True))
     for fmt in [f for f in olds if f in news]:
-        result.changes += _artifact_changes(fmt, olds[fmt], news[fmt], same_libraries)
-        result.changes += _latency_changes(fmt, old, new, olds[fmt]["sha256"] == news[fmt]["sha256"] and same_libraries)
+        result.changes += _artifact_changes(fmt, olds[fmt], news[fmt])
+        result.changes += _latency_changes(fmt, old, new, same_conditions(fmt, old, new))
     result.latency = _latency_source(old, new)
     return result
 
@@ -258,7 +260,17 @@ def _signature(specs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _artifact_changes(fmt: str, old: dict[str, Any], new: dict[str, Any], same_libraries: bool) -> list[Change]:
+def same_conditions(fmt: str, old: BuiltBundle, new: BuiltBundle) -> bool:
+    """The same artifact bytes, timed on the same library versions with the same thread count: a latency
+    difference can then only be the machine's."""
+    return (
+        old.artifacts()[fmt]["sha256"] == new.artifacts()[fmt]["sha256"]
+        and old.manifest["provenance"]["versions"] == new.manifest["provenance"]["versions"]
+        and (old.report or {}).get("threads") == (new.report or {}).get("threads")
+    )
+
+
+def _artifact_changes(fmt: str, old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     changes = []
     before, after = old["size_bytes"], new["size_bytes"]
     if before != after:
@@ -305,7 +317,7 @@ def latency_change(
     spread = noise_ms(key, before, after)
     text = f"{new - old:+.3f} ms ({_percent(relative)})"
     if same_bytes:
-        note = "same artifact bytes and library versions: the difference is the machine's"
+        note = "same artifact bytes, library versions and threads: the difference is the machine's"
         return Change(fmt, f"{key}_ms", old, new, text, False, note, relative)
     beyond = abs(new - old) > spread
     note = f"{'beyond' if beyond else 'within'} the timings' run-to-run spread ({spread:.3f} ms)"
@@ -327,10 +339,9 @@ def evaluate_gates(gates: list[Gate], old: BuiltBundle, new: BuiltBundle) -> lis
             "Compare the bundle folders (report.json is kept there), or gate on size and accuracy only.",
         )
     olds, news = old.artifacts(), new.artifacts()
-    same_libraries = old.manifest["provenance"]["versions"] == new.manifest["provenance"]["versions"]
     results = []
     for fmt in [f for f in olds if f in news]:
-        same_bytes = olds[fmt]["sha256"] == news[fmt]["sha256"] and same_libraries
+        same_bytes = same_conditions(fmt, old, new)
         for gate in gates:
             results.append(
                 _gate(gate, old.target, fmt, olds[fmt], news[fmt], old.reported(fmt), new.reported(fmt), same_bytes)
@@ -376,7 +387,9 @@ def _gate(
     spread = noise_ms(gate.metric, before, after)
     detail = f"{gate.metric} {before[gate.metric]:.3f} -> {after[gate.metric]:.3f} ms (spread {spread:.3f} ms)"
     if same_bytes:
-        return result(False, f"{detail}: same artifact bytes and library versions, the difference is the machine's")
+        return result(
+            False, f"{detail}: same artifact bytes, library versions and threads, the difference is the machine's"
+        )
     return result(amount > gate.limit and change > spread, detail)
 
 
