@@ -617,8 +617,10 @@ def inspect_command(
 
 @app.command("compare")
 def compare_command(
-    old: Annotated[Path, typer.Argument(help="The earlier build: a bundle folder, its .zip, or dist/<model>.")],
-    new: Annotated[Path, typer.Argument(help="The build to compare with it, in the same form.")],
+    old: Annotated[
+        Path, typer.Argument(metavar="OLD", help="The earlier build: a bundle folder, its .zip, or dist/<model>.")
+    ],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The build to compare with it, in the same form.")],
     fail_on: Annotated[
         str | None,
         typer.Option(
