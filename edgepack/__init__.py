@@ -1,11 +1,17 @@
 """edgepack: package PyTorch models as tested TorchScript Lite, Core ML and ONNX bundles for phones and devices.
 
-The Python API behind the `edgepack` command:
+The Python API behind the `edgepack` command, on the model object you hold (edgepack/api/):
+
+    import torch, edgepack
+    result = edgepack.build(MyNet().eval(), torch.randn(1, 3, 64, 64), target="android")
+    result.raise_for_status()
+
+The older form, a BuildRequest naming the model as an importable string, still works and returns a list
+of BuildReport:
 
     from edgepack import BuildRequest, build, parse_input_spec
     reports = build(BuildRequest(targets=["android"], model="mypkg.models:make_net",
                                  inputs=[parse_input_spec("x=1x3x224x224")]))
-    assert all(r.ok for r in reports)
 
 Names are imported on first use, so that `edgepack verify` and `inspect` (and `import edgepack`) do not
 load torch and the converters.
@@ -25,9 +31,16 @@ _hygiene.apply()
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "build": "pipeline",
+    "build": "api",
+    "doctor": "api",
+    "verify": "api",
+    "inspect": "api",
+    "BuildResult": "api",
+    "Bundle": "api",
+    "Artifact": "api",
+    "Diagnosis": "api",
+    "BuildFailed": "api",
     "diagnose": "pipeline",
-    "doctor": "pipeline",
     "BuildRequest": "pipeline",
     "BuildReport": "report",
     "ArtifactReport": "report",
@@ -44,8 +57,15 @@ _EXPORTS = {
 __all__ = [
     "__version__",
     "build",
-    "diagnose",
     "doctor",
+    "verify",
+    "inspect",
+    "BuildResult",
+    "Bundle",
+    "Artifact",
+    "Diagnosis",
+    "BuildFailed",
+    "diagnose",
     "BuildRequest",
     "BuildReport",
     "ArtifactReport",
@@ -60,12 +80,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .api import Artifact, BuildFailed, BuildResult, Bundle, Diagnosis, build, doctor, inspect, verify
     from .bundle.inspect import inspect_bundle
     from .bundle.verify import verify_bundle
     from .capture.ladder import CaptureError
     from .errors import BuildError, EdgepackError, UsageError
     from .inputs import InputSpec, parse_input_spec
-    from .pipeline import BuildRequest, build, diagnose, doctor
+    from .pipeline import BuildRequest, diagnose
     from .report import ArtifactReport, BuildReport
 
 

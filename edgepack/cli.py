@@ -644,6 +644,34 @@ def inspect_command(
         print_summary(summary, Console(soft_wrap=True))
 
 
+@app.command("compare")
+def compare_command(
+    old: Annotated[
+        Path, typer.Argument(metavar="OLD", help="The earlier build: a bundle folder, its .zip, or dist/<model>.")
+    ],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The build to compare with it, in the same form.")],
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            help="Exit 1 when a change passes a limit: size=+5%,p50=+10%,p90=+2ms,accuracy=-0.5pt (latency only "
+            "beyond the timings' run-to-run spread)."
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print only one JSON document on stdout.")] = False,
+) -> None:
+    """Show what changed between two builds (size, latency, accuracy, smoke, precision, capture, versions, signature)."""
+    from .bundle.diff import compare_bundles, print_diff
+    from .bundle.gates import parse_gates
+
+    with user_errors(json_output):
+        diff = compare_bundles(old, new, parse_gates(fail_on) if fail_on is not None else None)
+    if json_output:
+        print(jsonio.dumps(diff.to_json(), indent=2))
+    else:
+        print_diff(diff, Console(width=_PIPED_WIDTH, soft_wrap=True) if not sys.stdout.isatty() else Console())
+    raise typer.Exit(0 if diff.ok else 1)
+
+
 @app.command("keygen")
 def keygen_command(
     private_key: Annotated[

@@ -300,3 +300,9 @@ def _default_name(module: nn.Module) -> str:
     """PascalCase class name to kebab-case: TinyBert -> tiny-bert."""
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", type(module).__name__)
     return re.sub(r"[^a-z0-9-]+", "-", words.lower()).strip("-") or "model"
+
+
+# The steps of load_model that edgepack.api (a model object or factory from Python) reuses.
+instantiate = _instantiate
+load_weights = _load_weights
+default_name = _default_name

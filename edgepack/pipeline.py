@@ -10,6 +10,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .load import LoadedModel, load_model
 from .noise import strip_ansi
 from .paths import MAX_NAME, folder_name, missing_file_text
 from .progress import Observer, SilentObserver, Status
+from .quantize.calibration import DataSource
 from .quantize.ladder import Ladder, QuantData, rungs, ship
 from .quantize.plan import quantization_samples
 from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
@@ -51,7 +53,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class BuildRequest:
     """Everything `edgepack build` needs. `model=None` packages the built-in demo model."""
 
-    targets: list[str]
+    targets: Sequence[str | Target]  # names, .toml paths, or Target values (the Python API)
     model: str | None = None
     weights: Path | None = None
     inputs: list[InputSpec] = field(default_factory=list)
@@ -69,8 +71,11 @@ class BuildRequest:
     sign_key: Path | None = None  # Ed25519 private key (PEM) to sign manifest.json with
     archive: bool = False  # also write a deterministic <bundle>.zip beside each passing bundle
     precision: str | None = None  # overrides every format's precision (each uses its nearest scheme)
-    calibration: str | None = None  # calibration samples for static schemes: .npz, folder, or module:attr
-    eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
+    calibration: DataSource | None = None  # calibration samples for static schemes: .npz, folder, module:attr
+    eval_data: DataSource | None = None  # the evaluation set accuracy is measured on: same forms
+    # A model already in memory (edgepack.api: a module object and its example inputs): used as it is,
+    # instead of loading `model`, `weights` and `inputs`.
+    loaded: LoadedModel | None = None
 
 
 def build(request: BuildRequest, observer: Observer | None = None) -> list[BuildReport]:
@@ -95,7 +100,10 @@ class _Checkpoints:
 def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
     _check_options(request)  # every cheap check before the model is loaded
     check_out_dir(request.out_dir)
-    targets = [_with_precision(load_target(t, known_options()), request.precision) for t in request.targets]
+    targets = [
+        _with_precision(load_target(t, known_options()) if isinstance(t, str) else t, request.precision)
+        for t in request.targets
+    ]
     for target in targets:
         for settings in target.formats:
             try:
@@ -108,7 +116,7 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
                 )
                 raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
 
-    observer.event("load", Status.START, request.model or "built-in demo model")
+    observer.event("load", Status.START, _model_text(request))
     loaded = _load(request)
     folder_name(
         loaded.name,
@@ -218,11 +226,19 @@ def _check_options(request: BuildRequest) -> None:
         ("--calibration", request.calibration),
         ("--eval-data", request.eval_data),
     ):
-        if source and source.endswith(".npz") and not Path(source).expanduser().is_file():
+        if isinstance(source, str) and source.endswith(".npz") and not Path(source).expanduser().is_file():
             raise UsageError(f"{option} file '{source}' {missing_file_text(source)}.", f"Check the {option} path.")
 
 
+def _model_text(request: BuildRequest) -> str:
+    if request.loaded is not None:
+        return request.loaded.source["reference"]
+    return request.model or "built-in demo model"
+
+
 def _load(request: BuildRequest) -> LoadedModel:
+    if request.loaded is not None:
+        return request.loaded
     return load_model(
         request.model, request.inputs, request.weights, request.name, request.trust_weights, request.search_dir
     )

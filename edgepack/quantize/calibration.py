@@ -7,6 +7,8 @@ Both accept the same sources (`--calibration`, `--eval-data`):
   - a `module:attr` or `file.py:attr` callable yielding batches: dicts of input name -> array, or
     bare arrays for a single-input model, split into samples along axis 0.
 The demo model ships its own calibration and held-out evaluation splits.
+From Python (edgepack.api), the data may also be the batches themselves: a DataLoader or any iterable of
+batches (dicts, arrays or tensors, or tuples whose first items are the inputs in order: `(x, label)`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from ..errors import UsageError
 from ..inputs import InputSpec
 from ..load import LoadedModel, resolve_reference
 from ..paths import missing_file_text
-from ..user_code import items_from_callable
+from ..user_code import at_line, items_from_callable
 
 Samples = list[dict[str, torch.Tensor]]
+# A file, folder or `module:attr` reference, or (from Python) an iterable of batches.
+DataSource = str | Iterable[Any]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _MAX_IMAGE_PIXELS = 64_000_000
 
 
 def load_samples(
-    source: str, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration"
+    source: DataSource, loaded: LoadedModel, search_dir: Path | None = None, option: str = "--calibration"
 ) -> Samples:
     """Samples shaped like the model's inputs (one dict per sample), from any of the supported sources."""
     specs = loaded.inputs
+    if not isinstance(source, str):
+        return _from_batches(_user_batches(source, specs, option), specs, f"{option} ({describe(source)})")
     path = Path(source).expanduser()
     if source.endswith(".npz"):
         if not path.is_file():
@@ -55,6 +61,52 @@ def load_samples(
             f"{option} '{source}' is not callable.", "Point it at a function yielding batches (dicts of arrays)."
         )
     return _from_batches(items_from_callable(factory, source, option), specs, f"{option} {source}")
+
+
+def describe(source: DataSource) -> str:
+    """How reports name the data: the reference as given, or the kind of object (never its address,
+    which would differ between two otherwise identical builds)."""
+    return source if isinstance(source, str) else f"a {type(source).__name__} of batches"
+
+
+def _user_batches(source: Iterable[Any], specs: list[InputSpec], option: str) -> list[Any]:
+    """The batches of an iterable the caller passed, as dicts or bare arrays; `(x, label)` tuples keep
+    their first len(specs) items (the inputs, in order). One array, tensor or dict is one batch."""
+    if isinstance(source, (torch.Tensor, np.ndarray, dict)):
+        source = [source]
+    if isinstance(source, bytes) or not isinstance(source, Iterable):
+        raise UsageError(
+            f"{option} is a {type(source).__name__}, not a path, a module:attr reference or an iterable of batches.",
+            f"Give {option} a DataLoader, a list of batches (dicts of input name -> array, or arrays), or a path.",
+        )
+    batches = []
+    try:
+        for batch in source:
+            if isinstance(batch, (tuple, list)):
+                if len(batch) < len(specs):
+                    raise UsageError(
+                        f"{option}: a batch holds {len(batch)} item(s), fewer than the model's {len(specs)} input(s).",
+                        "Yield the inputs first, in forward's order (labels after them are ignored).",
+                    )
+                batch = dict(zip([s.name for s in specs], batch[: len(specs)]))
+            batches.append(_as_arrays(batch))
+    except UsageError:
+        raise
+    except Exception as exc:  # the user's dataset or loader failed while iterating
+        raise UsageError(
+            f"{option}: iterating over it raised {type(exc).__name__}: {exc}{at_line(exc)}",
+            f"Fix the data you passed as {option}.",
+        ) from exc
+    return batches
+
+
+def _as_arrays(batch: Any) -> Any:
+    """Tensors (on any device) become arrays; everything else is left for _from_batches to judge."""
+    if isinstance(batch, dict):
+        return {name: _as_arrays(value) for name, value in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().cpu().numpy()
+    return batch
 
 
 def demo_split(loaded: LoadedModel, split: str) -> Samples | None:

@@ -13,7 +13,7 @@ from ..inputs import sample_inputs
 from ..load import LoadedModel
 from ..targets import Target
 from .accuracy import eval_set
-from .calibration import Samples, demo_split, load_samples
+from .calibration import DataSource, Samples, demo_split, describe, load_samples
 from .ladder import QuantData, needs_calibration, rungs
 
 # Without --eval-data (and outside the demo), accuracy is measured on this many seeded random inputs.
@@ -36,7 +36,11 @@ class QuantSamples:
 
 
 def quantization_samples(
-    loaded: LoadedModel, targets: list[Target], calibration: str | None, eval_data: str | None, search_dir: Path | None
+    loaded: LoadedModel,
+    targets: list[Target],
+    calibration: DataSource | None,
+    eval_data: DataSource | None,
+    search_dir: Path | None,
 ) -> QuantSamples | None:
     """None when every format is built in fp32. A static scheme without calibration data is a usage
     error: never calibrate on random numbers."""
@@ -44,9 +48,9 @@ def quantization_samples(
     if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
         return None
     samples: Samples | None
-    if calibration:
+    if calibration is not None and calibration != "":
         samples = load_samples(calibration, loaded, search_dir, "--calibration")
-        calibration_source = f"{len(samples)} samples from {calibration}"
+        calibration_source = f"{len(samples)} samples from {describe(calibration)}"
     else:
         samples = demo_split(loaded, "calib")
         calibration_source = f"the demo's calibration split ({len(samples)} images)" if samples else ""
@@ -57,10 +61,10 @@ def quantization_samples(
             "Pass --calibration with a .npz (one array per input), a folder of .npy files or images, "
             "or a module:attr callable yielding batches; or choose --precision int8-dynamic.",
         )
-    if eval_data:
+    if eval_data is not None and eval_data != "":
         evaluation = load_samples(eval_data, loaded, search_dir, "--eval-data")
         return QuantSamples(
-            samples, calibration_source, evaluation, f"{len(evaluation)} samples from {eval_data}", True
+            samples, calibration_source, evaluation, f"{len(evaluation)} samples from {describe(eval_data)}", True
         )
     if (demo_eval := demo_split(loaded, "eval")) is not None:
         return QuantSamples(
