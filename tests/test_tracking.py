@@ -174,3 +174,36 @@ def test_the_git_commit_of_the_models_checkout_is_tagged(tmp_path):
     tags = client.get_run(tracked.run_id).data.tags
     assert tags["edgepack.git_commit"] == tags["mlflow.source.git.commit"] == commit
     assert tags["edgepack.git_dirty"] == "false" and "edgepack.signing_key_id" not in tags
+
+
+def test_the_python_api_tracks_a_model_object_build(tmp_path):
+    """edgepack.build(model, example, track="mlflow"): the run is on the result and in the store."""
+    import torch
+    from torch import nn
+
+    import edgepack
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = _client(uri)
+    target = write_fast_target(tmp_path, "onnx-only", '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    result = edgepack.build(
+        model, torch.randn(1, 4), target=str(target), out=tmp_path / "dist", track="mlflow", tracking_uri=uri
+    )
+    assert result.ok and result.tracked is not None
+    run = client.get_run(result.tracked.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["onnx-only.formats"] == "onnx"
+    assert result["onnx-only"].report_html_path.is_file()
+    assert "onnx-only/report.html" in _artifact_paths(client, result.tracked.run_id)
+
+
+def test_the_python_api_refuses_a_tracking_uri_without_a_tracker_before_building(tmp_path):
+    import torch
+    from torch import nn
+
+    import edgepack
+    from edgepack.errors import UsageError
+
+    with pytest.raises(UsageError, match="tracking_uri"):
+        edgepack.build(nn.Linear(4, 3), torch.randn(1, 4), target="iot", out=tmp_path / "d", tracking_uri="x")
+    assert not (tmp_path / "d").exists()

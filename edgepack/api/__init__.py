@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import UsageError
+from ..tracking import check_tracking, log_build
 from .naming import named_for_python
 from .result import Artifact, BuildFailed, BuildResult, Bundle, Diagnosis
 
@@ -61,6 +62,9 @@ def build(
     sign_key: str | Path | None = None,
     archive: bool = False,
     observer: Observer | None = None,
+    track: str | None = None,
+    tracking_uri: str | None = None,
+    register: str | None = None,
 ) -> BuildResult: ...
 
 
@@ -87,6 +91,9 @@ def build(
     sign_key: str | Path | None = None,
     archive: bool = False,
     observer: Observer | None = None,
+    track: str | None = None,
+    tracking_uri: str | None = None,
+    register: str | None = None,
 ) -> BuildResult | list[BuildReport]:
     """Package `model` for one or more targets; one bundle per target under `out/<name>/<target>/`.
 
@@ -100,6 +107,8 @@ def build(
     calibration, eval_data: as on the CLI (a .npz, a folder, a "module:attr" callable), or the data itself:
         a DataLoader or any iterable of batches (dicts, tensors or arrays, or `(x, label)` tuples: the
         inputs first, in forward's order); a single tensor or dict is one batch.
+    track: "mlflow" logs the build as an MLflow run (tracking_uri: the store, default a SQLite file in `out`;
+        register: a model name to register the bundles under); the run is `result.tracked`.
     The other options are the CLI's (`edgepack build --help`), '-' written '_'.
 
     Returns a BuildResult; `.raise_for_status()` raises BuildFailed when a check failed. Bad arguments raise
@@ -117,6 +126,7 @@ def build(
     if isinstance(model, BuildRequest):  # the older form: build(request) or build(request, observer)
         return run_build(model, example_inputs if example_inputs is not None else observer)
     with named_for_python():
+        check_tracking(track, tracking_uri, register)  # before the build: fails in a second
         request = _request(model, example_inputs, dynamic, name, weights, trust_weights, capture, check_inputs)
         request.targets = _targets(target)
         request.out_dir, request.precision = Path(out), precision
@@ -124,7 +134,9 @@ def build(
         request.strict, request.allow_partial, request.check_budgets = strict, allow_partial, not no_budgets
         request.device_policy, request.trace_device = device_policy, trace_device
         request.archive, request.sign_key = archive, _sign_key(sign_key)
-        return BuildResult.of(run_build(request, observer))
+        reports = run_build(request, observer)
+        tracked = log_build(reports, tracking_uri, register, request.sign_key) if track is not None else None
+        return BuildResult.of(reports, tracked)
 
 
 @overload

@@ -33,6 +33,9 @@ PARAMETERS = {
     "--allow-partial": "allow_partial",
     "--strict": "strict",
     "--no-budgets": "no_budgets",
+    "--track": "track",
+    "--tracking-uri": "tracking_uri",
+    "--register": "register",
 }
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*(?![\w-])")
 

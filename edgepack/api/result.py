@@ -13,6 +13,7 @@ from ..errors import BuildError
 if TYPE_CHECKING:
     from ..bench import Latency as _Latency
     from ..report import ArtifactReport, BuildReport
+    from ..tracking import TrackedRun
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ class Bundle:
     def report_path(self) -> Path:
         return self.path / "report.json"
 
+    @property
+    def report_html_path(self) -> Path:
+        """The self-contained HTML report (charts inline; opens offline)."""
+        return self.path / "report.html"
+
     def artifact(self, format: str) -> Artifact:
         """The artifact of one format; KeyError naming the formats this bundle has otherwise."""
         for artifact in self.artifacts:
@@ -113,6 +119,7 @@ class BuildResult:
     """
 
     bundles: tuple[Bundle, ...]
+    tracked: TrackedRun | None = None  # the MLflow run, when built with track="mlflow"
 
     @property
     def ok(self) -> bool:
@@ -145,8 +152,8 @@ class BuildResult:
         return self
 
     @classmethod
-    def of(cls, reports: list[BuildReport]) -> BuildResult:
-        return cls(tuple(_bundle(r) for r in reports))
+    def of(cls, reports: list[BuildReport], tracked: TrackedRun | None = None) -> BuildResult:
+        return cls(tuple(_bundle(r) for r in reports), tracked)
 
 
 class BuildFailed(BuildError):
