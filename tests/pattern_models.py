@@ -103,3 +103,22 @@ class TinyCausalLM(nn.Module):
 def make_tiny_causal_lm() -> TinyCausalLM:
     torch.manual_seed(0)
     return TinyCausalLM().eval()
+
+
+class RotaryLike(nn.Module):
+    """Rotary embeddings' frequencies and BERT's token-type ids as Hugging Face keeps them: non-persistent
+    buffers (in the exported program's constants, not its state dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = torch.arange(x.shape[1], dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        return self.proj(x) * torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def make_rotary_like() -> RotaryLike:
+    torch.manual_seed(0)
+    return RotaryLike().eval()

@@ -266,3 +266,27 @@ def test_a_key_value_cache_fed_back_in_builds_and_matches_eager_at_two_past_leng
             got = FORMATS[artifact.format].open(bundle / artifact.path, 1)(feed)
             for g, e in zip(got, expected):
                 np.testing.assert_allclose(np.asarray(g), e.numpy(), atol=1e-4, err_msg=artifact.format)
+
+
+def test_every_format_gets_its_own_copy_of_the_exported_program(tmp_path):
+    """Converters consume what they are given: after one format had lowered the shared ExportedProgram, the next
+    failed on its non-persistent buffers (Qwen2's rotary inv_freq, RoBERTa's token_type_ids). Each format takes a
+    copy, whatever ran before it."""
+    onnx = '[formats.onnx]\nprecision = "fp32"\nopset = 18\n'
+    pte_coreml = '[formats.executorch]\nprecision = "fp32"\nbackends = ["coreml"]\n'
+    coreml = '[formats.coreml]\nprecision = "fp32"\ncapture = "export"\n'
+    targets = [
+        write_fast_target(tmp_path, "first", coreml + pte_coreml + onnx),
+        write_fast_target(tmp_path, "then", '[formats.executorch]\nprecision = "fp32"\n' + onnx),
+    ]
+    reports = build(
+        BuildRequest(
+            targets=[str(t) for t in targets],
+            model=f"{PATTERNS}:make_rotary_like",
+            inputs=[parse_input_spec("x=1x6x8")],
+            out_dir=tmp_path / "dist",
+        )
+    )
+    for report in reports:
+        assert report.ok, report.problems
+        assert all(a.capture_consumed == "export" for a in report.artifacts), [a.notes for a in report.artifacts]

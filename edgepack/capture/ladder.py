@@ -121,6 +121,16 @@ class CapturedModel:
         """The checked ExportedProgram, or None when no export strategy held (see `export.reason`)."""
         return self.export.program if self.export is not None else None
 
+    def exported_copy(self) -> torch.export.ExportedProgram:
+        """An independent copy of the checked ExportedProgram, for a converter to consume.
+
+        Converters lower, decompose and re-home what they are given: after one format had taken the shared
+        program, a later one failed on its non-persistent buffers (KeyError 'model.roberta.embeddings.
+        token_type_ids', 'rotary_emb.inv_freq'), so a build's result depended on its other formats."""
+        if self.export is None or self.export.program is None:
+            raise ValueError("no checked torch.export capture to copy")
+        return copy.deepcopy(self.export.program)
+
     @property
     def export_strategy(self) -> str | None:
         """The export strategy that held ("export-strict", "export-nonstrict"), or None."""

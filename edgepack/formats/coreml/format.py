@@ -289,8 +289,7 @@ def _convert(
 def _convert_exported(ct: Any, captured: CapturedModel, options: dict) -> Any:
     from ...capture.export import rnn_decompositions
 
-    exported = captured.exported
-    assert exported is not None, "called only with a checked export capture"
+    exported = captured.exported_copy()
     with rnn_decompositions(any(spec.dynamic_axes() for spec in captured.loaded.inputs)):
         program = exported.run_decompositions({})  # coremltools' documented input
     return ct.convert(program, **options)

@@ -117,7 +117,7 @@ class ExecuTorch(Format):
             )
         declared = self._declared_bounds(captured, settings)
         strategy = captured.export.strategy if captured.export is not None else "export"
-        program, notes = captured.exported, [f"lowered the checked torch.export capture ({strategy})"]
+        program, notes = captured.exported_copy(), [f"lowered the checked torch.export capture ({strategy})"]
         with quiet_converter() as log:
             if precision in _INT8 and "coreml" in backends:
                 notes.append(

@@ -79,8 +79,7 @@ def _torchscript_capture(captured: CapturedModel) -> str:
 def _export_dynamo(captured: CapturedModel, args: tuple, path: Path, opset: int) -> None:
     """The checked ExportedProgram through the torch.export-based exporter. The exporter decomposes the
     program again: recurrent layers must decompose as they did at capture (a loop, not unrolled)."""
-    program = captured.exported
-    assert program is not None, "only the checked program goes through this exporter"
+    program = captured.exported_copy()
     with (
         quiet_converter(),
         torch.no_grad(),
