@@ -145,6 +145,15 @@ def tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept)
 
 
+# Converters' progress bars ("Converting PyTorch Frontend ==> MIL Ops: 0%|", "12 ops/s]"): never a reason.
+_PROGRESS = re.compile(r"(\d+%\||it/s\]|ops/s\]|passes/s\]|^Converting PyTorch Frontend|^Running MIL)")
+
+
+def log_lines(log: str) -> list[str]:
+    """A converter's captured log without colours, blank lines and progress bars."""
+    return [line for line in strip_ansi(log).splitlines() if line.strip() and not _PROGRESS.search(line.strip())]
+
+
 def strip_ansi(text: str) -> str:
     """Text without terminal colour codes (torch.export colours its messages)."""
     return _ANSI_ESCAPE.sub("", text)

@@ -122,3 +122,19 @@ class RotaryLike(nn.Module):
 def make_rotary_like() -> RotaryLike:
     torch.manual_seed(0)
     return RotaryLike().eval()
+
+
+class PoolNet(nn.Module):
+    """U-Net's down step as written everywhere: F.max_pool2d(x, 2), the stride left to its default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+
+
+def make_pool_net() -> PoolNet:
+    torch.manual_seed(0)
+    return PoolNet().eval()

@@ -290,3 +290,14 @@ def test_every_format_gets_its_own_copy_of_the_exported_program(tmp_path):
     for report in reports:
         assert report.ok, report.problems
         assert all(a.capture_consumed == "export" for a in report.artifacts), [a.notes for a in report.artifacts]
+
+
+def test_a_pooling_stride_left_to_its_default_lowers_to_the_core_ml_delegate(tmp_path):
+    """Core ML's converter refused max_pool2d(x, 2) in the .pte ('got 2 input(s), expected minimum 3')."""
+    target = write_fast_target(
+        tmp_path, "pte-coreml", '[formats.executorch]\nprecision = "fp32"\nbackends = ["coreml"]\n'
+    )
+    report = _build(tmp_path, str(target), "make_pool_net", "x=1x3x8x8")
+    assert report.ok, report.problems
+    delegation = report.artifacts[0].requirements["delegation"]
+    assert "aten.max_pool2d" in str(delegation["delegated_op_types"]) and not delegation["compute_fallback_ops"]

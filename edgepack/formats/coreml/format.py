@@ -34,7 +34,7 @@ import numpy as np
 from ... import __version__, jsonio
 from ...compare import compare_outputs, merge
 from ...errors import BuildError, RuntimeUnavailable, UsageError, did_you_mean
-from ...noise import quiet_converter, short_reason, strip_ansi
+from ...noise import log_lines, quiet_converter, short_reason, strip_ansi
 from ...paths import scratch_tempdir
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
@@ -295,7 +295,6 @@ def _convert_exported(ct: Any, captured: CapturedModel, options: dict) -> Any:
     return ct.convert(program, **options)
 
 
-_PROGRESS = re.compile(r"(\d+%\||it/s\]|ops/s\]|passes/s\]|^Converting PyTorch Frontend|^Running MIL)")
 _OP_NAMED = re.compile(r"op '?\"?([A-Za-z_][\w:.]*)'?\"?|([A-Za-z_]\w*) not implemented")
 
 
@@ -309,7 +308,7 @@ def _conversion_error(exc: Exception, log: str, captured: CapturedModel, export_
         message += f" (op {op}{', at ' + where if where else ''})"
     if export_reason:
         message += f"; from the torch.export capture: {export_reason}"
-    lines = [line for line in strip_ansi(log).splitlines() if line.strip() and not _PROGRESS.search(line.strip())]
+    lines = log_lines(log)
     export_option = (
         ""
         if export_reason

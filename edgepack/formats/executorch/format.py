@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BuildError, RuntimeUnavailable, UsageError, did_you_mean
-from ...noise import quiet_converter, short_reason
+from ...noise import log_lines, quiet_converter, short_reason
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, NotConvertible, Runner, register_format
 from . import bundled
@@ -144,7 +144,9 @@ class ExecuTorch(Format):
             except Exception as exc:  # the lowering raises many types; say which step and why
                 raise BuildError(
                     f"ExecuTorch lowering ({', '.join(backends)}) failed: {short_reason(exc, 400)}",
-                    (log.getvalue().strip()[-600:] or "An op or shape the backends cannot take."),
+                    "\n".join(log_lines(log.getvalue()))[-600:]
+                    or "An op or shape the backends cannot take: build with --allow-partial to ship the other "
+                    "formats, or leave this backend out of the target's [formats.executorch] backends.",
                 ) from exc
         path.write_bytes(data)
         saved = read(data)

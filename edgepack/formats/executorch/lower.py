@@ -72,12 +72,26 @@ def lower(
     from ...paths import scratch_tempdir
     from .delegation import delegation_of
 
+    explicit_pool_strides(program)
     # scratch_tempdir: coremltools keeps each converted model as a tmp*.mlpackage until the process exits.
     with scratch_tempdir("edgepack-executorch-"), bounded_dims(program, bounds), stable_coreml_payload():
         edge = to_edge_transform_and_lower(program, partitioner=partitioners(backends, precision, deployment))
         delegation = delegation_of(edge.exported_program().graph_module)
         manager = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
     return delegation, manager.buffer
+
+
+def explicit_pool_strides(program: Any) -> None:
+    """Write out the stride a pooling call left to its default (`F.max_pool2d(x, 2)`: stride = kernel size).
+    The Core ML delegate's converter reads max_pool2d's stride positionally and refuses the two-argument form
+    ("got 2 input(s), expected minimum 3"); the explicit stride computes the same thing everywhere."""
+    import torch
+
+    pools = (torch.ops.aten.max_pool2d.default, torch.ops.aten.avg_pool2d.default, torch.ops.aten.max_pool1d.default)
+    for node in program.graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in pools and len(node.args) == 2 and "stride" not in node.kwargs:
+            node.args = (*node.args, node.args[1])
+    program.graph_module.recompile()
 
 
 @contextlib.contextmanager
