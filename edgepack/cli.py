@@ -366,7 +366,9 @@ def _print_summary(reports: list[BuildReport]) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH, soft_wrap=True)
     for report in reports:
         table = Table(title=f"{report.model} → {report.target}", title_justify="left")
-        for column in ("format", "precision", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
+        origin = report.latency_origin
+        host = f" ({origin.label})" if origin is not None and origin.host_measurement else ""
+        for column in ("format", "precision", "size", "smoke", "max abs err", f"p50 ms{host}", "p99 ms", "vs eager"):
             table.add_column(column, justify="left" if column in ("format", "precision", "smoke") else "right")
         eager = report.eager_latency
         if eager:
@@ -397,6 +399,8 @@ def _print_summary(reports: list[BuildReport]) -> None:
                     f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False
                 )
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
+        if origin is not None and origin.host_measurement:
+            console.print(f"  [yellow]latency:[/] {escape(origin.budget_note)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)

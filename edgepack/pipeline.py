@@ -27,6 +27,7 @@ from .errors import EdgepackError, UsageError
 from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .formats.base import NotConvertible
+from .hostarch import LatencyOrigin, origin_for
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .noise import strip_ansi
@@ -255,8 +256,12 @@ def build_target(
             if request.allow_partial:
                 _exclude_failed(artifacts, emitted, staged.dir)
             eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
+        origin = origin_for(target.arch)
+        for artifact in artifacts:
+            if artifact.latency is not None:
+                artifact.latency_measured_on = origin.label
         if request.check_budgets:
-            _check_budgets(target, artifacts)
+            _check_budgets(target, artifacts, origin)
         report = BuildReport(
             target.name,
             captured.loaded.name,
@@ -267,6 +272,7 @@ def build_target(
             target.bench.threads,
             request.strict,
             request.allow_partial,
+            latency_origin=origin,
         )
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
@@ -506,14 +512,21 @@ def _bound(run, arrays):
     return lambda: run(arrays)
 
 
-def _check_budgets(target: Target, artifacts: list[ArtifactReport]) -> None:
+def _check_budgets(target: Target, artifacts: list[ArtifactReport], origin: LatencyOrigin) -> None:
+    """Size budgets always; latency budgets only on figures measured on the target's own architecture."""
     settings = {f.name: f for f in target.formats}
     for report in artifacts:
         budgets = settings[report.format].budgets
         if budgets.max_size_mb is not None and report.size_bytes is not None:
             report.budgets.append(BudgetCheck("size_mb", budgets.max_size_mb, report.size_bytes / 1e6))
         if budgets.max_p50_ms is not None and report.latency is not None:
-            report.budgets.append(BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50))
+            check = BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50, applied=not origin.host_measurement)
+            report.budgets.append(check)
+            if not check.applied and check.value > check.limit:
+                report.notes.append(
+                    f"p50 {check.value:.3f} ms on this {origin.measured_on} host is over the {target.arch} "
+                    f"device budget of {check.limit:g} ms; not failed: {origin.budget_note}"
+                )
 
 
 def _attempts_text(captured: CapturedModel) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import __version__
 from .bench import Footprint, Latency
+from .hostarch import LatencyOrigin
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -17,13 +18,15 @@ class BudgetCheck:
     metric: str
     limit: float
     value: float
+    # False: the value is a host measurement of a budget meant for the device (hostarch): shown, never failed.
+    applied: bool = True
 
     @property
     def ok(self) -> bool:
-        return self.value <= self.limit
+        return not self.applied or self.value <= self.limit
 
     def to_json(self) -> dict:
-        return {"metric": self.metric, "limit": self.limit, "value": self.value, "ok": self.ok}
+        return {"metric": self.metric, "limit": self.limit, "value": self.value, "ok": self.ok, "applied": self.applied}
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ArtifactReport:
     smoke: SmokeResult = field(default_factory=lambda: SmokeResult(FAILED, "not built"))
     latency: Latency | None = None
     latency_reason: str = ""
+    latency_measured_on: str | None = None  # "x86_64 host" when not the target's architecture (hostarch)
     requirements: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
@@ -120,6 +124,7 @@ class ArtifactReport:
             "smoke": self.smoke.to_json(),
             "latency_ms": self.latency.to_json() if self.latency else None,
             "latency_reason": self.latency_reason,
+            "latency_measured_on": self.latency_measured_on,
             "latency_details": self.latency.details() if self.latency else None,
             "cold_load_ms": self.cold_load_ms,
             "peak_memory_mb": self.peak_memory_mb,
@@ -154,6 +159,7 @@ class BuildReport:
     strict: bool = False
     allow_partial: bool = False
     duration_s: float = 0.0
+    latency_origin: LatencyOrigin | None = None  # where latency was measured, against the target's CPU
 
     @property
     def problems(self) -> list[str]:
@@ -193,6 +199,7 @@ class BuildReport:
             "artifacts": [a.to_json() for a in self.artifacts],
             "baseline": {"eager_latency_ms": self.eager_latency.to_json() if self.eager_latency else None},
             "threads": self.threads,
+            "latency_measured_on": self.latency_origin.to_json() if self.latency_origin else None,
             "capture": self.capture,
             "edgepack_version": __version__,
             "duration_s": round(self.duration_s, 2),
@@ -206,8 +213,15 @@ class BuildReport:
             "",
         ]
         eager = self.eager_latency
+        origin = self.latency_origin
+        if origin is not None:
+            lines += [
+                f"Latency: {'**host measurement**: ' if origin.host_measurement else ''}{origin.budget_note}.",
+                "",
+            ]
+        where = f" ({origin.label})" if origin is not None and origin.host_measurement else ""
         lines += [
-            "| format | precision | size | smoke | max abs err | cosine | p50 ms | p90 ms | p99 ms | p50 vs eager |",
+            f"| format | precision | size | smoke | max abs err | cosine | p50 ms{where} | p90 ms | p99 ms | p50 vs eager |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         if eager:
