@@ -203,7 +203,7 @@ def build_command(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's."
+            help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one), or auto (every scheme the format offers, gated by the accuracy budget; the fastest ships). Default: the target's."
         ),
     ] = None,
     calibration: Annotated[
@@ -212,6 +212,12 @@ def build_command(
             help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own."
         ),
     ] = None,
+    optimize_for: Annotated[
+        str,
+        typer.Option(
+            help="--precision auto: ship the fastest (latency) or the smallest (size) candidate within the accuracy budget."
+        ),
+    ] = "latency",
     eval_data: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +233,7 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
+        request.optimize_for = optimize_for
         from .pipeline import build
 
         with stdout_to_stderr() if json_output else contextlib.nullcontext():
@@ -397,6 +404,11 @@ def _print_summary(reports: list[BuildReport]) -> None:
             if a.accuracy is not None:
                 console.print(
                     f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False
+                )
+            auto = (a.quantization or {}).get("auto")
+            if auto:
+                console.print(
+                    f"  {a.format} auto: {escape(auto['why'])} (evidence: {escape(auto['evidence'])})", highlight=False
                 )
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
         if origin is not None and origin.host_measurement:

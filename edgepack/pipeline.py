@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import interrupts
+from . import interrupts, precisions
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
 from .bundle.files import sha256_of, size_of
 from .bundle.manifest import build_outcome, write_bundle_manifest
@@ -71,6 +71,7 @@ class BuildRequest:
     precision: str | None = None  # overrides every format's precision (each uses its nearest scheme)
     calibration: str | None = None  # calibration samples for static schemes: .npz, folder, or module:attr
     eval_data: str | None = None  # the evaluation set accuracy is measured on: same forms
+    optimize_for: str = "latency"  # --precision auto's criterion among the candidates within budget: latency | size
 
 
 def build(request: BuildRequest, observer: Observer | None = None) -> list[BuildReport]:
@@ -213,6 +214,11 @@ def _check_options(request: BuildRequest) -> None:
             f"(at most {MAX_NAME} characters); it names the folder under --out.",
         )
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
+    if request.optimize_for not in ("latency", "size"):
+        raise UsageError(
+            f"--optimize-for '{request.optimize_for}' is not a criterion.",
+            "Use latency (the fastest candidate within the accuracy budget) or size (the smallest).",
+        )
     for option, source in (
         ("--check-inputs", request.check_inputs),
         ("--calibration", request.calibration),
@@ -252,7 +258,9 @@ def build_target(
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
-            artifacts, emitted, baselines = _emit_all(captured, target, staged.dir, observer, data, Path(workdir))
+            artifacts, emitted, baselines = _emit_all(
+                captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for
+            )
             if request.allow_partial:
                 _exclude_failed(artifacts, emitted, staged.dir)
             eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
@@ -294,7 +302,13 @@ def build_target(
 
 
 def _emit_all(
-    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer, data: QuantData | None, workdir: Path
+    captured: CapturedModel,
+    target: Target,
+    bundle_dir: Path,
+    observer: Observer,
+    data: QuantData | None,
+    workdir: Path,
+    optimize_for: str = "latency",
 ) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
     """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
     in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
@@ -307,7 +321,13 @@ def _emit_all(
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
         observer.event(f"emit {fmt.name}", Status.START, f"{target.name}: {path.name} ({settings.precision})")
         try:
-            if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
+            if data is not None and settings.precision == precisions.AUTO:
+                result, baseline = _emit_auto(
+                    fmt, captured, settings, path, data, workdir, target, report, observer, optimize_for
+                )
+                if baseline is not None:
+                    baselines[settings.name] = baseline
+            elif data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
                 result = fmt.emit(captured, replace(settings, precision="fp32"), path)
                 result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
@@ -384,6 +404,38 @@ def _emit_with_ladder(
     status = Status.WARN if result.fell_back else Status.DONE
     figures = result.accuracy.summary() if result.accuracy else "accuracy not measured"
     observer.event(f"quantize {fmt.name}", status, f"{result.requested} -> {result.precision}: {figures}")
+    return shipped, result.baseline
+
+
+def _emit_auto(
+    fmt: Format,
+    captured: CapturedModel,
+    settings: FormatSettings,
+    path: Path,
+    data: QuantData,
+    workdir: Path,
+    target: Target,
+    report: ArtifactReport,
+    observer: Observer,
+    optimize_for: str,
+) -> tuple[Emitted, Emitted | None]:
+    """--precision auto: every candidate scheme built, gated, timed; the winner moved into the bundle."""
+    from .quantize.auto import choose
+
+    folder = workdir / target.name
+    folder.mkdir(exist_ok=True)
+    progress = lambda text: observer.event(f"auto {fmt.name}", Status.START, text)  # noqa: E731
+    result, choice = choose(
+        fmt, captured, settings, folder, data, path.name, target.bench, origin_for(target.arch), optimize_for, progress
+    )
+    shipped = ship(result, path)
+    report.precision_requested, report.precision = precisions.AUTO, result.precision
+    report.accuracy, report.quantization = result.accuracy, {**result.to_json(), "auto": choice.to_json()}
+    report.notes = list(result.notes)
+    if result.baseline is not None:
+        report.size_before_bytes = size_of(result.baseline.path)
+        report.weight_bytes_before = fmt.weight_bytes(result.baseline.path)
+    observer.event(f"auto {fmt.name}", Status.DONE, f"{result.precision}: {choice.why}")
     return shipped, result.baseline
 
 

@@ -353,6 +353,7 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
             )
             + " |"
         )
+    lines += _auto_section(quantized)
     lines += [
         "",
         "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
@@ -368,6 +369,36 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
                 f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "
                 f"{_kib(attempt['size_bytes'])}: {attempt['reason']}"
             )
+    return lines
+
+
+def _auto_section(quantized: list[ArtifactReport]) -> list[str]:
+    """--precision auto: every candidate with its figures and verdict, and why the winner won."""
+    lines: list[str] = []
+    for a in quantized:
+        auto = (a.quantization or {}).get("auto")
+        if not auto:
+            continue
+        lines += [
+            "",
+            f"### {a.format}: --precision auto (optimize for {auto['criterion']})",
+            "",
+            f"Chose **{auto['chosen']}**: {auto['why']}. Evidence: {auto['evidence']}.",
+            "",
+            "| precision | verdict | top-1 agreement | cosine | SQNR dB | p50 ms | size | timing |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in auto["candidates"]:
+            acc = c["accuracy"] or {}
+            name = f"**{c['precision']}** (shipped)" if c["chosen"] else c["precision"]
+            lines.append(
+                f"| {name} | {c['verdict']} | {_fmt(acc.get('top1_agreement'), '{:.4f}')} | "
+                f"{_fmt(acc.get('cosine'), '{:.5f}')} | {_fmt(acc.get('sqnr_db'), '{:.1f}')} | "
+                f"{_fmt(c['p50_ms'], '{:.3f}')} | {_kib(c['size_bytes'])} | {c['timing']} |"
+            )
+        if auto["eager_p50_ms"] is not None:
+            lines += ["", f"Eager PyTorch p50 in the same run: {auto['eager_p50_ms']:.3f} ms."]
+        lines += [f"- not tried: {why}" for why in auto["left_out"]]
     return lines
 
 

@@ -96,6 +96,10 @@ class CoreML(Format):
                 "Use 'torchscript' (the default) or 'export' (the checked torch.export program).",
             )
 
+    def auto_precisions(self, settings: FormatSettings) -> tuple[str, ...]:
+        """int8-static and int8-dynamic are the same int8 weights here: auto builds it once."""
+        return tuple(p for p in self.precisions if p != "int8-static")
+
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested in _INT8:
             return requested, (

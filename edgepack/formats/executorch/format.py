@@ -54,6 +54,12 @@ class ExecuTorch(Format):
             return "int8-dynamic", f"{self.name} has no palettization; int8 (int8-dynamic, pt2e) instead"
         return super().nearest_precision(requested)
 
+    def auto_precisions(self, settings: FormatSettings) -> tuple[str, ...]:
+        """fp16 is the Core ML delegate's compute precision: an XNNPACK-only .pte has none; on the Core ML
+        delegate both int8 schemes are the same int8 weights, built once."""
+        coreml = "coreml" in self._backends(settings)
+        return tuple(p for p in self.precisions if (p != "fp16" or coreml) and (p != "int8-static" or not coreml))
+
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)
         backends = self.option(settings, "backends")
