@@ -17,6 +17,7 @@ import torch
 
 from . import interrupts, precisions
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
+from .buildcache import BuildCache
 from .bundle.files import sha256_of, size_of
 from .bundle.manifest import build_outcome, write_bundle_manifest
 from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, write_golden, write_json
@@ -169,7 +170,9 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             Status.DONE,
             f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}",
         )
-    return [build_target(captured, target, request, observer, data) for target in targets]
+    with tempfile.TemporaryDirectory(prefix="edgepack-shared-") as shared:  # work shared across targets
+        shared_work = BuildCache(Path(shared))
+        return [build_target(captured, target, request, observer, data, shared_work) for target in targets]
 
 
 def _with_precision(target: Target, precision: str | None) -> Target:
@@ -252,18 +255,23 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
 
 
 def build_target(
-    captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer, data: QuantData | None = None
+    captured: CapturedModel,
+    target: Target,
+    request: BuildRequest,
+    observer: Observer,
+    data: QuantData | None = None,
+    cache: BuildCache | None = None,
 ) -> BuildReport:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
             artifacts, emitted, baselines = _emit_all(
-                captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for
+                captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for, cache
             )
             if request.allow_partial:
                 _exclude_failed(artifacts, emitted, staged.dir)
-            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
+            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines, cache)
         origin = origin_for(target.arch)
         for artifact in artifacts:
             if artifact.latency is not None:
@@ -309,6 +317,7 @@ def _emit_all(
     data: QuantData | None,
     workdir: Path,
     optimize_for: str = "latency",
+    cache: BuildCache | None = None,
 ) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
     """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
     in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
@@ -328,8 +337,7 @@ def _emit_all(
                 if baseline is not None:
                     baselines[settings.name] = baseline
             elif data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
-                result = fmt.emit(captured, replace(settings, precision="fp32"), path)
-                result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
+                result = _emit_fp32(fmt, captured, replace(settings, precision="fp32"), path, cache)
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
@@ -368,6 +376,20 @@ def _emit_all(
         status = {PASSED: Status.DONE, SKIPPED: Status.WARN}.get(report.smoke.status, Status.FAIL)
         observer.event(f"smoke {fmt.name}", status, f"{report.smoke.status}: {report.smoke.reason}")
     return reports, emitted, baselines
+
+
+def _emit_fp32(
+    fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, cache: BuildCache | None
+) -> Emitted:
+    """Converted once per distinct setting in a build: a later target with the same format table gets a copy."""
+    copied = cache.converted(settings, path) if cache is not None else None
+    if copied is not None:
+        return copied
+    result = fmt.emit(captured, settings, path)
+    result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
+    if cache is not None:
+        cache.remember(settings, result)
+    return result
 
 
 def _emit_with_ladder(
@@ -472,6 +494,7 @@ def _bench_all(
     emitted: dict[str, Emitted],
     observer: Observer,
     baselines: dict[str, Emitted] | None = None,
+    cache: BuildCache | None = None,
 ) -> Latency:
     settings = target.bench
     sample = captured.samples[0]
@@ -507,7 +530,7 @@ def _bench_all(
                 report.latency_before = timed[_BEFORE + report.format]
                 _note_if_slower(report)
             if settings.footprint:
-                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
+                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads, cache)
     eager = timed[EAGER]
     for report in artifacts:
         if report.latency is not None:
@@ -516,12 +539,21 @@ def _bench_all(
     return eager
 
 
-def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads: int) -> None:
-    try:
-        footprint = measure_footprint(report.format, path, arrays, threads)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        report.footprint_reason = f"not measured: {exc}"
-        return
+def _measure_footprint(
+    report: ArtifactReport, path: Path, arrays: list, threads: int, cache: BuildCache | None = None
+) -> None:
+    """One fresh process per distinct artifact in a build: the same bytes on the same threads are not probed twice."""
+    footprint = cache.footprint(report.format, report.sha256, threads) if cache is not None else None
+    if footprint is not None:
+        report.notes.append("cold start and memory: the same bytes as an earlier target's artifact, probed once")
+    else:
+        try:
+            footprint = measure_footprint(report.format, path, arrays, threads)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            report.footprint_reason = f"not measured: {exc}"
+            return
+        if cache is not None:
+            cache.remember_footprint(report.format, report.sha256, threads, footprint)
     report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
 
 
