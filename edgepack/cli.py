@@ -557,11 +557,11 @@ def targets_command(
         print(jsonio.dumps([t.summary() for t in targets], indent=2))
         return
     table = Table(title="edgepack targets", title_justify="left")
-    for column in ("target", "formats", "description"):
+    for column in ("target", "arch", "formats", "description"):
         table.add_column(column)
     for t in targets:
         formats = ", ".join(f"{f.name} ({f.precision}{_option_text(f.options)})" for f in t.formats)
-        table.add_row(t.name, formats, t.description)
+        table.add_row(t.name, t.arch or "-", formats, t.description)
     (Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)).print(table)
 
 

@@ -10,7 +10,6 @@ artifact's fraction of it says how far from the hardware it runs, not how good i
 from __future__ import annotations
 
 import functools
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..bench import torch_threads
 
-GEMM = (512, 1024, 1024)  # M, K, N: ~1 GFLOP per call, compute-bound on a phone-class or server core
-REPEATS = 15
+GEMM = (256, 512, 512)  # M, K, N: 134 MFLOP per call, compute-bound, short enough to fit between other processes
+ROUNDS = 40
 
 
 @dataclass
@@ -63,57 +62,67 @@ def gemm_peaks(threads: int) -> Peaks:
     a32, b32 = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
     a8, b8 = rng.integers(-128, 127, (m, k), dtype=np.int8), rng.integers(-128, 127, (k, n), dtype=np.int8)
     u8 = rng.integers(0, 255, (m, k), dtype=np.uint8)  # onnxruntime's fast int8 path: uint8 activations
-    ops = 2.0 * m * k * n
-    measured: dict[str, float] = {}
-    with torch_threads(threads), torch.inference_mode():
-        ta, tb = torch.from_numpy(a32), torch.from_numpy(b32)
-        measured["torch.mm fp32"] = ops / _best_seconds(lambda: torch.mm(ta, tb)) / 1e9
-        ia, ib = torch.from_numpy(a8), torch.from_numpy(b8)
-        try:
-            measured["torch._int_mm int8"] = ops / _best_seconds(lambda: torch._int_mm(ia, ib)) / 1e9
-        except RuntimeError:  # not every CPU build has it
-            pass
-    measured.update(_onnxruntime_gemms(a32, b32, u8, b8, threads, ops))
+    ta, tb, ia, ib = (torch.from_numpy(x) for x in (a32, b32, a8, b8))
+    calls: dict[str, Callable[[], Any]] = {"torch.mm fp32": functools.partial(torch.mm, ta, tb)}
+    if _has_int_mm(ia, ib):
+        calls["torch._int_mm int8"] = functools.partial(torch._int_mm, ia, ib)
+    with tempfile.TemporaryDirectory(prefix="edgepack-peak-") as tmp:
+        runners = _onnxruntime_gemms(Path(tmp), b32, b8, threads)
+        feeds = {"onnxruntime MatMul fp32": a32, "onnxruntime MatMulInteger int8": u8}
+        calls.update({label: functools.partial(run, [feeds[label]]) for label, run in runners.items()})
+        with torch_threads(threads), torch.inference_mode():
+            seconds = _best_seconds(calls)
+    measured = {label: 2.0 * m * k * n / s / 1e9 for label, s in seconds.items()}
     fp32 = max((k for k in measured if k.endswith("fp32")), key=lambda key: measured[key])
     int8 = max((k for k in measured if k.endswith("int8")), key=lambda key: measured[key])
     return Peaks(threads, measured[fp32], measured[int8], fp32, int8, measured)
 
 
+def _has_int_mm(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        torch._int_mm(a, b)
+    except RuntimeError:  # not every CPU build has it
+        return False
+    return True
+
+
 def _onnxruntime_gemms(
-    a32: np.ndarray, b32: np.ndarray, a8: np.ndarray, b8: np.ndarray, threads: int, ops: float
-) -> dict[str, float]:
+    folder: Path, b32: np.ndarray, b8: np.ndarray, threads: int
+) -> dict[str, Callable[[list[np.ndarray]], Any]]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from ..formats.onnx.session import runner
 
+    m = GEMM[0]
     found = {}
-    with tempfile.TemporaryDirectory(prefix="edgepack-peak-") as tmp:
-        for label, op, a, b, elem, out in (
-            ("onnxruntime MatMul fp32", "MatMul", a32, b32, TensorProto.FLOAT, TensorProto.FLOAT),
-            ("onnxruntime MatMulInteger int8", "MatMulInteger", a8, b8, TensorProto.UINT8, TensorProto.INT32),
-        ):
-            graph = helper.make_graph(
-                [helper.make_node(op, ["a", "b"], ["y"])],
-                "gemm",
-                [helper.make_tensor_value_info("a", elem, list(a.shape))],
-                [helper.make_tensor_value_info("y", out, [a.shape[0], b.shape[1]])],
-                [numpy_helper.from_array(b, "b")],
-            )
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            path = Path(tmp) / f"{op}.onnx"
-            onnx.save(model, str(path))
-            found[label] = ops / _best_seconds(functools.partial(runner(path, threads), [a])) / 1e9
+    for label, op, b, elem, out in (
+        ("onnxruntime MatMul fp32", "MatMul", b32, TensorProto.FLOAT, TensorProto.FLOAT),
+        ("onnxruntime MatMulInteger int8", "MatMulInteger", b8, TensorProto.UINT8, TensorProto.INT32),
+    ):
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["y"])],
+            "gemm",
+            [helper.make_tensor_value_info("a", elem, [m, b.shape[0]])],
+            [helper.make_tensor_value_info("y", out, [m, b.shape[1]])],
+            [numpy_helper.from_array(b, "b")],
+        )
+        path = folder / f"{op}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        found[label] = runner(path, threads)
     return found
 
 
-def _best_seconds(call: Callable[[], Any]) -> float:
-    """The median of the fastest half of REPEATS runs after warm-up: a peak, robust to other processes."""
-    for _ in range(3):
-        call()
-    samples = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(sorted(samples)[: REPEATS // 2 + 1])
+def _best_seconds(calls: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """The fastest of ROUNDS runs of each call, interleaved: a peak is what the machine can do, and on a
+    shared host the fastest run is the one other processes disturbed least."""
+    for call in calls.values():
+        for _ in range(3):
+            call()
+    best = {label: float("inf") for label in calls}
+    for _ in range(ROUNDS):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[label] = min(best[label], time.perf_counter() - start)
+    return best
