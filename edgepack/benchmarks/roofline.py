@@ -68,7 +68,7 @@ def gemm_peaks(threads: int) -> Peaks:
         calls["torch._int_mm int8"] = functools.partial(torch._int_mm, ia, ib)
     with tempfile.TemporaryDirectory(prefix="edgepack-peak-") as tmp:
         runners = _onnxruntime_gemms(Path(tmp), b32, b8, threads)
-        feeds = {"onnxruntime MatMul fp32": a32, "onnxruntime MatMulInteger int8": u8}
+        feeds: dict[str, np.ndarray] = {"onnxruntime MatMul fp32": a32, "onnxruntime MatMulInteger int8": u8}
         calls.update({label: functools.partial(run, [feeds[label]]) for label, run in runners.items()})
         with torch_threads(threads), torch.inference_mode():
             seconds = _best_seconds(calls)
