@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgepack import hostarch
 from edgepack.errors import UsageError
 from edgepack.inputs import parse_input_spec
 from edgepack.pipeline import BuildRequest, build
@@ -93,3 +94,29 @@ def test_an_unknown_criterion_is_a_usage_error(tmp_path):
         _build(tmp_path, f"{TESTS / 'models.py'}:make_small_linear", "x=1x6", optimize_for="speed")
     assert "--optimize-for 'speed'" in caught.value.message and "latency" in caught.value.hint
     assert not (tmp_path / "dist").exists()
+
+
+@pytest.mark.skipif(hostarch.host_arch() == "arm64", reason="needs a host of another architecture than arm64")
+def test_qnnpack_timings_on_a_non_arm_host_do_not_rank_the_ptl_candidates(tmp_path):
+    """int8 .ptl runs qnnpack, the phones' fast path and slow on x86: auto does not choose against it on
+    x86 timings; it ships the smallest within budget and says the host timings were not used."""
+    target = write_fast_target(tmp_path, "phone", '[formats.torchscript_lite]\nprecision = "auto"\n')
+    target.write_text('arch = "arm64"\n' + target.read_text(), encoding="utf-8")
+    request = BuildRequest(
+        targets=[str(target)],
+        model=f"{TESTS / 'models.py'}:make_small_linear",
+        inputs=[parse_input_spec("x=1x6")],
+        out_dir=tmp_path / "dist",
+    )
+    ptl = build(request)[0].artifacts[0]
+    auto = ptl.quantization["auto"]
+    candidates = {c["precision"]: c for c in auto["candidates"]}
+    assert candidates["int8-dynamic"]["host_timing_only"] and not candidates["fp32"]["host_timing_only"]
+    assert "no evidence for the device" in candidates["int8-dynamic"]["timing"]
+    within = [c for c in candidates.values() if c["verdict"] == "ok"]
+    fastest = min(within, key=lambda c: c["p50_ms"])
+    if fastest["host_timing_only"]:  # the host happened to agree with the phone: its timing is then used
+        assert ptl.precision == fastest["precision"]
+    else:
+        assert auto["evidence"].startswith("file size; host timings")
+        assert candidates[ptl.precision]["size_bytes"] == min(c["size_bytes"] for c in within)
