@@ -65,6 +65,8 @@ class Format(ABC):
     suffix: ClassVar[str]
     # The names of edgepack/precisions.py this format implements; it maps the others to its nearest scheme.
     precisions: ClassVar[tuple[str, ...]]
+    # Modules a fresh process imports before a footprint probe times the artifact's load and first run.
+    runtime_modules: ClassVar[tuple[str, ...]] = ("torch",)
     # Precisions whose kernels are tuned for the devices' ARM CPUs (qnnpack): their timings on another
     # architecture say nothing about the device, so `--precision auto` does not rank them by host timings.
     arm_tuned_precisions: ClassVar[tuple[str, ...]] = ()

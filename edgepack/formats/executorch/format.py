@@ -44,6 +44,14 @@ class ExecuTorch(Format):
     suffix = ".pte"
     precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
     libraries = ("executorch", "torchao")
+    # Imported before a footprint probe's timed load: the runtime's Python bindings are the app's, not the model's.
+    runtime_modules = (
+        "torch",
+        "executorch.runtime",
+        "executorch.extension.pybindings.portable_lib",
+        "edgepack.formats.executorch.program",
+        "edgepack.formats.executorch.runtime",
+    )
     loggers = ("executorch", "torchao", "coremltools")
     # The demo apps run a .pte when the bundle has one, but neither needs it (they keep their ONNX, Core ML and lite paths).
     app_platforms = ()
