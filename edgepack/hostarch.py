@@ -79,8 +79,8 @@ class LatencyOrigin:
         if self.host_measurement:
             return (
                 f"{where}, not on the target's {self.target_arch} CPU: a host measurement, so the target's "
-                f"latency budget (meant for the device) is not applied; build on a {self.target_arch} machine "
-                "to apply it"
+                f"latency budget (meant for the device) is not applied; build on a machine with a {self.target_arch} "
+                "CPU to apply it"
             )
         if self.target_arch is None:
             return f"{where}; the target names no CPU architecture (`arch`), so its latency budget applies here"

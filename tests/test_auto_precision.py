@@ -98,8 +98,8 @@ def test_an_unknown_criterion_is_a_usage_error(tmp_path):
 
 @pytest.mark.skipif(hostarch.host_arch() == "arm64", reason="needs a host of another architecture than arm64")
 def test_qnnpack_timings_on_a_non_arm_host_do_not_rank_the_ptl_candidates(tmp_path):
-    """int8 .ptl runs qnnpack, the phones' fast path and slow on x86: auto does not choose against it on
-    x86 timings; it ships the smallest within budget and says the host timings were not used."""
+    """int8 .ptl runs qnnpack, the phones' fast path and slow on x86: auto does not rank it on x86 timings
+    (for it or against it); it ships the smallest within budget and says the host timings were not used."""
     target = write_fast_target(tmp_path, "phone", '[formats.torchscript_lite]\nprecision = "auto"\n')
     target.write_text('arch = "arm64"\n' + target.read_text(), encoding="utf-8")
     request = BuildRequest(
@@ -114,9 +114,5 @@ def test_qnnpack_timings_on_a_non_arm_host_do_not_rank_the_ptl_candidates(tmp_pa
     assert candidates["int8-dynamic"]["host_timing_only"] and not candidates["fp32"]["host_timing_only"]
     assert "no evidence for the device" in candidates["int8-dynamic"]["timing"]
     within = [c for c in candidates.values() if c["verdict"] == "ok"]
-    fastest = min(within, key=lambda c: c["p50_ms"])
-    if fastest["host_timing_only"]:  # the host happened to agree with the phone: its timing is then used
-        assert ptl.precision == fastest["precision"]
-    else:
-        assert auto["evidence"].startswith("file size; host timings")
-        assert candidates[ptl.precision]["size_bytes"] == min(c["size_bytes"] for c in within)
+    assert auto["evidence"].startswith("file size; host timings")
+    assert candidates[ptl.precision]["size_bytes"] == min(c["size_bytes"] for c in within)

@@ -188,12 +188,12 @@ def _pick(eligible: list[Candidate], criterion: str, origin: LatencyOrigin) -> t
         )
     fastest = min(timed, key=lambda c: c.latency.p50 if c.latency else 0.0)
     tuned = [c for c in eligible if c.host_only]
-    if tuned and fastest not in tuned:
-        # The host would rank an ARM-tuned engine last; that ranking says nothing about the phone.
+    if tuned:
+        # The host's ranking of an ARM-tuned engine says nothing about the phone, for it or against it.
+        names = " and ".join(c.precision for c in tuned)
         return (
             smallest,
-            f"{' and '.join(c.precision for c in tuned)} {'run' if len(tuned) > 1 else 'runs'} kernels tuned for "
-            f"{origin.target_arch}, and this "
+            f"{names} {'run' if len(tuned) > 1 else 'runs'} kernels tuned for {origin.target_arch}, and this "
             f"{origin.measured_on} host's timings are no evidence for the device ({fastest.precision} was fastest "
             f"here): latency cannot rank the candidates on this host, so the smallest within the accuracy budget "
             f"({_kib(smallest)}) ships",
