@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import jsonio
 from .targets import BenchSettings
@@ -55,6 +55,8 @@ class Latency:
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Eager PyTorch and the lite interpreter share torch's intra-op pool: pin it for fair timings."""
+    import torch  # here, not at the top: a footprint probe of an ONNX artifact need not load torch
+
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -204,17 +206,22 @@ def _defining_module(format_name: str) -> str:
 
 
 def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int, module: str) -> dict:
-    """Runs in the fresh process: everything imported first, so only the artifact's own cost is counted."""
+    """Runs in the fresh process: everything the runtime needs imported first, so only the artifact's own cost
+    is counted (and nothing else: a probe of an ONNX artifact loads onnxruntime, not torch)."""
     import importlib
 
     from .formats import FORMATS
 
     importlib.import_module(module)  # registers the format
-
+    fmt = FORMATS[format_name]
+    with warnings.catch_warnings():  # ExecuTorch's bindings warn that their API is experimental
+        warnings.simplefilter("ignore")
+        for runtime in fmt.runtime_modules:
+            importlib.import_module(runtime)
     with np.load(inputs_path) as data:
         arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    torch.set_num_threads(threads)
-    fmt = FORMATS[format_name]
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     rss_before = _reset_peak_rss()
     t0 = time.perf_counter_ns()
     fmt.open_for_timing(Path(path), threads)(arrays)

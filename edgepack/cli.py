@@ -203,7 +203,7 @@ def build_command(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one). Default: the target's."
+            help="Precision for every format: fp32, fp16, int8-dynamic, int8-static, palettize-4/6/8 (a format without that scheme uses its nearest one), or auto (every scheme the format offers, gated by the accuracy budget; the fastest ships). Default: the target's."
         ),
     ] = None,
     calibration: Annotated[
@@ -212,6 +212,12 @@ def build_command(
             help="Calibration data for int8-static: a .npz (one array per input, samples on axis 0), a folder of .npy files or images (put through the model's preprocessing), or a module:attr callable yielding batches. The demo model has its own."
         ),
     ] = None,
+    optimize_for: Annotated[
+        str,
+        typer.Option(
+            help="--precision auto: ship the fastest (latency) or the smallest (size) candidate within the accuracy budget."
+        ),
+    ] = "latency",
     eval_data: Annotated[
         str | None,
         typer.Option(
@@ -243,6 +249,7 @@ def build_command(
         request.device_policy, request.trace_device = device_policy, trace_device
         _add_bundle_options(request, sign_key, archive)
         request.precision, request.calibration, request.eval_data = precision, calibration, eval_data
+        request.optimize_for = optimize_for
         from .pipeline import build
         from .tracking import check_tracking
 
@@ -395,7 +402,9 @@ def _print_summary(reports: list[BuildReport]) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH, soft_wrap=True)
     for report in reports:
         table = Table(title=f"{report.model} → {report.target}", title_justify="left")
-        for column in ("format", "precision", "size", "smoke", "max abs err", "p50 ms", "p99 ms", "vs eager"):
+        origin = report.latency_origin
+        host = f" ({origin.label})" if origin is not None and origin.host_measurement else ""
+        for column in ("format", "precision", "size", "smoke", "max abs err", f"p50 ms{host}", "p99 ms", "vs eager"):
             table.add_column(column, justify="left" if column in ("format", "precision", "smoke") else "right")
         eager = report.eager_latency
         if eager:
@@ -425,7 +434,14 @@ def _print_summary(reports: list[BuildReport]) -> None:
                 console.print(
                     f"  {a.format} {a.precision} vs eager fp32: {a.accuracy.summary()}{_size_text(a)}", highlight=False
                 )
+            auto = (a.quantization or {}).get("auto")
+            if auto:
+                console.print(
+                    f"  {a.format} auto: {escape(auto['why'])} (evidence: {escape(auto['evidence'])})", highlight=False
+                )
         console.print(f"  devices: {_devices_text(report.capture)}", highlight=False)
+        if origin is not None and origin.host_measurement:
+            console.print(f"  [yellow]latency:[/] {escape(origin.budget_note)}", highlight=False)
         for problem in report.problems:
             console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
         console.print(f"  bundle: {report.bundle_dir}\n", highlight=False)
@@ -570,11 +586,11 @@ def targets_command(
         print(jsonio.dumps([t.summary() for t in targets], indent=2))
         return
     table = Table(title="edgepack targets", title_justify="left")
-    for column in ("target", "formats", "description"):
+    for column in ("target", "arch", "formats", "description"):
         table.add_column(column)
     for t in targets:
         formats = ", ".join(f"{f.name} ({f.precision}{_option_text(f.options)})" for f in t.formats)
-        table.add_row(t.name, formats, t.description)
+        table.add_row(t.name, t.arch or "-", formats, t.description)
     (Console() if sys.stdout.isatty() else Console(width=_PIPED_WIDTH)).print(table)
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from . import interrupts
+from . import interrupts, precisions
 from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
+from .buildcache import BuildCache
 from .bundle.files import sha256_of, size_of
 from .bundle.manifest import build_outcome, write_bundle_manifest
 from .bundle.staging import StagedBundle, archive_bundle, check_out_dir, remove_path, write_golden, write_json
@@ -28,6 +29,7 @@ from .errors import EdgepackError, UsageError
 from .failures import full_disk
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .formats.base import NotConvertible
+from .hostarch import LatencyOrigin, origin_for
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .noise import strip_ansi
@@ -76,6 +78,7 @@ class BuildRequest:
     # A model already in memory (edgepack.api: a module object and its example inputs): used as it is,
     # instead of loading `model`, `weights` and `inputs`.
     loaded: LoadedModel | None = None
+    optimize_for: str = "latency"  # --precision auto's criterion among the candidates within budget: latency | size
 
 
 def build(request: BuildRequest, observer: Observer | None = None) -> list[BuildReport]:
@@ -176,7 +179,9 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             Status.DONE,
             f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}",
         )
-    return [build_target(captured, target, request, observer, data) for target in targets]
+    with tempfile.TemporaryDirectory(prefix="edgepack-shared-") as shared:  # work shared across targets
+        shared_work = BuildCache(Path(shared))
+        return [build_target(captured, target, request, observer, data, shared_work) for target in targets]
 
 
 def _with_precision(target: Target, precision: str | None) -> Target:
@@ -221,6 +226,11 @@ def _check_options(request: BuildRequest) -> None:
             f"(at most {MAX_NAME} characters); it names the folder under --out.",
         )
     check_capture_options(request.capture_mode, request.device_policy, request.trace_device)
+    if request.optimize_for not in ("latency", "size"):
+        raise UsageError(
+            f"--optimize-for '{request.optimize_for}' is not a criterion.",
+            "Use latency (the fastest candidate within the accuracy budget) or size (the smallest).",
+        )
     for option, source in (
         ("--check-inputs", request.check_inputs),
         ("--calibration", request.calibration),
@@ -262,18 +272,29 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
 
 
 def build_target(
-    captured: CapturedModel, target: Target, request: BuildRequest, observer: Observer, data: QuantData | None = None
+    captured: CapturedModel,
+    target: Target,
+    request: BuildRequest,
+    observer: Observer,
+    data: QuantData | None = None,
+    cache: BuildCache | None = None,
 ) -> BuildReport:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
-            artifacts, emitted, baselines = _emit_all(captured, target, staged.dir, observer, data, Path(workdir))
+            artifacts, emitted, baselines = _emit_all(
+                captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for, cache
+            )
             if request.allow_partial:
                 _exclude_failed(artifacts, emitted, staged.dir)
-            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines)
+            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines, cache)
+        origin = origin_for(target.arch)
+        for artifact in artifacts:
+            if artifact.latency is not None:
+                artifact.latency_measured_on = origin.label
         if request.check_budgets:
-            _check_budgets(target, artifacts)
+            _check_budgets(target, artifacts, origin)
         report = BuildReport(
             target.name,
             captured.loaded.name,
@@ -284,6 +305,7 @@ def build_target(
             target.bench.threads,
             request.strict,
             request.allow_partial,
+            latency_origin=origin,
         )
         report.bundle_dir = str(staged.destination(report.ok).resolve())
         golden = write_golden(staged.dir, captured)
@@ -306,7 +328,14 @@ def build_target(
 
 
 def _emit_all(
-    captured: CapturedModel, target: Target, bundle_dir: Path, observer: Observer, data: QuantData | None, workdir: Path
+    captured: CapturedModel,
+    target: Target,
+    bundle_dir: Path,
+    observer: Observer,
+    data: QuantData | None,
+    workdir: Path,
+    optimize_for: str = "latency",
+    cache: BuildCache | None = None,
 ) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
     """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
     in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
@@ -319,9 +348,14 @@ def _emit_all(
         path = fmt.artifact_path(bundle_dir, captured.loaded.name)
         observer.event(f"emit {fmt.name}", Status.START, f"{target.name}: {path.name} ({settings.precision})")
         try:
-            if data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
-                result = fmt.emit(captured, replace(settings, precision="fp32"), path)
-                result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
+            if data is not None and settings.precision == precisions.AUTO:
+                result, baseline = _emit_auto(
+                    fmt, captured, settings, path, data, workdir, target, report, observer, optimize_for
+                )
+                if baseline is not None:
+                    baselines[settings.name] = baseline
+            elif data is None or rungs(fmt, settings.precision)[0][0] == "fp32":
+                result = _emit_fp32(fmt, captured, replace(settings, precision="fp32"), path, cache)
                 if settings.precision != "fp32":  # a precision this format builds in fp32 (ONNX fp16, say)
                     result.notes += rungs(fmt, settings.precision)[1]
                     report.precision_requested, report.precision = settings.precision, "fp32"
@@ -362,6 +396,20 @@ def _emit_all(
     return reports, emitted, baselines
 
 
+def _emit_fp32(
+    fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, cache: BuildCache | None
+) -> Emitted:
+    """Converted once per distinct setting in a build: a later target with the same format table gets a copy."""
+    copied = cache.converted(settings, path) if cache is not None else None
+    if copied is not None:
+        return copied
+    result = fmt.emit(captured, settings, path)
+    result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
+    if cache is not None:
+        cache.remember(settings, result)
+    return result
+
+
 def _emit_with_ladder(
     fmt: Format,
     captured: CapturedModel,
@@ -399,6 +447,38 @@ def _emit_with_ladder(
     return shipped, result.baseline
 
 
+def _emit_auto(
+    fmt: Format,
+    captured: CapturedModel,
+    settings: FormatSettings,
+    path: Path,
+    data: QuantData,
+    workdir: Path,
+    target: Target,
+    report: ArtifactReport,
+    observer: Observer,
+    optimize_for: str,
+) -> tuple[Emitted, Emitted | None]:
+    """--precision auto: every candidate scheme built, gated, timed; the winner moved into the bundle."""
+    from .quantize.auto import choose
+
+    folder = workdir / target.name
+    folder.mkdir(exist_ok=True)
+    progress = lambda text: observer.event(f"auto {fmt.name}", Status.START, text)  # noqa: E731
+    result, choice = choose(
+        fmt, captured, settings, folder, data, path.name, target.bench, origin_for(target.arch), optimize_for, progress
+    )
+    shipped = ship(result, path)
+    report.precision_requested, report.precision = precisions.AUTO, result.precision
+    report.accuracy, report.quantization = result.accuracy, {**result.to_json(), "auto": choice.to_json()}
+    report.notes = list(result.notes)
+    if result.baseline is not None:
+        report.size_before_bytes = size_of(result.baseline.path)
+        report.weight_bytes_before = fmt.weight_bytes(result.baseline.path)
+    observer.event(f"auto {fmt.name}", Status.DONE, f"{result.precision}: {choice.why}")
+    return shipped, result.baseline
+
+
 def _device_check(fmt: Format, emitted: Emitted, captured: CapturedModel) -> ArtifactDevices:
     """The proof on what ships: device literals read back from the saved artifact's own code."""
     devices = captured.devices
@@ -432,6 +512,7 @@ def _bench_all(
     emitted: dict[str, Emitted],
     observer: Observer,
     baselines: dict[str, Emitted] | None = None,
+    cache: BuildCache | None = None,
 ) -> Latency:
     settings = target.bench
     sample = captured.samples[0]
@@ -467,7 +548,7 @@ def _bench_all(
                 report.latency_before = timed[_BEFORE + report.format]
                 _note_if_slower(report)
             if settings.footprint:
-                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads)
+                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads, cache)
     eager = timed[EAGER]
     for report in artifacts:
         if report.latency is not None:
@@ -476,12 +557,21 @@ def _bench_all(
     return eager
 
 
-def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads: int) -> None:
-    try:
-        footprint = measure_footprint(report.format, path, arrays, threads)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        report.footprint_reason = f"not measured: {exc}"
-        return
+def _measure_footprint(
+    report: ArtifactReport, path: Path, arrays: list, threads: int, cache: BuildCache | None = None
+) -> None:
+    """One fresh process per distinct artifact in a build: the same bytes on the same threads are not probed twice."""
+    footprint = cache.footprint(report.format, report.sha256, threads) if cache is not None else None
+    if footprint is not None:
+        report.notes.append("cold start and memory: the same bytes as an earlier target's artifact, probed once")
+    else:
+        try:
+            footprint = measure_footprint(report.format, path, arrays, threads)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            report.footprint_reason = f"not measured: {exc}"
+            return
+        if cache is not None:
+            cache.remember_footprint(report.format, report.sha256, threads, footprint)
     report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
 
 
@@ -524,14 +614,21 @@ def _bound(run, arrays):
     return lambda: run(arrays)
 
 
-def _check_budgets(target: Target, artifacts: list[ArtifactReport]) -> None:
+def _check_budgets(target: Target, artifacts: list[ArtifactReport], origin: LatencyOrigin) -> None:
+    """Size budgets always; latency budgets only on figures measured on the target's own architecture."""
     settings = {f.name: f for f in target.formats}
     for report in artifacts:
         budgets = settings[report.format].budgets
         if budgets.max_size_mb is not None and report.size_bytes is not None:
             report.budgets.append(BudgetCheck("size_mb", budgets.max_size_mb, report.size_bytes / 1e6))
         if budgets.max_p50_ms is not None and report.latency is not None:
-            report.budgets.append(BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50))
+            check = BudgetCheck("p50_ms", budgets.max_p50_ms, report.latency.p50, applied=not origin.host_measurement)
+            report.budgets.append(check)
+            if not check.applied and check.value > check.limit:
+                report.notes.append(
+                    f"p50 {check.value:.3f} ms on this {origin.measured_on} host is over the {target.arch} "
+                    f"device budget of {check.limit:g} ms; not failed: {origin.budget_note}"
+                )
 
 
 def _attempts_text(captured: CapturedModel) -> str:

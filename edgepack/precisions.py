@@ -34,6 +34,8 @@ TABLE: tuple[Precision, ...] = (
     Precision("fp32", quantized=False, calibrated=False),
 )
 REFERENCE = "fp32"
+# Not a scheme: build every scheme a format offers, and ship the fastest (or smallest) within the accuracy budget.
+AUTO = "auto"
 
 
 def names() -> list[str]:

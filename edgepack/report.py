@@ -7,6 +7,7 @@ from typing import Any
 
 from . import __version__
 from .bench import Footprint, Latency
+from .hostarch import LatencyOrigin
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -17,13 +18,15 @@ class BudgetCheck:
     metric: str
     limit: float
     value: float
+    # False: the value is a host measurement of a budget meant for the device (hostarch): shown, never failed.
+    applied: bool = True
 
     @property
     def ok(self) -> bool:
-        return self.value <= self.limit
+        return not self.applied or self.value <= self.limit
 
     def to_json(self) -> dict:
-        return {"metric": self.metric, "limit": self.limit, "value": self.value, "ok": self.ok}
+        return {"metric": self.metric, "limit": self.limit, "value": self.value, "ok": self.ok, "applied": self.applied}
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ArtifactReport:
     smoke: SmokeResult = field(default_factory=lambda: SmokeResult(FAILED, "not built"))
     latency: Latency | None = None
     latency_reason: str = ""
+    latency_measured_on: str | None = None  # "x86_64 host" when not the target's architecture (hostarch)
     requirements: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     budgets: list[BudgetCheck] = field(default_factory=list)
@@ -120,6 +124,7 @@ class ArtifactReport:
             "smoke": self.smoke.to_json(),
             "latency_ms": self.latency.to_json() if self.latency else None,
             "latency_reason": self.latency_reason,
+            "latency_measured_on": self.latency_measured_on,
             "latency_details": self.latency.details() if self.latency else None,
             "cold_load_ms": self.cold_load_ms,
             "peak_memory_mb": self.peak_memory_mb,
@@ -155,6 +160,7 @@ class BuildReport:
     strict: bool = False
     allow_partial: bool = False
     duration_s: float = 0.0
+    latency_origin: LatencyOrigin | None = None  # where latency was measured, against the target's CPU
 
     @property
     def problems(self) -> list[str]:
@@ -197,6 +203,7 @@ class BuildReport:
                 "eager_latency_details": self.eager_latency.details() if self.eager_latency else None,
             },
             "threads": self.threads,
+            "latency_measured_on": self.latency_origin.to_json() if self.latency_origin else None,
             "capture": self.capture,
             "edgepack_version": __version__,
             "duration_s": round(self.duration_s, 2),
@@ -210,8 +217,15 @@ class BuildReport:
             "",
         ]
         eager = self.eager_latency
+        origin = self.latency_origin
+        if origin is not None:
+            lines += [
+                f"Latency: {'**host measurement**: ' if origin.host_measurement else ''}{origin.budget_note}.",
+                "",
+            ]
+        where = f" ({origin.label})" if origin is not None and origin.host_measurement else ""
         lines += [
-            "| format | precision | size | smoke | max abs err | cosine | p50 ms | p90 ms | p99 ms | p50 vs eager |",
+            f"| format | precision | size | smoke | max abs err | cosine | p50 ms{where} | p90 ms | p99 ms | p50 vs eager |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         if eager:
@@ -343,6 +357,7 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
             )
             + " |"
         )
+    lines += _auto_section(quantized)
     lines += [
         "",
         "The weights ratio compares the weight data alone; the rest of a file (code, graph, names, "
@@ -358,6 +373,36 @@ def _precision_section(artifacts: list[ArtifactReport]) -> list[str]:
                 f"- **{a.format}** {attempt['precision']}{kept}: {attempt['verdict']}, "
                 f"{_kib(attempt['size_bytes'])}: {attempt['reason']}"
             )
+    return lines
+
+
+def _auto_section(quantized: list[ArtifactReport]) -> list[str]:
+    """--precision auto: every candidate with its figures and verdict, and why the winner won."""
+    lines: list[str] = []
+    for a in quantized:
+        auto = (a.quantization or {}).get("auto")
+        if not auto:
+            continue
+        lines += [
+            "",
+            f"### {a.format}: --precision auto (optimize for {auto['criterion']})",
+            "",
+            f"Chose **{auto['chosen']}**: {auto['why']}. Evidence: {auto['evidence']}.",
+            "",
+            "| precision | verdict | top-1 agreement | cosine | SQNR dB | p50 ms | size | timing |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in auto["candidates"]:
+            acc = c["accuracy"] or {}
+            name = f"**{c['precision']}** (shipped)" if c["chosen"] else c["precision"]
+            lines.append(
+                f"| {name} | {c['verdict']} | {_fmt(acc.get('top1_agreement'), '{:.4f}')} | "
+                f"{_fmt(acc.get('cosine'), '{:.5f}')} | {_fmt(acc.get('sqnr_db'), '{:.1f}')} | "
+                f"{_fmt(c['p50_ms'], '{:.3f}')} | {_kib(c['size_bytes'])} | {c['timing']} |"
+            )
+        if auto["eager_p50_ms"] is not None:
+            lines += ["", f"Eager PyTorch p50 in the same run: {auto['eager_p50_ms']:.3f} ms."]
+        lines += [f"- not tried: {why}" for why in auto["left_out"]]
     return lines
 
 

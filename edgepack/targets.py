@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import precisions
+from . import hostarch, precisions
 from .errors import UsageError, did_you_mean
 from .paths import MAX_NAME, folder_name
 
-_TARGET_KEYS = {"name", "description", "smoke", "quantized_smoke", "accuracy", "budgets", "bench", "formats"}
+_TARGET_KEYS = {"name", "description", "arch", "smoke", "quantized_smoke", "accuracy", "budgets", "bench", "formats"}
 _FORMAT_COMMON_KEYS = {"precision", "smoke", "quantized_smoke", "accuracy", "budgets"}
 _MAX_THREADS, _MAX_RUNS, _MAX_SECONDS = 1024, 1_000_000, 3600.0
 # (low, high) of each [accuracy] key: agreement and cosine are fractions, errors are not negative.
@@ -98,11 +98,14 @@ class Target:
     sha256: str
     formats: tuple[FormatSettings, ...]
     bench: BenchSettings
+    # The CPU architecture the target's devices run (hostarch.ARCHS); None: not named, budgets apply to the host.
+    arch: str | None = None
 
     def summary(self) -> dict:
         return {
             "name": self.name,
             "description": self.description,
+            "arch": self.arch,
             "path": str(self.path),
             "formats": [{"format": f.name, "precision": f.precision, **f.options} for f in self.formats],
         }
@@ -195,7 +198,20 @@ def load_target(name_or_path: str, known_formats: dict[str, set[str]]) -> Target
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
         formats=formats,
         bench=_bench(data.get("bench", {}), f"{where} [bench]"),
+        arch=_arch(data.get("arch"), where),
     )
+
+
+def _arch(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    arch = hostarch.normalize(value) if isinstance(value, str) else None
+    if arch is None:
+        raise UsageError(
+            f"{where}: 'arch' = {value!r} is not a CPU architecture edgepack knows.",
+            f"Write arch = one of {', '.join(repr(a) for a in hostarch.ARCHS)} (the CPU the target's devices run).",
+        )
+    return arch
 
 
 def _format_settings(

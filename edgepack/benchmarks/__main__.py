@@ -11,7 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import jsonio
+from ..hostarch import host_cpu
 from ..targets import BenchSettings
+from .build_time import time_demo_builds
+from .roofline import gemm_peaks
 from .suite import CASES, Row, run_case
 from .table import check_targets, markdown, to_json
 
@@ -27,16 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--models", nargs="+", choices=[c.key for c in CASES], help="only these models")
     parser.add_argument("--workdir", type=Path, help="keep the built artifacts here (default: a temporary folder)")
+    parser.add_argument(
+        "--build-runs", type=int, default=2, help="timed `edgepack build --target all` runs of the demo (0: none)"
+    )
     options = parser.parse_args(argv)
     settings = QUICK if options.quick else FULL
     cases = [c for c in CASES if not options.models or c.key in options.models]
+    print(f"measuring fp32 and int8 GEMM peaks, {settings.threads} threads", file=sys.stderr, flush=True)
+    peaks = gemm_peaks(settings.threads)
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
         workdir = options.workdir or Path(tmp)
         rows = run_all(cases, settings, workdir, footprint=not options.quick)
+        build_times = time_demo_builds(workdir / "demo-build", options.build_runs)
     checks = check_targets(rows)
-    print(markdown(rows, checks, settings.threads))
+    print(markdown(rows, checks, settings.threads, peaks, host_cpu(), build_times))
     if options.json:
-        document = to_json(rows, checks, settings.threads, _settings_json(settings, not options.quick))
+        document = to_json(
+            rows, checks, settings.threads, _settings_json(settings, not options.quick), peaks, build_times
+        )
         jsonio.write(options.json, document, indent=2)
         print(f"JSON written to {options.json}", file=sys.stderr)
     return 0

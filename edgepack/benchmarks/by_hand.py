@@ -89,3 +89,44 @@ def _lite_runner(path: Path) -> Runner:
         return [t.numpy() for t in (result if isinstance(result, (tuple, list)) else (result,))]
 
     return run
+
+
+def executorch_xnnpack(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...], folder: Path, threads: int, calibration: list[tuple]
+) -> list[ByHand]:
+    """ExecuTorch's documented path: torch.export -> XNNPACK partitioner -> .pte, in fp32 and in pt2e static
+    int8 (XNNPACKQuantizer, symmetric per-channel, calibrated on `calibration`), run in ExecuTorch's runtime."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from ..formats.executorch.runtime import executorch_runner
+
+    def save(program: torch.export.ExportedProgram, name: str) -> Path:
+        path = folder / name
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+        path.write_bytes(lowered.buffer)
+        return path
+
+    made = []
+    with quiet_converter(), torch.no_grad():
+        fp32 = save(torch.export.export(module, args), "by_hand.pte")
+        made.append(
+            ByHand("executorch", "fp32", fp32, lambda: executorch_runner(fp32, threads), ["export + XNNPACK lower"])
+        )
+        try:
+            captured = torch.export.export(module, args).module()
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(captured, quantizer)
+            for sample in calibration:
+                prepared(*sample)
+            int8 = save(torch.export.export(convert_pt2e(prepared), args), "by_hand.int8.pte")
+            notes = ["pt2e XNNPACKQuantizer static per-channel + XNNPACK lower"]
+            made.append(ByHand("executorch", "int8-static", int8, lambda: executorch_runner(int8, threads), notes))
+        except Exception as exc:
+            made.append(failed("executorch", "int8-static", exc))
+    return made

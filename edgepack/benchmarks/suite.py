@@ -26,6 +26,7 @@ from ..smoke import PASSED, SKIPPED
 from ..targets import BenchSettings, load_target
 from . import by_hand
 from .models import INPUTS
+from .roofline import count_flops
 
 # Which built-in target each edgepack ONNX flavour comes from: android (full onnxruntime,
 # transformer fusions) ships the .ptl too; iot is the portable, standard-ops-only level.
@@ -73,6 +74,7 @@ class Row:
     cold_load_ms: float | None = None
     peak_memory_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    flops: int | None = None  # per inference, counted once from the eager model (roofline.count_flops)
 
     @property
     def label(self) -> str:
@@ -104,7 +106,42 @@ def run_case(
     candidates += _edgepack(case, workdir, settings.threads)
     log(f"[{case.key}] by-hand baselines")
     candidates += _by_hand(case.key, loaded.module, args, workdir, settings.threads)
-    return _measure(case.key, loaded, samples, candidates, settings, footprint, log)
+    candidates += _by_hand_executorch(case.key, loaded, args, workdir, settings.threads)
+    rows = _measure(case.key, loaded, samples, candidates, settings, footprint, log)
+    flops = count_flops(loaded.module, args)
+    for row in rows:
+        row.flops = flops
+    return rows
+
+
+def _by_hand_executorch(key: str, loaded: LoadedModel, args: tuple, workdir: Path, threads: int) -> list[_Candidate]:
+    """ExecuTorch's documented XNNPACK path as a peer, fp32 and pt2e int8 calibrated on seeded samples."""
+    folder = workdir / "by_hand"
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = [
+        tuple(s[spec.name] for spec in loaded.inputs)
+        for s in (sample_inputs(loaded.inputs, loaded.module, 100 + seed) for seed in range(16))
+    ]
+    try:
+        made = by_hand.executorch_xnnpack(loaded.module, args, folder, threads, calibration)
+    except Exception as exc:  # a row saying why; the other paths still run
+        made = [by_hand.failed("executorch", "fp32", exc)]
+    return [
+        _Candidate(
+            Row(
+                key,
+                "by hand",
+                b.format,
+                b.precision,
+                notes=b.notes,
+                size_bytes=b.path.stat().st_size if b.path else None,
+            ),
+            b.open,
+            b.path,
+            b.format,
+        )
+        for b in made
+    ]
 
 
 def _eager(key: str, loaded: LoadedModel, example: dict[str, torch.Tensor]) -> _Candidate:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .roofline import GEMM, ROUNDS, Peaks
 from .suite import Row
 
 # (model, what, numerator (path, format, precision), denominator, target ratio, by-hand ratio in the issue).
@@ -113,7 +114,47 @@ def _ratio(num: Row | None, den: Row | None) -> float | None:
     return num.p50_ms / den.p50_ms if num and den and num.p50_ms is not None and den.p50_ms else None
 
 
-def markdown(rows: list[Row], checks: list[TargetCheck], threads: int) -> str:
+def achieved_gflops(row: Row) -> float | None:
+    """FLOPs of one eager inference over the artifact's p50: what it achieves, in GFLOP/s."""
+    return row.flops / (row.p50_ms * 1e6) if row.flops and row.p50_ms else None
+
+
+def roofline_markdown(rows: list[Row], peaks: Peaks, cpu: str) -> list[str]:
+    """Every timed row against the machine's GEMM peaks, measured in the same run on the same threads."""
+    lines = [
+        "",
+        f"## Roofline ({cpu}, {peaks.threads} threads)",
+        "",
+        f"Measured peaks ({' x '.join(str(d) for d in GEMM)} GEMM, fastest of {ROUNDS} runs each, same run): fp32 "
+        f"{peaks.fp32_gflops:.1f} GFLOP/s ({peaks.fp32_kernel}), int8 {peaks.int8_gops:.1f} GOP/s ({peaks.int8_kernel}); "
+        + ", ".join(f"{k} {v:.1f}" for k, v in peaks.measured.items())
+        + ". FLOPs per inference are counted once from the eager model (torch.utils.flop_counter: a "
+        "multiply-add is 2); an int8 artifact does the same work in int8 ops. Above 100%: the peak run was "
+        "disturbed more than the artifact's (a shared host), not a faster-than-peak artifact.",
+        "",
+        "| model | path | format | precision | MFLOP/inference | p50 ms | GFLOP/s | of fp32 peak | of int8 peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        achieved = achieved_gflops(row)
+        if achieved is None:
+            continue
+        lines.append(
+            f"| {row.model} | {row.path}{f' ({row.flavour})' if row.flavour else ''} | {row.format} | {row.precision} | "
+            f"{(row.flops or 0) / 1e6:.1f} | {_num(row.p50_ms, '.3f')} | {achieved:.2f} | "
+            f"{achieved / peaks.fp32_gflops:.1%} | {achieved / peaks.int8_gops:.2%} |"
+        )
+    return lines
+
+
+def markdown(
+    rows: list[Row],
+    checks: list[TargetCheck],
+    threads: int,
+    peaks: Peaks | None = None,
+    cpu: str = "",
+    build_times: list[str] | None = None,
+) -> str:
     lines = [
         f"## Latency, size and parity (batch 1, {threads} threads, p50 of interleaved runs)",
         "",
@@ -165,11 +206,24 @@ def markdown(rows: list[Row], checks: list[TargetCheck], threads: int) -> str:
         "come from fresh processes, one per sample. `vs by hand` compares with the by-hand artifact of the same format and "
         "precision family. Target rows use the fastest edgepack artifact of that format and precision.",
     ]
+    if peaks is not None:
+        lines += roofline_markdown(rows, peaks, cpu)
+    if build_times:
+        lines += ["", "## `edgepack build --target all` on the demo (fresh process each)", ""] + build_times
     return "\n".join(lines) + "\n"
 
 
-def to_json(rows: list[Row], checks: list[TargetCheck], threads: int, settings: dict) -> dict:
+def to_json(
+    rows: list[Row],
+    checks: list[TargetCheck],
+    threads: int,
+    settings: dict,
+    peaks: Peaks | None = None,
+    build_times: list[str] | None = None,
+) -> dict:
     return {
+        "peaks": peaks.to_json() if peaks else None,
+        "demo_build_times": build_times,
         "schema_version": 1,
         "machine": {
             "python": platform.python_version(),
@@ -179,7 +233,7 @@ def to_json(rows: list[Row], checks: list[TargetCheck], threads: int, settings: 
             "numpy": np.__version__,
         },
         "protocol": {"threads": threads, "batch": 1, **settings},
-        "rows": [{**asdict(r), "label": r.label} for r in rows],
+        "rows": [{**asdict(r), "label": r.label, "achieved_gflops": achieved_gflops(r)} for r in rows],
         "targets": [{**asdict(c), "status": c.status, "distance": c.distance} for c in checks],
     }
 

@@ -65,7 +65,7 @@ def build_manifest(
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "edgepack_version": __version__,
         "model": {"name": loaded.name, "version": _model_version(loaded), "source": loaded.source},
-        "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
+        "target": _target_json(target),
         "inputs": [_input_json(spec.to_json(), loaded.preprocessing) for spec in loaded.inputs],
         "outputs": _outputs_json(captured),
         "labels": loaded.labels,
@@ -91,7 +91,22 @@ def build_outcome(report: BuildReport) -> dict[str, Any]:
         "ok": report.ok,
         "problems": report.problems,
         "left_out": [{"format": a.format, "reason": a.smoke.reason} for a in report.artifacts if a.path is None],
+        **_latency_origin(report),
     }
+
+
+def _target_json(target: Target) -> dict[str, Any]:
+    identity = {"name": target.name, "file": target.path.name, "sha256": target.sha256}
+    return identity | ({"arch": target.arch} if target.arch else {})
+
+
+def _latency_origin(report: BuildReport) -> dict[str, Any]:
+    """Where report.json's latencies were measured: a host measurement is no evidence for the device."""
+    origin = report.latency_origin
+    if origin is None:
+        return {}
+    keys = ("measured_on", "target_arch", "host_measurement", "latency_budget_applied")
+    return {"latency_measured_on": {key: origin.to_json()[key] for key in keys}}
 
 
 def write_bundle_manifest(
@@ -123,7 +138,7 @@ def provenance(source: dict[str, Any], target: Target, capture: dict[str, Any]) 
         "git": git_state(module_file),
         "edgepack_version": __version__,
         "versions": {"python": platform.python_version(), **{lib: _version_of(lib) for lib in _libraries()}},
-        "target": {"name": target.name, "file": target.path.name, "sha256": target.sha256},
+        "target": _target_json(target),
         "capture": {
             "strategy": capture["strategy"],
             "device_agnostic": capture.get("device_agnostic"),

@@ -65,6 +65,11 @@ class Format(ABC):
     suffix: ClassVar[str]
     # The names of edgepack/precisions.py this format implements; it maps the others to its nearest scheme.
     precisions: ClassVar[tuple[str, ...]]
+    # Modules a fresh process imports before a footprint probe times the artifact's load and first run.
+    runtime_modules: ClassVar[tuple[str, ...]] = ("torch",)
+    # Precisions whose kernels are tuned for the devices' ARM CPUs (qnnpack): their timings on another
+    # architecture say nothing about the device, so `--precision auto` does not rank them by host timings.
+    arm_tuned_precisions: ClassVar[tuple[str, ...]] = ()
     # Option keys a target may set in [formats.<name>], with their defaults.
     option_defaults: ClassVar[dict[str, Any]] = {}
     # The Python distributions that write and run this format, recorded in every manifest's provenance.
@@ -83,10 +88,10 @@ class Format(ABC):
     def validate(self, settings: FormatSettings) -> None:
         """Reject settings this format cannot honour, before any work starts."""
         known = precisions.names()
-        if settings.precision not in known:
+        if settings.precision != precisions.AUTO and settings.precision not in known:
             raise UsageError(
                 f"Unknown precision '{settings.precision}' for format '{self.name}'.{did_you_mean(settings.precision, known)}",
-                f"Precisions: {', '.join(known)} ({self.name} implements {', '.join(self.precisions)}; "
+                f"Precisions: {', '.join(known)}, auto ({self.name} implements {', '.join(self.precisions)}; "
                 "it builds the others in its nearest scheme and the report says so).",
             )
 
@@ -109,6 +114,11 @@ class Format(ABC):
         if requested in self.precisions:
             return requested, ""
         return "fp32", f"{self.name} has no {requested} scheme; built in fp32"
+
+    def auto_precisions(self, settings: FormatSettings) -> tuple[str, ...]:
+        """The schemes `--precision auto` tries with these settings: the ones this format's runtime really
+        computes in (a format overrides this where a scheme depends on its options)."""
+        return self.precisions
 
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         """Layer names a quantized emit can keep in float (what the sensitivity pass chooses from)."""

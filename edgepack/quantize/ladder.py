@@ -190,6 +190,10 @@ class Ladder:
             "Fix the first failure above (the fp32 one is the converter's own).",
         )
 
+    def candidate(self, scheme: str) -> tuple[Attempt, Emitted | None]:
+        """One scheme built and judged on its own, without stepping down (what `--precision auto` compares)."""
+        return self._try(scheme, [], None)
+
     def _try(self, scheme: str, float_layers: list[str], baseline: Emitted | None) -> tuple[Attempt, Emitted | None]:
         emitted: Emitted | None
         if scheme == "fp32" and baseline is not None and not float_layers:

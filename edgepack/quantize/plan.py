@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import precisions
 from ..capture.ladder import CapturedModel
 from ..errors import UsageError
 from ..formats import FORMATS
@@ -45,7 +46,7 @@ def quantization_samples(
     """None when every format is built in fp32. A static scheme without calibration data is a usage
     error: never calibrate on random numbers."""
     firsts = [(FORMATS[f.name], f.precision) for t in targets for f in t.formats]
-    if all(rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
+    if all(precision != precisions.AUTO and rungs(fmt, precision)[0][0] == "fp32" for fmt, precision in firsts):
         return None
     samples: Samples | None
     if calibration is not None and calibration != "":

@@ -71,19 +71,30 @@ def run_package(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     Raises UnsupportedOp before evaluating anything if an op is unknown, ValueError for missing,
     unknown or misshaped inputs.
     """
-    package = Path(package)
-    spec = _load_spec(package)
-    missing = _unsupported(spec)
-    if missing:
-        raise UnsupportedOp(missing)
-    function = _load_main_function(spec, package)
-    feeds = _prepare_inputs(function, inputs)
-    _bind_constants(function)
-    for name, value in feeds.items():
-        _store(function.inputs[name], value)
-    with np.errstate(all="ignore"):
-        results = _run_block(function)
-    return _collect_outputs(spec, function, results)
+    return LoadedPackage(package).run(inputs)
+
+
+class LoadedPackage:
+    """A saved .mlpackage's main function, rebuilt once and run many times (rebuilding the program from
+    its proto and weight files costs far more than evaluating a small model). Every run binds its inputs
+    and evaluates every non-const op again, so no value of one run survives into the next."""
+
+    def __init__(self, package: Path) -> None:
+        package = Path(package)
+        self.spec = _load_spec(package)
+        missing = _unsupported(self.spec)
+        if missing:
+            raise UnsupportedOp(missing)
+        self.function = _load_main_function(self.spec, package)
+        _bind_constants(self.function)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = _prepare_inputs(self.function, inputs)
+        for name, value in feeds.items():
+            _store(self.function.inputs[name], value)
+        with np.errstate(all="ignore"):
+            results = _run_block(self.function)
+        return _collect_outputs(self.spec, self.function, results)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -38,7 +38,13 @@ from ...noise import log_lines, quiet_converter, short_reason, strip_ansi
 from ...paths import scratch_tempdir
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Emitted, Format, Runner, register_format
-from .executor import UnsupportedOp, coremltools_module, program_op_types, run_package, unsupported_ops
+from .executor import (
+    LoadedPackage,
+    UnsupportedOp,
+    coremltools_module,
+    program_op_types,
+    unsupported_ops,
+)
 from .reproducible import stabilize_mlpackage
 
 if TYPE_CHECKING:  # the format is read without torch; converting imports it (coremltools does anyway)
@@ -95,6 +101,10 @@ class CoreML(Format):
                 f"Core ML capture '{chosen}' is not known.{did_you_mean(str(chosen), list(CAPTURES))}",
                 "Use 'torchscript' (the default) or 'export' (the checked torch.export program).",
             )
+
+    def auto_precisions(self, settings: FormatSettings) -> tuple[str, ...]:
+        """int8-static and int8-dynamic are the same int8 weights here: auto builds it once."""
+        return tuple(p for p in self.precisions if p != "int8-static")
 
     def nearest_precision(self, requested: str) -> tuple[str, str]:
         if requested in _INT8:
@@ -662,9 +672,13 @@ def _reference_runner(path: Path) -> Runner:
     in_names = [i.name for i in spec.description.input]
     out_names = [o.name for o in spec.description.output]
 
+    loaded: list[LoadedPackage] = []  # loaded on the first run, where a failure is reported as the run's
+
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         try:
-            result = run_package(path, dict(zip(in_names, inputs)))
+            if not loaded:
+                loaded.append(LoadedPackage(path))
+            result = loaded[0].run(dict(zip(in_names, inputs)))
         except UnsupportedOp as exc:
             raise RuntimeUnavailable(
                 f"Core ML prediction needs macOS, and the reference executor cannot run: {exc}"

@@ -44,6 +44,14 @@ class ExecuTorch(Format):
     suffix = ".pte"
     precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
     libraries = ("executorch", "torchao")
+    # Imported before a footprint probe's timed load: the runtime's Python bindings are the app's, not the model's.
+    runtime_modules = (
+        "torch",
+        "executorch.runtime",
+        "executorch.extension.pybindings.portable_lib",
+        "edgepack.formats.executorch.program",
+        "edgepack.formats.executorch.runtime",
+    )
     loggers = ("executorch", "torchao", "coremltools")
     # The demo apps run a .pte when the bundle has one, but neither needs it (they keep their ONNX, Core ML and lite paths).
     app_platforms = ()
@@ -53,6 +61,12 @@ class ExecuTorch(Format):
         if requested.startswith("palettize-"):
             return "int8-dynamic", f"{self.name} has no palettization; int8 (int8-dynamic, pt2e) instead"
         return super().nearest_precision(requested)
+
+    def auto_precisions(self, settings: FormatSettings) -> tuple[str, ...]:
+        """fp16 is the Core ML delegate's compute precision: an XNNPACK-only .pte has none; on the Core ML
+        delegate both int8 schemes are the same int8 weights, built once."""
+        coreml = "coreml" in self._backends(settings)
+        return tuple(p for p in self.precisions if (p != "fp16" or coreml) and (p != "int8-static" or not coreml))
 
     def validate(self, settings: FormatSettings) -> None:
         super().validate(settings)

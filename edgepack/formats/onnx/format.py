@@ -37,6 +37,7 @@ class Onnx(Format):
     suffix = ".onnx"
     precisions = ("fp32", "int8-dynamic", "int8-static")
     libraries = ("onnx", "onnxruntime")
+    runtime_modules = ("onnxruntime",)
     loggers = ("torch.onnx", "onnxscript")
     option_defaults = {"opset": 18, "optimization": "basic", ort_format.OPTION: False}
     # (captured, (id, opset), pre-processed float model bytes, notes): the last float export, reused by the ladder.

@@ -43,6 +43,8 @@ class TorchScriptLite(Format):
     name = "torchscript_lite"
     suffix = ".ptl"
     precisions = ("fp32", "int8-dynamic", "int8-static")
+    # Quantized .ptl runs qnnpack, the phones' int8 engine: slow on x86, the fast path on ARM.
+    arm_tuned_precisions = ("int8-dynamic", "int8-static")
     option_defaults = {"bytecode_version": NEWEST_BYTECODE, "runtime": DEFAULT_RUNTIME}
     libraries = ("torch",)
     app_platforms = ("android",)
