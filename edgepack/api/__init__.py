@@ -47,6 +47,7 @@ def build(
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     out: str | Path = "dist",
     precision: str | None = None,
+    optimize_for: str = "latency",
     calibration: DataSource | None = None,
     eval_data: DataSource | None = None,
     name: str | None = None,
@@ -76,6 +77,7 @@ def build(
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
     out: str | Path = "dist",
     precision: str | None = None,
+    optimize_for: str = "latency",
     calibration: DataSource | None = None,
     eval_data: DataSource | None = None,
     name: str | None = None,
@@ -107,6 +109,8 @@ def build(
     calibration, eval_data: as on the CLI (a .npz, a folder, a "module:attr" callable), or the data itself:
         a DataLoader or any iterable of batches (dicts, tensors or arrays, or `(x, label)` tuples: the
         inputs first, in forward's order); a single tensor or dict is one batch.
+    precision: a scheme (`"int8-static"`, ...) or `"auto"`: every candidate measured, the fastest within the
+        accuracy budget ships (optimize_for="size": the smallest).
     track: "mlflow" logs the build as an MLflow run (tracking_uri: the store, default a SQLite file in `out`;
         register: a model name to register the bundles under); the run is `result.tracked`.
     The other options are the CLI's (`edgepack build --help`), '-' written '_'.
@@ -129,7 +133,7 @@ def build(
         check_tracking(track, tracking_uri, register)  # before the build: fails in a second
         request = _request(model, example_inputs, dynamic, name, weights, trust_weights, capture, check_inputs)
         request.targets = _targets(target)
-        request.out_dir, request.precision = Path(out), precision
+        request.out_dir, request.precision, request.optimize_for = Path(out), precision, optimize_for
         request.calibration, request.eval_data = calibration, eval_data
         request.strict, request.allow_partial, request.check_budgets = strict, allow_partial, not no_budgets
         request.device_policy, request.trace_device = device_policy, trace_device

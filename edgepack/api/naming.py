@@ -22,6 +22,7 @@ PARAMETERS = {
     "--weights": "weights",
     "--trust-weights": "trust_weights",
     "--precision": "precision",
+    "--optimize-for": "optimize_for",
     "--calibration": "calibration",
     "--eval-data": "eval_data",
     "--check-inputs": "check_inputs",
