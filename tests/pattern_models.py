@@ -138,3 +138,23 @@ class PoolNet(nn.Module):
 def make_pool_net() -> PoolNet:
     torch.manual_seed(0)
     return PoolNet().eval()
+
+
+class ClampsWhileTraced(nn.Module):
+    """Hugging Face Swin's set_shift_and_window_size: an attribute reassigned as a tensor only under
+    torch.jit.is_tracing() (an int in eager), which a later torch.export would branch on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window = 4
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] <= self.window:
+            self.window = torch.min(torch.tensor(x.shape[-1])) if torch.jit.is_tracing() else x.shape[-1]
+        return self.proj(x) * self.window
+
+
+def make_clamps_while_traced() -> ClampsWhileTraced:
+    torch.manual_seed(0)
+    return ClampsWhileTraced().eval()

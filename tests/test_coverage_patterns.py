@@ -304,3 +304,13 @@ def test_a_pooling_stride_left_to_its_default_lowers_to_the_core_ml_delegate(tmp
     assert report.ok, report.problems
     delegation = report.artifacts[0].requirements["delegation"]
     assert "aten.max_pool2d" in str(delegation["delegated_op_types"]) and not delegation["compute_fallback_ops"]
+
+
+def test_what_tracing_changed_in_the_model_is_put_back_before_torch_export(tmp_path):
+    """Swin's .pte was skipped: the TorchScript trace had left a tensor in `self.window_size`, and torch.export
+    then refused a branch on it. The export capture starts from the model as eager ran it."""
+    target = write_fast_target(tmp_path, "onnx", '[formats.onnx]\nprecision = "fp32"\nopset = 18\n')
+    report = _build(tmp_path, str(target), "make_clamps_while_traced", "x=1x4")
+    assert report.ok, report.problems
+    assert report.capture["export"]["strategy"].startswith("export"), report.capture["export"]
+    assert report.artifacts[0].capture_consumed == "export"

@@ -244,6 +244,14 @@ def state_changes(
     return hazards, caches
 
 
+def restore_changed(model: nn.Module, saved: dict[tuple[str, str], Any]) -> list[str]:
+    """Put back every attribute and buffer of `saved` (a snapshot) that has changed since; their names."""
+    changed = [key for key, value in saved.items() if not _same(value, _snapshot_value(model, key))]
+    for key in changed:
+        restore(model, key, saved[key])
+    return [f"{owner}.{attr}" if owner else attr for owner, attr in changed]
+
+
 def restore(model: nn.Module, key: tuple[str, str], value: Any) -> None:
     """Put a copy of `value` back into the attribute or buffer `key` of `model` (skipped in scripted submodules,
     which keep their attributes in C++)."""

@@ -287,11 +287,16 @@ def capture(
     expected = [_eager(flat, sample, names) for sample in samples]
     _check_checkable(loaded, output_names, expected)
     _check_output_sizes(loaded, output_names, samples, expected, checks)
+    # Some models change their own attributes only while traced (HF Swin: `self.window_size = torch.min(...)`
+    # under torch.jit.is_tracing()): put back what the TorchScript captures changed before torch.export runs, so
+    # it sees the model eager ran (an int, not a tensor to branch on).
+    settled = hz.snapshot(loaded.module)
     first_trace, trace_hazards = _trace_hazards(flat, loaded, example, trace_device)
     found = state + trace_hazards
     fatal = [h for h in found if h.kind in hz.FATAL_KINDS]
 
     def exported() -> ExportCapture:  # after the TorchScript ladder: its captures stay exactly as they were
+        hz.restore_changed(loaded.module, settled)
         return export_capture(
             flat, loaded, example, lambda module: _compare(module, checks, names, output_names), len(checks), found
         )
