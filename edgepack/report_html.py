@@ -161,6 +161,7 @@ def _precision(report: dict[str, Any]) -> str:
             ]
             for t in attempts
         ]
+        parts.append(_auto(a["format"], quantization["auto"]) if quantization.get("auto") else "")
         parts.append(
             f"<h3>{_e(a['format'])}: {_e(quantization.get('requested'))} requested, {_e(quantization.get('shipped'))} shipped</h3>"
             f'<p class="muted">Accuracy against eager fp32 on {_e(quantization.get("eval_set"))}.</p>'
@@ -171,6 +172,41 @@ def _precision(report: dict[str, Any]) -> str:
     if not parts:
         return ""
     return '<section id="precision"><h2>Size and accuracy by precision</h2>' + "".join(parts) + "</section>"
+
+
+def _auto(format_name: str, auto: dict[str, Any]) -> str:
+    """--precision auto: every candidate's p50 and size, the winner marked, and why it won."""
+    candidates = auto.get("candidates", [])
+
+    def kind(c: dict[str, Any]) -> str:
+        return "shipped" if c.get("chosen") else "passed" if c.get("ok") else "failed"
+
+    def untimed(c: dict[str, Any]) -> str:
+        return "" if c.get("p50_ms") is not None else "not timed here"
+
+    latency = [Bar(_attempt_label(c), c.get("p50_ms"), kind(c), untimed(c)) for c in candidates]
+    sizes = [Bar(_attempt_label(c), _kib_value(c.get("size_bytes")), kind(c)) for c in candidates]
+    rows = [
+        [
+            _e(_attempt_label(c)) + (" <b>(shipped)</b>" if c.get("chosen") else ""),
+            _e(c.get("verdict")),
+            _num_cell(_ms(c.get("p50_ms")) + (" (host only)" if c.get("host_timing_only") else "")),
+            _num_cell(_kib(c.get("size_bytes"))),
+            *_accuracy_cells(c),
+            _e(c.get("reason")),
+        ]
+        for c in candidates
+    ]
+    left_out = auto.get("left_out") or []
+    return (
+        f"<h3>{_e(format_name)}: --precision auto ({_e(auto.get('criterion'))}) chose {_e(auto.get('chosen'))}</h3>"
+        f"<p>{_e(str(auto.get('why') or '').rstrip('.'))}.<br>"
+        f"Evidence: {_e(str(auto.get('evidence') or '').rstrip('.'))}.</p>"
+        + bar_chart(latency, "ms", f"{format_name}: p50 latency of each candidate", "auto-latency")
+        + bar_chart(sizes, "KiB", f"{format_name}: size of each candidate", "auto-size")
+        + _table(["candidate", "verdict", "p50", "size", "top-1 agreement", "cosine", "SQNR dB", "reason"], rows)
+        + (_list(left_out) if left_out else "")
+    )
 
 
 def _sensitivity(report: dict[str, Any]) -> str:

@@ -52,6 +52,12 @@ def test_auto_lists_every_candidate_with_a_verdict_and_ships_one_within_budget(t
     assert shipped["quantization"]["auto"]["chosen"] == onnx.precision
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["artifacts"][0]["precision"] == onnx.precision
+    # report.html charts every candidate's p50 and size, the winner marked as shipped.
+    html = (bundle / "report.html").read_text()
+    assert f"onnx: --precision auto (latency) chose {onnx.precision}" in html
+    for chart in ("auto-latency", "auto-size"):
+        start = html.index(f'data-chart="{chart}"')
+        assert html[start : html.index("</svg>", start)].count("<rect") >= len(candidates)
 
 
 def test_auto_never_ships_an_int8_that_breaks_the_answers(tmp_path):

@@ -129,7 +129,9 @@ class CapturedModel:
         token_type_ids', 'rotary_emb.inv_freq'), so a build's result depended on its other formats."""
         if self.export is None or self.export.program is None:
             raise ValueError("no checked torch.export capture to copy")
-        return copy.deepcopy(self.export.program)
+        with warnings.catch_warnings():  # torch's pytree warns about its own LeafSpec while copying
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(self.export.program)
 
     @property
     def export_strategy(self) -> str | None:
