@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
 import re
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from ..bench import time_interleaved, torch_threads
 from ..capture.ladder import capture
 from ..formats import FORMATS
 from ..formats.torchscript_lite import rewrites
+from ..hostarch import host_cpu
 from ..inputs import InputSpec, sample_inputs
 from ..load import LoadedModel
 from ..targets import BenchSettings, Budgets, FormatSettings, Tolerance
@@ -109,16 +109,6 @@ class Result:
     capture: str = ""
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_case(
     name: str, model: nn.Module, specs: list[InputSpec], settings: BenchSettings, workdir: Path
 ) -> list[Result]:
@@ -171,7 +161,7 @@ def run_case(
 
 def markdown(results: list[Result], threads: int) -> str:
     lines = [
-        f"Host: {cpu_model()}, {threads} threads, batch 1, torch {torch.__version__} (its lite interpreter runs both .ptl)",
+        f"Host: {host_cpu()}, {threads} threads, batch 1, torch {torch.__version__} (its lite interpreter runs both .ptl)",
         "",
         "| model (capture) | candidate | p50 ms | p90 ms | vs native .ptl | max abs err vs eager | loads on pytorch_android_lite 1.13.1 |",
         "|---|---|---|---|---|---|---|",
@@ -225,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         jsonio.write(
             options.json,
             {
-                "host": cpu_model(),
+                "host": host_cpu(),
                 "threads": settings.threads,
                 "torch": torch.__version__,
                 "results": [vars(r) for r in results],

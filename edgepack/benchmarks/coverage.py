@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..hostarch import host_cpu
 
 TARGETS = ("android", "ios", "iot")
 
@@ -607,16 +608,6 @@ def _one_line(text: str) -> str:
 # The table -----------------------------------------------------------------------------------------
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def totals(rows: list[dict]) -> dict:
     out = {}
     for column in COLUMNS:
@@ -717,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         tf_version = "not installed"
     header = {
         "command": "python -m edgepack.benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": _cpu(),
+        "cpu": host_cpu(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": tf_version,
