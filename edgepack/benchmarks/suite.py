@@ -126,22 +126,7 @@ def _by_hand_executorch(key: str, loaded: LoadedModel, args: tuple, workdir: Pat
         made = by_hand.executorch_xnnpack(loaded.module, args, folder, threads, calibration)
     except Exception as exc:  # a row saying why; the other paths still run
         made = [by_hand.failed("executorch", "fp32", exc)]
-    return [
-        _Candidate(
-            Row(
-                key,
-                "by hand",
-                b.format,
-                b.precision,
-                notes=b.notes,
-                size_bytes=b.path.stat().st_size if b.path else None,
-            ),
-            b.open,
-            b.path,
-            b.format,
-        )
-        for b in made
-    ]
+    return _by_hand_candidates(key, made)
 
 
 def _eager(key: str, loaded: LoadedModel, example: dict[str, torch.Tensor]) -> _Candidate:
@@ -290,22 +275,7 @@ def _by_hand(key: str, module: torch.nn.Module, args: tuple, workdir: Path, thre
         made.append(by_hand.lite_fp32(module, args, folder))
     except Exception as exc:
         made.append(by_hand.failed("torchscript_lite", "fp32", exc))
-    return [
-        _Candidate(
-            Row(
-                key,
-                "by hand",
-                b.format,
-                b.precision,
-                notes=b.notes,
-                size_bytes=b.path.stat().st_size if b.path else None,
-            ),
-            b.open,
-            b.path,
-            b.format,
-        )
-        for b in made
-    ]
+    return _by_hand_candidates(key, made)
 
 
 def _measure(
@@ -366,3 +336,23 @@ def _set_footprint(c: _Candidate, arrays: list[np.ndarray], threads: int) -> Non
         c.row.notes.append(f"footprint not measured: {exc}")
         return
     c.row.cold_load_ms, c.row.peak_memory_mb = measured.cold_load_ms, measured.peak_memory_mb
+
+
+def _by_hand_candidates(key: str, made: list) -> list[_Candidate]:
+    """Rows for the by-hand peers (each made artifact, or the row saying why it failed), timed like edgepack's."""
+    return [
+        _Candidate(
+            Row(
+                key,
+                "by hand",
+                b.format,
+                b.precision,
+                notes=b.notes,
+                size_bytes=b.path.stat().st_size if b.path else None,
+            ),
+            b.open,
+            b.path,
+            b.format,
+        )
+        for b in made
+    ]
