@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import jsonio
+from .paths import scratch_folder
 from .targets import BenchSettings
 
 # The child process imports this same edgepack, whatever the working directory.
@@ -172,7 +172,7 @@ def measure_footprint(
 ) -> Footprint:
     """Load and run the artifact in `repeats` new Python processes (one sample each: the median cold
     load and the largest peak are kept); RuntimeError with the probe's last stderr line when it fails."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, *arrays)
         command = [

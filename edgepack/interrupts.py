@@ -75,14 +75,33 @@ def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back while the block runs (a bundle being moved into place); they are
     delivered when it ends."""
     checkpoint()
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    with held():
+        yield
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs, even while an interruption is being handled
+    (creating or removing a scratch folder: a signal in between would leave it behind). A held signal is
+    raised again when the block ends, to whatever handler is in place then.
+
+    Not a signal mask: the kernel gives a process-wide signal to any thread that does not block it, and
+    torch's worker threads were started with nothing blocked, so only a Python-level handler (which always
+    runs in the main thread) can hold it."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(_SIGNALS))
+    arrived: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    for signum in _SIGNALS:
+        signal.signal(signum, lambda signum, frame: arrived.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if arrived:
+            signal.raise_signal(arrived[0])
 
 
 def exit_error(exc: SystemExit) -> UsageError:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from . import interrupts
 from .errors import UsageError
 
 MAX_NAME = 100  # well under the 255 bytes of common file systems, with room for '.failed', '.zip', staging suffixes
@@ -132,19 +133,34 @@ def missing_file_text(path: Path | str) -> str:
 
 
 @contextlib.contextmanager
+def scratch_folder(prefix: str = "edgepack-tmp-", parent: Path | str | None = None) -> Iterator[Path]:
+    """A fresh temporary folder, removed when the block ends, whatever ends it. Unlike
+    tempfile.TemporaryDirectory, a SIGINT or SIGTERM cannot land between the folder being made and its
+    removal being armed (nor interrupt the removal): it is held back meanwhile and raises after."""
+    folder: str | None = None
+    try:
+        with interrupts.held():
+            folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        yield Path(folder)
+    finally:
+        if folder is not None:
+            with interrupts.held():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def scratch_cwd(prefix: str = "edgepack-scratch-") -> Iterator[Path]:
     """Run a tool that drops files into the working folder (onnxruntime's quant_pre_process writes
     sym_shape_infer_temp.onnx and a <uuid>.data holding the weights there) inside a fresh temporary folder:
     the working folder is always restored and the scratch folder always removed, whatever happens.
     Callers pass the tool absolute paths."""
     previous = os.getcwd()
-    folder = tempfile.mkdtemp(prefix=prefix)
-    try:
-        os.chdir(folder)
-        yield Path(folder)
-    finally:
-        os.chdir(previous)
-        shutil.rmtree(folder, ignore_errors=True)
+    with scratch_folder(prefix) as folder:
+        try:
+            os.chdir(folder)
+            yield folder
+        finally:
+            os.chdir(previous)
 
 
 @contextlib.contextmanager
@@ -154,10 +170,9 @@ def scratch_tempdir(prefix: str = "edgepack-tmp-") -> Iterator[Path]:
     (a long-running Python process, or the ladder's many attempts, pile them up): whatever a tool leaves
     there goes with the folder. Nothing made inside may be used after the block."""
     previous = tempfile.tempdir
-    folder = tempfile.mkdtemp(prefix=prefix)
-    tempfile.tempdir = folder
-    try:
-        yield Path(folder)
-    finally:
-        tempfile.tempdir = previous
-        shutil.rmtree(folder, ignore_errors=True)
+    with scratch_folder(prefix) as folder:
+        tempfile.tempdir = str(folder)
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = previous

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ from .hostarch import LatencyOrigin, origin_for
 from .inputs import InputSpec, sample_inputs
 from .load import LoadedModel, load_model
 from .noise import strip_ansi
-from .paths import MAX_NAME, folder_name, missing_file_text
+from .paths import MAX_NAME, folder_name, missing_file_text, scratch_folder
 from .progress import Observer, SilentObserver, Status
 from .quantize.calibration import DataSource
 from .quantize.ladder import Ladder, QuantData, rungs, ship
@@ -179,7 +178,7 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             Status.DONE,
             f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}",
         )
-    with tempfile.TemporaryDirectory(prefix="edgepack-shared-") as shared:  # work shared across targets
+    with scratch_folder(prefix="edgepack-shared-") as shared:  # work shared across targets
         shared_work = BuildCache(Path(shared))
         return [build_target(captured, target, request, observer, data, shared_work) for target in targets]
 
@@ -282,7 +281,7 @@ def build_target(
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
-        with tempfile.TemporaryDirectory(prefix="edgepack-quantize-") as workdir:
+        with scratch_folder(prefix="edgepack-quantize-") as workdir:
             artifacts, emitted, baselines = _emit_all(
                 captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for, cache
             )

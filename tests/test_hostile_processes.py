@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -210,3 +212,71 @@ def test_a_write_the_system_refuses_is_an_error_and_keeps_the_previous_bundle(pr
     assert done.returncode == 1, done.stderr
     assert "error: Could not write" in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr
     assert tree(project["out"]) == bundle_before
+
+
+@pytest.mark.parametrize("when", ["made", "removed"])
+def test_a_signal_while_a_scratch_folder_is_made_or_removed_never_leaves_it_behind(tmp_path, monkeypatch, when):
+    """The race CI once hit: SIGTERM right after "capture" landed between tempfile.mkdtemp making the build's
+    shared folder and TemporaryDirectory arming its removal, and the folder stayed in the temporary folder."""
+    from edgepack import interrupts
+    from edgepack.paths import scratch_folder
+
+    real_mkdtemp, real_rmtree = tempfile.mkdtemp, shutil.rmtree
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        folder = real_mkdtemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # unless held back, raises here: the folder exists, nobody owns it
+        return folder
+
+    def signal_then_rmtree(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # unless held back, raises before anything is removed
+        return real_rmtree(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if when == "made":
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signal)
+    else:
+        monkeypatch.setattr(shutil, "rmtree", signal_then_rmtree)
+    # Another thread with no signal blocked, as torch's workers: the kernel may hand it the signal, so a
+    # signal mask in the main thread would not hold it back.
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait)
+    bystander.start()
+    try:
+        with pytest.raises(interrupts.Interrupted), interrupts.guarded(), scratch_folder() as folder:
+            (folder / "work.bin").write_bytes(b"x")
+    finally:
+        release.set()
+        bystander.join()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_edgepack_makes_temporary_folders_in_one_place():
+    """Every temporary folder goes through paths.scratch_folder (signal-safe); the one exception is a staging
+    folder inside --out, which the next build removes if a signal or SIGKILL left it behind."""
+    package = Path(__file__).resolve().parents[1] / "edgepack"
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.relative_to(package).as_posix() not in ("paths.py", "bundle/staging.py")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "TemporaryDirectory(" in line or "mkdtemp(" in line
+    ]
+    assert offenders == []
+
+
+def test_a_signal_during_a_bundle_move_waits_for_the_move_even_with_other_threads_running():
+    from edgepack import interrupts
+
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait)  # nothing blocked in it: the kernel may pick it
+    bystander.start()
+    moved = []
+    try:
+        with pytest.raises(interrupts.Interrupted), interrupts.guarded(), interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            moved.append("bundle")  # the move finishes before the signal is acted on
+    finally:
+        release.set()
+        bystander.join()
+    assert moved == ["bundle"]

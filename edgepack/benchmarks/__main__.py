@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import jsonio
 from ..hostarch import host_cpu
+from ..paths import scratch_folder
 from ..targets import BenchSettings
 from .build_time import time_demo_builds
 from .roofline import gemm_peaks
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if not options.models or c.key in options.models]
     print(f"measuring fp32 and int8 GEMM peaks, {settings.threads} threads", file=sys.stderr, flush=True)
     peaks = gemm_peaks(settings.threads)
-    with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
+    with scratch_folder(prefix="edgepack-bench-") as tmp:
         workdir = options.workdir or Path(tmp)
         rows = run_all(cases, settings, workdir, footprint=not options.quick)
         build_times = time_demo_builds(workdir / "demo-build", options.build_runs)

@@ -17,7 +17,6 @@ import argparse
 import functools
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..formats.torchscript_lite import rewrites
 from ..hostarch import host_cpu
 from ..inputs import InputSpec, sample_inputs
 from ..load import LoadedModel
+from ..paths import scratch_folder
 from ..targets import BenchSettings, Budgets, FormatSettings, Tolerance
 
 FULL = BenchSettings(threads=2, warmup=10, min_runs=100, max_runs=2000, min_seconds=20.0)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = InputSpec("input_ids", (1, TOKENS), dtype="int64", value_range=(0, 30522))
     mask = InputSpec("attention_mask", (1, TOKENS), dtype="int64", value_range=(0, 2))
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="edgepack-attention-") as tmp:
+    with scratch_folder(prefix="edgepack-attention-") as tmp:
         for name, make, specs in (
             ("nn.TransformerEncoder", TransformerEncoderModel, [ids]),
             ("HF-style SDPA + padding mask", HFStyleEncoder, [ids, mask]),

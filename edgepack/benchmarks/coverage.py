@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hostarch import host_cpu
+from ..paths import scratch_folder
 
 TARGETS = ("android", "ios", "iot")
 
@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.worker:  # one architecture, in this process: its row as JSON on the last line of stdout
-        with tempfile.TemporaryDirectory(prefix="edgepack-coverage-") as tmp:
+        with scratch_folder(prefix="edgepack-coverage-") as tmp:
             row = run_one(options.worker, Path(tmp))
         print("\n" + json.dumps(row))
         return 0

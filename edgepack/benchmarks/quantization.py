@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..inputs import parse_input_spec
+from ..paths import scratch_folder
 from ..pipeline import BuildRequest, build
 from ..report import ArtifactReport
 from .models import INPUTS
@@ -86,7 +86,7 @@ def cases(folder: Path) -> list[Case]:
 
 
 def run(out: Path, threads: int) -> list[tuple[Case, str, ArtifactReport]]:
-    with tempfile.TemporaryDirectory(prefix="edgepack-qbench-") as tmp:
+    with scratch_folder(prefix="edgepack-qbench-") as tmp:
         folder = Path(tmp)
         target = folder / "quantization-benchmark.toml"
         target.write_text(TARGET_TEXT.format(threads=threads), encoding="utf-8")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where the bundles go (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every timing (default 2)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="edgepack-qbench-out-") as tmp:
+    with scratch_folder(prefix="edgepack-qbench-out-") as tmp:
         rows = run(args.out or Path(tmp), args.threads)
     print(table(rows))
     print(

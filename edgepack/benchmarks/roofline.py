@@ -10,7 +10,6 @@ artifact's fraction of it says how far from the hardware it runs, not how good i
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..bench import torch_threads
+from ..paths import scratch_folder
 
 GEMM = (256, 512, 512)  # M, K, N: 134 MFLOP per call, compute-bound, short enough to fit between other processes
 ROUNDS = 40
@@ -66,7 +66,7 @@ def gemm_peaks(threads: int) -> Peaks:
     calls: dict[str, Callable[[], Any]] = {"torch.mm fp32": functools.partial(torch.mm, ta, tb)}
     if _has_int_mm(ia, ib):
         calls["torch._int_mm int8"] = functools.partial(torch._int_mm, ia, ib)
-    with tempfile.TemporaryDirectory(prefix="edgepack-peak-") as tmp:
+    with scratch_folder(prefix="edgepack-peak-") as tmp:
         runners = _onnxruntime_gemms(Path(tmp), b32, b8, threads)
         feeds: dict[str, np.ndarray] = {"onnxruntime MatMul fp32": a32, "onnxruntime MatMulInteger int8": u8}
         calls.update({label: functools.partial(run, [feeds[label]]) for label, run in runners.items()})

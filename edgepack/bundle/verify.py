@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import stat
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import numpy as np
 from ..compare import compare_cases
 from ..datafiles import loads_json
 from ..errors import RuntimeUnavailable, UsageError
+from ..paths import scratch_folder
 from ..targets import Tolerance
 from .files import sha256_of
 from .manifest import MANIFEST, UNLISTED_FILES, schema_problems
@@ -116,7 +116,7 @@ def opened_bundle(path: Path) -> Iterator[Path]:
         raise UsageError(
             f"{path} is neither a bundle folder nor a zip.", "Pass a bundle folder or the .zip written by --archive."
         )
-    with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
+    with scratch_folder(prefix="edgepack-verify-") as tmp:
         yield _bundle_root(safe_extract(path, Path(tmp)), path)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BuildError, RuntimeUnavailable, UsageError, did_you_mean
 from ...noise import log_lines, quiet_converter, short_reason
+from ...paths import scratch_folder
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, NotConvertible, Runner, register_format
 from . import bundled
@@ -329,14 +330,12 @@ class ExecuTorch(Format):
     def weight_bytes(self, path: Path) -> int | None:
         # Constant tensors of the portable plan, the named data XNNPACK keeps its weights in, and the weight files
         # of the ML programs the Core ML delegate embedded.
-        import tempfile
-
         from .program import extract_coreml, read
 
         saved = read(path)
         constant = sum(len(buffer.storage) for buffer in saved.program.constant_buffer)
         coreml = 0
-        with tempfile.TemporaryDirectory(prefix="edgepack-pte-weights-") as tmp:
+        with scratch_folder(prefix="edgepack-pte-weights-") as tmp:
             for i, backend in enumerate(saved.delegates):
                 if backend == "CoreMLBackend":
                     package, _ = extract_coreml(saved.delegate_payload(i), Path(tmp) / str(i))

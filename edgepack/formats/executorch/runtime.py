@@ -4,7 +4,6 @@ Apple platforms), the embedded ML program through edgepack's Core ML reference e
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 from ...compare import Runner
 from ...errors import RuntimeUnavailable
 from ...noise import quiet_converter
+from ...paths import scratch_folder
 
 
 def available_backends() -> set[str]:
@@ -78,7 +78,7 @@ def coreml_reference_runner(path: Path) -> Runner:
             f"delegates ({backends})"
         )
     payloads = {index: saved.delegate_payload(index) for index in range(len(saved.delegates))}
-    with tempfile.TemporaryDirectory(prefix="edgepack-pte-coreml-") as tmp:  # checked once before any run
+    with scratch_folder(prefix="edgepack-pte-coreml-") as tmp:  # checked once before any run
         for index, payload in payloads.items():
             package, _ = extract_coreml(payload, Path(tmp) / str(index))
             missing = unsupported_ops(package)
@@ -90,7 +90,7 @@ def coreml_reference_runner(path: Path) -> Runner:
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
         values: dict[int, Any] = dict(zip(saved.inputs, inputs))
-        with tempfile.TemporaryDirectory(prefix="edgepack-pte-coreml-") as tmp:
+        with scratch_folder(prefix="edgepack-pte-coreml-") as tmp:
             for _, args in saved.instructions:  # delegate calls only (checked above)
                 package, metadata = extract_coreml(payloads[args.delegate_index], Path(tmp) / str(args.delegate_index))
                 names_in, names_out = metadata["inputNames"], metadata["outputNames"]

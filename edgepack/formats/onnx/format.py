@@ -9,7 +9,6 @@ keeps its control flow as ONNX If/Loop. Dimensions declared dynamic stay dynamic
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from ...errors import BuildError, UsageError
+from ...paths import scratch_folder
 from ...targets import FormatSettings
 from ..base import FLOAT_LAYERS, Calibration, Companion, Emitted, Format, Runner, register_format
 from . import ort_format
@@ -53,7 +53,7 @@ class Onnx(Format):
     def quantizable_layers(self, captured: CapturedModel, settings: FormatSettings) -> list[str]:
         if settings.precision not in ("int8-dynamic", "int8-static"):
             return []
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch_folder() as tmp:
             prepared, _, _ = self._prepared_float(captured, settings, Path(tmp))
             return ort_quant.quantizable_nodes(prepared, settings.precision)
 
@@ -81,7 +81,7 @@ class Onnx(Format):
             notes, consumed = self._export_float(captured, path, opset)
             notes += optimize_onnx(path, self.option(settings, "optimization"))
         else:
-            with tempfile.TemporaryDirectory() as tmp:
+            with scratch_folder() as tmp:
                 prepared, notes, consumed = self._prepared_float(captured, settings, Path(tmp))
                 notes = notes + ort_quant.quantize(
                     prepared,

@@ -19,7 +19,6 @@ was given and says why in a note; the smoke test checks whatever is written.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import onnxruntime as ort
 
 from ...errors import UsageError, did_you_mean
 from ...noise import quiet_converter, short_reason
+from ...paths import scratch_folder
 from .session import session
 
 LEVELS = ("none", "basic", "extended", "transformer")
@@ -136,7 +136,7 @@ def _onnxscript_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _ort_offline(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
     """Let an onnxruntime session optimize the graph and write it back (the documented offline mode)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         source, optimized = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, str(source))
         options = ort.SessionOptions()

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...errors import BuildError, UsageError
+from ...paths import scratch_folder
 from .session import PROVIDERS, runner
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _convert(onnx_path: Path, ort_path: Path) -> str:
     """Convert in a child process with address-space randomization off, where Linux allows it: onnxruntime
     writes the .ort's kernel-type-string table in hash-map order, and that order follows the process's
     memory addresses. Returns a note on whether the bytes are reproducible."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         # Same file names, folder and environment every time: the child's memory layout must not vary.
         shutil.copyfile(onnx_path, Path(tmp) / "model.onnx")
         env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}  # where onnxruntime is found

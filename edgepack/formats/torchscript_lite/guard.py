@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ...inputs import InputSpec
+from ...paths import scratch_folder
 
 MESSAGE = "edgepack shape guard"
 _MODULE = "edgepack_lite_shape_guard"  # the saved class is __torch__.edgepack_lite_shape_guard.ShapeGuard
@@ -57,7 +57,7 @@ def guarded(module: torch.jit.ScriptModule, inputs: list[InputSpec]) -> torch.ji
             "",
         ]
     )
-    with tempfile.TemporaryDirectory() as tmp:  # torch.jit.script reads the class's source from its file
+    with scratch_folder() as tmp:  # torch.jit.script reads the class's source from its file
         file = Path(tmp) / f"{_MODULE}.py"
         file.write_text(source, encoding="utf-8")
         module_spec = importlib.util.spec_from_file_location(_MODULE, file)

@@ -12,9 +12,10 @@ import os
 import pickletools
 import re
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from ...paths import scratch_folder
 
 
 def stabilize_ptl(path: Path) -> list[str]:
@@ -33,7 +34,7 @@ def stabilize_ptl(path: Path) -> list[str]:
         renames = {}
     if not dropped and all(old == new for old, new in renames.items()):
         return []
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with scratch_folder(parent=path.parent) as tmp:
         stripped = Path(tmp) / path.name  # same stem: torch names the archive's top folder after it
         writer = torch._C.PyTorchFileWriter(str(stripped))
         for name in kept:

@@ -3,7 +3,6 @@ the lite save (backported to an older bytecode when asked), and the operator che
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch.jit.mobile as mobile
 from ...capture.ladder import CapturedModel
 from ...errors import BuildError
 from ...noise import quiet_converter, tail
+from ...paths import scratch_folder
 from ..base import Calibration
 from . import guard
 from . import quantize as torch_ao
@@ -107,7 +107,7 @@ def _smaller_of_frozen_or_not(module: torch.jit.ScriptModule) -> tuple[torch.jit
     saved twice (once per archive section): keep whichever version is smaller."""
     frozen, notes = _mobile_passes(module)
     torch._C._jit_pass_remove_dropout(module._c)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         sizes = []
         for candidate, name in ((frozen, "frozen"), (module, "unfrozen")):
             candidate._save_for_lite_interpreter(str(Path(tmp) / f"{name}.ptl"))
@@ -135,7 +135,7 @@ def _save(module: torch.jit.ScriptModule, path: Path, version: int) -> None:
     if version == NEWEST_BYTECODE:
         module._save_for_lite_interpreter(str(path))
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_folder() as tmp:
         newest = Path(tmp) / "newest.ptl"
         module._save_for_lite_interpreter(str(newest))
         if not mobile._backport_for_mobile(str(newest), str(path), version):
