@@ -280,3 +280,46 @@ def test_bad_options_are_usage_errors():
     ):
         with pytest.raises(UsageError, match=match):
             PTE.validate(settings(**options))
+
+
+def test_every_xnnpack_fusion_pattern_holds_the_op_edgepack_looks_for_before_skipping_its_family():
+    """The shortcut in lower.without_unmatchable_patterns is only exact while every pattern of a family
+    contains an op named by one of the family's words: checked here against the installed ExecuTorch."""
+    import importlib
+
+    from edgepack.formats.executorch.lower import PATTERN_FAMILIES
+
+    for module_name, function, _, words in PATTERN_FAMILIES:
+        patterns = list(getattr(importlib.import_module(module_name), function)())
+        assert patterns, module_name
+        for pattern in patterns:
+            names = {str(node.target).lower() for node in pattern.graph.nodes if node.op == "call_function"}
+            assert any(word in name for name in names for word in words), (module_name, sorted(names))
+
+
+@pytest.mark.parametrize("with_patterns", [False, True])
+def test_skipping_unmatchable_fusion_patterns_changes_no_byte(monkeypatch, with_patterns):
+    """The demo CNN has neither anchor, so its patterns are skipped; an attention + bilinear model keeps them
+    (this one matches none of them either). Either way the .pte is the one lowering with every pattern gives."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgepack.demo import INPUT_SHAPE, make_model
+    from edgepack.formats.executorch import lower
+
+    class AttendAndUpsample(nn.Module):
+        def forward(self, x):
+            q = x.flatten(2).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(x.shape)
+            return F.interpolate(attended, scale_factor=2, mode="bilinear")
+
+    model = AttendAndUpsample() if with_patterns else make_model()
+    example = (torch.randn(1, 3, 8, 8) if with_patterns else torch.randn(INPUT_SHAPE),)
+    assert bool(lower.op_names(torch.export.export(model, example)) & {"upsample_bilinear2d.vec"}) == with_patterns
+
+    def pte() -> bytes:
+        return lower.lower(torch.export.export(model, example), ["xnnpack"], "fp32", "iOS16", {})[1]
+
+    shortcut = pte()
+    monkeypatch.setattr(lower, "PATTERN_FAMILIES", ())
+    assert pte() == shortcut

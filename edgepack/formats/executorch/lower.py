@@ -74,11 +74,64 @@ def lower(
 
     explicit_pool_strides(program)
     # scratch_tempdir: coremltools keeps each converted model as a tmp*.mlpackage until the process exits.
-    with scratch_tempdir("edgepack-executorch-"), bounded_dims(program, bounds), stable_coreml_payload():
+    with (
+        scratch_tempdir("edgepack-executorch-"),
+        bounded_dims(program, bounds),
+        stable_coreml_payload(),
+        without_unmatchable_patterns(program),
+    ):
         edge = to_edge_transform_and_lower(program, partitioner=partitioners(backends, precision, deployment))
         delegation = delegation_of(edge.exported_program().graph_module)
         manager = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
     return delegation, manager.buffer
+
+
+# XNNPACK's preprocessing folds two decomposed patterns back into fused ops (bilinear upsampling, scaled
+# dot-product attention). It builds its pattern graphs by exporting small modules on first use, 4-6 s per
+# process, although a pattern can only match a graph that holds the op every pattern of its family contains
+# (upsample_bilinear2d; _softmax, which only softmax and attention ops decompose into). Where the program has
+# no such op, the family's patterns are left out: the matcher would find nothing, so the bytes are the same.
+# (module, function, empty value, words one of which names every op that can become the anchor)
+PATTERN_FAMILIES = (
+    ("executorch.backends.xnnpack.partition.graphs.bilinear_2d", "get_graphs_dict", dict, ("upsample",)),
+    ("executorch.backends.xnnpack.partition.graphs.sdpa", "get_graphs", list, ("softmax", "attention")),
+)
+
+
+@contextlib.contextmanager
+def without_unmatchable_patterns(program: Any) -> Iterator[None]:
+    import importlib
+
+    names = op_names(program)
+    patched: list[tuple[Any, str, Any]] = []
+    for module_name, function, empty, words in PATTERN_FAMILIES:
+        if any(word in name for name in names for word in words):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+            original = getattr(module, function)
+        except (ImportError, AttributeError):  # another ExecuTorch layout: build the patterns, only slower
+            continue
+        setattr(module, function, empty)
+        patched.append((module, function, original))
+    try:
+        yield
+    finally:
+        for module, function, original in patched:
+            setattr(module, function, original)
+
+
+def op_names(program: Any) -> set[str]:
+    """Lower-cased names of every op the program calls, in control-flow submodules too."""
+    import torch
+
+    return {
+        str(getattr(node.target, "__name__", node.target)).lower()
+        for module in program.graph_module.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+        if node.op == "call_function"
+    }
 
 
 def explicit_pool_strides(program: Any) -> None:
