@@ -2,21 +2,15 @@
 
 Warm up, then time single runs until both `min_runs` and `min_seconds` are reached (or
 `max_runs`), with a fixed thread count; report percentiles, mean and the load time.
-Cold start and memory are measured apart, in a fresh Python process per artifact
-(`measure_footprint`): the time to load the artifact and run it once, and how far the process's
-peak resident set size rises above its size after importing the runtime.
+Cold start and memory are measured apart, in a fresh Python process per artifact (edgepack/footprint.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import jsonio
-from .paths import scratch_folder
 from .targets import BenchSettings
 
 # The child process imports this same edgepack, whatever the working directory.
@@ -155,103 +147,3 @@ def time_loaded(load: Callable[[], Callable[[], Any]], settings: BenchSettings) 
     call = load()
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     return time_calls(call, settings, load_ms)
-
-
-@dataclass
-class Footprint:
-    """Cold start and memory of one artifact, measured in a fresh process."""
-
-    cold_load_ms: float  # load the artifact + run it once
-    peak_memory_mb: float  # growth of peak RSS over the process after importing the runtime
-
-    METHOD = "a fresh process per artifact, runtime imported first: load + first run timed; peak memory = peak RSS (VmHWM, reset after the imports) minus RSS before loading"
-
-
-def measure_footprint(
-    format_name: str, path: Path, arrays: list[np.ndarray], threads: int, repeats: int = 1, timeout_s: float = 300.0
-) -> Footprint:
-    """Load and run the artifact in `repeats` new Python processes (one sample each: the median cold
-    load and the largest peak are kept); RuntimeError with the probe's last stderr line when it fails."""
-    with scratch_folder() as tmp:
-        inputs = Path(tmp) / "inputs.npz"
-        np.savez(inputs, *arrays)
-        command = [
-            sys.executable,
-            "-m",
-            "edgepack.bench",
-            format_name,
-            str(path),
-            str(inputs),
-            str(threads),
-            _defining_module(format_name),
-        ]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
-        results = [_probe_once(command, env, timeout_s) for _ in range(max(1, repeats))]
-    return Footprint(float(np.median([r["cold_load_ms"] for r in results])), max(r["peak_memory_mb"] for r in results))
-
-
-def _probe_once(command: list[str], env: dict[str, str], timeout_s: float) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
-    if done.returncode != 0:
-        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
-        raise RuntimeError(f"footprint probe failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _defining_module(format_name: str) -> str:
-    """The module that registers the format, for the fresh process to import (a format may live outside edgepack)."""
-    from .formats import FORMATS
-
-    return type(FORMATS[format_name]).__module__
-
-
-def _footprint_probe(format_name: str, path: str, inputs_path: str, threads: int, module: str) -> dict:
-    """Runs in the fresh process: everything the runtime needs imported first, so only the artifact's own cost
-    is counted (and nothing else: a probe of an ONNX artifact loads onnxruntime, not torch)."""
-    import importlib
-
-    from .formats import FORMATS
-
-    importlib.import_module(module)  # registers the format
-    fmt = FORMATS[format_name]
-    with warnings.catch_warnings():  # ExecuTorch's bindings warn that their API is experimental
-        warnings.simplefilter("ignore")
-        for runtime in fmt.runtime_modules:
-            importlib.import_module(runtime)
-    with np.load(inputs_path) as data:
-        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    rss_before = _reset_peak_rss()
-    t0 = time.perf_counter_ns()
-    fmt.open_for_timing(Path(path), threads)(arrays)
-    cold_ms = (time.perf_counter_ns() - t0) / 1e6
-    return {"cold_load_ms": cold_ms, "peak_memory_mb": max(0.0, _peak_rss() - rss_before) / 1024}
-
-
-def _reset_peak_rss() -> float:
-    """Current RSS in KiB, after resetting the kernel's peak mark to it (Linux >= 4.0), so imports'
-    transient peaks do not hide the artifact's; elsewhere the ru_maxrss high-water mark so far."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status_kib("VmRSS")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _MAXRSS_PER_MIB
-
-
-def _peak_rss() -> float:
-    try:
-        return _proc_status_kib("VmHWM")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _MAXRSS_PER_MIB
-
-
-def _proc_status_kib(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return float(line.split()[1])
-    raise OSError(f"{key} missing from /proc/self/status")
-
-
-if __name__ == "__main__":
-    print(jsonio.dumps(_footprint_probe(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))

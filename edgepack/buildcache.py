@@ -1,6 +1,7 @@
 """Work shared between the targets of one build: an artifact converted with the same settings from the
 same capture is the same bytes, so it is converted once and copied; a fresh-process footprint probe of
-the same bytes on the same thread count is run once.
+the same bytes on the same thread count is run once, and the probes a target will need are started ahead
+(edgepack/footprint.py).
 
 Only plain fp32 emits are shared (the precision ladder and `auto` measure every attempt in their own
 folder), and a copy is checked against the sha256 of the file it was made from before it is used.
@@ -14,10 +15,10 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .bench import Footprint
 from .bundle.files import sha256_of
+from .footprint import Footprint, Probes
 from .formats import Emitted
-from .targets import FormatSettings
+from .targets import FormatSettings, Target
 
 
 @dataclass
@@ -30,8 +31,10 @@ class _Converted:
 @dataclass
 class BuildCache:
     workdir: Path
+    probes: Probes | None = None
     _converted: dict[str, _Converted] = field(default_factory=dict)
     _footprints: dict[tuple[str, str, int], Footprint] = field(default_factory=dict)
+    _probed_targets: set[str] = field(default_factory=set)
 
     @staticmethod
     def emit_key(settings: FormatSettings) -> str:
@@ -55,6 +58,23 @@ class BuildCache:
 
     def footprint(self, format_name: str, sha256: str | None, threads: int) -> Footprint | None:
         return self._footprints.get((format_name, sha256, threads)) if sha256 else None
+
+    def start_probes(self, target: Target) -> None:
+        """Start, once per target, the probes it will need: formats timed on this machine whose bytes no earlier
+        target's probe measured. A wrong guess costs a process started for nothing, or one started late."""
+        from .formats import FORMATS
+
+        if self.probes is None or not target.bench.footprint or target.name in self._probed_targets:
+            return
+        self._probed_targets.add(target.name)
+        threads = target.bench.threads
+        for settings in target.formats:
+            if FORMATS[settings.name].timed_here(settings) and not self._footprint_known(settings, threads):
+                self.probes.start(settings.name, threads)
+
+    def _footprint_known(self, settings: FormatSettings, threads: int) -> bool:
+        entry = self._converted.get(self.emit_key(settings))
+        return entry is not None and (settings.name, entry.sha256, threads) in self._footprints
 
     def remember_footprint(self, format_name: str, sha256: str | None, threads: int, footprint: Footprint) -> None:
         if sha256:

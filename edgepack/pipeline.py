@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import interrupts, precisions
-from .bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved, torch_threads
+from .bench import Latency, OtherProcessesLoad, time_interleaved, torch_threads
 from .buildcache import BuildCache
 from .bundle.files import sha256_of, size_of
 from .bundle.manifest import build_outcome, write_bundle_manifest
@@ -26,6 +26,7 @@ from .capture.ladder import CapturedModel, CaptureError, capture, empty_outputs
 from .capture.ladder import check_options as check_capture_options
 from .errors import EdgepackError, UsageError
 from .failures import full_disk
+from .footprint import Probes, measure_footprint
 from .formats import FORMATS, Emitted, Format, RuntimeUnavailable, known_options
 from .formats.base import NotConvertible
 from .hostarch import LatencyOrigin, origin_for
@@ -117,7 +118,17 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
                     else f"Target file {target.path} [formats.{settings.name}]"
                 )
                 raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
+    with scratch_folder(prefix="edgepack-shared-") as shared, Probes(shared) as probes:  # shared across targets
+        cache = BuildCache(shared, probes)
+        if targets:  # the first target's probes import their runtimes while the model loads and is captured
+            cache.start_probes(targets[0])
+        captured, data = _load_and_capture(request, targets, observer)
+        return [build_target(captured, target, request, observer, data, cache) for target in targets]
 
+
+def _load_and_capture(
+    request: BuildRequest, targets: list[Target], observer: Observer
+) -> tuple[CapturedModel, QuantData | None]:
     observer.event("load", Status.START, _model_text(request))
     loaded = _load(request)
     folder_name(
@@ -178,9 +189,7 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             Status.DONE,
             f"formats built below fp32 are measured against eager fp32 on {samples.eval_source}",
         )
-    with scratch_folder(prefix="edgepack-shared-") as shared:  # work shared across targets
-        shared_work = BuildCache(Path(shared))
-        return [build_target(captured, target, request, observer, data, shared_work) for target in targets]
+    return captured, data
 
 
 def _with_precision(target: Target, precision: str | None) -> Target:
@@ -279,6 +288,8 @@ def build_target(
     cache: BuildCache | None = None,
 ) -> BuildReport:
     started = time.perf_counter()
+    if cache is not None:
+        cache.start_probes(target)  # their imports overlap this target's conversions
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         with scratch_folder(prefix="edgepack-quantize-") as workdir:
@@ -348,6 +359,7 @@ def _emit_all(
         observer.event(f"emit {fmt.name}", Status.START, f"{target.name}: {path.name} ({settings.precision})")
         try:
             if data is not None and settings.precision == precisions.AUTO:
+                _settle_probes(cache)  # auto times its candidates
                 result, baseline = _emit_auto(
                     fmt, captured, settings, path, data, workdir, target, report, observer, optimize_for
                 )
@@ -518,6 +530,7 @@ def _bench_all(
     args = tuple(sample[name] for name in captured.input_names)
     arrays = [t.numpy() for t in args]
     observer.event("bench", Status.START, f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
+    _settle_probes(cache)
     with torch_threads(settings.threads), torch.inference_mode():
         calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
         for report in artifacts:
@@ -548,12 +561,20 @@ def _bench_all(
                 _note_if_slower(report)
             if settings.footprint:
                 _measure_footprint(report, emitted[report.format].path, arrays, settings.threads, cache)
+    if cache is not None and cache.probes is not None:
+        cache.probes.stop_unused()  # started for an artifact that failed, or whose bytes were measured already
     eager = timed[EAGER]
     for report in artifacts:
         if report.latency is not None:
             _note_if_unsteady(report, eager, load.cores)
     observer.event("bench", Status.DONE, f"eager p50 {eager.p50:.3f} ms")
     return eager
+
+
+def _settle_probes(cache: BuildCache | None) -> None:
+    """Before anything is timed: no footprint probe started ahead is still importing its runtime."""
+    if cache is not None and cache.probes is not None:
+        cache.probes.settle()
 
 
 def _measure_footprint(
@@ -565,7 +586,9 @@ def _measure_footprint(
         report.notes.append("cold start and memory: the same bytes as an earlier target's artifact, probed once")
     else:
         try:
-            footprint = measure_footprint(report.format, path, arrays, threads)
+            footprint = measure_footprint(
+                report.format, path, arrays, threads, probes=cache.probes if cache is not None else None
+            )
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             report.footprint_reason = f"not measured: {exc}"
             return

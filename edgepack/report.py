@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .bench import Footprint, Latency
+from .bench import Latency
+from .footprint import Footprint
 from .hostarch import LatencyOrigin
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.bench import Latency, OtherProcessesLoad, measure_footprint, time_interleaved
+from edgepack.bench import Latency, OtherProcessesLoad, time_interleaved
 from edgepack.benchmarks.suite import Case, Row, run_case
 from edgepack.benchmarks.table import TARGETS, check_targets, markdown, to_json
+from edgepack.footprint import measure_footprint
 from edgepack.pipeline import _note_if_slower, _note_if_unsteady
 from edgepack.report import ArtifactReport
 from edgepack.targets import BenchSettings

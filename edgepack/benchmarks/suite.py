@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bench import Footprint, Latency, measure_footprint, time_interleaved, torch_threads
+from ..bench import Latency, time_interleaved, torch_threads
 from ..capture.flatten import flatten_model
 from ..compare import compare_outputs, merge
 from ..errors import EdgepackError
+from ..footprint import Footprint, measure_footprint
 from ..formats import FORMATS, RuntimeUnavailable, known_options
 from ..inputs import parse_input_spec, sample_inputs
 from ..jsonio import finite_or_none

@@ -136,6 +136,11 @@ class Format(ABC):
     def open(self, path: Path, threads: int) -> Runner:
         """Load the saved artifact in its real runtime; RuntimeUnavailable when it cannot run here."""
 
+    def timed_here(self, settings: FormatSettings) -> bool:
+        """Whether this machine can time what `settings` builds (and so probe its cold start): a guess made before
+        it is built, used only to start work ahead; `open_for_timing` decides."""
+        return True
+
     def open_for_timing(self, path: Path, threads: int) -> Runner:
         """The runner to time: the real runtime only, never a stand-in used for checking numerics."""
         return self.open(path, threads)

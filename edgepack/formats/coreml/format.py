@@ -196,6 +196,9 @@ class CoreML(Format):
             return _reference_runner(path)
         return _predictor(path, "CPU_ONLY")
 
+    def timed_here(self, settings: FormatSettings) -> bool:
+        return platform.system() == "Darwin"
+
     def open_for_timing(self, path: Path, threads: int) -> Runner:
         if platform.system() != "Darwin":
             raise RuntimeUnavailable(f"Core ML prediction needs macOS (this is {platform.system()})")

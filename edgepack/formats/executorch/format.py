@@ -19,6 +19,7 @@ BundledProgram (.bpte) that apps verify with ExecuTorch's bundled-program API.
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -303,6 +304,10 @@ class ExecuTorch(Format):
         if missing:
             raise RuntimeUnavailable(f"ExecuTorch here has no {', '.join(sorted(missing))}")
         return executorch_runner(path, threads)
+
+    def timed_here(self, settings: FormatSettings) -> bool:
+        # A guess that needs no import of the runtime: its Linux and Windows builds carry no Core ML delegate.
+        return "coreml" not in self.option(settings, "backends") or sys.platform == "darwin"
 
     def open_for_timing(self, path: Path, threads: int) -> Runner:
         from .program import read
