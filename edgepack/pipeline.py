@@ -37,7 +37,7 @@ from .paths import MAX_NAME, folder_name, missing_file_text, scratch_folder
 from .progress import Observer, SilentObserver, Status
 from .quantize.calibration import DataSource
 from .quantize.ladder import Ladder, QuantData, rungs, ship
-from .quantize.plan import quantization_samples
+from .quantize.plan import QuantSamples, quantization_samples
 from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
 from .report_html import write_html_report
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
@@ -118,17 +118,18 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
                     else f"Target file {target.path} [formats.{settings.name}]"
                 )
                 raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
+    loaded, samples = _load_checked(request, targets, observer)
     with scratch_folder(prefix="edgepack-shared-") as shared, Probes(shared) as probes:  # shared across targets
         cache = BuildCache(shared, probes)
-        if targets:  # the first target's probes import their runtimes while the model loads and is captured
+        if targets:  # the first target's probes import their runtimes while the model is captured
             cache.start_probes(targets[0])
-        captured, data = _load_and_capture(request, targets, observer)
+        captured, data = _capture_reported(request, loaded, samples, observer)
         return [build_target(captured, target, request, observer, data, cache) for target in targets]
 
 
-def _load_and_capture(
+def _load_checked(
     request: BuildRequest, targets: list[Target], observer: Observer
-) -> tuple[CapturedModel, QuantData | None]:
+) -> tuple[LoadedModel, QuantSamples | None]:
     observer.event("load", Status.START, _model_text(request))
     loaded = _load(request)
     folder_name(
@@ -144,7 +145,12 @@ def _load_and_capture(
         f"{loaded.name} ({type(loaded.module).__name__}, {', '.join(str(s) for s in loaded.inputs)})",
     )
     samples = quantization_samples(loaded, targets, request.calibration, request.eval_data, request.search_dir)
+    return loaded, samples
 
+
+def _capture_reported(
+    request: BuildRequest, loaded: LoadedModel, samples: QuantSamples | None, observer: Observer
+) -> tuple[CapturedModel, QuantData | None]:
     observer.event("capture", Status.START, f"{request.capture_mode}: trace, checked on held-out inputs")
     captured = _capture(request, loaded)
     for hazard in [h for h in captured.hazards if not h.in_library]:
