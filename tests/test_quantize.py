@@ -377,3 +377,29 @@ def test_the_ort_file_is_made_from_the_shipped_int8_model_and_verifies(int8_repo
     result = verify_bundle(bundle)
     assert result.ok, [c for c in result.checks if c.status != "ok"]
     assert any(c.name == f"smoke ort {entry['path']}" and c.status == "ok" for c in result.checks)
+
+
+@pytest.mark.parametrize("optimization", ["transformer", "basic"])
+def test_int8_dynamic_on_a_transformer_target_quantizes_the_fused_attention(tmp_path, optimization):
+    """At the transformer level the encoder's attention fuses and is quantized whole (QAttention; where the
+    embeddings fuse too, QEmbedLayerNormalization), and the bundle says it needs a full onnxruntime; at basic
+    (a reduced runtime, iot) the graph stays standard ops. Either way the smoke test and budget hold."""
+    formats = f'[formats.onnx]\nprecision = "int8-dynamic"\nopset = 18\noptimization = "{optimization}"\n'
+    target = write_fast_target(tmp_path, "enc", formats)
+    report = build(
+        BuildRequest(
+            [str(target)],
+            f"{MODELS}:make_tiny_minilm",
+            inputs=[parse_input_spec("input_ids=1x16:int64:0..100")],
+            out_dir=tmp_path / "dist",
+        )
+    )[0]
+    artifact = report.artifacts[0]
+    assert report.ok and artifact.precision == "int8-dynamic", artifact.notes
+    operators = artifact.requirements["operators"]
+    fused = optimization == "transformer"
+    assert ("com.microsoft::QAttention" in operators) == fused, operators
+    assert artifact.requirements["contrib_ops"] == fused
+    assert artifact.requirements["graph_optimization"] == ("transformer" if fused else "none")
+    assert any("quantized after transformer fusions" in note for note in artifact.notes) == fused
+    assert artifact.weight_bytes / artifact.weight_bytes_before < 0.35  # int8 weights; a tiny model's norms stay float

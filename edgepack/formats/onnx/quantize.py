@@ -28,8 +28,9 @@ from ...noise import quiet_converter, tail
 from ...paths import scratch_cwd
 from ..base import Calibration as Samples
 
-# Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size.
-DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather")
+# Gather is an embedding lookup when its data is a weight: int8 rows, often most of a language model's size;
+# after transformer fusions the embeddings sit in EmbedLayerNormalization (QEmbedLayerNormalization in int8).
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather", "EmbedLayerNormalization")
 # The weight-bearing ops static QDQ quantizes (the layers a sensitivity pass can keep float). Static QDQ
 # itself covers every op ORT supports, so pooling and reshapes stay int8 between them.
 STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
