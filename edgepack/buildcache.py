@@ -34,7 +34,6 @@ class BuildCache:
     probes: Probes | None = None
     _converted: dict[str, _Converted] = field(default_factory=dict)
     _footprints: dict[tuple[str, str, int], Footprint] = field(default_factory=dict)
-    _probed_targets: set[str] = field(default_factory=set)
 
     @staticmethod
     def emit_key(settings: FormatSettings) -> str:
@@ -59,22 +58,27 @@ class BuildCache:
     def footprint(self, format_name: str, sha256: str | None, threads: int) -> Footprint | None:
         return self._footprints.get((format_name, sha256, threads)) if sha256 else None
 
-    def start_probes(self, target: Target) -> None:
-        """Start, once per target, the probes it will need: formats timed on this machine whose bytes no earlier
-        target's probe measured. A wrong guess costs a process started for nothing, or one started late."""
+    def start_probes(self, targets: list[Target]) -> None:
+        """Start, at the beginning of a build, the probes its targets will need: formats timed on this machine
+        whose bytes no earlier target measures (a plain fp32 format table an earlier target shares is converted
+        once, so probed once). A wrong guess costs a process started for nothing, or one started late."""
         from .formats import FORMATS
 
-        if self.probes is None or not target.bench.footprint or target.name in self._probed_targets:
+        if self.probes is None:
             return
-        self._probed_targets.add(target.name)
-        threads = target.bench.threads
-        for settings in target.formats:
-            if FORMATS[settings.name].timed_here(settings) and not self._footprint_known(settings, threads):
-                self.probes.start(settings.name, threads)
-
-    def _footprint_known(self, settings: FormatSettings, threads: int) -> bool:
-        entry = self._converted.get(self.emit_key(settings))
-        return entry is not None and (settings.name, entry.sha256, threads) in self._footprints
+        shared: set[tuple[str, int]] = set()
+        for target in targets:
+            threads = target.bench.threads
+            for settings in target.formats:
+                key = (self.emit_key(settings), threads)
+                try:  # before the settings are validated: a bad one is the validation's to report
+                    timed = target.bench.footprint and FORMATS[settings.name].timed_here(settings)
+                except Exception:
+                    timed = False
+                if timed and key not in shared:
+                    self.probes.start(settings.name, threads, owner=target.name)
+                if settings.precision == "fp32":
+                    shared.add(key)
 
     def remember_footprint(self, format_name: str, sha256: str | None, threads: int, footprint: Footprint) -> None:
         if sha256:

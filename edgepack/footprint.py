@@ -51,6 +51,7 @@ class Probe:
 
     def __init__(self, format_name: str, threads: int, folder: Path) -> None:
         self.key = (format_name, threads)
+        self.owner = ""  # the target it was started for
         self._stderr_path = folder / f"probe-{os.getpid()}-{id(self)}.stderr"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "edgepack.footprint", format_name, str(threads), _defining_module(format_name)]
@@ -113,10 +114,14 @@ class Probes:
     def __exit__(self, *exc_info: object) -> None:
         self.stop_unused()
 
-    def start(self, format_name: str, threads: int) -> None:
-        self._waiting.append(Probe(format_name, threads, self._folder))
+    def start(self, format_name: str, threads: int, owner: str = "") -> None:
+        """Start a probe for an artifact of `owner` (a target) to come."""
+        probe = Probe(format_name, threads, self._folder)
+        probe.owner = owner
+        self._waiting.append(probe)
 
     def take(self, format_name: str, threads: int) -> Probe:
+        """The first waiting probe for this key (they were started in target order); a new one when none waits."""
         for probe in self._waiting:
             if probe.key == (format_name, threads):
                 self._waiting.remove(probe)
@@ -128,10 +133,11 @@ class Probes:
         for probe in self._waiting:
             probe.settle(timeout_s)
 
-    def stop_unused(self) -> None:
-        for probe in self._waiting:
+    def stop_unused(self, owner: str | None = None) -> None:
+        """Stop the waiting probes started for `owner` (None: all of them)."""
+        for probe in [p for p in self._waiting if owner is None or p.owner == owner]:
             probe.close()
-        self._waiting.clear()
+            self._waiting.remove(probe)
 
 
 def measure_footprint(
@@ -242,7 +248,12 @@ def _proc_status_kib(key: str) -> float:
 
 
 def _serve(format_name: str, threads: int, module: str) -> None:
-    """The probe process: import, say so, wait for one artifact (none: the build did not need it), answer."""
+    """The probe process: import, say so, wait for one artifact (none: the build did not need it), answer.
+    At low priority: its imports must not take a core from the build's own torch threads, whose OpenMP pool
+    waits at every op for a thread the scheduler put aside. It measures when the build is idle, so the
+    priority does not change its figures."""
+    if hasattr(os, "nice"):
+        os.nice(10)
     fmt = _prepare(format_name, threads, module)
     print(_MARK + "ready", flush=True)
     request = sys.stdin.readline()

@@ -107,6 +107,16 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
         _with_precision(load_target(t, known_options()) if isinstance(t, str) else t, request.precision)
         for t in request.targets
     ]
+    with scratch_folder(prefix="edgepack-shared-") as shared, Probes(shared) as probes:  # shared across targets
+        cache = BuildCache(shared, probes)
+        cache.start_probes(targets)  # their runtimes import while the converters and the model load
+        _validate_formats(targets, request)
+        loaded, samples = _load_checked(request, targets, observer)
+        captured, data = _capture_reported(request, loaded, samples, observer)
+        return [build_target(captured, target, request, observer, data, cache) for target in targets]
+
+
+def _validate_formats(targets: list[Target], request: BuildRequest) -> None:
     for target in targets:
         for settings in target.formats:
             try:
@@ -118,13 +128,6 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
                     else f"Target file {target.path} [formats.{settings.name}]"
                 )
                 raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
-    loaded, samples = _load_checked(request, targets, observer)
-    with scratch_folder(prefix="edgepack-shared-") as shared, Probes(shared) as probes:  # shared across targets
-        cache = BuildCache(shared, probes)
-        if targets:  # the first target's probes import their runtimes while the model is captured
-            cache.start_probes(targets[0])
-        captured, data = _capture_reported(request, loaded, samples, observer)
-        return [build_target(captured, target, request, observer, data, cache) for target in targets]
 
 
 def _load_checked(
@@ -294,8 +297,6 @@ def build_target(
     cache: BuildCache | None = None,
 ) -> BuildReport:
     started = time.perf_counter()
-    if cache is not None:
-        cache.start_probes(target)  # their imports overlap this target's conversions
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
         with scratch_folder(prefix="edgepack-quantize-") as workdir:
@@ -568,7 +569,7 @@ def _bench_all(
             if settings.footprint:
                 _measure_footprint(report, emitted[report.format].path, arrays, settings.threads, cache)
     if cache is not None and cache.probes is not None:
-        cache.probes.stop_unused()  # started for an artifact that failed, or whose bytes were measured already
+        cache.probes.stop_unused(target.name)  # for an artifact that failed, or bytes already measured
     eager = timed[EAGER]
     for report in artifacts:
         if report.latency is not None:

@@ -28,18 +28,18 @@ def test_a_pte_probe_excludes_the_runtime_import(tmp_path):
 
 
 def test_probes_started_ahead_are_the_ones_the_build_uses_and_none_outlives_it(tmp_path, monkeypatch):
-    """android then iot: android's ONNX, .ptl and .pte probes start before the capture, iot's opset-17 ONNX
-    probe when iot starts (its .pte is android's bytes, measured once); each is taken, none started late or
-    for nothing, and every probe process has exited when the build returns."""
+    """android then iot: at the start of the build, android's ONNX, .ptl and .pte probes and iot's opset-17
+    ONNX probe (iot's .pte is android's bytes, measured once); each is taken, none started late or for
+    nothing, and every probe process has exited when the build returns."""
     from edgepack import pipeline
     from edgepack.footprint import Probes
 
     log: dict[str, list] = {"started": [], "late": [], "stopped": [], "processes": []}
 
     class RecordingProbes(Probes):
-        def start(self, format_name: str, threads: int) -> None:
-            super().start(format_name, threads)
-            log["started"].append(format_name)
+        def start(self, format_name: str, threads: int, owner: str = "") -> None:
+            super().start(format_name, threads, owner)
+            log["started"].append(f"{owner}:{format_name}")
             log["processes"].append(self._waiting[-1]._process)
 
         def take(self, format_name: str, threads: int):
@@ -47,13 +47,18 @@ def test_probes_started_ahead_are_the_ones_the_build_uses_and_none_outlives_it(t
                 log["late"].append(format_name)
             return super().take(format_name, threads)
 
-        def stop_unused(self) -> None:
-            log["stopped"] += [p.key[0] for p in self._waiting]
-            super().stop_unused()
+        def stop_unused(self, owner: str | None = None) -> None:
+            log["stopped"] += [p.key[0] for p in self._waiting if owner is None or p.owner == owner]
+            super().stop_unused(owner)
 
     monkeypatch.setattr(pipeline, "Probes", RecordingProbes)
     reports = build(BuildRequest(targets=["android", "iot"], out_dir=tmp_path / "dist"))
-    assert sorted(log["started"]) == ["executorch", "onnx", "onnx", "torchscript_lite"]
+    assert sorted(log["started"]) == [
+        "android:executorch",
+        "android:onnx",
+        "android:torchscript_lite",
+        "iot:onnx",
+    ]
     assert log["late"] == [] and log["stopped"] == []
     assert all(process.poll() is not None for process in log["processes"])
     for report in reports:

@@ -31,3 +31,22 @@ def time_demo_builds(folder: Path, runs: int) -> list[str]:
             f"({host_cpu()}, {os.cpu_count()} CPUs)"
         )
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edgepack.benchmarks.build_time [--runs N]`: the demo's 3-target build, N times in a row."""
+    import argparse
+
+    from ..paths import scratch_folder
+
+    parser = argparse.ArgumentParser(prog="python -m edgepack.benchmarks.build_time", description=main.__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="timed builds (the first may pay for cold caches)")
+    options = parser.parse_args(argv)
+    with scratch_folder(prefix="edgepack-build-time-") as folder:
+        for line in time_demo_builds(folder, options.runs):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
