@@ -180,7 +180,8 @@ class _MarkedLines:
                 if text.startswith(_MARK):
                     return text[len(_MARK) :]
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+            # select() takes pipes only on POSIX; on Windows the read below waits without a deadline.
+            if left <= 0 or (os.name != "nt" and not select.select([self._fd], [], [], left)[0]):
                 return ""
             chunk = os.read(self._fd, 65536)
             if not chunk:
