@@ -86,11 +86,15 @@ def test_transformer_level_fuses_attention_and_layer_norm(exported, tmp_path):
     assert optimization_requirements(onnx.load(str(path)), "transformer")["contrib_ops"] is True
 
 
-def test_transformer_level_on_a_conv_net_is_the_extended_level(exported, tmp_path):
+def test_transformer_level_on_a_conv_net_leaves_the_fusions_to_the_runtime(exported, tmp_path):
+    """No transformer pattern: onnxscript's optimizer only, standard ops (the runtime fuses at load, which on a
+    conv net is as fast as the plain export, where the offline extended graph was ~1% slower)."""
     transformer, notes, _ = _optimized(exported, "conv", "transformer", tmp_path)
     extended, _, _ = _optimized(exported, "conv", "extended", tmp_path)
     assert "onnxruntime.transformers fusions: no transformer pattern found" in notes
-    assert _ops(transformer) == _ops(extended) and _ops(extended)[f"{CONTRIB_DOMAIN}:FusedConv"] >= 1
+    assert not any(op.startswith(CONTRIB_DOMAIN) for op in _ops(transformer)), _ops(transformer)
+    assert _ops(extended)[f"{CONTRIB_DOMAIN}:FusedConv"] >= 1
+    assert optimization_requirements(onnx.load(str(transformer)), "transformer")["contrib_ops"] is False
 
 
 def test_none_leaves_the_file_alone(exported, tmp_path):
