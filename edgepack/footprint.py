@@ -115,8 +115,12 @@ class Probes:
         self.stop_unused()
 
     def start(self, format_name: str, threads: int, owner: str = "") -> None:
-        """Start a probe for an artifact of `owner` (a target) to come."""
-        probe = Probe(format_name, threads, self._folder)
+        """Start a probe for an artifact of `owner` (a target) to come. One that cannot start (no process
+        left, say) is not the build's failure: the measurement starts its own later and reports why."""
+        try:
+            probe = Probe(format_name, threads, self._folder)
+        except OSError:
+            return
         probe.owner = owner
         self._waiting.append(probe)
 
