@@ -280,3 +280,29 @@ def test_a_signal_during_a_bundle_move_waits_for_the_move_even_with_other_thread
         release.set()
         bystander.join()
     assert moved == ["bundle"]
+
+
+def test_a_signal_while_the_staging_folder_is_made_never_leaves_it_in_out(tmp_path, monkeypatch):
+    """CI's second sighting of the race: SIGTERM right after "capture" landed while the target's staging
+    folder was being claimed, and `.fast.staging-*` stayed in --out."""
+    from edgepack import interrupts
+    from edgepack.bundle.staging import StagedBundle
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        folder = real_mkdtemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signal)
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait)  # nothing blocked in it, as torch's workers
+    bystander.start()
+    try:
+        with pytest.raises(interrupts.Interrupted), interrupts.guarded():
+            StagedBundle(tmp_path / "out", "model", "fast")
+    finally:
+        release.set()
+        bystander.join()
+    assert [p.name for p in (tmp_path / "out" / "model").iterdir()] == []

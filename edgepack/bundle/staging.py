@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import jsonio
+from .. import interrupts, jsonio
 from ..errors import UsageError
 from ..paths import folder_name, strictly_inside
 from .files import source_date_epoch
@@ -55,8 +55,17 @@ class StagedBundle:
         remove_abandoned(self.final_dir.parent)  # staging folders of builds that were killed
         # Same parent as the destination, so the final move is a rename on one filesystem. Locked while this
         # process lives, so that a later build can tell an abandoned staging folder from one in use.
-        self.dir, self._lock = locked_folder(self.final_dir.parent, f".{target_name}.staging-")
-        self.dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any folder
+        claimed: tuple[Path, int | None] | None = None
+        try:  # a signal between making the folder and the caller holding this object would leave it behind
+            with interrupts.held():
+                claimed = locked_folder(self.final_dir.parent, f".{target_name}.staging-")
+                claimed[0].chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any folder
+        except BaseException:
+            if claimed is not None:
+                shutil.rmtree(claimed[0], ignore_errors=True)
+                _unlock(claimed[1])
+            raise
+        self.dir, self._lock = claimed
 
     def destination(self, ok: bool) -> Path:
         return self.final_dir if ok else self.failed_dir
