@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +18,6 @@ from typing import Any
 import numpy as np
 
 from .targets import BenchSettings
-
-# The child process imports this same edgepack, whatever the working directory.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-# ru_maxrss is in KiB on Linux, in bytes on macOS.
-_MAXRSS_PER_MIB = 1024 * 1024 if sys.platform == "darwin" else 1024
 
 
 @dataclass

@@ -62,8 +62,8 @@ class StagedBundle:
                 claimed[0].chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any folder
         except BaseException:
             if claimed is not None:
-                shutil.rmtree(claimed[0], ignore_errors=True)
-                _unlock(claimed[1])
+                self.dir, self._lock = claimed
+                self.discard()
             raise
         self.dir, self._lock = claimed
 
