@@ -3,6 +3,7 @@ nothing is named by an importable string."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -77,7 +78,9 @@ def test_build_takes_the_model_object_and_returns_typed_results(tmp_path):
     net = _net()  # left in training mode on purpose: the build must not switch the caller's object
     before = {k: v.clone() for k, v in net.state_dict().items()}
     example = torch.randn(1, 3, 16, 16)
+    frozen = gc.get_freeze_count()
     result = edgepack.build(net, example, target="android", out=tmp_path / "dist")
+    assert gc.get_freeze_count() == frozen  # only the `edgepack` command, which owns its process, freezes imports
     assert result.raise_for_status() is result and result.ok and result.problems == []
     bundle = result["android"]
     assert bundle.path == tmp_path / "dist" / "small-net" / "android" and bundle.manifest_path.is_file()

@@ -1029,3 +1029,22 @@ def test_supported_op_types_cover_the_converter_output() -> None:
     }
     assert needed <= supported, needed - supported
     assert "random_uniform" not in supported  # nothing to compare a random op with
+
+
+def test_coremltools_is_imported_without_scikit_learn_which_a_later_import_still_gets() -> None:
+    """coremltools imports scikit-learn (0.8 s) only for converters edgepack never uses: hidden from that
+    import, then importable as ever for the user's own code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgepack.formats.coreml.executor import coremltools_module\n"
+        "ct = coremltools_module()\n"
+        "assert ct.__name__ == 'coremltools' and 'sklearn' not in sys.modules\n"
+        "import sklearn\n"
+        "print('sklearn', sklearn.__version__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("sklearn ")

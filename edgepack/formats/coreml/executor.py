@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,20 @@ class LoadedPackage:
 
 @functools.cache
 def coremltools_module() -> Any:
-    """coremltools, imported once and quietly: on Linux its import logs missing native libraries."""
-    with quiet_converter():
-        import coremltools
+    """coremltools, imported once and quietly: on Linux its import logs missing native libraries.
 
+    scikit-learn (installed with ExecuTorch) is hidden from that import unless something imported it already:
+    coremltools imports it only to offer its scikit-learn converters, which edgepack never uses and which
+    it disables anyway beyond scikit-learn 1.5.1; the import costs 0.8 s of every Core ML build."""
+    hide_sklearn = "sklearn" not in sys.modules
+    if hide_sklearn:
+        sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError
+    try:
+        with quiet_converter():
+            import coremltools
+    finally:
+        if hide_sklearn and sys.modules.get("sklearn", "") is None:
+            del sys.modules["sklearn"]  # a later `import sklearn` (a user's model) works as ever
     return coremltools
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..coreml.executor import coremltools_module
+
 BACKENDS = ("xnnpack", "coreml")
 BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
 COREML_PRECISIONS = ("fp32", "fp16")  # the Core ML delegate's compute precisions
@@ -47,7 +49,7 @@ def partitioners(backends: list[str], precision: str, deployment: str) -> list[A
 
             found.append(XnnpackPartitioner())
         elif backend == "coreml":
-            import coremltools as ct
+            ct = coremltools_module()  # first: executorch's Core ML backend imports coremltools too
             from executorch.backends.apple.coreml.compiler import CoreMLBackend
             from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
