@@ -42,7 +42,7 @@ from .quantize.plan import QuantSamples, quantization_samples
 from .report import ArtifactDevices, ArtifactReport, BudgetCheck, BuildReport
 from .report_html import write_html_report
 from .smoke import FAILED, PASSED, SKIPPED, SmokeResult, smoke_test
-from .targets import FormatSettings, Target, load_target
+from .targets import BenchSettings, FormatSettings, Target, load_target
 
 GOLDEN_SAMPLES = 4
 EAGER = "eager PyTorch"  # the baseline's key among the timed calls (format names are the others)
@@ -122,7 +122,7 @@ def _build(request: BuildRequest, observer: Observer) -> list[BuildReport]:
             gc.freeze()
         loaded, samples = _load_checked(request, targets, observer)
         captured, data = _capture_reported(request, loaded, samples, observer)
-        return [build_target(captured, target, request, observer, data, cache) for target in targets]
+        return _build_targets(captured, targets, request, observer, data, cache)
 
 
 def _validate_formats(targets: list[Target], request: BuildRequest) -> None:
@@ -297,54 +297,101 @@ def golden_samples(loaded: LoadedModel) -> list[dict[str, torch.Tensor]]:
     return [sample_inputs(loaded.inputs, loaded.module, seed) for seed in range(GOLDEN_SAMPLES)]
 
 
-def build_target(
+@dataclass
+class _EmittedTarget:
+    """One target between its emits and its bundle: staged, smoke-tested, waiting for the build's timing run."""
+
+    target: Target
+    staged: StagedBundle
+    artifacts: list[ArtifactReport]
+    emitted: dict[str, Emitted]
+    baselines: dict[str, Emitted]  # the fp32 artifact a quantized one replaced, timed beside it
+    seconds: float  # this target's own work so far
+    eager: Latency | None = None
+
+
+def _build_targets(
+    captured: CapturedModel,
+    targets: list[Target],
+    request: BuildRequest,
+    observer: Observer,
+    data: QuantData | None,
+    cache: BuildCache,
+) -> list[BuildReport]:
+    """Every target emitted and smoke-tested, then one interleaved timing run for all their artifacts (the same
+    bytes timed once), then each bundle written and moved into place. Until then none is: an interruption or
+    an error leaves every previous bundle as it was."""
+    emitted: list[_EmittedTarget] = []
+    try:
+        with scratch_folder(prefix="edgepack-quantize-") as workdir:  # the baselines live until they are timed
+            for target in targets:
+                emitted.append(_emit_target(captured, target, request, observer, data, Path(workdir), cache))
+            _bench_together(captured, emitted, observer, cache)
+        return [_finish_target(captured, pending, request, observer) for pending in emitted]
+    except BaseException:
+        for pending in emitted:
+            pending.staged.discard()  # a bundle already moved into place stays
+        raise
+
+
+def _emit_target(
     captured: CapturedModel,
     target: Target,
     request: BuildRequest,
     observer: Observer,
-    data: QuantData | None = None,
-    cache: BuildCache | None = None,
-) -> BuildReport:
+    data: QuantData | None,
+    workdir: Path,
+    cache: BuildCache,
+) -> _EmittedTarget:
     started = time.perf_counter()
     staged = StagedBundle(request.out_dir, captured.loaded.name, target.name)
     try:
-        with scratch_folder(prefix="edgepack-quantize-") as workdir:
-            artifacts, emitted, baselines = _emit_all(
-                captured, target, staged.dir, observer, data, Path(workdir), request.optimize_for, cache
-            )
-            if request.allow_partial:
-                _exclude_failed(artifacts, emitted, staged.dir)
-            eager = _bench_all(captured, target, artifacts, emitted, observer, baselines, cache)
-        origin = origin_for(target.arch)
-        for artifact in artifacts:
-            if artifact.latency is not None:
-                artifact.latency_measured_on = origin.label
-        if request.check_budgets:
-            _check_budgets(target, artifacts, origin)
-        report = BuildReport(
-            target.name,
-            captured.loaded.name,
-            "",
-            artifacts,
-            captured.to_json(),
-            eager,
-            target.bench.threads,
-            request.strict,
-            request.allow_partial,
-            latency_origin=origin,
+        artifacts, emitted, baselines = _emit_all(
+            captured, target, staged.dir, observer, data, workdir, request.optimize_for, cache
         )
-        report.bundle_dir = str(staged.destination(report.ok).resolve())
-        golden = write_golden(staged.dir, captured)
-        write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key, build_outcome(report))
-        report.duration_s = time.perf_counter() - started
-        write_json(staged.dir / "report.json", report.to_json())
-        (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        write_html_report(staged.dir)
-        with interrupts.deferred():  # after an interruption nothing moves; during the move none can land
-            bundle_dir = staged.commit(report.ok)
+        if request.allow_partial:
+            _exclude_failed(artifacts, emitted, staged.dir)
     except BaseException:
         staged.discard()
         raise
+    return _EmittedTarget(target, staged, artifacts, emitted, baselines, time.perf_counter() - started)
+
+
+def _finish_target(
+    captured: CapturedModel, pending: _EmittedTarget, request: BuildRequest, observer: Observer
+) -> BuildReport:
+    """Budgets, report, manifest; then the bundle moved into place (or to <target>.failed/)."""
+    started = time.perf_counter()
+    target, artifacts, staged = pending.target, pending.artifacts, pending.staged
+    origin = origin_for(target.arch)
+    for artifact in artifacts:
+        if artifact.latency is not None:
+            artifact.latency_measured_on = origin.label
+    if request.check_budgets:
+        _check_budgets(target, artifacts, origin)
+    assert pending.eager is not None
+    report = BuildReport(
+        target.name,
+        captured.loaded.name,
+        "",
+        artifacts,
+        captured.to_json(),
+        pending.eager,
+        target.bench.threads,
+        request.strict,
+        request.allow_partial,
+        latency_origin=origin,
+    )
+    report.bundle_dir = str(staged.destination(report.ok).resolve())
+    golden = write_golden(staged.dir, captured)
+    write_bundle_manifest(staged.dir, captured, target, artifacts, golden, request.sign_key, build_outcome(report))
+    # This target's own work, and the whole of the timing run it shared with the build's other targets.
+    report.duration_s = pending.seconds + time.perf_counter() - started
+    write_json(staged.dir / "report.json", report.to_json())
+    (staged.dir / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    write_html_report(staged.dir)
+    with interrupts.deferred():  # after an interruption nothing moves; during the move none can land
+        bundle_dir = staged.commit(report.ok)
     if report.ok:  # the archive must match the bundle now in place: rewrite it, or remove a stale one
         archive = archive_bundle(bundle_dir, request.archive)
         if archive is not None:
@@ -532,59 +579,115 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
             report.path = report.sha256 = report.size_bytes = None
 
 
-def _bench_all(
+def _bench_together(
+    captured: CapturedModel, targets: list[_EmittedTarget], observer: Observer, cache: BuildCache | None
+) -> None:
+    """One interleaved timing run per distinct [bench] table (the built-in targets share one)."""
+    groups: dict[BenchSettings, list[_EmittedTarget]] = {}
+    for pending in targets:
+        groups.setdefault(pending.target.bench, []).append(pending)
+    for settings, group in groups.items():
+        started = time.perf_counter()
+        _bench_group(captured, settings, group, observer, cache)
+        for pending in group:
+            pending.seconds += time.perf_counter() - started
+
+
+def _bench_group(
     captured: CapturedModel,
-    target: Target,
-    artifacts: list[ArtifactReport],
-    emitted: dict[str, Emitted],
+    settings: BenchSettings,
+    group: list[_EmittedTarget],
     observer: Observer,
-    baselines: dict[str, Emitted] | None = None,
-    cache: BuildCache | None = None,
-) -> Latency:
-    settings = target.bench
+    cache: BuildCache | None,
+) -> None:
+    """Eager PyTorch and every artifact of these targets timed in one interleaved run, so that each target's
+    ratios to eager and the targets' figures beside each other come from the same minutes on the same cores.
+    An artifact with the same bytes as an earlier target's (a shared format table) is timed once."""
     sample = captured.samples[0]
     args = tuple(sample[name] for name in captured.input_names)
     arrays = [t.numpy() for t in args]
-    observer.event("bench", Status.START, f"{settings.threads} threads, >= {settings.min_runs} runs per artifact")
+    names = ", ".join(pending.target.name for pending in group)
+    observer.event(
+        "bench", Status.START, f"{names}: {settings.threads} threads, >= {settings.min_runs} runs per artifact"
+    )
     _settle_probes(cache)
     with torch_threads(settings.threads), torch.inference_mode():
-        calls, load_ms = {EAGER: lambda: captured.eager(*args)}, {}
-        for report in artifacts:
-            if report.format not in emitted or report.smoke.status not in (PASSED, SKIPPED):
-                report.latency_reason = "not measured: the artifact did not pass its smoke test"
-                continue
-            fmt = FORMATS[report.format]
-            started = time.perf_counter_ns()
-            try:
-                run = fmt.open_for_timing(emitted[report.format].path, settings.threads)
-                load_ms[report.format] = (time.perf_counter_ns() - started) / 1e6
-                calls[report.format] = _bound(run, arrays)
-                if baselines and report.format in baselines:  # the fp32 artifact a quantized one replaced
-                    calls[_BEFORE + report.format] = _bound(
-                        fmt.open_for_timing(baselines[report.format].path, settings.threads), arrays
-                    )
-            except RuntimeUnavailable as exc:
-                report.latency_reason = f"not measured: {exc}"
+        timer = _Timer(settings.threads, arrays, {EAGER: lambda: captured.eager(*args)})
+        for pending in group:
+            timer.add_target(pending)
         # Interleaved, so that load from other processes falls on eager and every artifact alike.
         with OtherProcessesLoad() as load:
-            timed = time_interleaved(calls, settings)
-    for report in artifacts:
-        if report.format in load_ms:
-            report.latency = timed[report.format]
-            report.latency.load_ms = load_ms[report.format]
-            if _BEFORE + report.format in timed:
-                report.latency_before = timed[_BEFORE + report.format]
-                _note_if_slower(report)
-            if settings.footprint:
-                _measure_footprint(report, emitted[report.format].path, arrays, settings.threads, cache)
-    if cache is not None and cache.probes is not None:
-        cache.probes.stop_unused(target.name)  # for an artifact that failed, or bytes already measured
+            timed = time_interleaved(timer.calls, settings)
     eager = timed[EAGER]
-    for report in artifacts:
-        if report.latency is not None:
-            _note_if_unsteady(report, eager, load.cores)
+    for pending in group:
+        pending.eager = eager
+        timer.fill_in(pending, timed)
+        for report in pending.artifacts:
+            if report.latency is not None and settings.footprint:
+                _measure_footprint(report, pending.emitted[report.format].path, arrays, settings.threads, cache)
+        if cache is not None and cache.probes is not None:
+            cache.probes.stop_unused(pending.target.name)  # for an artifact that failed, or bytes already measured
+        for report in pending.artifacts:
+            if report.latency is not None:
+                _note_if_unsteady(report, eager, load.cores)
     observer.event("bench", Status.DONE, f"eager p50 {eager.p50:.3f} ms")
-    return eager
+
+
+class _Timer:
+    """The calls of one timing run: eager, then each distinct artifact (format and sha256) of the targets
+    added, opened once, with where each target's artifact and fp32 baseline find their figures."""
+
+    def __init__(self, threads: int, arrays: list, calls: dict) -> None:
+        self.threads, self.arrays, self.calls = threads, arrays, calls
+        self.load_ms: dict[str, float] = {}
+        self.first: dict[str, str] = {}  # call key -> the target whose artifact it was opened for
+        self.unavailable: dict[str, str] = {}  # call key -> why its runtime cannot run here
+        self.keys: dict[tuple[str, str], str] = {}  # (target, format) -> call key
+
+    def add_target(self, pending: _EmittedTarget) -> None:
+        for report in pending.artifacts:
+            if report.format not in pending.emitted or report.smoke.status not in (PASSED, SKIPPED):
+                report.latency_reason = "not measured: the artifact did not pass its smoke test"
+                continue
+            key = f"{report.format} {report.sha256}"
+            if key not in self.calls and key not in self.unavailable:
+                self._open(key, report.format, pending.emitted[report.format].path, pending.target.name)
+            if key in self.unavailable:
+                report.latency_reason = self.unavailable[key]
+                continue
+            self.keys[(pending.target.name, report.format)] = key
+            if report.format in pending.baselines:  # the fp32 artifact a quantized one replaced
+                baseline = pending.baselines[report.format].path
+                self.calls[f"{_BEFORE}{pending.target.name} {report.format}"] = _bound(
+                    FORMATS[report.format].open_for_timing(baseline, self.threads), self.arrays
+                )
+
+    def _open(self, key: str, format_name: str, path: Path, target_name: str) -> None:
+        started = time.perf_counter_ns()
+        try:
+            run = FORMATS[format_name].open_for_timing(path, self.threads)
+        except RuntimeUnavailable as exc:
+            self.unavailable[key] = f"not measured: {exc}"
+            return
+        self.load_ms[key] = (time.perf_counter_ns() - started) / 1e6
+        self.calls[key], self.first[key] = _bound(run, self.arrays), target_name
+
+    def fill_in(self, pending: _EmittedTarget, timed: dict[str, Latency]) -> None:
+        name = pending.target.name
+        for report in pending.artifacts:
+            key = self.keys.get((name, report.format))
+            if key is None:
+                continue
+            report.latency = replace(timed[key], load_ms=self.load_ms[key])
+            if self.first[key] != name:
+                report.notes.append(
+                    f"latency: the same bytes as {self.first[key]}'s {report.format} artifact, timed once in "
+                    "the build's one timing run"
+                )
+            before = f"{_BEFORE}{name} {report.format}"
+            if before in timed:
+                report.latency_before = timed[before]
+                _note_if_slower(report)
 
 
 def _settle_probes(cache: BuildCache | None) -> None:

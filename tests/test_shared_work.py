@@ -41,7 +41,36 @@ def test_a_conversion_shared_by_two_targets_is_the_bytes_each_gets_alone(tmp_pat
 
 
 def _conversion_notes(report) -> list[str]:
-    return [n for n in report.artifacts[0].notes if not n.startswith("timings")]
+    return [n for n in report.artifacts[0].notes if not n.startswith(("timings", "latency:"))]
+
+
+def test_the_targets_of_a_build_are_timed_in_one_run_and_the_same_bytes_once(tmp_path):
+    """Three targets, two sharing an ONNX table and one with its own opset: one timing run (one "bench" stage),
+    one eager figure in every report, and the shared bytes' figure given to both targets, said so."""
+    from edgepack.progress import Status
+
+    first, second = write_fast_target(tmp_path, "first", ONNX), write_fast_target(tmp_path, "second", ONNX)
+    other = write_fast_target(tmp_path, "other", ONNX.replace("opset = 18", "opset = 17"))
+    model, inputs = f"{TESTS / 'models.py'}:make_small_linear", [parse_input_spec("x=1x6")]
+    events: list[tuple[str, Status, str]] = []
+
+    class Recorder:
+        def event(self, stage: str, status: Status, detail: str) -> None:
+            events.append((stage, status, detail))
+
+    request = BuildRequest([str(first), str(second), str(other)], model, inputs=inputs, out_dir=tmp_path / "dist")
+    reports = build(request, Recorder())
+    assert [e[1] for e in events if e[0] == "bench"] == [Status.START, Status.DONE]
+    assert "first, second, other" in next(e[2] for e in events if e[0] == "bench")
+    bench_done = max(i for i, e in enumerate(events) if e[0] == "bench")
+    assert all(i > bench_done for i, e in enumerate(events) if e[0] == "bundle")  # each bundle after the timing
+    assert reports[0].eager_latency is reports[1].eager_latency is reports[2].eager_latency  # one eager run
+    shared, own = reports[1].artifacts[0], reports[2].artifacts[0]
+    assert shared.sha256 == reports[0].artifacts[0].sha256 != own.sha256
+    assert shared.latency == reports[0].artifacts[0].latency and shared.latency is not reports[0].artifacts[0].latency
+    assert own.latency is not None and own.latency != shared.latency
+    assert any("same bytes as first's onnx" in n for n in shared.notes)
+    assert not any(n.startswith("latency:") for n in reports[0].artifacts[0].notes + own.notes)
 
 
 def test_a_loaded_package_run_twice_matches_fresh_loads(tmp_path):

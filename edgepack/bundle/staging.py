@@ -62,10 +62,10 @@ class StagedBundle:
                 claimed[0].chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is as readable as any folder
         except BaseException:
             if claimed is not None:
-                self.dir, self._lock = claimed
+                self.dir, self._lock, self._released = *claimed, False
                 self.discard()
             raise
-        self.dir, self._lock = claimed
+        self.dir, self._lock, self._released = *claimed, False
 
     def destination(self, ok: bool) -> Path:
         return self.final_dir if ok else self.failed_dir
@@ -83,14 +83,20 @@ class StagedBundle:
                 _unlock(lock)
         else:
             self.dir.rename(destination)
-        _unlock(self._lock)
+        self._release()
         if ok and not self.failed_dir.is_symlink():
             shutil.rmtree(self.failed_dir, ignore_errors=True)  # a stale failure report would mislead
         return destination
 
     def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        _unlock(self._lock)
+        """Remove the staging folder; nothing once the bundle is committed (or already discarded)."""
+        if not self._released:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._release()
+
+    def _release(self) -> None:
+        _unlock(self._lock)  # once: the descriptor's number may be reused by the next file opened
+        self._released = True
 
 
 # Hidden folders edgepack makes beside bundles: `.new-` while being claimed, then `.staging-` (a bundle being
