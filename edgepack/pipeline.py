@@ -1,4 +1,4 @@
-"""The build: load -> capture -> (per target) emit -> verify -> bench -> bundle.
+"""The build: load -> capture -> (per target) emit -> verify; bench (one run for every target) -> (per target) bundle.
 
 This is the Python API behind `edgepack build`; the CLI only parses arguments and shows progress.
 """
