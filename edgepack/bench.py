@@ -19,6 +19,8 @@ import numpy as np
 
 from .targets import BenchSettings
 
+BLOCK = 5  # timed runs per call and round in an interleaved run
+
 
 @dataclass
 class Latency:
@@ -107,12 +109,21 @@ def _busy_cpu_seconds() -> float | None:
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = 5, settle_s: float = 0.02
+    calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = BLOCK, settle_s: float = 0.02
 ) -> dict[str, Latency]:
     """The same protocol for several calls at once, in round-robin blocks of `block` timed runs, so
     that load from other processes on a shared machine falls on every candidate alike. Before each
     block: a pause, so the previous runtime's spinning worker threads (onnxruntime's and OpenMP's
     spin-wait after a run) park instead of competing for the cores, then one untimed run."""
+    return {name: summarize(s) for name, s in interleaved_samples(calls, settings, block, settle_s).items()}
+
+
+def interleaved_samples(
+    calls: dict[str, Callable[[], Any]], settings: BenchSettings, block: int = BLOCK, settle_s: float = 0.02
+) -> dict[str, list[float]]:
+    """`time_interleaved`'s timings themselves (ms), in the order taken: a call's samples
+    [r * block, (r + 1) * block) are its block of round r, taken seconds from the other calls' block of
+    the same round (what `paired_ratio` pairs)."""
     for call in calls.values():
         for _ in range(settings.warmup):
             call()
@@ -132,7 +143,27 @@ def time_interleaved(
             runs >= settings.min_runs and time.perf_counter() - started >= settings.min_seconds
         ):
             break
-    return {name: summarize(s) for name, s in samples.items()}
+    return samples
+
+
+def paired_ratio(
+    numerator: list[float], denominator: list[float], block: int = BLOCK, resamples: int = 2000
+) -> tuple[float, float, float]:
+    """p50(numerator) / p50(denominator) of two calls timed in one interleaved run, with a 95% interval:
+    the rounds are resampled (a bootstrap), each round keeping both calls' blocks, so that what disturbed a
+    round falls on both sides as it did in the run. An interval that holds 1.0 is a difference this run
+    cannot tell from its noise."""
+    rounds = min(len(numerator), len(denominator)) // block
+    if rounds < 2:
+        raise ValueError(f"a paired ratio needs two rounds of {block} runs at least, got {rounds}")
+    top = np.asarray(numerator[: rounds * block]).reshape(rounds, block)
+    bottom = np.asarray(denominator[: rounds * block]).reshape(rounds, block)
+    picks = np.random.default_rng(0).integers(0, rounds, size=(resamples, rounds))  # seeded: the same figures
+    ratios = np.median(top[picks].reshape(resamples, -1), axis=1) / np.median(
+        bottom[picks].reshape(resamples, -1), axis=1
+    )
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(np.median(top) / np.median(bottom)), float(low), float(high)
 
 
 def time_loaded(load: Callable[[], Callable[[], Any]], settings: BenchSettings) -> Latency:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.bench import Latency, OtherProcessesLoad, time_interleaved
+from edgepack.bench import Latency, OtherProcessesLoad, paired_ratio, time_interleaved
 from edgepack.benchmarks.suite import Case, Row, run_case
-from edgepack.benchmarks.table import TARGETS, check_targets, markdown, to_json
+from edgepack.benchmarks.table import TARGETS, check_targets, markdown, onnx_against_by_hand, to_json
 from edgepack.footprint import measure_footprint
 from edgepack.pipeline import _note_if_slower, _note_if_unsteady
 from edgepack.report import ArtifactReport
@@ -152,3 +152,34 @@ def test_a_busy_host_is_named_in_the_notes():
     report.latency = _latency(0.05, 0.06)
     _note_if_unsteady(report, _latency(0.9, 1.0), other_cores=1.2)
     assert "busy host" in report.notes[0] and "1.2 of" in report.notes[0]
+
+
+def test_a_paired_ratio_tells_a_real_difference_from_the_run_s_noise():
+    """Two calls timed in one interleaved run: the same call twice is level (its interval holds 1.0) even when
+    a round was disturbed for both; 10% slower is slower; the table and JSON say which."""
+    rng = np.random.default_rng(3)
+    rounds, block = 40, 5
+    disturbed = np.repeat(rng.choice([1.0, 1.5], size=rounds, p=[0.8, 0.2]), block)  # whole rounds slowed
+    base = 3.0 * disturbed * (1 + 0.02 * rng.standard_normal(rounds * block))
+    same = 3.0 * disturbed * (1 + 0.02 * rng.standard_normal(rounds * block))
+    slower = 1.1 * same
+    ratio, low, high = paired_ratio(list(same), list(base))
+    assert low <= 1.0 <= high and high - low < 0.05
+    assert paired_ratio(list(slower), list(base))[1] > 1.05
+    with pytest.raises(ValueError, match="two rounds"):
+        paired_ratio([1.0] * 5, [1.0] * 5)
+
+    def rows(edgepack_samples):
+        mine = Row("resnet_style", "edgepack", "onnx", "fp32", "android", p50_ms=float(np.median(edgepack_samples)))
+        hand = Row("resnet_style", "by hand", "onnx", "fp32", p50_ms=float(np.median(base)))
+        mine.samples_ms, hand.samples_ms = list(edgepack_samples), list(base)
+        return [mine, hand]
+
+    level, behind = onnx_against_by_hand(rows(same)), onnx_against_by_hand(rows(slower))
+    assert level[0].status == "met" and level[0].verdict.startswith("level")
+    assert behind[0].status == "not met" and behind[0].verdict == "slower"
+    text = markdown(rows(slower), [], 2)
+    assert "| resnet_style | android | 1.1" in text and "| slower | not met |" in text
+    document = json.loads(json.dumps(to_json(rows(same), [], 2, {})))
+    assert document["onnx_fp32_vs_by_hand"][0]["status"] == "met"
+    assert "samples_ms" not in document["rows"][0]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bench import Latency, time_interleaved, torch_threads
+from ..bench import Latency, interleaved_samples, summarize, torch_threads
 from ..capture.flatten import flatten_model
 from ..compare import compare_outputs, merge
 from ..errors import EdgepackError
@@ -76,6 +76,8 @@ class Row:
     peak_memory_mb: float | None = None
     notes: list[str] = field(default_factory=list)
     flops: int | None = None  # per inference, counted once from the eager model (roofline.count_flops)
+    # The timings in the order taken (bench.interleaved_samples), for ratios with an interval; not in the JSON.
+    samples_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:
@@ -308,10 +310,11 @@ def _measure(
             _parity(c.row, [run(x) for x in inputs], reference)
             calls[c.row.label] = functools.partial(run, inputs[0])
         log(f"[{key}] timing {len(calls)} candidates interleaved, {settings.threads} threads")
-        timed = time_interleaved(calls, settings)
+        timings = interleaved_samples(calls, settings)
     for c in candidates:
-        _set_latency(c.row, timed.get(c.row.label))
-        if footprint and c.path is not None and c.row.label in timed:
+        c.row.samples_ms = timings.get(c.row.label, [])
+        _set_latency(c.row, summarize(c.row.samples_ms) if c.row.samples_ms else None)
+        if footprint and c.path is not None and c.row.label in timings:
             _set_footprint(c, inputs[0], settings.threads)
     return [c.row for c in candidates]
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ..bench import paired_ratio
 from .roofline import GEMM, ROUNDS, Peaks
 from .suite import Row
 
@@ -114,6 +115,51 @@ def _ratio(num: Row | None, den: Row | None) -> float | None:
     return num.p50_ms / den.p50_ms if num and den and num.p50_ms is not None and den.p50_ms else None
 
 
+@dataclass
+class PairedCheck:
+    """An edgepack fp32 ONNX row against the by-hand export, from the same interleaved run: the p50 ratio and
+    its 95% interval over the run's rounds (bench.paired_ratio)."""
+
+    model: str
+    flavour: str
+    ratio: float
+    low: float
+    high: float
+
+    @property
+    def verdict(self) -> str:
+        if self.high < 1.0:
+            return "faster"
+        return "slower" if self.low > 1.0 else "level (the difference is within this run's noise)"
+
+    @property
+    def status(self) -> str:
+        return "not met" if self.low > 1.0 else "met"
+
+
+def onnx_against_by_hand(rows: list[Row]) -> list[PairedCheck]:
+    """The issue's "fp32 ONNX at or below the by-hand export on every row": slower only when the whole
+    interval is above 1.0."""
+    checks = []
+    for row in rows:
+        if (row.path, row.format, row.precision) != ("edgepack", "onnx", "fp32"):
+            continue
+        hand = by_hand_match(rows, row)
+        paired = _paired(row, hand)
+        if paired is not None:
+            checks.append(PairedCheck(row.model, row.flavour, *paired))
+    return checks
+
+
+def _paired(row: Row, other: Row | None) -> tuple[float, float, float] | None:
+    if other is None or not row.samples_ms or not other.samples_ms:
+        return None
+    try:
+        return paired_ratio(row.samples_ms, other.samples_ms)
+    except ValueError:  # fewer than two rounds: no interval
+        return None
+
+
 def achieved_gflops(row: Row) -> float | None:
     """FLOPs of one eager inference over the artifact's p50: what it achieves, in GFLOP/s."""
     return row.flops / (row.p50_ms * 1e6) if row.flops and row.p50_ms else None
@@ -175,7 +221,7 @@ def markdown(
                     row.precision,
                     _num(row.p50_ms, ".2f"),
                     _x(_ratio(row, eager)),
-                    _x(_ratio(row, hand)),
+                    _with_interval(_ratio(row, hand), _paired(row, hand)),
                     _size(row.size_bytes),
                     _num(row.max_abs_err, ".2e"),
                     _num(row.cosine, ".6f"),
@@ -199,12 +245,27 @@ def markdown(
             f"{c.issue_by_hand:.2f}x | {c.status} | {c.distance} |"
             for c in checks
         ]
+    paired = onnx_against_by_hand(rows)
+    if paired:
+        lines += [
+            "",
+            "## fp32 ONNX against the by-hand export (p50 ratio, 95% interval over this run's rounds)",
+            "",
+            "| model | edgepack flavour | ratio | interval | verdict | at or below by hand |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c.model} | {c.flavour or '-'} | {c.ratio:.3f}x | {c.low:.3f}-{c.high:.3f}x | {c.verdict} | {c.status} |"
+            for c in paired
+        ]
     lines += [
         "",
         "Core ML (.mlpackage) is not timed: Core ML predicts only on macOS. Parity is against eager PyTorch "
         "on the model's golden samples. Cold load (load + first run; median of 3) and peak memory (largest of 3) "
         "come from fresh processes, one per sample. `vs by hand` compares with the by-hand artifact of the same format and "
-        "precision family. Target rows use the fastest edgepack artifact of that format and precision.",
+        "precision family, with the ratio's 95% interval in brackets: the run's rounds resampled, each keeping "
+        "both artifacts' blocks (an interval holding 1.00x is a difference the run cannot tell from noise). "
+        "Target rows use the fastest edgepack artifact of that format and precision.",
     ]
     if peaks is not None:
         lines += roofline_markdown(rows, peaks, cpu)
@@ -233,9 +294,22 @@ def to_json(
             "numpy": np.__version__,
         },
         "protocol": {"threads": threads, "batch": 1, **settings},
-        "rows": [{**asdict(r), "label": r.label, "achieved_gflops": achieved_gflops(r)} for r in rows],
+        "rows": [_row_json(r) for r in rows],
         "targets": [{**asdict(c), "status": c.status, "distance": c.distance} for c in checks],
+        "onnx_fp32_vs_by_hand": [
+            {**asdict(c), "verdict": c.verdict, "status": c.status} for c in onnx_against_by_hand(rows)
+        ],
     }
+
+
+def _row_json(row: Row) -> dict:
+    document = {**asdict(row), "label": row.label, "achieved_gflops": achieved_gflops(row)}
+    del document["samples_ms"]  # hundreds of figures per row; the JSON keeps their summary
+    return document
+
+
+def _with_interval(ratio: float | None, paired: tuple[float, float, float] | None) -> str:
+    return _x(ratio) if paired is None else f"{_x(ratio)} ({paired[1]:.2f}-{paired[2]:.2f})"
 
 
 def _num(value: float | None, spec: str) -> str:
