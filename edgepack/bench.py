@@ -8,6 +8,7 @@ Cold start and memory are measured apart, in a fresh Python process per artifact
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -123,15 +124,19 @@ def interleaved_samples(
 ) -> dict[str, list[float]]:
     """`time_interleaved`'s timings themselves (ms), in the order taken: a call's samples
     [r * block, (r + 1) * block) are its block of round r, taken seconds from the other calls' block of
-    the same round (what `paired_ratio` pairs)."""
+    the same round (what `paired_ratio` pairs). Each round starts one call further on, so that no call
+    always follows the same one (what a runtime leaves in the caches and thread pools falls on all)."""
     for call in calls.values():
         for _ in range(settings.warmup):
             call()
     block = max(1, min(block, settings.max_runs))
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
     started = time.perf_counter()
-    while True:
-        for name, call in calls.items():
+    for round_index in itertools.count():
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
+            call = calls[name]
             time.sleep(settle_s)
             call()
             for _ in range(block):

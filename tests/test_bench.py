@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.bench import Latency, OtherProcessesLoad, paired_ratio, time_interleaved
+from edgepack.bench import Latency, OtherProcessesLoad, interleaved_samples, paired_ratio, time_interleaved
 from edgepack.benchmarks.suite import Case, Row, run_case
 from edgepack.benchmarks.table import TARGETS, check_targets, markdown, onnx_against_by_hand, to_json
 from edgepack.footprint import measure_footprint
@@ -33,6 +33,17 @@ def test_interleaved_timing_gives_every_call_the_same_runs():
     assert {name: t.runs for name, t in timed.items()} == {"a": 5, "b": 5}
     assert counts == {"a": 1 + 1 + 5, "b": 1 + 1 + 5}  # warm-up, the untimed run of the block, the timed runs
     assert all(0 <= t.p50 <= t.p99 for t in timed.values())
+
+
+def test_each_round_starts_one_call_further_on():
+    """Round r's blocks are taken in the order rotated by r, and a call's block r is its samples of round r."""
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    settings = BenchSettings(threads=1, warmup=0, min_runs=4, max_runs=4, min_seconds=0.0)
+    samples = interleaved_samples(calls, settings, block=1, settle_s=0.0)
+    blocks = [order[i : i + 2][0] for i in range(0, len(order), 2)]  # one untimed + one timed run per block
+    assert blocks == list("abcbcacababc")
+    assert {name: len(s) for name, s in samples.items()} == {"a": 4, "b": 4, "c": 4}
 
 
 def test_demo_bundle_reports_cold_load_and_peak_memory(demo_reports):

@@ -67,7 +67,8 @@ def _settings_json(settings: BenchSettings, footprint: bool) -> dict:
     fields.pop("threads")
     fields["footprint"] = footprint
     fields["timing"] = (
-        "round-robin blocks per candidate after warm-up (each block: 20 ms pause, one untimed run, 5 timed runs), until every candidate has "
+        "round-robin blocks per candidate after warm-up (each block: 20 ms pause, one untimed run, 5 timed runs; each round "
+        "starts one candidate further on), until every candidate has "
         "min_runs and min_seconds have passed for the model; p50 over all runs"
     )
     return fields
