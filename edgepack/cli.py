@@ -723,6 +723,6 @@ def run() -> None:
     try:
         sys.exit(app())
     finally:
-        # The interpreter's teardown collects every object again (1.3 s after a build); nothing is left to
+        # The interpreter's teardown collects every object again (1.6 s after a build); nothing is left to
         # clean up there: bundles, scratch folders and probes were each closed by their own `with` block.
         gc.freeze()
