@@ -31,7 +31,7 @@ class _Converted:
 @dataclass
 class BuildCache:
     workdir: Path
-    probes: Probes | None = None
+    probes: Probes
     _converted: dict[str, _Converted] = field(default_factory=dict)
     _footprints: dict[tuple[str, str, int], Footprint] = field(default_factory=dict)
 
@@ -64,8 +64,6 @@ class BuildCache:
         once, so probed once). A wrong guess costs a process started for nothing, or one started late."""
         from .formats import FORMATS
 
-        if self.probes is None:
-            return
         shared: set[tuple[str, int]] = set()
         for target in targets:
             threads = target.bench.threads

@@ -407,8 +407,8 @@ def _emit_all(
     observer: Observer,
     data: QuantData | None,
     workdir: Path,
-    optimize_for: str = "latency",
-    cache: BuildCache | None = None,
+    optimize_for: str,
+    cache: BuildCache,
 ) -> tuple[list[ArtifactReport], dict[str, Emitted], dict[str, Emitted]]:
     """Emit and smoke-test each format; one format's failure does not stop the others. A format not built
     in fp32 goes through the precision ladder, gated by the target's accuracy budget; its fp32 version
@@ -471,16 +471,15 @@ def _emit_all(
 
 
 def _emit_fp32(
-    fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, cache: BuildCache | None
+    fmt: Format, captured: CapturedModel, settings: FormatSettings, path: Path, cache: BuildCache
 ) -> Emitted:
     """Converted once per distinct setting in a build: a later target with the same format table gets a copy."""
-    copied = cache.converted(settings, path) if cache is not None else None
+    copied = cache.converted(settings, path)
     if copied is not None:
         return copied
     result = fmt.emit(captured, settings, path)
     result.notes += fmt.stabilize(path)  # before hashing: byte-stable output where the format allows
-    if cache is not None:
-        cache.remember(settings, result)
+    cache.remember(settings, result)
     return result
 
 
@@ -580,7 +579,7 @@ def _exclude_failed(artifacts: list[ArtifactReport], emitted: dict[str, Emitted]
 
 
 def _bench_together(
-    captured: CapturedModel, targets: list[_EmittedTarget], observer: Observer, cache: BuildCache | None
+    captured: CapturedModel, targets: list[_EmittedTarget], observer: Observer, cache: BuildCache
 ) -> None:
     """One interleaved timing run per distinct [bench] table (the built-in targets share one)."""
     groups: dict[BenchSettings, list[_EmittedTarget]] = {}
@@ -598,7 +597,7 @@ def _bench_group(
     settings: BenchSettings,
     group: list[_EmittedTarget],
     observer: Observer,
-    cache: BuildCache | None,
+    cache: BuildCache,
 ) -> None:
     """Eager PyTorch and every artifact of these targets timed in one interleaved run, so that each target's
     ratios to eager and the targets' figures beside each other come from the same minutes on the same cores.
@@ -625,8 +624,7 @@ def _bench_group(
         for report in pending.artifacts:
             if report.latency is not None and settings.footprint:
                 _measure_footprint(report, pending.emitted[report.format].path, arrays, settings.threads, cache)
-        if cache is not None and cache.probes is not None:
-            cache.probes.stop_unused(pending.target.name)  # for an artifact that failed, or bytes already measured
+        cache.probes.stop_unused(pending.target.name)  # for an artifact that failed, or bytes already measured
         for report in pending.artifacts:
             if report.latency is not None:
                 _note_if_unsteady(report, eager, load.cores)
@@ -690,29 +688,23 @@ class _Timer:
                 _note_if_slower(report)
 
 
-def _settle_probes(cache: BuildCache | None) -> None:
+def _settle_probes(cache: BuildCache) -> None:
     """Before anything is timed: no footprint probe started ahead is still importing its runtime."""
-    if cache is not None and cache.probes is not None:
-        cache.probes.settle()
+    cache.probes.settle()
 
 
-def _measure_footprint(
-    report: ArtifactReport, path: Path, arrays: list, threads: int, cache: BuildCache | None = None
-) -> None:
+def _measure_footprint(report: ArtifactReport, path: Path, arrays: list, threads: int, cache: BuildCache) -> None:
     """One fresh process per distinct artifact in a build: the same bytes on the same threads are not probed twice."""
-    footprint = cache.footprint(report.format, report.sha256, threads) if cache is not None else None
+    footprint = cache.footprint(report.format, report.sha256, threads)
     if footprint is not None:
         report.notes.append("cold start and memory: the same bytes as an earlier target's artifact, probed once")
     else:
         try:
-            footprint = measure_footprint(
-                report.format, path, arrays, threads, probes=cache.probes if cache is not None else None
-            )
+            footprint = measure_footprint(report.format, path, arrays, threads, probes=cache.probes)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             report.footprint_reason = f"not measured: {exc}"
             return
-        if cache is not None:
-            cache.remember_footprint(report.format, report.sha256, threads, footprint)
+        cache.remember_footprint(report.format, report.sha256, threads, footprint)
     report.cold_load_ms, report.peak_memory_mb = footprint.cold_load_ms, footprint.peak_memory_mb
 
 
